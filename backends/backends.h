@@ -1,0 +1,91 @@
+/*
+ * backends.h — where accepted mail goes, and who it may go to.
+ *
+ * The user database (a passwd-file of "user@domain:{SCHEME}hash" lines with
+ * crypt(3) hashes, the format Dovecot's passwd-file also reads) and the
+ * Maildir store (Maildir++ folders under <mail_root>/<domain>/<user>/).
+ * Delivery is blocking (it fsyncs) and runs on the worker pool; everything
+ * else here is cheap.
+ */
+#ifndef MXGUARD_BACKENDS_H
+#define MXGUARD_BACKENDS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/lib.h"
+
+/* --------------------------------------------------------------- userdb */
+/*
+ * A loaded passwd-file. userdb_* lookups are thread-safe; the file is
+ * re-read when its mtime/size/inode change, so `mxguardctl user add` takes
+ * effect without a restart.
+ */
+struct userdb;
+int userdb_open(const char *path, struct userdb **db_r, char **error_r);
+void userdb_close(struct userdb **db);
+/* local and domain as normalised by the caller (domain lower-case; the
+ * lookup lower-cases the local part too). Returns 1 found, 0 not found,
+ * -1 the file could not be read (caller tempfails). */
+int userdb_exists(struct userdb *db, const char *local, const char *domain);
+/* 1 password matches, 0 no such user or wrong password, -1 error. */
+int userdb_verify(struct userdb *db, const char *user_at_domain, const char *password);
+
+/* Hash a password with yescrypt (falls back to SHA-512-crypt); returns a
+ * malloc'd "{CRYPT}$y$..." string or NULL. */
+char *userdb_hash_password(const char *password);
+/* Editing the file (used by mxguardctl). All rewrite the file atomically
+ * (temp file, fsync, rename) under an flock. Return 0 or -1 with *error_r
+ * (malloc'd). user is "local@domain". */
+int userdb_file_set(const char *path, const char *user, const char *hash, bool must_exist,
+		    bool must_not_exist, char **error_r);
+int userdb_file_delete(const char *path, const char *user, char **error_r);
+/* Calls cb for each user in file order. */
+int userdb_file_list(const char *path, void (*cb)(const char *user, void *ctx), void *ctx,
+		     char **error_r);
+/* Validates "local@domain" for the user database: dot-atom local part
+ * without routing characters, a domain name. */
+bool userdb_valid_user(const char *user);
+
+/* -------------------------------------------------------------- maildir */
+/* <mail_root>/<domain>/<local>/ built from validated, lower-cased parts
+ * only. Returns 0 or -1 when the parts are not safe path components. */
+int maildir_user_path(const char *mail_root, const char *local, const char *domain,
+		      char *out, size_t outsz);
+
+struct maildir_target {
+	char *root;     /* the user's Maildir root, or a quarantine Maildir */
+	char *folder;   /* NULL for INBOX, else a Maildir++ folder name ("Junk") */
+	char *rcpt;     /* envelope recipient, for the Delivered-To header; may be NULL */
+};
+
+struct maildir_job {
+	/* inputs */
+	struct maildir_target *targets;
+	size_t n_targets;
+	const char *prefix;   /* headers to prepend (Return-Path, Received, ...), LF endings */
+	size_t prefix_len;
+	struct msgbody *body; /* sealed */
+	bool fsync;           /* false only in tests that measure without it */
+	/* outputs */
+	int error;            /* 0, or an errno value */
+	char error_text[256];
+	char **paths;         /* final paths in new/, n_targets of them, on success */
+};
+
+/*
+ * All-or-nothing delivery: for every target write a file into tmp/ (mode
+ * 0600), fsync it, then rename each into new/ and fsync the new/ dirs. On any
+ * failure every file written is unlinked (renamed ones too) and job->error is
+ * set. Creates missing Maildir directories. Blocking; call from the worker
+ * pool. Returns 0 or -1.
+ */
+int maildir_deliver(struct maildir_job *job);
+void maildir_job_free_results(struct maildir_job *job);
+/* Make <root>/{tmp,new,cur} (and a folder's .NAME/ with maildirfolder). */
+int maildir_create(const char *root, const char *folder, char **error_r);
+/* A unique Maildir file name: "<sec>.M<usec>P<pid>Q<seq>.<host>". */
+void maildir_unique_name(char *out, size_t outsz);
+
+#endif

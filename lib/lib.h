@@ -1,0 +1,275 @@
+/*
+ * lib.h — the small runtime every other folder of mxguard uses.
+ *
+ * Nothing here knows about sessions, stages or mailboxes: allocation wrappers
+ * that abort on out-of-memory, logging, the typed settings table and config
+ * loader, the worker pool, per-thread handle tables (how asynchronous
+ * completions find their owner by id), the SMTP command/path parsers and the
+ * DATA reader (pure functions over bytes), TLS contexts and address helpers.
+ */
+#ifndef MXGUARD_LIB_H
+#define MXGUARD_LIB_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define ATTR_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define ATTR_NORETURN __attribute__((noreturn))
+#define N_ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ------------------------------------------------------------------ alloc */
+/* All of these abort the process on out-of-memory: callers never see NULL. */
+void *xmalloc(size_t size);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *ptr, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) ATTR_PRINTF(1, 2);
+
+/* ---------------------------------------------------------------- logging */
+enum log_level { LOG_LEVEL_ERR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+/* Log to stderr when foreground is true, otherwise to syslog(3). */
+void log_open(const char *ident, bool foreground, enum log_level level);
+void log_set_level(enum log_level level);
+bool log_enabled(enum log_level level);
+void log_msg(enum log_level level, const char *fmt, ...) ATTR_PRINTF(2, 3);
+/* Same, with ": strerror(errno)" appended. */
+void log_errno(enum log_level level, const char *fmt, ...) ATTR_PRINTF(2, 3);
+int log_level_parse(const char *s, enum log_level *level_r);
+
+/* -------------------------------------------------------------------- ids */
+/* A transaction/session id: 16 chars of [0-9A-Z], unique across threads
+ * and restarts (time, pid, counter), plus NUL. */
+#define MX_ID_LEN 17
+void id_new(char out[MX_ID_LEN]);
+
+/* ----------------------------------------------------------------- config */
+struct cfg_t; /* libconfuse */
+
+/* One listener: "listen smtp { address = ...; tls = implicit|none }" */
+struct listen_config {
+	char *name;
+	char *address; /* "127.0.0.1:2525", "[::1]:2525" */
+	bool implicit_tls;
+};
+
+enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
+
+/* Every limit with its default and floor lives in the settings table in
+ * config.c; this struct is where the values land. */
+struct limits_config {
+	long line_max;             /* octets incl. CRLF */
+	long message_size_max;     /* octets */
+	long recipients_max;
+	long commands_max;         /* non-transaction commands per session */
+	long errors_max;           /* protocol errors before disconnect */
+	long connections_max;      /* whole process */
+	long connections_per_client;
+	long timeout_greeting;     /* seconds */
+	long timeout_command;
+	long timeout_data;
+	long timeout_shutdown;
+	long spill_threshold;      /* octets of body kept in memory */
+};
+
+struct pipeline_config {
+	char **stages; /* ordered stage names, NULL-terminated */
+	size_t n_stages;
+	double tag_score, junk_score, reject_score;
+	long stage_timeout; /* milliseconds */
+};
+
+struct mx_config {
+	int refcount;
+	char *path;
+	char *hostname;
+	long threads;  /* 0 = number of cores */
+	long workers;
+	char *run_user; /* drop privileges to this user, "" = stay */
+	enum log_level log_level;
+	char *mail_root;
+	char *spool_dir;
+	char *state_dir;
+	char *passwd_file;
+	char **local_domains; /* lower-case, NULL-terminated */
+	size_t n_local_domains;
+	char *tls_cert;
+	char *tls_key;
+	enum bare_lf_policy bare_lf;
+	char *junk_folder;      /* Maildir++ folder name, e.g. "Junk" */
+	char *quarantine_dir;   /* Maildir holding quarantined mail */
+	struct listen_config *listeners;
+	size_t n_listeners;
+	struct limits_config limits;
+	struct pipeline_config pipeline;
+	/* the parsed libconfuse tree: stages read their own sections from it */
+	struct cfg_t *cfg;
+};
+
+/* One row of the typed settings table: drives parsing, defaults, bounds and
+ * `mxguard --settings` (which the docs are checked against). */
+enum setting_type { SETTING_INT, SETTING_STR, SETTING_BOOL, SETTING_FLOAT, SETTING_STRLIST };
+struct setting_def {
+	const char *section; /* NULL = top level, else "limits", "pipeline" */
+	const char *name;
+	enum setting_type type;
+	const char *def;     /* default, as text */
+	long min, max;       /* bounds for SETTING_INT (0,0 = none) */
+	const char *doc;     /* one line */
+};
+extern const struct setting_def settings_table[];
+extern const size_t settings_table_count;
+
+/* Parse and validate FILE completely. On error returns -1 and sets *error_r
+ * to a malloc'd "file:line: message" (caller frees). */
+int config_load(const char *path, struct mx_config **cfg_r, char **error_r);
+struct mx_config *config_ref(struct mx_config *cfg);
+void config_unref(struct mx_config **cfg);
+bool config_is_local_domain(const struct mx_config *cfg, const char *domain);
+
+/* Stages add their own section options before config_load() runs; the
+ * filters registry calls this once at start. opts is copied by reference. */
+struct cfg_opt_t;
+void config_register_section(const char *name, struct cfg_opt_t *opts);
+
+/* --------------------------------------------------------------- workers */
+/* A fixed pool of threads for blocking work (fsync, scans). work() runs on a
+ * pool thread; done() then runs on the event loop `base` that submitted it.
+ * Both get `arg`. The pool never drops a job: workers_destroy() drains. */
+struct event_base;
+struct workers;
+struct workers *workers_create(unsigned n_threads);
+void workers_submit(struct workers *w, struct event_base *base,
+		    void (*work)(void *arg), void (*done)(void *arg), void *arg);
+void workers_destroy(struct workers **w);
+
+/* --------------------------------------------------------------- handles */
+/* Per-thread table from a never-reused 64-bit id to a pointer. Asynchronous
+ * completions carry the id, not the pointer, so a completion whose owner
+ * went away finds NULL instead of freed memory. Only the owning thread
+ * touches its table. */
+uint64_t handle_register(void *ptr);
+void *handle_lookup(uint64_t id);
+void handle_unregister(uint64_t id);
+size_t handle_count(void);
+
+/* ------------------------------------------------------------ SMTP parse */
+enum smtp_verb {
+	SMTP_VERB_UNKNOWN = 0,
+	SMTP_VERB_HELO, SMTP_VERB_EHLO, SMTP_VERB_MAIL, SMTP_VERB_RCPT,
+	SMTP_VERB_DATA, SMTP_VERB_RSET, SMTP_VERB_NOOP, SMTP_VERB_QUIT,
+	SMTP_VERB_HELP, SMTP_VERB_VRFY, SMTP_VERB_EXPN, SMTP_VERB_STARTTLS,
+	SMTP_VERB_AUTH, SMTP_VERB_BDAT, SMTP_VERB_TURN, SMTP_VERB_ETRN,
+	SMTP_VERB_COUNT
+};
+
+/* A command line without its CRLF. verb is matched case-insensitively;
+ * args points into the line after the verb and one space (or at the end). */
+struct smtp_command {
+	enum smtp_verb verb;
+	const char *args;
+	size_t args_len;
+};
+/* Returns 0, or -1 for an empty line / a line containing NUL or bare CR/LF. */
+int smtp_parse_command(const char *line, size_t len, struct smtp_command *cmd_r);
+const char *smtp_verb_name(enum smtp_verb verb);
+
+#define SMTP_LOCAL_MAX 64
+#define SMTP_DOMAIN_MAX 255
+#define SMTP_PATH_MAX 256
+#define SMTP_PARAMS_MAX 8
+
+struct smtp_param { char key[32]; char value[128]; bool has_value; };
+
+/* A reverse- or forward-path. local keeps quoting as received; domain is
+ * lower-cased. null is set for "<>". */
+struct smtp_path {
+	bool null;
+	bool quoted_local;  /* local part was a quoted-string */
+	bool address_literal; /* domain was [1.2.3.4] */
+	char local[SMTP_LOCAL_MAX * 2 + 3];
+	char domain[SMTP_DOMAIN_MAX + 1];
+	struct smtp_param params[SMTP_PARAMS_MAX];
+	size_t n_params;
+};
+
+/* Parse "FROM:<path> params" (prefix "FROM:") or "TO:<path> params" (prefix
+ * "TO:"). Source routes are refused. Returns 0 or -1 with *error_r set to a
+ * static explanation. allow_null permits "<>". */
+int smtp_parse_mail_args(const char *args, size_t len, const char *prefix,
+			 bool allow_null, struct smtp_path *path_r,
+			 const char **error_r);
+/* HELO/EHLO argument: a domain or an address literal. */
+int smtp_parse_helo(const char *args, size_t len, const char **error_r);
+/* True when the path is a plain dot-atom local part with no routing
+ * characters (%, !, @, quotes) — the only kind we deliver to. */
+bool smtp_path_is_simple_local(const struct smtp_path *path);
+/* Normalised "local@domain" (or "" for the null path). */
+void smtp_path_format(const struct smtp_path *path, char *out, size_t outsz);
+
+/* ------------------------------------------------------------ DATA reader */
+/*
+ * Incremental reader for the DATA phase: un-dot-stuffs, turns CRLF into LF
+ * and finds the end marker. Only CRLF "." CRLF ends the message; a "." next
+ * to a bare CR or bare LF is message content. Bare LF and bare CR are
+ * counted so the session can apply its policy.
+ */
+struct dot_reader {
+	int state;
+	uint64_t size;        /* octets of content emitted so far */
+	uint64_t bare_lf;     /* LF not preceded by CR */
+	uint64_t bare_cr;     /* CR not followed by LF */
+	bool done;
+};
+void dot_reader_init(struct dot_reader *r);
+/* Consume up to in_len bytes; writes content to out (capacity out_cap,
+ * which must be >= in_len + 1). Sets *consumed and *out_len. Returns true
+ * when the end marker was consumed (bytes after it are left unconsumed:
+ * they are the next pipelined command). */
+bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
+		     size_t *consumed, char *out, size_t *out_len);
+
+/* ------------------------------------------------------------- msg body */
+/*
+ * A message body being received: kept in memory up to a threshold, then
+ * spilled to an unlinked temp file in the spool directory. Appends happen on
+ * the session's loop; once sealed, the body is immutable and may be read
+ * from any thread (worker pool, stages).
+ */
+struct msgbody;
+struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold);
+/* Returns 0 or -1 (errno set: a spill write failed, e.g. ENOSPC). */
+int msgbody_append(struct msgbody *b, const void *data, size_t len);
+/* Finish writing. Returns 0 or -1 (errno). */
+int msgbody_seal(struct msgbody *b);
+uint64_t msgbody_size(const struct msgbody *b);
+bool msgbody_spilled(const struct msgbody *b);
+/* Whole sealed contents as one read-only region (memory, or an mmap of the
+ * spill file made once). NULL with errno on failure; *len_r set. */
+const char *msgbody_contents(struct msgbody *b, size_t *len_r);
+void msgbody_free(struct msgbody **b);
+
+/* ------------------------------------------------------------------ net */
+/* "host:port", "[v6]:port", "*:port". Returns 0 or -1 with *error_r. */
+int net_parse_address(const char *s, struct sockaddr_storage *ss,
+		      socklen_t *len_r, const char **error_r);
+/* Bound, listening, non-blocking, close-on-exec socket or -1 (errno). */
+int net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog);
+/* Numeric host text for an address. */
+void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
+
+/* ------------------------------------------------------------------ tls */
+typedef struct ssl_ctx_st SSL_CTX;
+SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char **error_r);
+
+/* -------------------------------------------------------------- strings */
+void str_lower(char *s);
+/* Constant-length safe copy; always NUL-terminates; returns strlen(src). */
+size_t str_copy(char *dst, const char *src, size_t dstsz);
+
+#endif
