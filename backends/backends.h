@@ -57,14 +57,16 @@ int maildir_user_path(const char *mail_root, const char *local, const char *doma
 struct maildir_target {
 	char *root;     /* the user's Maildir root, or a quarantine Maildir */
 	char *folder;   /* NULL for INBOX, else a Maildir++ folder name ("Junk") */
-	char *rcpt;     /* envelope recipient, for the Delivered-To header; may be NULL */
+	char *headers;  /* header lines for this copy only (Return-Path,
+			 * Delivered-To), LF endings, written first; may be NULL */
 };
 
 struct maildir_job {
 	/* inputs */
 	struct maildir_target *targets;
 	size_t n_targets;
-	const char *prefix;   /* headers to prepend (Return-Path, Received, ...), LF endings */
+	const char *prefix;   /* headers common to every copy (Received, X-Spam-*),
+			       * LF endings, written after each target's own headers */
 	size_t prefix_len;
 	struct msgbody *body; /* sealed */
 	bool fsync;           /* false only in tests that measure without it */
