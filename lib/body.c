@@ -1,0 +1,281 @@
+/*
+ * body.c — a message body being received, kept in memory up to a threshold
+ * and spilled to an unlinked temp file in the spool directory beyond it.
+ *
+ * The session appends on its loop thread; once sealed the body is immutable
+ * and may be read from any thread (stages, the worker pool doing a Maildir
+ * delivery). A spilled body is mapped read-only the first time its contents
+ * are asked for, under a mutex, so several workers asking at once share one
+ * mapping. The spill file never has a name (O_TMPFILE, or mkstemp followed at
+ * once by unlink), so a crash leaves nothing behind in the spool. Any write
+ * error is sticky: a body that lost bytes must never be delivered, so every
+ * later append and the seal fail with the same errno (ENOSPC lets the session
+ * answer 452 4.3.1).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lib/lib.h"
+
+/* The first allocation: most bodies are a few kilobytes. */
+#define BODY_INITIAL_CAP 4096
+
+struct msgbody {
+	char *spool_dir;
+	size_t threshold;
+
+	/* in memory: buf holds all `size` bytes; spilled: buf is NULL */
+	char *buf;
+	size_t cap;
+
+	int fd;            /* the spill file, -1 while in memory */
+	uint64_t size;
+	bool sealed;
+	int error;         /* sticky errno of a failed append/spill, 0 if none */
+
+	/* a spilled body's read-only mapping, made once under map_lock */
+	pthread_mutex_t map_lock;
+	const char *map;
+	size_t map_len;
+};
+
+struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold)
+{
+	struct msgbody *b = xcalloc(1, sizeof(*b));
+
+	/* a missing spool dir is only an error once a spill is needed */
+	b->spool_dir = xstrdup(spool_dir != NULL && *spool_dir != '\0' ? spool_dir : "/tmp");
+	b->threshold = spill_threshold;
+	b->fd = -1;
+	pthread_mutex_init(&b->map_lock, NULL);
+	return b;
+}
+
+/* Write all of data, retrying after EINTR and short writes. */
+static int body_write_all(int fd, const char *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0) {
+			/* no progress and no reason given: treat as a full disk */
+			errno = ENOSPC;
+			return -1;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* An unnamed read-write file in dir, or -1 (errno). */
+static int body_open_spill_file(const char *dir)
+{
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd >= 0)
+		return fd;
+	/* Only a file system or kernel without O_TMPFILE support deserves the
+	 * fallback; a missing or unwritable directory fails the same way there. */
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+		return -1;
+
+	char *path = xasprintf("%s/mxguard-body.XXXXXX", dir);
+
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0) {
+		int saved = errno;
+
+		free(path);
+		errno = saved;
+		return -1;
+	}
+	if (unlink(path) < 0) {
+		int saved = errno;
+
+		close(fd);
+		free(path);
+		errno = saved;
+		return -1;
+	}
+	free(path);
+	return fd;
+}
+
+/* Move what is in memory to a new spill file. */
+static int body_spill(struct msgbody *b)
+{
+	int fd = body_open_spill_file(b->spool_dir);
+
+	if (fd < 0)
+		return -1;
+	if (body_write_all(fd, b->buf, (size_t)b->size) < 0) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	b->fd = fd;
+	free(b->buf);
+	b->buf = NULL;
+	b->cap = 0;
+	return 0;
+}
+
+/* Make room for `need` bytes in memory; need never exceeds the threshold. */
+static void body_reserve(struct msgbody *b, size_t need)
+{
+	if (need <= b->cap)
+		return;
+
+	size_t cap = b->cap > 0 ? b->cap : BODY_INITIAL_CAP;
+
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	if (cap > b->threshold)
+		cap = b->threshold;
+	if (cap < need)
+		cap = need;
+	b->buf = xrealloc(b->buf, cap);
+	b->cap = cap;
+}
+
+int msgbody_append(struct msgbody *b, const void *data, size_t len)
+{
+	if (b->error != 0) {
+		errno = b->error;
+		return -1;
+	}
+	if (b->sealed) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (len == 0)
+		return 0;
+	if (len > UINT64_MAX - b->size) {
+		errno = EFBIG;
+		return -1;
+	}
+
+	if (b->fd < 0 && b->size + len <= b->threshold) {
+		body_reserve(b, (size_t)b->size + len);
+		memcpy(b->buf + b->size, data, len);
+		b->size += len;
+		return 0;
+	}
+
+	if (b->fd < 0 && body_spill(b) < 0) {
+		b->error = errno;
+		return -1;
+	}
+	if (body_write_all(b->fd, data, len) < 0) {
+		/* part of data may be in the file: the body is now unusable */
+		b->error = errno;
+		return -1;
+	}
+	b->size += len;
+	return 0;
+}
+
+int msgbody_seal(struct msgbody *b)
+{
+	if (b->error != 0) {
+		errno = b->error;
+		return -1;
+	}
+	b->sealed = true;
+	return 0;
+}
+
+uint64_t msgbody_size(const struct msgbody *b)
+{
+	return b->size;
+}
+
+bool msgbody_spilled(const struct msgbody *b)
+{
+	return b->fd >= 0;
+}
+
+const char *msgbody_contents(struct msgbody *b, size_t *len_r)
+{
+	*len_r = 0;
+	if (b->error != 0) {
+		errno = b->error;
+		return NULL;
+	}
+	/* Reading while the owner still appends would race; the contract is
+	 * "sealed first". */
+	if (!b->sealed) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (b->size == 0)
+		return "";
+	if (b->fd < 0) {
+		*len_r = (size_t)b->size;
+		return b->buf;
+	}
+	if (b->size > SIZE_MAX) {
+		errno = EFBIG;
+		return NULL;
+	}
+
+	const char *map;
+	int map_errno = 0;
+
+	pthread_mutex_lock(&b->map_lock);
+	if (b->map == NULL) {
+		void *p = mmap(NULL, (size_t)b->size, PROT_READ, MAP_SHARED, b->fd, 0);
+
+		/* a failure (ENOMEM) is not remembered: a later call may succeed */
+		if (p != MAP_FAILED) {
+			b->map = p;
+			b->map_len = (size_t)b->size;
+		} else {
+			map_errno = errno;
+		}
+	}
+	map = b->map;
+	pthread_mutex_unlock(&b->map_lock);
+	if (map == NULL) {
+		errno = map_errno;
+		return NULL;
+	}
+	*len_r = b->map_len;
+	return map;
+}
+
+void msgbody_free(struct msgbody **bp)
+{
+	struct msgbody *b = *bp;
+
+	if (b == NULL)
+		return;
+	*bp = NULL;
+	if (b->map != NULL)
+		munmap((void *)b->map, b->map_len);
+	if (b->fd >= 0)
+		close(b->fd);
+	pthread_mutex_destroy(&b->map_lock);
+	free(b->buf);
+	free(b->spool_dir);
+	free(b);
+}
