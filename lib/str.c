@@ -1,0 +1,33 @@
+/*
+ * str.c — the few string helpers mxguard needs beyond libc.
+ *
+ * Protocol text is ASCII and compared case-insensitively, so lower-casing is
+ * done byte by byte without consulting the locale (a Turkish locale must not
+ * turn "I" into a dotless i inside a domain name). str_copy() is strlcpy():
+ * it never overflows, always terminates, and returns the length it wanted so
+ * callers can detect truncation.
+ */
+#include "lib/lib.h"
+
+#include <string.h>
+
+void str_lower(char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s >= 'A' && *s <= 'Z')
+			*s = (char)(*s - 'A' + 'a');
+	}
+}
+
+size_t str_copy(char *dst, const char *src, size_t dstsz)
+{
+	size_t len = strlen(src);
+
+	if (dstsz > 0) {
+		size_t n = len < dstsz - 1 ? len : dstsz - 1;
+
+		memcpy(dst, src, n);
+		dst[n] = '\0';
+	}
+	return len;
+}
