@@ -1,0 +1,798 @@
+/*
+ * test_maildir.c — unit tests for backends/maildir.c: safe user paths,
+ * folder creation, unique names and the all-or-nothing delivery.
+ *
+ * Every test works on real files under its own mkdtemp directory. The
+ * full-disk case mounts a real 64 KiB tmpfs (the suite runs as root; without
+ * the privilege that test is skipped), and the hostname escaping case sets a
+ * hostname inside a private UTS namespace of a forked child.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "backends/backends.h"
+
+struct fixture {
+	char dir[64];
+	char mnt[128];
+	bool mounted;
+};
+
+static int setup_dir(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	strcpy(f->dir, "/tmp/mxguard-test-maildir.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	*state = f;
+	return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	if (type == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+static int teardown_dir(void **state)
+{
+	struct fixture *f = *state;
+
+	/* lazy: a failed assertion may have left a file open in the tmpfs */
+	if (f->mounted)
+		umount2(f->mnt, MNT_DETACH);
+	/* FTW_MOUNT: never wander into a tmpfs that failed to unmount */
+	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+	free(f);
+	return 0;
+}
+
+/* Mount a 64 KiB tmpfs at <dir>/small; returns false when not permitted. */
+static bool mount_small_tmpfs(struct fixture *f)
+{
+	snprintf(f->mnt, sizeof(f->mnt), "%s/small", f->dir);
+	assert_int_equal(mkdir(f->mnt, 0700), 0);
+	if (mount("tmpfs", f->mnt, "tmpfs", 0, "size=64k,mode=0700") < 0) {
+		print_message("cannot mount tmpfs (%s): skipped\n", strerror(errno));
+		return false;
+	}
+	f->mounted = true;
+	return true;
+}
+
+static char *path_join(const char *a, const char *b)
+{
+	return xasprintf("%s/%s", a, b);
+}
+
+/* A Maildir++ folder's directory, spelled the way deliveries report it. */
+static char *folder_dir(const char *root, const char *folder)
+{
+	size_t n = strlen(root);
+
+	while (n > 1 && root[n - 1] == '/')
+		n--;
+	return xasprintf("%.*s/.%s", (int)n, root, folder);
+}
+
+/* Entries in a directory, or -1 when it cannot be opened. */
+static int count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+static int count_sub(const char *maildir, const char *sub)
+{
+	char *p = path_join(maildir, sub);
+	int n = count_entries(p);
+
+	free(p);
+	return n;
+}
+
+static char *slurp(const char *path, size_t *len_r)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	char *buf;
+	size_t off = 0;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	buf = malloc((size_t)st.st_size + 1);
+	assert_non_null(buf);
+	while (off < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
+
+		assert_true(n > 0);
+		off += (size_t)n;
+	}
+	close(fd);
+	*len_r = off;
+	return buf;
+}
+
+static void assert_file_is(const char *path, const char *a, const char *b, const char *c,
+			   size_t c_len)
+{
+	size_t len, la = a ? strlen(a) : 0, lb = b ? strlen(b) : 0;
+	char *got = slurp(path, &len);
+	struct stat st;
+
+	assert_int_equal(len, la + lb + c_len);
+	if (la > 0)
+		assert_memory_equal(got, a, la);
+	if (lb > 0)
+		assert_memory_equal(got + la, b, lb);
+	if (c_len > 0)
+		assert_memory_equal(got + la + lb, c, c_len);
+	free(got);
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+}
+
+static struct msgbody *body_from(const char *spool, size_t threshold, const char *data,
+				 size_t len)
+{
+	struct msgbody *b = msgbody_new(spool, threshold);
+
+	assert_int_equal(msgbody_append(b, data, len), 0);
+	assert_int_equal(msgbody_seal(b), 0);
+	return b;
+}
+
+static char *make_data(size_t len, unsigned seed)
+{
+	char *p = malloc(len > 0 ? len : 1);
+	uint32_t x = seed * 2654435761u + 1;
+
+	assert_non_null(p);
+	for (size_t i = 0; i < len; i++) {
+		x = x * 1103515245u + 12345u;
+		p[i] = (char)(x >> 16);
+	}
+	return p;
+}
+
+/* A user's Maildir root below the fixture, built the way the session does. */
+static char *user_root(const char *base, const char *local, const char *domain)
+{
+	char buf[512];
+
+	assert_int_equal(maildir_user_path(base, local, domain, buf, sizeof(buf)), 0);
+	return xstrdup(buf);
+}
+
+/* Path of the Maildir a final path lives in: strip "/new/<name>". */
+static void assert_in_new_of(const char *path, const char *maildir)
+{
+	size_t n = strlen(maildir);
+
+	while (n > 1 && maildir[n - 1] == '/')
+		n--;
+	assert_memory_equal(path, maildir, n);
+	assert_memory_equal(path + n, "/new/", 5);
+	assert_null(strchr(path + n + 5, '/'));
+}
+
+static const char prefix[] =
+	"Received: from client.example (client.example [192.0.2.1])\n"
+	"\tby mx.example.test with ESMTP id 0123456789ABCDEF;\n"
+	"X-Spam-Score: 1.5\n";
+
+/* ----------------------------------------------------------------- tests */
+
+static void test_deliver_one(void **state)
+{
+	struct fixture *f = *state;
+	const char body[] = "Subject: hello\n\nline one\nline two\n";
+	char *root = user_root(f->dir, "alice", "example.test");
+	struct maildir_target t = {
+		.root = root,
+		.headers = (char *)"Return-Path: <s@x.example>\nDelivered-To: alice@example.test\n",
+	};
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = true,
+	};
+
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_int_equal(job.error, 0);
+	assert_string_equal(job.error_text, "");
+	assert_non_null(job.paths);
+	assert_in_new_of(job.paths[0], root);
+	assert_file_is(job.paths[0], t.headers, prefix, body, strlen(body));
+	assert_int_equal(count_sub(root, "new"), 1);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+	assert_int_equal(count_sub(root, "cur"), 0);
+
+	maildir_job_free_results(&job);
+	assert_null(job.paths);
+	msgbody_free(&job.body);
+	free(root);
+}
+
+static void test_deliver_several_with_folder(void **state)
+{
+	struct fixture *f = *state;
+	const char body[] = "Subject: spammy\n\nbuy now\n";
+	char *alice = user_root(f->dir, "Alice", "Example.Test");
+	char *bob = user_root(f->dir, "bob", "example.test");
+	struct maildir_target t[3] = {
+		{ .root = alice, .headers = (char *)"Delivered-To: alice@example.test\n" },
+		{ .root = bob, .headers = NULL },
+		{ .root = alice, .folder = (char *)"Junk",
+		  .headers = (char *)"Delivered-To: alice+junk@example.test\n" },
+	};
+	struct maildir_job job = {
+		.targets = t, .n_targets = 3, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = true,
+	};
+	char *junk = folder_dir(alice, "Junk");
+	char *marker = path_join(junk, "maildirfolder");
+	struct stat st;
+
+	/* the user path is lower-cased */
+	assert_non_null(strstr(alice, "/example.test/alice/"));
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_in_new_of(job.paths[0], alice);
+	assert_in_new_of(job.paths[1], bob);
+	assert_in_new_of(job.paths[2], junk);
+	for (int i = 0; i < 3; i++) {
+		assert_file_is(job.paths[i], t[i].headers, prefix, body, strlen(body));
+		for (int j = 0; j < i; j++)
+			assert_string_not_equal(job.paths[i], job.paths[j]);
+	}
+	assert_int_equal(count_sub(alice, "new"), 1);
+	assert_int_equal(count_sub(alice, "tmp"), 0);
+	assert_int_equal(count_sub(bob, "new"), 1);
+	assert_int_equal(count_sub(bob, "tmp"), 0);
+	assert_int_equal(count_sub(junk, "new"), 1);
+	assert_int_equal(count_sub(junk, "tmp"), 0);
+	assert_int_equal(count_sub(junk, "cur"), 0);
+	assert_int_equal(stat(marker, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_size, 0);
+	assert_int_equal(stat(junk, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0700);
+
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+	free(marker);
+	free(junk);
+	free(alice);
+	free(bob);
+}
+
+static void test_empty_body_and_no_headers(void **state)
+{
+	struct fixture *f = *state;
+	char *root = user_root(f->dir, "carol", "example.test");
+	struct maildir_target t = { .root = root };
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1,
+		.body = msgbody_new(f->dir, 1024), .fsync = true,
+	};
+
+	assert_int_equal(msgbody_seal(job.body), 0);
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_file_is(job.paths[0], NULL, NULL, NULL, 0);
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+	free(root);
+}
+
+static void test_spilled_body_identical(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 300 * 1024 + 5;
+	char *data = make_data(len, 11);
+	char *r1 = user_root(f->dir, "mem", "example.test");
+	char *r2 = user_root(f->dir, "spill", "example.test");
+	struct maildir_target t1 = { .root = r1 }, t2 = { .root = r2 };
+	struct maildir_job j1 = {
+		.targets = &t1, .n_targets = 1, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, len, data, len), .fsync = true,
+	};
+	struct maildir_job j2 = {
+		.targets = &t2, .n_targets = 1, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 4096, data, len), .fsync = true,
+	};
+	size_t l1, l2;
+	char *c1, *c2;
+
+	assert_false(msgbody_spilled(j1.body));
+	assert_true(msgbody_spilled(j2.body));
+	assert_int_equal(maildir_deliver(&j1), 0);
+	assert_int_equal(maildir_deliver(&j2), 0);
+	assert_file_is(j2.paths[0], NULL, prefix, data, len);
+	c1 = slurp(j1.paths[0], &l1);
+	c2 = slurp(j2.paths[0], &l2);
+	assert_int_equal(l1, l2);
+	assert_memory_equal(c1, c2, l1);
+
+	free(c1);
+	free(c2);
+	maildir_job_free_results(&j1);
+	maildir_job_free_results(&j2);
+	msgbody_free(&j1.body);
+	msgbody_free(&j2.body);
+	free(r1);
+	free(r2);
+	free(data);
+}
+
+struct names_arg {
+	char (*names)[128];
+	size_t n;
+};
+
+static void *names_thread(void *p)
+{
+	struct names_arg *a = p;
+
+	for (size_t i = 0; i < a->n; i++)
+		maildir_unique_name(a->names[i], sizeof(a->names[i]));
+	return NULL;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+static void test_unique_names_threads(void **state)
+{
+	enum { THREADS = 4, PER_THREAD = 500, TOTAL = THREADS * PER_THREAD };
+	char (*names)[128] = calloc(TOTAL, sizeof(*names));
+	pthread_t th[THREADS];
+	struct names_arg args[THREADS];
+	char host[256];
+
+	assert_non_null(names);
+	assert_int_equal(gethostname(host, sizeof(host)), 0);
+	for (int i = 0; i < THREADS; i++) {
+		args[i] = (struct names_arg){ .names = names + i * PER_THREAD, .n = PER_THREAD };
+		assert_int_equal(pthread_create(&th[i], NULL, names_thread, &args[i]), 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+
+	for (int i = 0; i < TOTAL; i++) {
+		long long sec;
+		long usec, pid;
+		unsigned long long seq;
+		int used = 0;
+
+		assert_int_equal(sscanf(names[i], "%lld.M%ldP%ldQ%llu.%n", &sec, &usec, &pid, &seq,
+					&used), 4);
+		assert_true(used > 0);
+		assert_true(usec >= 0 && usec < 1000000);
+		assert_int_equal(pid, getpid());
+		/* this machine's hostname has neither '/' nor ':' to escape */
+		assert_string_equal(names[i] + used, host);
+	}
+	qsort(names, TOTAL, sizeof(*names), cmp_name);
+	for (int i = 1; i < TOTAL; i++)
+		assert_string_not_equal(names[i - 1], names[i]);
+	free(names);
+}
+
+static void test_unique_name_escapes_host(void **state)
+{
+	int fds[2];
+	pid_t pid;
+	char buf[256] = "";
+	ssize_t n;
+	int status;
+	const char want[] = ".mx\\057a\\072b";
+
+	assert_int_equal(pipe(fds), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char name[256];
+
+		close(fds[0]);
+		if (unshare(CLONE_NEWUTS) < 0 || sethostname("mx/a:b", 6) < 0)
+			_exit(2);
+		maildir_unique_name(name, sizeof(name));
+		if (write(fds[1], name, strlen(name)) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(fds[1]);
+	n = read(fds[0], buf, sizeof(buf) - 1);
+	close(fds[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 2) {
+		print_message("no UTS namespace here: skipped\n");
+		skip();
+	}
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_true(n > (ssize_t)strlen(want));
+	buf[n] = '\0';
+	assert_string_equal(buf + n - strlen(want), want);
+	assert_null(strchr(buf, '/'));
+	assert_null(strchr(buf, ':'));
+}
+
+static void test_user_path(void **state)
+{
+	char out[512];
+	static const char *const bad_local[] = {
+		"", ".", "..", "../x", "a/b", "/", ".alice", "alice.", "a..b", "al ice",
+		"al\x01ice", "al\x7fice", "al\\ice", "al\"ice", "al@ice", "al%ice", "al:ice",
+		"alic\xc3\xa9", "a,b", "(x)",
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* 65 */
+	};
+	static const char *const bad_domain[] = {
+		"", ".", "..", "../etc", "exa/mple.test", ".example.test", "example.test.",
+		"example..test", "ex_ample.test", "[192.0.2.1]", "exa mple", "ex\nample",
+		"ex:ample",
+	};
+
+	assert_int_equal(maildir_user_path("/var/mail", "Alice", "Example.TEST", out, sizeof(out)), 0);
+	assert_string_equal(out, "/var/mail/example.test/alice/");
+	assert_int_equal(maildir_user_path("/var/mail//", "bob", "example.test", out, sizeof(out)), 0);
+	assert_string_equal(out, "/var/mail/example.test/bob/");
+	assert_int_equal(maildir_user_path("./var/mail", "a.b+tag", "mx-1.example.test", out,
+					   sizeof(out)), 0);
+	assert_string_equal(out, "./var/mail/mx-1.example.test/a.b+tag/");
+	assert_int_equal(maildir_user_path("/m", "x!#$&'*+=?^_`{|}~-y", "d", out, sizeof(out)), 0);
+	assert_string_equal(out, "/m/d/x!#$&'*+=?^_`{|}~-y/");
+	/* 64 octets is the longest local part */
+	assert_int_equal(maildir_user_path("/m", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+					   "d", out, sizeof(out)), 0);
+
+	for (size_t i = 0; i < N_ELEMENTS(bad_local); i++) {
+		strcpy(out, "untouched");
+		if (maildir_user_path("/var/mail", bad_local[i], "example.test", out, sizeof(out)) != -1)
+			fail_msg("local part \"%s\" was accepted as %s", bad_local[i], out);
+		assert_string_equal(out, "");
+	}
+	for (size_t i = 0; i < N_ELEMENTS(bad_domain); i++) {
+		if (maildir_user_path("/var/mail", "alice", bad_domain[i], out, sizeof(out)) != -1)
+			fail_msg("domain \"%s\" was accepted as %s", bad_domain[i], out);
+	}
+	assert_int_equal(maildir_user_path("/var/mail", NULL, "example.test", out, sizeof(out)), -1);
+	assert_int_equal(maildir_user_path("/var/mail", "alice", NULL, out, sizeof(out)), -1);
+	assert_int_equal(maildir_user_path("", "alice", "example.test", out, sizeof(out)), -1);
+	/* a buffer too small is refused, never truncated */
+	assert_int_equal(maildir_user_path("/var/mail", "alice", "example.test", out, 29), -1);
+	assert_int_equal(maildir_user_path("/var/mail", "alice", "example.test", out, 30), 0);
+}
+
+static void test_create_folders(void **state)
+{
+	struct fixture *f = *state;
+	char *root = path_join(f->dir, "deep/er/maildir");
+	char *err = NULL;
+	static const char *const bad[] = { "", ".Junk", "a/b", "Ju\x01nk", "Ju\tnk", "..", "a..b",
+					   "Junk.", "Ju\xc3\xa9nk" };
+	struct stat st;
+
+	assert_int_equal(maildir_create(root, NULL, &err), 0);
+	assert_null(err);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+	assert_int_equal(count_sub(root, "new"), 0);
+	assert_int_equal(count_sub(root, "cur"), 0);
+	assert_int_equal(stat(root, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0700);
+	/* again: everything exists already, still fine */
+	assert_int_equal(maildir_create(root, NULL, &err), 0);
+	assert_int_equal(maildir_create(root, "Sent Items", &err), 0);
+	assert_int_equal(maildir_create(root, "Archive.2024", &err), 0);
+	assert_int_equal(count_sub(root, ".Sent Items/cur"), 0);
+	assert_int_equal(count_sub(root, ".Archive.2024"), 4);
+
+	for (size_t i = 0; i < N_ELEMENTS(bad); i++) {
+		err = NULL;
+		errno = 0;
+		if (maildir_create(root, bad[i], &err) != -1)
+			fail_msg("folder \"%s\" was accepted", bad[i]);
+		assert_int_equal(errno, EINVAL);
+		assert_non_null(err);
+		free(err);
+	}
+	/* only the two good folders and tmp/new/cur exist */
+	assert_int_equal(count_entries(root), 5);
+	free(root);
+}
+
+/* Nothing of a failed delivery may remain in any tmp/ or new/. */
+static void assert_maildir_empty(const char *maildir)
+{
+	assert_int_equal(count_sub(maildir, "tmp"), 0);
+	assert_int_equal(count_sub(maildir, "new"), 0);
+	assert_int_equal(count_sub(maildir, "cur"), 0);
+}
+
+static void test_all_or_nothing_enospc(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 40 * 1024;
+	char *data = make_data(len, 21);
+	char *r1, *r2, *r3;
+
+	if (!mount_small_tmpfs(f)) {
+		free(data);
+		skip();
+	}
+	r1 = user_root(f->mnt, "alice", "example.test");
+	r2 = user_root(f->mnt, "bob", "example.test");
+	r3 = user_root(f->mnt, "alice", "example.test");
+
+	/* the first copy fits, the second does not */
+	struct maildir_target t[3] = { { .root = r1 }, { .root = r2 }, { .root = r3, .folder = (char *)"Junk" } };
+	struct maildir_job job = {
+		.targets = t, .n_targets = 3, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 1 << 20, data, len), .fsync = true,
+	};
+	char *junk = folder_dir(r3, "Junk");
+
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(errno, ENOSPC);
+	assert_int_equal(job.error, ENOSPC);
+	assert_null(job.paths);
+	assert_non_null(strstr(job.error_text, "write "));
+	assert_non_null(strstr(job.error_text, f->mnt));
+	assert_non_null(strstr(job.error_text, "No space left on device"));
+	assert_maildir_empty(r1);
+	assert_maildir_empty(r2);
+	/* the third target was never reached */
+	assert_int_equal(count_entries(junk), -1);
+
+	/* the space came back: a small message now goes through */
+	msgbody_free(&job.body);
+	job.body = body_from(f->dir, 1 << 20, "small\n", 6);
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_int_equal(job.error, 0);
+	assert_int_equal(count_sub(r1, "new"), 1);
+	assert_int_equal(count_sub(r2, "new"), 1);
+	assert_int_equal(count_sub(junk, "new"), 1);
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+	free(junk);
+	free(r1);
+	free(r2);
+	free(r3);
+	free(data);
+}
+
+static void test_all_or_nothing_enospc_single(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 200 * 1024;
+	char *data = make_data(len, 22);
+	char *r1;
+
+	if (!mount_small_tmpfs(f)) {
+		free(data);
+		skip();
+	}
+	r1 = user_root(f->mnt, "alice", "example.test");
+
+	struct maildir_target t = { .root = r1 };
+	/* spilled body: the same failure from an mmap'd source */
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1,
+		.body = body_from(f->dir, 1024, data, len), .fsync = true,
+	};
+
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, ENOSPC);
+	assert_non_null(strstr(job.error_text, r1));
+	assert_maildir_empty(r1);
+	msgbody_free(&job.body);
+	free(r1);
+	free(data);
+}
+
+static void test_all_or_nothing_enotdir(void **state)
+{
+	struct fixture *f = *state;
+	char *r1 = user_root(f->dir, "alice", "example.test");
+	char *blocker = path_join(f->dir, "blocked.test");
+	char *r2 = user_root(f->dir, "bob", "blocked.test");
+	struct maildir_target t[2] = { { .root = r1 }, { .root = r2 } };
+	struct maildir_job job = {
+		.targets = t, .n_targets = 2, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 1 << 20, "hi\n", 3), .fsync = true,
+	};
+	int fd;
+
+	/* a regular file where the second user's domain directory must be */
+	fd = open(blocker, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, ENOTDIR);
+	assert_int_equal(errno, ENOTDIR);
+	assert_null(job.paths);
+	assert_non_null(strstr(job.error_text, blocker));
+	assert_non_null(strstr(job.error_text, "Not a directory"));
+	/* the first copy was written to tmp/ and then taken back */
+	assert_maildir_empty(r1);
+
+	free(blocker);
+	free(r1);
+	free(r2);
+	msgbody_free(&job.body);
+}
+
+static void test_all_or_nothing_after_rename(void **state)
+{
+	struct fixture *f = *state;
+	char *r1 = user_root(f->dir, "alice", "example.test");
+	char *r2 = user_root(f->dir, "bob", "example.test");
+	char *r2new = xasprintf("%snew", r2); /* r2 ends in '/' */
+	struct maildir_target t[2] = { { .root = r1 }, { .root = r2 } };
+	struct maildir_job job = {
+		.targets = t, .n_targets = 2,
+		.body = body_from(f->dir, 1 << 20, "hi\n", 3), .fsync = true,
+	};
+	char *err = NULL;
+	int fd;
+
+	/* bob's new/ is a regular file: both copies reach tmp/, alice's is
+	 * renamed into new/, then bob's rename fails */
+	assert_int_equal(maildir_create(r1, NULL, &err), 0);
+	assert_int_equal(maildir_create(r2, NULL, &err), 0);
+	assert_int_equal(rmdir(r2new), 0);
+	fd = open(r2new, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, ENOTDIR);
+	assert_non_null(strstr(job.error_text, r2new));
+	assert_maildir_empty(r1);
+	assert_int_equal(count_sub(r2, "tmp"), 0);
+
+	msgbody_free(&job.body);
+	free(r2new);
+	free(r1);
+	free(r2);
+}
+
+static void test_invalid_jobs(void **state)
+{
+	struct fixture *f = *state;
+	struct maildir_target t = { .root = NULL };
+	struct maildir_job job = { .targets = &t, .n_targets = 0 };
+	struct msgbody *unsealed = msgbody_new(f->dir, 100);
+
+	job.body = body_from(f->dir, 100, "x", 1);
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EINVAL);
+	assert_true(job.error_text[0] != '\0');
+	job.n_targets = 1;
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EINVAL);
+	msgbody_free(&job.body);
+
+	/* a body still being received is refused, not read half-way */
+	t.root = path_join(f->dir, "u");
+	job.body = unsealed;
+	assert_int_equal(msgbody_append(unsealed, "abc", 3), 0);
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EINVAL);
+	assert_non_null(strstr(job.error_text, "body"));
+	/* a bad folder name never becomes a directory */
+	assert_int_equal(msgbody_seal(unsealed), 0);
+	t.folder = (char *)"../../etc";
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EINVAL);
+	assert_int_equal(count_entries(f->dir), 0);
+	free(t.root);
+	msgbody_free(&job.body);
+}
+
+struct deliver_arg {
+	const char *root;
+	struct msgbody *body;
+	int failures;
+};
+
+static void *deliver_thread(void *p)
+{
+	struct deliver_arg *a = p;
+
+	for (int i = 0; i < 50; i++) {
+		struct maildir_target t = { .root = (char *)a->root, .folder = i % 2 ? (char *)"Junk" : NULL };
+		struct maildir_job job = { .targets = &t, .n_targets = 1, .body = a->body, .fsync = false };
+
+		if (maildir_deliver(&job) < 0)
+			a->failures++;
+		maildir_job_free_results(&job);
+	}
+	return NULL;
+}
+
+static void test_concurrent_deliveries(void **state)
+{
+	struct fixture *f = *state;
+	char *root = user_root(f->dir, "busy", "example.test");
+	char *junk = folder_dir(root, "Junk");
+	const char text[] = "Subject: x\n\nshared spilled body, longer than the threshold\n";
+	struct msgbody *body = body_from(f->dir, 16, text, strlen(text));
+	pthread_t th[4];
+	struct deliver_arg args[4];
+
+	/* the Maildir does not exist yet: the threads race to create it */
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct deliver_arg){ .root = root, .body = body };
+		assert_int_equal(pthread_create(&th[i], NULL, deliver_thread, &args[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(args[i].failures, 0);
+	}
+	assert_int_equal(count_sub(root, "new"), 100);
+	assert_int_equal(count_sub(junk, "new"), 100);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+	msgbody_free(&body);
+	free(junk);
+	free(root);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_deliver_one, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_deliver_several_with_folder, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_empty_body_and_no_headers, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_spilled_body_identical, setup_dir, teardown_dir),
+		cmocka_unit_test(test_unique_names_threads),
+		cmocka_unit_test(test_unique_name_escapes_host),
+		cmocka_unit_test(test_user_path),
+		cmocka_unit_test_setup_teardown(test_create_folders, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_all_or_nothing_enospc, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_all_or_nothing_enospc_single, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_all_or_nothing_enotdir, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_all_or_nothing_after_rename, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_invalid_jobs, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_concurrent_deliveries, setup_dir, teardown_dir),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
