@@ -116,6 +116,9 @@ double filter_tx_score(const struct filter_tx *fx);
 size_t filter_tx_hits(const struct filter_tx *fx, const struct filter_hit **hits_r);
 size_t filter_tx_headers(const struct filter_tx *fx, const struct filter_header **hdrs_r);
 size_t filter_tx_stage_log(const struct filter_tx *fx, const struct filter_stage_log **log_r);
+/* The pipeline adds one row per stage run (strings are copied). */
+void filter_tx_add_stage_log(struct filter_tx *fx, const char *stage,
+			     enum phase phase, const char *result, long usec);
 /* "stage:result:usec,..." and "rule1,rule2" for one log line; malloc'd. */
 char *filter_tx_format_stages(const struct filter_tx *fx);
 char *filter_tx_format_hits(const struct filter_tx *fx);
