@@ -1,0 +1,616 @@
+/*
+ * pipeline.c — run the configured stages of a phase and merge their answers.
+ *
+ * A pipeline is built once from the config (pipeline.stages, in order), is
+ * immutable afterwards and reference-counted: a reload builds a new one and
+ * every run holds a reference, so a transaction finishes with the stages it
+ * started with.
+ *
+ * A run walks the stages registered for its phase. Each stage call gets an
+ * id in the loop thread's handle table; a stage that pends keeps only that
+ * id and finds the call again with stage_call_find(). A call that does not
+ * finish within its timeout is cancelled (ops->cancel), its id unregistered,
+ * and the stage's on_error policy applied, so a late answer finds NULL.
+ *
+ * Re-entrancy: stage_call_done() never continues the run by itself. It
+ * records the answer, unregisters the id and wakes the run through an event
+ * made active on the run's loop; the next stage and the caller's done()
+ * then run from that event's callback. So a stage completing a call never
+ * finds other stages, the session's done() or a pipeline destroy running
+ * underneath it, and done() is never called from inside pipeline_run().
+ *
+ * Merging: CONTINUE adds nothing (stages put scores and headers into the
+ * filter_tx themselves); ACCEPT ends the phase and skips the score mapping;
+ * REJECT/TEMPFAIL/DISCARD/QUARANTINE end the phase with that verdict. A
+ * failed or timed-out check follows the stage's on_error: "accept" goes on
+ * with the next stage, "tempfail" ends the phase with a 4xx. After a DATA
+ * phase that ended in CONTINUE the total score picks the action; the merged
+ * verdict then stays CONTINUE and out->action (with out->reply for a score
+ * reject) tells the session what to do.
+ */
+#include "config.h"
+
+#include <assert.h>
+#include <confuse.h>
+#include <event2/event.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "filters/filters.h"
+
+#define PIPELINE_REJECT_CODE 550
+#define PIPELINE_REJECT_ENHANCED "5.7.1"
+#define PIPELINE_REJECT_TEXT "Message rejected"
+#define PIPELINE_SPAM_REJECT_TEXT "Message rejected as spam"
+#define PIPELINE_TEMPFAIL_CODE 451
+#define PIPELINE_TEMPFAIL_ENHANCED "4.7.1"
+#define PIPELINE_TEMPFAIL_TEXT "Try again later"
+
+struct pipeline {
+	atomic_int refcount;
+	struct stage **stages;
+	size_t n_stages;
+	unsigned phases; /* union of the stages' PHASE_BIT()s */
+	double tag_score, junk_score, reject_score;
+};
+
+/* A stage call as the pipeline keeps it; stages only see `call`. */
+struct pipeline_call {
+	struct stage_call call;
+	struct pipeline_run *run;
+	struct timespec start;
+	size_t n_hits_before;
+	bool in_check;  /* inside ops->check(): completing now is a bug */
+	bool completed; /* stage_call_done() ran; the run has yet to resume */
+	enum check_status status;
+	long usec;
+};
+
+struct pipeline_run {
+	struct pipeline *pl;
+	enum phase phase;
+	struct event_base *base;
+	const struct filter_msg *msg;
+	struct filter_tx *fx;
+	pipeline_done_cb *done;
+	void *ctx;
+	size_t next;                /* index of the next stage to look at */
+	struct pipeline_call *call; /* the pending (or completed) call */
+	struct event *timer;        /* the pending call's timeout */
+	struct event *resume;       /* made active by stage_call_done() */
+	bool finished;              /* a stage ended the phase */
+	struct pipeline_outcome out;
+};
+
+/* ------------------------------------------------------------- names */
+
+const char *phase_name(enum phase phase)
+{
+	switch (phase) {
+	case PHASE_CONNECT: return "connect";
+	case PHASE_HELO: return "helo";
+	case PHASE_MAIL: return "mail";
+	case PHASE_RCPT: return "rcpt";
+	case PHASE_DATA: return "data";
+	case PHASE_COUNT: break;
+	}
+	return "unknown";
+}
+
+const char *verdict_name(enum verdict v)
+{
+	switch (v) {
+	case VERDICT_CONTINUE: return "continue";
+	case VERDICT_ACCEPT: return "accept";
+	case VERDICT_REJECT: return "reject";
+	case VERDICT_TEMPFAIL: return "tempfail";
+	case VERDICT_DISCARD: return "discard";
+	case VERDICT_QUARANTINE: return "quarantine";
+	}
+	return "unknown";
+}
+
+const char *action_name(enum action a)
+{
+	switch (a) {
+	case ACTION_DELIVER: return "deliver";
+	case ACTION_TAG: return "tag";
+	case ACTION_JUNK: return "junk";
+	case ACTION_QUARANTINE: return "quarantine";
+	case ACTION_DISCARD: return "discard";
+	case ACTION_REJECT: return "reject";
+	case ACTION_TEMPFAIL: return "tempfail";
+	}
+	return "unknown";
+}
+
+/* ---------------------------------------------------------- building */
+
+static void pipeline_free(struct pipeline *pl)
+{
+	for (size_t i = 0; i < pl->n_stages; i++) {
+		struct stage *st = pl->stages[i];
+
+		if (st->ops->destroy != NULL)
+			st->ops->destroy(st);
+	}
+	free(pl->stages);
+	free(pl);
+}
+
+static int pipeline_create_stage(const struct mx_config *cfg, const char *name,
+				 struct stage **st_r, char **error_r)
+{
+	const struct stage_ops *ops = filters_find_stage(name);
+	struct stage *st = NULL;
+	enum on_error on_error;
+	const char *on_error_text;
+	cfg_t *section;
+	long timeout;
+	char *error = NULL;
+
+	if (ops == NULL) {
+		*error_r = xasprintf("pipeline: unknown stage '%s'", name);
+		return -1;
+	}
+	section = cfg->cfg == NULL ? NULL : cfg_getsec(cfg->cfg, name);
+	if (section == NULL) {
+		*error_r = xasprintf("pipeline: stage '%s' has no config section "
+				     "(filters_register_config() not called before config_load()?)",
+				     name);
+		return -1;
+	}
+	on_error_text = cfg_getstr(section, "on_error");
+	if (on_error_text != NULL && strcmp(on_error_text, "accept") == 0)
+		on_error = ON_ERROR_ACCEPT;
+	else if (on_error_text != NULL && strcmp(on_error_text, "tempfail") == 0)
+		on_error = ON_ERROR_TEMPFAIL;
+	else {
+		*error_r = xasprintf("pipeline: stage '%s': on_error must be "
+				     "\"accept\" or \"tempfail\", not \"%s\"",
+				     name, on_error_text != NULL ? on_error_text : "");
+		return -1;
+	}
+	timeout = cfg_getint(section, "timeout");
+	if (timeout < 0) {
+		*error_r = xasprintf("pipeline: stage '%s': timeout must be >= 0 "
+				     "milliseconds, not %ld", name, timeout);
+		return -1;
+	}
+	if (ops->create(section, cfg, &st, &error) < 0) {
+		*error_r = xasprintf("pipeline: stage '%s': %s", name,
+				     error != NULL ? error : "cannot be created");
+		free(error);
+		return -1;
+	}
+	st->ops = ops;
+	st->name = ops->name;
+	st->on_error = on_error;
+	st->timeout_ms = timeout > 0 ? timeout : cfg->pipeline.stage_timeout;
+	*st_r = st;
+	return 0;
+}
+
+int pipeline_create(const struct mx_config *cfg, struct pipeline **pl_r, char **error_r)
+{
+	struct pipeline *pl = xcalloc(1, sizeof(*pl));
+	size_t n = cfg->pipeline.n_stages;
+
+	atomic_init(&pl->refcount, 1);
+	pl->tag_score = cfg->pipeline.tag_score;
+	pl->junk_score = cfg->pipeline.junk_score;
+	pl->reject_score = cfg->pipeline.reject_score;
+	pl->stages = xcalloc(n + 1, sizeof(*pl->stages));
+	for (size_t i = 0; i < n; i++) {
+		const char *name = cfg->pipeline.stages[i];
+
+		/* one section per stage name: a second instance would share
+		 * it, which is never what the admin meant */
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(cfg->pipeline.stages[j], name) == 0) {
+				*error_r = xasprintf("pipeline: stage '%s' listed twice", name);
+				pipeline_free(pl);
+				return -1;
+			}
+		}
+		if (pipeline_create_stage(cfg, name, &pl->stages[i], error_r) < 0) {
+			pipeline_free(pl);
+			return -1;
+		}
+		pl->n_stages++;
+		pl->phases |= pl->stages[i]->ops->phases;
+	}
+	*pl_r = pl;
+	return 0;
+}
+
+struct pipeline *pipeline_ref(struct pipeline *pl)
+{
+	atomic_fetch_add_explicit(&pl->refcount, 1, memory_order_relaxed);
+	return pl;
+}
+
+void pipeline_unref(struct pipeline **plp)
+{
+	struct pipeline *pl = *plp;
+
+	if (pl == NULL)
+		return;
+	*plp = NULL;
+	/* acq_rel: the thread that frees must see every other thread's
+	 * last use of the pipeline */
+	if (atomic_fetch_sub_explicit(&pl->refcount, 1, memory_order_acq_rel) == 1)
+		pipeline_free(pl);
+}
+
+bool pipeline_has_phase(const struct pipeline *pl, enum phase phase)
+{
+	return (pl->phases & PHASE_BIT(phase)) != 0;
+}
+
+/* ----------------------------------------------------------- running */
+
+static long pipeline_usec_since(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(now.tv_sec - start->tv_sec) * 1000000L +
+		(now.tv_nsec - start->tv_nsec) / 1000L;
+}
+
+/* The reply for a hard verdict: each of code, enhanced code and text is the
+ * stage's own where it set it and its class fits the verdict (a 4xx with
+ * REJECT would make the sender retry for days), the default otherwise. */
+static void pipeline_fill_reply(struct filter_result *reply,
+				const struct filter_result *stage_reply,
+				unsigned def_code, const char *def_enhanced,
+				const char *def_text)
+{
+	unsigned cls = def_code / 100;
+	const struct filter_result *sr = stage_reply;
+
+	memset(reply, 0, sizeof(*reply));
+	reply->verdict = cls == 5 ? VERDICT_REJECT : VERDICT_TEMPFAIL;
+	reply->code = sr != NULL && sr->code / 100 == cls ?
+		sr->code : def_code;
+	str_copy(reply->enhanced,
+		 sr != NULL && sr->enhanced[0] == (char)('0' + cls) &&
+		 sr->enhanced[1] == '.' ? sr->enhanced : def_enhanced,
+		 sizeof(reply->enhanced));
+	str_copy(reply->text, sr != NULL && sr->text[0] != '\0' ? sr->text : def_text,
+		 sizeof(reply->text));
+	/* stage texts may come from the network (a DNS TXT record): never
+	 * let one break the reply line */
+	for (char *p = reply->text; *p != '\0'; p++) {
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = ' ';
+	}
+}
+
+static void pipeline_run_end_phase(struct pipeline_run *run, enum verdict v)
+{
+	run->finished = true;
+	run->out.verdict = v;
+}
+
+/* A failed or timed-out check: the stage's on_error decides. */
+static void pipeline_apply_on_error(struct pipeline_run *run, struct stage *st,
+				    const struct filter_result *stage_reply)
+{
+	char text[256];
+	bool has_reply;
+
+	if (st->on_error == ON_ERROR_ACCEPT)
+		return;
+	has_reply = stage_reply != NULL &&
+		(stage_reply->code != 0 || stage_reply->text[0] != '\0');
+	snprintf(text, sizeof(text), "%s temporarily unavailable, try again later",
+		 st->name);
+	pipeline_fill_reply(&run->out.reply, has_reply ? stage_reply : NULL,
+			    PIPELINE_TEMPFAIL_CODE, PIPELINE_TEMPFAIL_ENHANCED, text);
+	pipeline_run_end_phase(run, VERDICT_TEMPFAIL);
+}
+
+/* Fold one finished call into the run and log it. timed_out: the stage
+ * never answered (its result is not looked at). */
+static void pipeline_run_apply(struct pipeline_run *run, struct pipeline_call *pc,
+			       enum check_status status, bool timed_out, long usec)
+{
+	struct stage *st = pc->call.stage;
+	const struct filter_result *res = &pc->call.result;
+	const char *word;
+
+	if (timed_out) {
+		word = "timeout";
+		pipeline_apply_on_error(run, st, NULL);
+	} else if (status == CHECK_FAILED) {
+		word = "error";
+		pipeline_apply_on_error(run, st, res);
+	} else {
+		switch (res->verdict) {
+		case VERDICT_CONTINUE:
+			word = filter_tx_hits(run->fx, NULL) > pc->n_hits_before ?
+				"hit" : "ok";
+			break;
+		case VERDICT_REJECT:
+			word = "reject";
+			pipeline_fill_reply(&run->out.reply, res, PIPELINE_REJECT_CODE,
+					    PIPELINE_REJECT_ENHANCED, PIPELINE_REJECT_TEXT);
+			pipeline_run_end_phase(run, VERDICT_REJECT);
+			break;
+		case VERDICT_TEMPFAIL:
+			word = "tempfail";
+			pipeline_fill_reply(&run->out.reply, res, PIPELINE_TEMPFAIL_CODE,
+					    PIPELINE_TEMPFAIL_ENHANCED, PIPELINE_TEMPFAIL_TEXT);
+			pipeline_run_end_phase(run, VERDICT_TEMPFAIL);
+			break;
+		case VERDICT_ACCEPT:
+		case VERDICT_DISCARD:
+		case VERDICT_QUARANTINE:
+			word = verdict_name(res->verdict);
+			pipeline_run_end_phase(run, res->verdict);
+			break;
+		default:
+			/* not in the vocabulary: a stage bug; fail safe */
+			word = "error";
+			pipeline_apply_on_error(run, st, NULL);
+			break;
+		}
+	}
+	filter_tx_add_stage_log(run->fx, st->name, run->phase, word, usec);
+}
+
+static void pipeline_call_free(struct pipeline_call *pc)
+{
+	free(pc);
+}
+
+/* The score mapping and X-Spam-* headers after the DATA phase, and the
+ * action for every phase's verdict. */
+static void pipeline_run_outcome(struct pipeline_run *run)
+{
+	struct pipeline_outcome *out = &run->out;
+	const struct pipeline *pl = run->pl;
+	char value[64];
+
+	out->score = filter_tx_score(run->fx);
+	switch (out->verdict) {
+	case VERDICT_REJECT: out->action = ACTION_REJECT; break;
+	case VERDICT_TEMPFAIL: out->action = ACTION_TEMPFAIL; break;
+	case VERDICT_DISCARD: out->action = ACTION_DISCARD; break;
+	case VERDICT_QUARANTINE: out->action = ACTION_QUARANTINE; break;
+	case VERDICT_ACCEPT: out->action = ACTION_DELIVER; break;
+	case VERDICT_CONTINUE:
+		out->action = ACTION_DELIVER;
+		if (run->phase != PHASE_DATA)
+			break;
+		if (out->score >= pl->reject_score) {
+			out->action = ACTION_REJECT;
+			pipeline_fill_reply(&out->reply, NULL, PIPELINE_REJECT_CODE,
+					    PIPELINE_REJECT_ENHANCED,
+					    PIPELINE_SPAM_REJECT_TEXT);
+		} else if (out->score >= pl->junk_score) {
+			out->action = ACTION_JUNK;
+		} else if (out->score >= pl->tag_score) {
+			out->action = ACTION_TAG;
+		}
+		break;
+	}
+	if (run->phase != PHASE_DATA || pl->n_stages == 0)
+		return;
+	snprintf(value, sizeof(value), "%.1f", out->score);
+	filter_tx_add_header(run->fx, "X-Spam-Score", value);
+	if (out->action == ACTION_TAG || out->action == ACTION_JUNK) {
+		char *hits = filter_tx_format_hits(run->fx);
+		char *status = xasprintf("Yes, score=%.1f tests=%s", out->score,
+					 hits[0] != '\0' ? hits : "none");
+
+		filter_tx_add_header(run->fx, "X-Spam-Flag", "YES");
+		filter_tx_add_header(run->fx, "X-Spam-Status", status);
+		free(status);
+		free(hits);
+	}
+}
+
+static void pipeline_run_free(struct pipeline_run *run)
+{
+	if (run->call != NULL) {
+		handle_unregister(run->call->call.id);
+		pipeline_call_free(run->call);
+	}
+	if (run->timer != NULL)
+		event_free(run->timer);
+	if (run->resume != NULL)
+		event_free(run->resume);
+	pipeline_unref(&run->pl);
+	free(run);
+}
+
+static void pipeline_timeout_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Call the remaining stages of the phase until one pends or the phase ends.
+ * Returns true when the phase is over (run->out is then complete).
+ */
+static bool pipeline_run_stages(struct pipeline_run *run)
+{
+	struct pipeline *pl = run->pl;
+
+	while (!run->finished && run->next < pl->n_stages) {
+		struct stage *st = pl->stages[run->next++];
+		struct pipeline_call *pc;
+		enum check_status status;
+
+		if ((st->ops->phases & PHASE_BIT(run->phase)) == 0)
+			continue;
+		pc = xcalloc(1, sizeof(*pc));
+		pc->run = run;
+		pc->call.phase = run->phase;
+		pc->call.stage = st;
+		pc->call.msg = run->msg;
+		pc->call.fx = run->fx;
+		pc->call.base = run->base;
+		pc->call.id = handle_register(&pc->call);
+		pc->n_hits_before = filter_tx_hits(run->fx, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &pc->start);
+
+		pc->in_check = true;
+		status = st->ops->check(st, &pc->call);
+		pc->in_check = false;
+
+		if (status == CHECK_PENDING) {
+			run->call = pc;
+			if (st->timeout_ms > 0) {
+				struct timeval tv = {
+					.tv_sec = st->timeout_ms / 1000,
+					.tv_usec = (st->timeout_ms % 1000) * 1000,
+				};
+
+				if (run->timer == NULL)
+					run->timer = evtimer_new(run->base,
+								 pipeline_timeout_cb, run);
+				evtimer_add(run->timer, &tv);
+			}
+			return false;
+		}
+		handle_unregister(pc->call.id);
+		pipeline_run_apply(run, pc, status, false,
+				   pipeline_usec_since(&pc->start));
+		pipeline_call_free(pc);
+	}
+	pipeline_run_outcome(run);
+	return true;
+}
+
+/* The phase ended on the loop: hand the outcome over. The run is freed
+ * first so that done() may drop the last reference to anything. */
+static void pipeline_run_finish_async(struct pipeline_run *run)
+{
+	struct pipeline_outcome out = run->out;
+	pipeline_done_cb *done = run->done;
+	void *ctx = run->ctx;
+
+	pipeline_run_free(run);
+	done(ctx, &out);
+}
+
+static void pipeline_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pipeline_run *run = arg;
+	struct pipeline_call *pc = run->call;
+
+	assert(pc != NULL && pc->completed);
+	run->call = NULL;
+	pipeline_run_apply(run, pc, pc->status, false, pc->usec);
+	pipeline_call_free(pc);
+	if (pipeline_run_stages(run))
+		pipeline_run_finish_async(run);
+}
+
+static void pipeline_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pipeline_run *run = arg;
+	struct pipeline_call *pc = run->call;
+	struct stage *st;
+
+	/* a completion already queued wins over a timer firing in the same
+	 * loop iteration */
+	if (pc == NULL || pc->completed)
+		return;
+	st = pc->call.stage;
+	run->call = NULL;
+	handle_unregister(pc->call.id);
+	if (st->ops->cancel != NULL)
+		st->ops->cancel(st, &pc->call);
+	pipeline_run_apply(run, pc, CHECK_FAILED, true,
+			   pipeline_usec_since(&pc->start));
+	pipeline_call_free(pc);
+	if (pipeline_run_stages(run))
+		pipeline_run_finish_async(run);
+}
+
+enum pipeline_status pipeline_run(struct pipeline *pl, enum phase phase,
+				  struct event_base *base,
+				  const struct filter_msg *msg, struct filter_tx *fx,
+				  pipeline_done_cb *done, void *ctx,
+				  struct pipeline_outcome *out,
+				  struct pipeline_run **run_r)
+{
+	struct pipeline_run *run = xcalloc(1, sizeof(*run));
+
+	run->pl = pipeline_ref(pl);
+	run->phase = phase;
+	run->base = base;
+	run->msg = msg;
+	run->fx = fx;
+	run->done = done;
+	run->ctx = ctx;
+	run->out.verdict = VERDICT_CONTINUE;
+	run->out.action = ACTION_DELIVER;
+
+	if (pipeline_run_stages(run)) {
+		*out = run->out;
+		pipeline_run_free(run);
+		*run_r = NULL;
+		return PIPELINE_DONE;
+	}
+	*run_r = run;
+	return PIPELINE_PENDING;
+}
+
+void pipeline_run_cancel(struct pipeline_run **runp)
+{
+	struct pipeline_run *run = *runp;
+	struct pipeline_call *pc;
+
+	if (run == NULL)
+		return;
+	*runp = NULL;
+	pc = run->call;
+	if (pc != NULL && !pc->completed) {
+		struct stage *st = pc->call.stage;
+
+		/* unregister first: the stage's cancel may look itself up */
+		handle_unregister(pc->call.id);
+		if (st->ops->cancel != NULL)
+			st->ops->cancel(st, &pc->call);
+	}
+	pipeline_run_free(run);
+}
+
+/* ------------------------------------------------------- stage calls */
+
+struct stage_call *stage_call_find(uint64_t id)
+{
+	return handle_lookup(id);
+}
+
+void stage_call_done(struct stage_call *call, enum check_status status)
+{
+	struct pipeline_call *pc = (struct pipeline_call *)call;
+	struct pipeline_run *run = pc->run;
+
+	/* A stage that has its answer inside check() returns CHECK_DONE;
+	 * completing from there would run the pipeline underneath it. */
+	assert(!pc->in_check);
+	assert(status == CHECK_DONE || status == CHECK_FAILED);
+	/* Only a call found by id may be completed: after a timeout or a
+	 * cancel the id is gone and the stage must drop its answer. */
+	assert(handle_lookup(call->id) == call && !pc->completed);
+	if (pc->in_check || pc->completed || handle_lookup(call->id) != call)
+		return;
+
+	handle_unregister(call->id);
+	pc->completed = true;
+	pc->status = status == CHECK_PENDING ? CHECK_FAILED : status;
+	pc->usec = pipeline_usec_since(&pc->start);
+	if (run->timer != NULL)
+		evtimer_del(run->timer);
+	if (run->resume == NULL)
+		run->resume = event_new(run->base, -1, 0, pipeline_resume_cb, run);
+	event_active(run->resume, 0, 0);
+}

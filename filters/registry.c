@@ -1,0 +1,135 @@
+/*
+ * registry.c — where stages are found by name.
+ *
+ * The built-in stages sit in one const table: adding a stage is one new
+ * file in filters/ and one line here. Tests (and nothing else) add stages of
+ * their own at run time with filters_register_stage(); a runtime stage with
+ * the name of a built-in one shadows it, and re-registering a name replaces
+ * the earlier entry.
+ *
+ * filters_register_config() gives every known stage its config section:
+ * the stage's own options plus the two every stage has —
+ *   on_error = "accept" | "tempfail"   (default: the stage's own choice)
+ *   timeout  = milliseconds            (0 = pipeline.stage_timeout)
+ * The merged option arrays are handed to the config loader by reference, so
+ * they are kept for the life of the process; calling it again reuses the
+ * array of a stage that did not change, which makes it idempotent.
+ *
+ * Registration happens at start-up, before any loop thread runs, so the
+ * registry takes no locks.
+ */
+#include "config.h"
+
+#include <confuse.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filters/filters.h"
+
+/* The built-in stages, one line each: &<name>_stage_ops, declared in
+ * filters.h and defined in filters/<name>.c. */
+static const struct stage_ops *const stage_table[] = {
+	NULL /* end of table */
+};
+
+/* Stages registered at run time (tests). */
+static const struct stage_ops **runtime_stages;
+static size_t n_runtime_stages;
+
+/* Merged section options already handed to the config loader. */
+struct registry_section {
+	const struct stage_ops *ops;
+	cfg_opt_t *opts;
+};
+static struct registry_section *registry_sections;
+static size_t n_registry_sections;
+
+const struct stage_ops *filters_find_stage(const char *name)
+{
+	if (name == NULL)
+		return NULL;
+	for (size_t i = 0; i < n_runtime_stages; i++) {
+		if (strcmp(runtime_stages[i]->name, name) == 0)
+			return runtime_stages[i];
+	}
+	for (size_t i = 0; stage_table[i] != NULL; i++) {
+		if (strcmp(stage_table[i]->name, name) == 0)
+			return stage_table[i];
+	}
+	return NULL;
+}
+
+void filters_register_stage(const struct stage_ops *ops)
+{
+	for (size_t i = 0; i < n_runtime_stages; i++) {
+		if (strcmp(runtime_stages[i]->name, ops->name) == 0) {
+			runtime_stages[i] = ops;
+			return;
+		}
+	}
+	runtime_stages = xrealloc(runtime_stages,
+				  (n_runtime_stages + 1) * sizeof(*runtime_stages));
+	runtime_stages[n_runtime_stages++] = ops;
+}
+
+static bool registry_is_common_opt(const char *name)
+{
+	return strcmp(name, "on_error") == 0 || strcmp(name, "timeout") == 0;
+}
+
+/* The stage's own options followed by the common ones, CFG_END-terminated.
+ * The stage's option structs are copied shallowly: libconfuse copies the
+ * whole array again in cfg_init(), so nothing here is ever written to. */
+static cfg_opt_t *registry_build_opts(const struct stage_ops *ops)
+{
+	size_t n_own = 0, n = 0;
+	cfg_opt_t *opts;
+
+	if (ops->opts != NULL) {
+		while (ops->opts[n_own].name != NULL)
+			n_own++;
+	}
+	opts = xcalloc(n_own + 3, sizeof(*opts));
+	for (size_t i = 0; i < n_own; i++) {
+		/* the common options are the registry's to define */
+		if (!registry_is_common_opt(ops->opts[i].name))
+			opts[n++] = ops->opts[i];
+	}
+	opts[n++] = (cfg_opt_t)CFG_STR("on_error",
+				       ops->default_on_error == ON_ERROR_TEMPFAIL ?
+				       "tempfail" : "accept", CFGF_NONE);
+	opts[n++] = (cfg_opt_t)CFG_INT("timeout", 0, CFGF_NONE);
+	opts[n] = (cfg_opt_t)CFG_END();
+	return opts;
+}
+
+static void registry_register_section(const struct stage_ops *ops)
+{
+	cfg_opt_t *opts = NULL;
+
+	for (size_t i = 0; i < n_registry_sections; i++) {
+		if (registry_sections[i].ops == ops) {
+			opts = registry_sections[i].opts;
+			break;
+		}
+	}
+	if (opts == NULL) {
+		opts = registry_build_opts(ops);
+		registry_sections = xrealloc(registry_sections,
+					     (n_registry_sections + 1) * sizeof(*registry_sections));
+		registry_sections[n_registry_sections++] =
+			(struct registry_section){ .ops = ops, .opts = opts };
+	}
+	config_register_section(ops->name, opts);
+}
+
+void filters_register_config(void)
+{
+	for (size_t i = 0; stage_table[i] != NULL; i++) {
+		/* shadowed by a runtime stage: that one is registered below */
+		if (filters_find_stage(stage_table[i]->name) == stage_table[i])
+			registry_register_section(stage_table[i]);
+	}
+	for (size_t i = 0; i < n_runtime_stages; i++)
+		registry_register_section(runtime_stages[i]);
+}
