@@ -16,9 +16,7 @@
  * configuration; nothing here is global except the name counter, so any
  * number of worker threads may deliver at once.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>

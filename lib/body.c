@@ -12,9 +12,7 @@
  * later append and the seal fail with the same errno (ENOSPC lets the session
  * answer 452 4.3.1).
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>

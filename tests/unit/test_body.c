@@ -6,9 +6,7 @@
  * full-disk case uses a real 64 KiB tmpfs mounted for the test (the suite
  * runs as root; without the privilege that one test is skipped).
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
 
 #include <dirent.h>
 #include <errno.h>

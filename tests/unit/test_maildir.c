@@ -7,9 +7,7 @@
  * the privilege that test is skipped), and the hostname escaping case sets a
  * hostname inside a private UTS namespace of a forked child.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "config.h"
 
 #include <dirent.h>
 #include <errno.h>
