@@ -786,9 +786,12 @@ fail:
 /* The one editor behind set and delete: hash NULL deletes every line of
  * the user, otherwise the first line's password field is replaced (extra
  * fields kept) or a line is appended. */
-static int userdb_file_edit(const char *path, const char *user_in, const char *hash,
+static int userdb_file_edit(const char *path_in, const char *user_in, const char *hash,
 			    bool must_exist, bool must_not_exist, char **error_r)
 {
+	/* a symlinked passwd-file (shared with Dovecot, say) is edited where
+	 * it really lives; renaming over the link would replace it instead */
+	char *path = realpath(path_in, NULL);
 	struct userdb_buf out = { 0 };
 	struct userdb_ident ident;
 	struct userdb_line l;
@@ -797,12 +800,16 @@ static int userdb_file_edit(const char *path, const char *user_in, const char *h
 	char *data, *user;
 	int lock_fd, ret = -1;
 
+	if (path == NULL)
+		path = xstrdup(path_in); /* not there yet: created below */
 	if (!userdb_valid_user(user_in)) {
 		*error_r = xasprintf("invalid user name: %s", user_in);
+		free(path);
 		return -1;
 	}
 	if (hash != NULL && (hash[0] == '\0' || strpbrk(hash, ":\r\n") != NULL)) {
 		*error_r = xstrdup("invalid password hash");
+		free(path);
 		return -1;
 	}
 	user = xstrdup(user_in);
@@ -810,6 +817,7 @@ static int userdb_file_edit(const char *path, const char *user_in, const char *h
 
 	if ((lock_fd = userdb_lock_file(path, error_r)) < 0) {
 		free(user);
+		free(path);
 		return -1;
 	}
 	if (userdb_read_file(path, &data, &len, &st, &ident, error_r) < 0)
@@ -863,6 +871,7 @@ out_free:
 out_unlock:
 	close(lock_fd); /* releases the flock */
 	free(user);
+	free(path);
 	return ret;
 }
 

@@ -507,6 +507,28 @@ static void test_file_set_creates_file(void **state)
 	assert_int_equal(st.st_mode & 07777, 0600);
 }
 
+/* A passwd-file that is a symlink (shared with Dovecot, say) stays one:
+ * the file it points to is the one rewritten. */
+static void test_file_set_through_symlink(void **state)
+{
+	struct fixture *f = *state;
+	char *real = xasprintf("%s/real-passwd", f->dir);
+	char *content;
+	char *error = NULL;
+	struct stat st;
+
+	write_file(real, "a@example.test:{CRYPT}$6$a$a\n");
+	assert_int_equal(symlink("real-passwd", f->path), 0);
+	assert_int_equal(userdb_file_set(f->path, "b@example.test", "{CRYPT}$6$b$b",
+					 false, true, &error), 0);
+	assert_int_equal(lstat(f->path, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	content = read_whole(real);
+	assert_string_equal(content, "a@example.test:{CRYPT}$6$a$a\nb@example.test:{CRYPT}$6$b$b\n");
+	free(content);
+	free(real);
+}
+
 static void test_file_set_errors(void **state)
 {
 	struct fixture *f = *state;
@@ -707,6 +729,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reload_on_change, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_set_keeps_other_lines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_set_creates_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_file_set_through_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_set_errors, setup, teardown),
 		cmocka_unit_test(test_valid_user),
 		cmocka_unit_test_setup_teardown(test_concurrent_reload, setup, teardown),
