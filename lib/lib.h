@@ -114,12 +114,17 @@ struct mx_config {
 /* One row of the typed settings table: drives parsing, defaults, bounds and
  * `mxguard --settings` (which the docs are checked against). */
 enum setting_type { SETTING_INT, SETTING_STR, SETTING_BOOL, SETTING_FLOAT, SETTING_STRLIST };
+#define SETTING_F_PATH 0x1u  /* a path: made absolute (relative to the cwd) */
 struct setting_def {
-	const char *section; /* NULL = top level, else "limits", "pipeline" */
+	const char *section; /* NULL = top level, else "listen", "limits", "pipeline" */
 	const char *name;
 	enum setting_type type;
 	const char *def;     /* default, as text */
 	long min, max;       /* bounds for SETTING_INT (0,0 = none) */
+	size_t offset;       /* where the value lands: in struct mx_config, or in
+			      * struct listen_config for the "listen" section; a
+			      * STRLIST lands as char ** followed by a size_t count */
+	unsigned flags;
 	const char *doc;     /* one line */
 };
 extern const struct setting_def settings_table[];

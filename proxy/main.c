@@ -1,0 +1,120 @@
+/*
+ * main.c — the mxguard daemon's command line.
+ *
+ *   mxguard [-f] [-c FILE]      run (in the foreground with -f)
+ *   mxguard -t [-c FILE]        check the configuration and exit
+ *   mxguard --settings          print the settings table
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/proxy.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/mxguard/mxguard.conf"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mxguard [-f] [-c FILE]     run the daemon (-f: foreground, log to stderr)\n"
+		"       mxguard -t [-c FILE]       check the configuration and exit\n"
+		"       mxguard --settings         print every setting with default and bounds\n"
+		"       mxguard -V                 print the version\n"
+		"default FILE: %s\n", DEFAULT_CONFIG);
+}
+
+static void
+print_settings(void)
+{
+	static const char *const types[] = { "int", "string", "bool", "float", "list" };
+
+	for (size_t i = 0; i < settings_table_count; i++) {
+		const struct setting_def *s = &settings_table[i];
+		char name[96];
+
+		snprintf(name, sizeof(name), "%s%s%s", s->section ? s->section : "",
+			 s->section ? "." : "", s->name);
+		printf("%-32s %-6s default=%s", name, types[s->type], s->def[0] ? s->def : "\"\"");
+		if (s->min != 0 || s->max != 0)
+			printf(" min=%ld max=%ld", s->min, s->max);
+		printf("  # %s\n", s->doc);
+	}
+}
+
+static int
+check_config(const char *path)
+{
+	char *error = NULL;
+	struct server_state *st = server_state_build(path, &error);
+
+	if (st == NULL) {
+		fprintf(stderr, "%s\n", error);
+		free(error);
+		return 1;
+	}
+	printf("%s: ok (%zu listener(s), %zu local domain(s), %zu stage(s))\n", path,
+	       st->cfg->n_listeners, st->cfg->n_local_domains, st->cfg->pipeline.n_stages);
+	server_state_unref(&st);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "test", no_argument, NULL, 't' },
+		{ "settings", no_argument, NULL, 'S' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_path = DEFAULT_CONFIG;
+	bool foreground = false, test = false;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:ftVh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'f':
+			foreground = true;
+			break;
+		case 't':
+			test = true;
+			break;
+		case 'S':
+			print_settings();
+			return 0;
+		case 'V':
+			printf("mxguard %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	filters_register_config();
+	if (test)
+		return check_config(config_path);
+	if (!foreground && daemon(1, 0) < 0) {
+		perror("mxguard: daemon");
+		return 1;
+	}
+	log_open("mxguard", foreground, LOG_LEVEL_INFO);
+	return server_run(config_path, foreground);
+}

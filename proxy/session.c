@@ -1,0 +1,1241 @@
+/*
+ * session.c — the SMTP session state machine (RFC 5321 receiving side).
+ *
+ * A session lives on one loop thread from accept to close. Input is taken
+ * from the bufferevent one command line at a time (or, in DATA, through the
+ * dot reader); each verb is looked up in the command table, which says in
+ * which states it is allowed. Anything asynchronous — a pipeline phase whose
+ * stages are waiting for DNS or Redis, the Maildir delivery on the worker
+ * pool — sets SESSION_F_BUSY: no further input is processed until the
+ * completion arrives, so pipelined commands are answered strictly in order.
+ *
+ * A transaction (struct tx) is built at MAIL and dropped at RSET or the end
+ * of the message. During delivery the tx is owned by the delivery job; if
+ * the client disconnects meanwhile, the completion finds no session under
+ * its handle and frees the tx itself.
+ *
+ * The session is freed only from the top of an event callback
+ * (session_finish), never from deep inside a handler.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "proxy/proxy.h"
+
+/* Output queued beyond this stops command processing until it drains, so a
+ * client that pipelines without reading cannot grow our memory. */
+#define SESSION_OUTPUT_MAX (64 * 1024)
+/* Input buffered while busy (pipelined commands) before reads pause. */
+#define SESSION_INPUT_MAX (128 * 1024)
+#define DATA_CHUNK 16384
+
+enum session_state {
+	STATE_CONNECTED = 0, /* before HELO/EHLO */
+	STATE_HELO,          /* greeted, no transaction */
+	STATE_MAIL,          /* MAIL accepted, no recipient yet */
+	STATE_RCPT,          /* at least one recipient */
+	STATE_DATA,          /* reading message content */
+	STATE_COUNT
+};
+#define S_BIT(s) (1u << (s))
+
+enum session_flags {
+	SESSION_F_ESMTP = 0x01,
+	SESSION_F_TLS = 0x02,
+	SESSION_F_BUSY = 0x04,       /* async work pending: don't read commands */
+	SESSION_F_CLOSING = 0x08,    /* flush output, then free */
+	SESSION_F_SHUTDOWN = 0x10,   /* server stopping: 421 after this transaction */
+	SESSION_F_TLS_PENDING = 0x20,/* implicit TLS handshake not done yet */
+	SESSION_F_FREED = 0x40,
+	SESSION_F_GREET_PENDING = 0x80, /* greeting due after the TLS handshake */
+};
+
+struct tx {
+	char id[MX_ID_LEN];
+	uint64_t session_handle;
+	struct timespec start;
+	char from[SMTP_PATH_MAX + 1];   /* "" for <> */
+	char **rcpts;                   /* "local@domain", lower-case */
+	char **rcpt_roots;              /* each recipient's Maildir root */
+	size_t n_rcpts, n_rcpts_alloc;
+	uint64_t declared_size;
+	struct msgbody *body;
+	struct dot_reader dr;
+	bool too_big;
+	int body_errno;
+	struct filter_tx *fx;
+	struct filter_msg msg;
+	struct pipeline_outcome outcome;
+	/* delivery */
+	struct maildir_job job;
+	struct server *srv;
+	struct server_state *st;
+	char *log_summary;
+};
+
+struct session;
+typedef void phase_cont_fn(struct session *sess, const struct pipeline_outcome *out);
+
+struct session {
+	struct session *next, *prev;  /* the loop's list */
+	uint64_t handle;
+	char id[MX_ID_LEN];
+	struct loop *loop;
+	struct server_state *st;
+	struct bufferevent *bev;
+	enum session_state state;
+	unsigned flags;
+	char client_addr[64];
+	unsigned client_port;
+	char helo[256];
+	bool conn_counted;
+	long errors, commands, transactions;
+	struct tx *tx;
+	struct filter_tx *fx;           /* connect/helo results, cloned per transaction */
+	struct filter_msg msg;          /* view for phases outside a transaction */
+	struct pipeline_run *run;
+	phase_cont_fn *cont;
+	char pending_arg[SMTP_PATH_MAX + 1]; /* argument carried to a continuation */
+	struct smtp_path pending_path;
+	char *close_reason;
+};
+
+struct command {
+	enum smtp_verb verb;
+	unsigned states;    /* S_BIT() mask of states the verb is allowed in */
+	bool counts;        /* counts against limits.commands_max */
+	void (*handler)(struct session *sess, const char *args, size_t len);
+};
+
+static void session_process(struct session *sess);
+static void session_finish(struct session *sess);
+static void session_close(struct session *sess, const char *reason);
+
+/* --------------------------------------------------------------- replies */
+
+static void ATTR_PRINTF(2, 3)
+session_reply(struct session *sess, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	line[n++] = '\r';
+	line[n++] = '\n';
+	if (log_enabled(LOG_LEVEL_DEBUG))
+		log_msg(LOG_LEVEL_DEBUG, "%s smtp reply=\"%.*s\"", sess->id, n - 2, line);
+	bufferevent_write(sess->bev, line, (size_t)n);
+}
+
+/* A reply caused by a client error: counts towards limits.errors_max. */
+static void ATTR_PRINTF(2, 3)
+session_error(struct session *sess, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	session_reply(sess, "%s", line);
+	if (++sess->errors >= sess->st->cfg->limits.errors_max) {
+		session_reply(sess, "421 4.7.0 %s Error: too many errors", sess->st->cfg->hostname);
+		session_close(sess, "too_many_errors");
+	}
+}
+
+static void
+session_close(struct session *sess, const char *reason)
+{
+	if (sess->flags & SESSION_F_CLOSING)
+		return;
+	sess->flags |= SESSION_F_CLOSING;
+	free(sess->close_reason);
+	sess->close_reason = xstrdup(reason);
+	bufferevent_disable(sess->bev, EV_READ);
+}
+
+/* ----------------------------------------------------------- transaction */
+
+static void
+tx_free(struct tx **txp)
+{
+	struct tx *tx = *txp;
+
+	*txp = NULL;
+	if (tx == NULL)
+		return;
+	for (size_t i = 0; i < tx->n_rcpts; i++) {
+		free(tx->rcpts[i]);
+		free(tx->rcpt_roots[i]);
+	}
+	free(tx->rcpts);
+	free(tx->rcpt_roots);
+	msgbody_free(&tx->body);
+	filter_tx_free(&tx->fx);
+	for (size_t i = 0; i < tx->job.n_targets; i++) {
+		free(tx->job.targets[i].root);
+		free(tx->job.targets[i].folder);
+		free(tx->job.targets[i].headers);
+	}
+	free(tx->job.targets);
+	free((char *)tx->job.prefix);
+	maildir_job_free_results(&tx->job);
+	free(tx->log_summary);
+	if (tx->st != NULL)
+		server_state_unref(&tx->st);
+	free(tx);
+}
+
+static void
+session_tx_reset(struct session *sess)
+{
+	tx_free(&sess->tx);
+	if (sess->state != STATE_CONNECTED)
+		sess->state = STATE_HELO;
+}
+
+static void
+session_fill_msg(struct session *sess, struct filter_msg *msg)
+{
+	memset(msg, 0, sizeof(*msg));
+	msg->session_id = sess->id;
+	msg->client_addr = sess->client_addr;
+	msg->client_port = sess->client_port;
+	msg->helo = sess->helo[0] != '\0' ? sess->helo : NULL;
+	msg->tls = (sess->flags & SESSION_F_TLS) != 0;
+	if (sess->tx != NULL) {
+		msg->txid = sess->tx->id;
+		msg->mail_from = sess->tx->from;
+		msg->rcpts = (const char *const *)sess->tx->rcpts;
+		msg->n_rcpts = sess->tx->n_rcpts;
+	}
+}
+
+/* ------------------------------------------------------ pipeline phases */
+
+static void
+session_phase_done(void *ctx, const struct pipeline_outcome *out)
+{
+	struct session *sess = ctx;
+	phase_cont_fn *cont = sess->cont;
+
+	sess->run = NULL;
+	sess->cont = NULL;
+	sess->flags &= ~SESSION_F_BUSY;
+	cont(sess, out);
+	session_process(sess);
+	session_finish(sess);
+}
+
+/* Run one phase; cont runs now or when the stages answer. */
+static void
+session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg,
+		  struct filter_tx *fx, phase_cont_fn *cont)
+{
+	struct pipeline_outcome out;
+	struct pipeline *pl = sess->st->pipeline;
+
+	if (!pipeline_has_phase(pl, phase) && phase != PHASE_DATA) {
+		memset(&out, 0, sizeof(out));
+		cont(sess, &out);
+		return;
+	}
+	if (pipeline_run(pl, phase, bufferevent_get_base(sess->bev), msg, fx, session_phase_done,
+			 sess, &out, &sess->run) == PIPELINE_DONE) {
+		cont(sess, &out);
+		return;
+	}
+	sess->cont = cont;
+	sess->flags |= SESSION_F_BUSY;
+}
+
+/* Send the reply a stage chose for a hard verdict; true if one was sent. */
+static bool
+session_reply_verdict(struct session *sess, const struct pipeline_outcome *out, const char *what)
+{
+	const struct filter_result *r = &out->reply;
+
+	switch (out->verdict) {
+	case VERDICT_REJECT:
+	case VERDICT_TEMPFAIL: {
+		bool temp = out->verdict == VERDICT_TEMPFAIL;
+		unsigned code = r->code != 0 ? r->code : (temp ? 451 : 550);
+		const char *enh = r->enhanced[0] != '\0' ? r->enhanced : (temp ? "4.7.1" : "5.7.1");
+		const char *text = r->text[0] != '\0' ? r->text : (temp ? "Try again later" : "Rejected");
+		session_reply(sess, "%u %s %s", code, enh, text);
+		log_msg(LOG_LEVEL_INFO, "%s smtp %s client=%s reply=\"%u %s %s\"", sess->id,
+			what, sess->client_addr, code, enh, text);
+		return true;
+	}
+	default:
+		return false;
+	}
+}
+
+/* ----------------------------------------------------------- commands */
+
+static void
+cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+
+	if (session_reply_verdict(sess, out, "helo_reject")) {
+		sess->helo[0] = '\0';
+		sess->flags &= ~SESSION_F_ESMTP;
+		return;
+	}
+	session_tx_reset(sess);
+	sess->state = STATE_HELO;
+	if (!(sess->flags & SESSION_F_ESMTP)) {
+		session_reply(sess, "250 %s", cfg->hostname);
+		return;
+	}
+	session_reply(sess, "250-%s", cfg->hostname);
+	session_reply(sess, "250-PIPELINING");
+	session_reply(sess, "250-SIZE %ld", cfg->limits.message_size_max);
+	if (sess->st->ssl_ctx != NULL && !(sess->flags & SESSION_F_TLS))
+		session_reply(sess, "250-STARTTLS");
+	session_reply(sess, "250-ENHANCEDSTATUSCODES");
+	session_reply(sess, "250 8BITMIME");
+}
+
+static void
+cmd_helo_common(struct session *sess, const char *args, size_t len, bool esmtp)
+{
+	const char *err;
+
+	if (smtp_parse_helo(args, len, &err) < 0) {
+		session_error(sess, "501 5.5.4 Syntax: %s hostname (%s)", esmtp ? "EHLO" : "HELO", err);
+		return;
+	}
+	session_tx_reset(sess);
+	memcpy(sess->helo, args, len);
+	sess->helo[len] = '\0';
+	if (esmtp)
+		sess->flags |= SESSION_F_ESMTP;
+	else
+		sess->flags &= ~SESSION_F_ESMTP;
+	session_fill_msg(sess, &sess->msg);
+	session_run_phase(sess, PHASE_HELO, &sess->msg, sess->fx, cmd_helo_cont);
+}
+
+static void
+cmd_helo(struct session *sess, const char *args, size_t len)
+{
+	cmd_helo_common(sess, args, len, false);
+}
+
+static void
+cmd_ehlo(struct session *sess, const char *args, size_t len)
+{
+	cmd_helo_common(sess, args, len, true);
+}
+
+static void
+cmd_mail_cont(struct session *sess, const struct pipeline_outcome *out)
+{
+	if (session_reply_verdict(sess, out, "mail_reject")) {
+		tx_free(&sess->tx);
+		return;
+	}
+	sess->state = STATE_MAIL;
+	session_reply(sess, "250 2.1.0 Ok");
+}
+
+static void
+cmd_mail(struct session *sess, const char *args, size_t len)
+{
+	const struct mx_config *cfg;
+	struct smtp_path path;
+	const char *err;
+
+	if (smtp_parse_mail_args(args, len, "FROM:", true, &path, &err) < 0) {
+		session_error(sess, "501 5.1.7 Bad sender address syntax: %s", err);
+		return;
+	}
+	/* a new transaction takes the newest shared state (after a reload) */
+	if (sess->st != NULL) {
+		server_state_unref(&sess->st);
+		sess->st = server_get_state(sess->loop->srv);
+	}
+	cfg = sess->st->cfg;
+	uint64_t declared = 0;
+	for (size_t i = 0; i < path.n_params; i++) {
+		const struct smtp_param *p = &path.params[i];
+		if (strcmp(p->key, "SIZE") == 0 && p->has_value && sess->flags & SESSION_F_ESMTP) {
+			char *end;
+			errno = 0;
+			unsigned long long v = strtoull(p->value, &end, 10);
+			if (*end != '\0' || errno != 0 || p->value[0] == '-') {
+				session_error(sess, "501 5.5.4 Bad SIZE parameter");
+				return;
+			}
+			declared = v;
+		} else if (strcmp(p->key, "BODY") == 0 && p->has_value && sess->flags & SESSION_F_ESMTP) {
+			if (strcasecmp(p->value, "7BIT") != 0 && strcasecmp(p->value, "8BITMIME") != 0) {
+				session_error(sess, "501 5.5.4 Unsupported BODY type");
+				return;
+			}
+		} else {
+			session_error(sess, "555 5.5.4 Unsupported parameter %s", p->key);
+			return;
+		}
+	}
+	if (declared > (uint64_t)cfg->limits.message_size_max) {
+		session_error(sess, "552 5.3.4 Message size exceeds fixed maximum message size");
+		return;
+	}
+	struct tx *tx = xcalloc(1, sizeof(*tx));
+	id_new(tx->id);
+	tx->session_handle = sess->handle;
+	clock_gettime(CLOCK_MONOTONIC, &tx->start);
+	smtp_path_format(&path, tx->from, sizeof(tx->from));
+	tx->declared_size = declared;
+	tx->fx = filter_tx_clone(sess->fx);
+	sess->tx = tx;
+	session_fill_msg(sess, &tx->msg);
+	session_run_phase(sess, PHASE_MAIL, &tx->msg, tx->fx, cmd_mail_cont);
+}
+
+static void
+cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
+{
+	struct tx *tx = sess->tx;
+	struct smtp_path *path = &sess->pending_path;
+	char root[4096];
+
+	if (session_reply_verdict(sess, out, "rcpt_reject"))
+		return;
+	if (maildir_user_path(sess->st->cfg->mail_root, path->local, path->domain, root,
+			      sizeof(root)) < 0) {
+		session_error(sess, "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
+		return;
+	}
+	if (tx->n_rcpts == tx->n_rcpts_alloc) {
+		tx->n_rcpts_alloc = tx->n_rcpts_alloc == 0 ? 4 : tx->n_rcpts_alloc * 2;
+		tx->rcpts = xrealloc(tx->rcpts, (tx->n_rcpts_alloc + 1) * sizeof(char *));
+		tx->rcpt_roots = xrealloc(tx->rcpt_roots, (tx->n_rcpts_alloc + 1) * sizeof(char *));
+	}
+	tx->rcpts[tx->n_rcpts] = xstrdup(sess->pending_arg);
+	tx->rcpt_roots[tx->n_rcpts] = xstrdup(root);
+	tx->n_rcpts++;
+	tx->rcpts[tx->n_rcpts] = NULL;
+	tx->msg.rcpts = (const char *const *)tx->rcpts;
+	tx->msg.n_rcpts = tx->n_rcpts;
+	sess->state = STATE_RCPT;
+	session_reply(sess, "250 2.1.5 Ok");
+}
+
+static void
+cmd_rcpt(struct session *sess, const char *args, size_t len)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+	struct tx *tx = sess->tx;
+	struct smtp_path *path = &sess->pending_path;
+	const char *err;
+	char addr[SMTP_PATH_MAX + 1];
+
+	if (smtp_parse_mail_args(args, len, "TO:", false, path, &err) < 0) {
+		session_error(sess, "501 5.1.3 Bad recipient address syntax: %s", err);
+		return;
+	}
+	if (path->n_params > 0) {
+		session_error(sess, "555 5.5.4 Unsupported parameter %s", path->params[0].key);
+		return;
+	}
+	smtp_path_format(path, addr, sizeof(addr));
+	if (tx->n_rcpts >= (size_t)cfg->limits.recipients_max) {
+		session_reply(sess, "452 4.5.3 Too many recipients");
+		return;
+	}
+	if (path->address_literal || !config_is_local_domain(cfg, path->domain) ||
+	    !smtp_path_is_simple_local(path)) {
+		session_error(sess, "550 5.7.1 <%s>: Relay access denied", addr);
+		log_msg(LOG_LEVEL_INFO, "%s smtp reject client=%s rcpt=<%s> reason=relay", sess->id,
+			sess->client_addr, addr);
+		return;
+	}
+	str_lower(path->local);
+	smtp_path_format(path, addr, sizeof(addr));
+	int found = userdb_exists(sess->st->userdb, path->local, path->domain);
+	if (found < 0) {
+		session_reply(sess, "451 4.3.0 <%s>: Temporary lookup failure", addr);
+		return;
+	}
+	if (found == 0) {
+		session_error(sess, "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
+		log_msg(LOG_LEVEL_INFO, "%s smtp reject client=%s rcpt=<%s> reason=unknown_user",
+			sess->id, sess->client_addr, addr);
+		return;
+	}
+	for (size_t i = 0; i < tx->n_rcpts; i++) {
+		if (strcmp(tx->rcpts[i], addr) == 0) {
+			/* duplicate: accept once, deliver once */
+			session_reply(sess, "250 2.1.5 Ok");
+			return;
+		}
+	}
+	str_copy(sess->pending_arg, addr, sizeof(sess->pending_arg));
+	tx->msg.rcpt = sess->pending_arg;
+	session_run_phase(sess, PHASE_RCPT, &tx->msg, tx->fx, cmd_rcpt_cont);
+}
+
+static void
+cmd_data(struct session *sess, const char *args, size_t len)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+	struct tx *tx = sess->tx;
+
+	if (len != 0) {
+		session_error(sess, "501 5.5.4 Syntax: DATA");
+		return;
+	}
+	tx->body = msgbody_new(cfg->spool_dir, (size_t)cfg->limits.spill_threshold);
+	dot_reader_init(&tx->dr);
+	sess->state = STATE_DATA;
+	struct timeval tv = { cfg->limits.timeout_data, 0 };
+	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	session_reply(sess, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void
+cmd_rset(struct session *sess, const char *args, size_t len)
+{
+	session_tx_reset(sess);
+	session_reply(sess, "250 2.0.0 Ok");
+}
+
+static void
+cmd_noop(struct session *sess, const char *args, size_t len)
+{
+	session_reply(sess, "250 2.0.0 Ok");
+}
+
+static void
+cmd_quit(struct session *sess, const char *args, size_t len)
+{
+	session_reply(sess, "221 2.0.0 Bye");
+	session_close(sess, "quit");
+}
+
+static void
+cmd_help(struct session *sess, const char *args, size_t len)
+{
+	session_reply(sess, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY%s",
+		      sess->st->ssl_ctx != NULL ? " STARTTLS" : "");
+}
+
+static void
+cmd_vrfy(struct session *sess, const char *args, size_t len)
+{
+	/* the same answer for every argument: reveals nothing */
+	session_reply(sess, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void
+cmd_not_implemented(struct session *sess, const char *args, size_t len)
+{
+	session_error(sess, "502 5.5.1 Command not implemented");
+}
+
+static void session_start_tls(struct session *sess, bool accepting_now);
+static void session_greet(struct session *sess);
+
+static void
+cmd_starttls(struct session *sess, const char *args, size_t len)
+{
+	if (sess->st->ssl_ctx == NULL) {
+		session_error(sess, "502 5.5.1 Command not implemented");
+		return;
+	}
+	if (sess->flags & SESSION_F_TLS) {
+		session_error(sess, "503 5.5.1 TLS already active");
+		return;
+	}
+	if (len != 0) {
+		session_error(sess, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	session_reply(sess, "220 2.0.0 Ready to start TLS");
+	session_start_tls(sess, false);
+}
+
+static const struct command commands[] = {
+	{ SMTP_VERB_HELO, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_helo },
+	{ SMTP_VERB_EHLO, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_ehlo },
+	{ SMTP_VERB_MAIL, S_BIT(STATE_HELO), false, cmd_mail },
+	{ SMTP_VERB_RCPT, S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), false, cmd_rcpt },
+	{ SMTP_VERB_DATA, S_BIT(STATE_RCPT), false, cmd_data },
+	{ SMTP_VERB_RSET, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_rset },
+	{ SMTP_VERB_NOOP, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_noop },
+	{ SMTP_VERB_QUIT, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), false, cmd_quit },
+	{ SMTP_VERB_HELP, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_help },
+	{ SMTP_VERB_VRFY, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_vrfy },
+	{ SMTP_VERB_STARTTLS, S_BIT(STATE_HELO), true, cmd_starttls },
+	{ SMTP_VERB_EXPN, ~0u, true, cmd_not_implemented },
+	{ SMTP_VERB_AUTH, ~0u, true, cmd_not_implemented },
+	{ SMTP_VERB_BDAT, ~0u, true, cmd_not_implemented },
+	{ SMTP_VERB_TURN, ~0u, true, cmd_not_implemented },
+	{ SMTP_VERB_ETRN, ~0u, true, cmd_not_implemented },
+};
+
+static const struct command *
+command_find(enum smtp_verb verb)
+{
+	for (size_t i = 0; i < N_ELEMENTS(commands); i++) {
+		if (commands[i].verb == verb)
+			return &commands[i];
+	}
+	return NULL;
+}
+
+static void
+session_bad_sequence(struct session *sess, enum smtp_verb verb)
+{
+	const char *why;
+
+	switch (verb) {
+	case SMTP_VERB_MAIL:
+		why = sess->state == STATE_CONNECTED ? "Error: send HELO/EHLO first"
+						     : "Error: nested MAIL command";
+		break;
+	case SMTP_VERB_RCPT:
+		why = "Error: need MAIL command";
+		break;
+	case SMTP_VERB_DATA:
+		why = sess->state == STATE_MAIL ? "Error: need RCPT command" : "Error: need MAIL command";
+		break;
+	case SMTP_VERB_STARTTLS:
+		why = sess->state == STATE_CONNECTED ? "Error: send EHLO first"
+						     : "Error: STARTTLS not allowed during a transaction";
+		break;
+	default:
+		why = "Bad sequence of commands";
+		break;
+	}
+	session_error(sess, "503 5.5.1 %s", why);
+}
+
+static void
+session_command(struct session *sess, const char *line, size_t len)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+	struct smtp_command cmd;
+	const struct command *c;
+
+	if (log_enabled(LOG_LEVEL_DEBUG))
+		log_msg(LOG_LEVEL_DEBUG, "%s smtp command=\"%.*s\"", sess->id, (int)(len > 200 ? 200 : len), line);
+	if (smtp_parse_command(line, len, &cmd) < 0) {
+		session_error(sess, "500 5.5.2 Error: bad syntax");
+		return;
+	}
+	c = command_find(cmd.verb);
+	if (c == NULL) {
+		session_error(sess, "500 5.5.1 Error: command not recognized");
+		return;
+	}
+	if (c->counts && ++sess->commands > cfg->limits.commands_max) {
+		session_reply(sess, "421 4.7.0 %s Error: too many commands", cfg->hostname);
+		session_close(sess, "too_many_commands");
+		return;
+	}
+	if (!(c->states & S_BIT(sess->state))) {
+		session_bad_sequence(sess, cmd.verb);
+		return;
+	}
+	c->handler(sess, cmd.args, cmd.args_len);
+}
+
+/* ------------------------------------------------------------ delivery */
+
+static void
+tx_log(struct tx *tx, const char *session_id, const char *client, const char *helo,
+       const char *result, const char *dsn)
+{
+	struct timespec now;
+	char *stages = filter_tx_format_stages(tx->fx);
+	char *hits = filter_tx_format_hits(tx->fx);
+	size_t tolen = 0;
+	char *to;
+
+	for (size_t i = 0; i < tx->n_rcpts; i++)
+		tolen += strlen(tx->rcpts[i]) + 3;
+	to = xcalloc(1, tolen + 1);
+	for (size_t i = 0; i < tx->n_rcpts; i++) {
+		strcat(to, i == 0 ? "<" : ",<");
+		strcat(to, tx->rcpts[i]);
+		strcat(to, ">");
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	double delay = (double)(now.tv_sec - tx->start.tv_sec) +
+		       (double)(now.tv_nsec - tx->start.tv_nsec) / 1e9;
+	log_msg(LOG_LEVEL_INFO,
+		"%s smtp tx session=%s client=%s helo=%s from=<%s> to=%s nrcpt=%zu size=%llu "
+		"verdict=%s action=%s score=%.1f stages=%s hits=%s result=%s dsn=%s delay=%.3f",
+		tx->id, session_id, client, helo[0] ? helo : "-", tx->from, to[0] ? to : "-",
+		tx->n_rcpts, (unsigned long long)(tx->body ? msgbody_size(tx->body) : 0),
+		verdict_name(tx->outcome.verdict), action_name(tx->outcome.action),
+		tx->outcome.score, stages && stages[0] ? stages : "-", hits && hits[0] ? hits : "-",
+		result, dsn, delay);
+	free(stages);
+	free(hits);
+	free(to);
+}
+
+static void
+session_tx_done_reply(struct session *sess)
+{
+	sess->state = STATE_HELO;
+	sess->transactions++;
+	tx_free(&sess->tx);
+	struct timeval tv = { sess->st->cfg->limits.timeout_command, 0 };
+	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	if (sess->flags & SESSION_F_SHUTDOWN) {
+		session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
+		session_close(sess, "shutdown");
+	}
+}
+
+static void
+delivery_work(void *arg)
+{
+	struct tx *tx = arg;
+
+	maildir_deliver(&tx->job);
+}
+
+static void
+delivery_done(void *arg)
+{
+	struct tx *tx = arg;
+	struct server *srv = tx->srv;
+	struct session *sess = handle_lookup(tx->session_handle);
+
+	atomic_fetch_sub(&srv->n_jobs, 1);
+	if (sess == NULL) {
+		/* the client went away before the reply: not acknowledged, so the
+		 * sender will retry; the copy on disk may become a duplicate,
+		 * never a loss */
+		tx_log(tx, "-", "-", "", tx->job.error ? "deferred" : "delivered_unacknowledged",
+		       tx->job.error ? "4.3.0" : "2.0.0");
+		tx_free(&tx);
+		return;
+	}
+	sess->tx = tx;
+	sess->flags &= ~SESSION_F_BUSY;
+	if (tx->job.error == 0) {
+		session_reply(sess, "250 2.0.0 Ok: queued as %s", tx->id);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo,
+		       tx->outcome.action == ACTION_QUARANTINE ? "quarantined" : "delivered", "2.0.0");
+	} else if (tx->job.error == ENOSPC || tx->job.error == EDQUOT) {
+		session_reply(sess, "452 4.3.1 Insufficient system storage");
+		log_msg(LOG_LEVEL_ERR, "%s delivery failed: %s", tx->id, tx->job.error_text);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, "deferred", "4.3.1");
+	} else {
+		session_reply(sess, "451 4.3.0 Local delivery failed; try again later");
+		log_msg(LOG_LEVEL_ERR, "%s delivery failed: %s", tx->id, tx->job.error_text);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, "deferred", "4.3.0");
+	}
+	session_tx_done_reply(sess);
+	session_process(sess);
+	session_finish(sess);
+}
+
+static void
+header_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) ATTR_PRINTF(4, 5);
+
+static void
+header_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		abort();
+	if (*len + (size_t)n + 1 > *cap) {
+		*cap = (*len + (size_t)n + 1) * 2;
+		*buf = xrealloc(*buf, *cap);
+	}
+	memcpy(*buf + *len, s, (size_t)n + 1);
+	*len += (size_t)n;
+	free(s);
+}
+
+/* Received: and the pipeline's headers, common to every copy. */
+static char *
+session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
+{
+	char date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	const char *proto;
+	const struct filter_header *hdrs;
+	size_t n;
+
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	if (sess->flags & SESSION_F_ESMTP)
+		proto = (sess->flags & SESSION_F_TLS) ? "ESMTPS" : "ESMTP";
+	else
+		proto = (sess->flags & SESSION_F_TLS) ? "SMTPS" : "SMTP";
+	header_append(&buf, &len, &cap, "Received: from %s (%s [%s])\n\tby %s (mxguard) with %s id %s",
+		      sess->helo, sess->helo, sess->client_addr, sess->st->cfg->hostname, proto, tx->id);
+	if (tx->n_rcpts == 1)
+		header_append(&buf, &len, &cap, "\n\tfor <%s>", tx->rcpts[0]);
+	header_append(&buf, &len, &cap, "; %s\n", date);
+	n = filter_tx_headers(tx->fx, &hdrs);
+	for (size_t i = 0; i < n; i++)
+		header_append(&buf, &len, &cap, "%s: %s\n", hdrs[i].name, hdrs[i].value);
+	*len_r = len;
+	return buf;
+}
+
+static void
+session_deliver(struct session *sess)
+{
+	struct tx *tx = sess->tx;
+	const struct mx_config *cfg = sess->st->cfg;
+	enum action action = tx->outcome.action;
+
+	if (action == ACTION_QUARANTINE) {
+		tx->job.n_targets = 1;
+		tx->job.targets = xcalloc(1, sizeof(*tx->job.targets));
+		tx->job.targets[0].root = xstrdup(cfg->quarantine_dir);
+		tx->job.targets[0].headers = xasprintf("Return-Path: <%s>\nX-MXGuard-Recipients: %s%s\n",
+							tx->from, tx->rcpts[0], tx->n_rcpts > 1 ? ",..." : "");
+	} else {
+		tx->job.n_targets = tx->n_rcpts;
+		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
+		for (size_t i = 0; i < tx->n_rcpts; i++) {
+			struct maildir_target *t = &tx->job.targets[i];
+			t->root = xstrdup(tx->rcpt_roots[i]);
+			t->folder = action == ACTION_JUNK ? xstrdup(cfg->junk_folder) : NULL;
+			t->headers = xasprintf("Return-Path: <%s>\nDelivered-To: %s\n", tx->from,
+					       tx->rcpts[i]);
+		}
+	}
+	size_t plen;
+	tx->job.prefix = session_build_prefix(sess, tx, &plen);
+	tx->job.prefix_len = plen;
+	tx->job.body = tx->body;
+	tx->job.fsync = true;
+	tx->srv = sess->loop->srv;
+	tx->st = server_state_ref(sess->st);
+	/* the job owns the tx until delivery_done */
+	sess->tx = NULL;
+	sess->flags |= SESSION_F_BUSY;
+	bufferevent_set_timeouts(sess->bev, NULL, NULL);
+	atomic_fetch_add(&tx->srv->n_jobs, 1);
+	workers_submit(tx->srv->workers, bufferevent_get_base(sess->bev), delivery_work,
+		       delivery_done, tx);
+}
+
+static void
+data_phase_cont(struct session *sess, const struct pipeline_outcome *out)
+{
+	struct tx *tx = sess->tx;
+
+	tx->outcome = *out;
+	switch (out->action) {
+	case ACTION_REJECT:
+	case ACTION_TEMPFAIL: {
+		const struct filter_result *r = &out->reply;
+		bool temp = out->action == ACTION_TEMPFAIL;
+		unsigned code = r->code != 0 ? r->code : (temp ? 451 : 550);
+		const char *enh = r->enhanced[0] ? r->enhanced : (temp ? "4.7.1" : "5.7.1");
+		const char *text = r->text[0] ? r->text : (temp ? "Try again later" : "Message rejected");
+		char dsn[32];
+		session_reply(sess, "%u %s %s", code, enh, text);
+		snprintf(dsn, sizeof(dsn), "%s", enh);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, temp ? "tempfailed" : "rejected", dsn);
+		session_tx_done_reply(sess);
+		return;
+	}
+	case ACTION_DISCARD:
+		session_reply(sess, "250 2.0.0 Ok: queued as %s", tx->id);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, "discarded", "2.0.0");
+		session_tx_done_reply(sess);
+		return;
+	default:
+		session_deliver(sess);
+		return;
+	}
+}
+
+static void
+session_data_end(struct session *sess)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+	struct tx *tx = sess->tx;
+	const char *result = NULL, *dsn = NULL;
+
+	if (tx->body_errno == 0 && msgbody_seal(tx->body) < 0)
+		tx->body_errno = errno ? errno : EIO;
+	if (tx->too_big) {
+		session_reply(sess, "552 5.3.4 Message size exceeds fixed maximum message size");
+		result = "rejected"; dsn = "5.3.4";
+	} else if (tx->body_errno != 0) {
+		if (tx->body_errno == ENOSPC || tx->body_errno == EDQUOT) {
+			session_reply(sess, "452 4.3.1 Insufficient system storage");
+			dsn = "4.3.1";
+		} else {
+			session_reply(sess, "451 4.3.0 Error writing message to spool; try again later");
+			dsn = "4.3.0";
+		}
+		errno = tx->body_errno;
+		log_errno(LOG_LEVEL_ERR, "%s spool write failed", tx->id);
+		result = "deferred";
+	} else if (tx->dr.bare_lf > 0 && cfg->bare_lf == BARE_LF_REJECT) {
+		session_reply(sess, "550 5.6.0 Message contains bare LF; use CRLF line endings");
+		result = "rejected"; dsn = "5.6.0";
+	}
+	if (result != NULL) {
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, result, dsn);
+		session_tx_done_reply(sess);
+		return;
+	}
+	tx->msg.body = tx->body;
+	tx->msg.rcpt = NULL;
+	session_run_phase(sess, PHASE_DATA, &tx->msg, tx->fx, data_phase_cont);
+}
+
+/* Feed buffered DATA input through the dot reader; true when the message ended. */
+static bool
+session_read_data(struct session *sess, struct evbuffer *in)
+{
+	struct tx *tx = sess->tx;
+	const struct mx_config *cfg = sess->st->cfg;
+	char out[DATA_CHUNK + 1];
+
+	while (evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec vec;
+		size_t consumed, out_len;
+		bool end;
+
+		if (evbuffer_peek(in, DATA_CHUNK, NULL, &vec, 1) < 1)
+			break;
+		if (vec.iov_len > DATA_CHUNK)
+			vec.iov_len = DATA_CHUNK;
+		end = dot_reader_feed(&tx->dr, vec.iov_base, vec.iov_len, &consumed, out, &out_len);
+		evbuffer_drain(in, consumed);
+		if (tx->dr.size > (uint64_t)cfg->limits.message_size_max)
+			tx->too_big = true;
+		if (!tx->too_big && tx->body_errno == 0 && out_len > 0 &&
+		    msgbody_append(tx->body, out, out_len) < 0)
+			tx->body_errno = errno ? errno : EIO;
+		if (end)
+			return true;
+	}
+	return false;
+}
+
+/* ------------------------------------------------------------- input */
+
+static void
+session_process(struct session *sess)
+{
+	struct evbuffer *in, *outb;
+	const struct mx_config *cfg;
+
+	if (sess->flags & (SESSION_F_FREED | SESSION_F_TLS_PENDING))
+		return;
+	in = bufferevent_get_input(sess->bev);
+	outb = bufferevent_get_output(sess->bev);
+	cfg = sess->st->cfg;
+	while (!(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING))) {
+		if (evbuffer_get_length(outb) > SESSION_OUTPUT_MAX)
+			break; /* resumed from the write callback */
+		if (sess->state == STATE_DATA) {
+			if (!session_read_data(sess, in))
+				break;
+			session_data_end(sess);
+			continue;
+		}
+		size_t len;
+		char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+		if (line == NULL) {
+			if (evbuffer_get_length(in) > (size_t)cfg->limits.line_max) {
+				session_reply(sess, "500 5.5.6 Error: line too long");
+				session_close(sess, "line_too_long");
+			}
+			break;
+		}
+		if (len + 2 > (size_t)cfg->limits.line_max) {
+			session_error(sess, "500 5.5.6 Error: line too long");
+		} else {
+			session_command(sess, line, len);
+		}
+		free(line);
+	}
+	/* stop reading while busy so pipelined input cannot grow without bound
+	 * (the read high watermark caps it) */
+}
+
+static void
+session_free(struct session *sess)
+{
+	struct loop *loop = sess->loop;
+
+	sess->flags |= SESSION_F_FREED;
+	if (sess->run != NULL)
+		pipeline_run_cancel(&sess->run);
+	if (sess->tx != NULL && sess->tx->body != NULL && sess->state == STATE_DATA)
+		log_msg(LOG_LEVEL_INFO, "%s smtp lost connection during DATA client=%s",
+			sess->tx->id, sess->client_addr);
+	tx_free(&sess->tx);
+	filter_tx_free(&sess->fx);
+	handle_unregister(sess->handle);
+	if (sess->conn_counted)
+		server_conn_release(loop->srv, sess->client_addr);
+	if (sess->bev != NULL)
+		bufferevent_free(sess->bev);
+	log_msg(LOG_LEVEL_INFO, "%s smtp disconnected client=%s transactions=%ld reason=%s",
+		sess->id, sess->client_addr, sess->transactions,
+		sess->close_reason ? sess->close_reason : "unknown");
+	free(sess->close_reason);
+	if (sess->prev != NULL)
+		sess->prev->next = sess->next;
+	else
+		loop->sessions = sess->next;
+	if (sess->next != NULL)
+		sess->next->prev = sess->prev;
+	server_state_unref(&sess->st);
+	atomic_fetch_sub(&loop->srv->n_sessions, 1);
+	free(sess);
+}
+
+/* The one place a session may end: at the top of an event callback. */
+static void
+session_finish(struct session *sess)
+{
+	if (!(sess->flags & SESSION_F_CLOSING))
+		return;
+	if (sess->bev != NULL && evbuffer_get_length(bufferevent_get_output(sess->bev)) > 0)
+		return; /* the write callback comes back when it is flushed */
+	session_free(sess);
+}
+
+static void
+session_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *sess = arg;
+
+	session_process(sess);
+	session_finish(sess);
+}
+
+static void
+session_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *sess = arg;
+
+	if (!(sess->flags & SESSION_F_CLOSING))
+		session_process(sess);
+	session_finish(sess);
+}
+
+static void
+session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *sess = arg;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		/* TLS handshake finished */
+		if (sess->flags & SESSION_F_TLS_PENDING) {
+			sess->flags &= ~SESSION_F_TLS_PENDING;
+			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+			log_msg(LOG_LEVEL_INFO, "%s smtp tls client=%s protocol=%s cipher=%s", sess->id,
+				sess->client_addr, SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+			if (sess->flags & SESSION_F_GREET_PENDING) {
+				/* implicit TLS: the greeting goes out inside TLS */
+				sess->flags &= ~SESSION_F_GREET_PENDING;
+				session_greet(sess);
+			}
+			session_process(sess);
+		}
+		session_finish(sess);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		if (!(sess->flags & SESSION_F_CLOSING)) {
+			session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
+			session_close(sess, "timeout");
+			/* writes still flow; only reading timed out */
+			bufferevent_enable(bev, EV_WRITE);
+		}
+		session_finish(sess);
+		return;
+	}
+	/* EOF or error: nothing more can be written */
+	if (sess->close_reason == NULL)
+		sess->close_reason = xstrdup(what & BEV_EVENT_EOF ? "eof" :
+					     (sess->flags & SESSION_F_TLS_PENDING) ? "tls_error" : "error");
+	sess->flags |= SESSION_F_CLOSING;
+	if (sess->flags & SESSION_F_BUSY) {
+		/* a pipeline run or delivery is pending: the delivery completion
+		 * finds no session and cleans up; a run is cancelled by free */
+	}
+	evbuffer_drain(bufferevent_get_output(bev), evbuffer_get_length(bufferevent_get_output(bev)));
+	session_free(sess);
+}
+
+static void
+session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+
+	if (out->verdict == VERDICT_REJECT || out->verdict == VERDICT_TEMPFAIL) {
+		struct pipeline_outcome o = *out;
+		/* RFC 5321 3.1: refuse with 554 (or 421) instead of the greeting */
+		if (o.reply.code == 0 || o.reply.code / 100 == 5)
+			o.reply.code = o.verdict == VERDICT_REJECT ? 554 : 421;
+		else
+			o.reply.code = 421;
+		session_reply_verdict(sess, &o, "connect_reject");
+		session_close(sess, "connect_rejected");
+		return;
+	}
+	session_reply(sess, "220 %s ESMTP mxguard", cfg->hostname);
+}
+
+/* The connect phase, then the greeting. */
+static void
+session_greet(struct session *sess)
+{
+	session_fill_msg(sess, &sess->msg);
+	session_run_phase(sess, PHASE_CONNECT, &sess->msg, sess->fx, session_greet_cont);
+}
+
+static void
+session_setup_bev(struct session *sess)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+	struct timeval tv = { sess->state == STATE_CONNECTED ? cfg->limits.timeout_greeting
+							      : cfg->limits.timeout_command, 0 };
+
+	bufferevent_setcb(sess->bev, session_read_cb, session_write_cb, session_event_cb, sess);
+	bufferevent_setwatermark(sess->bev, EV_READ, 0, SESSION_INPUT_MAX);
+	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
+}
+
+static void
+session_start_tls(struct session *sess, bool implicit)
+{
+	SSL *ssl = SSL_new(sess->st->ssl_ctx);
+	struct event_base *base = sess->loop->base;
+
+	if (ssl == NULL) {
+		session_reply(sess, "454 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	if (!implicit) {
+		/* RFC 3207: forget everything learned before TLS, and throw away
+		 * whatever the client pipelined after STARTTLS in plaintext */
+		struct evbuffer *in = bufferevent_get_input(sess->bev);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		session_tx_reset(sess);
+		sess->state = STATE_CONNECTED;
+		sess->helo[0] = '\0';
+		sess->flags &= ~SESSION_F_ESMTP;
+		sess->bev = bufferevent_openssl_filter_new(base, sess->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+							   BEV_OPT_CLOSE_ON_FREE);
+	}
+	sess->flags |= SESSION_F_TLS | SESSION_F_TLS_PENDING;
+	session_setup_bev(sess);
+}
+
+void
+session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implicit_tls)
+{
+	struct session *sess = xcalloc(1, sizeof(*sess));
+	const struct mx_config *cfg;
+	const char *reason = NULL;
+
+	sess->loop = loop;
+	sess->st = server_get_state(loop->srv);
+	cfg = sess->st->cfg;
+	id_new(sess->id);
+	sess->handle = handle_register(sess);
+	net_addr_str(sa, sess->client_addr, sizeof(sess->client_addr));
+	sess->client_port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port)
+						     : ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
+	sess->fx = filter_tx_new();
+	sess->next = loop->sessions;
+	if (loop->sessions != NULL)
+		loop->sessions->prev = sess;
+	loop->sessions = sess;
+	atomic_fetch_add(&loop->srv->n_sessions, 1);
+	evutil_make_socket_nonblocking(fd);
+
+	if (implicit_tls && sess->st->ssl_ctx != NULL) {
+		SSL *ssl = SSL_new(sess->st->ssl_ctx);
+		sess->bev = bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+							   BEV_OPT_CLOSE_ON_FREE);
+		sess->flags |= SESSION_F_TLS | SESSION_F_TLS_PENDING | SESSION_F_GREET_PENDING;
+	} else {
+		sess->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
+	session_setup_bev(sess);
+	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
+		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
+
+	if (loop->shutting_down) {
+		session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
+		session_close(sess, "shutdown");
+	} else if (!server_conn_acquire(loop->srv, sess->client_addr, cfg->limits.connections_per_client,
+					cfg->limits.connections_max, &reason)) {
+		session_reply(sess, "421 4.7.0 %s %s", cfg->hostname, reason);
+		session_close(sess, "too_many_connections");
+	} else {
+		sess->conn_counted = true;
+		if (!(sess->flags & SESSION_F_GREET_PENDING))
+			session_greet(sess);
+	}
+	session_finish(sess);
+}
+
+void
+session_shutdown_loop(struct loop *loop)
+{
+	struct session *sess, *next;
+
+	for (sess = loop->sessions; sess != NULL; sess = next) {
+		next = sess->next;
+		if (sess->flags & SESSION_F_CLOSING)
+			continue;
+		sess->flags |= SESSION_F_SHUTDOWN;
+		if (sess->tx == NULL && !(sess->flags & SESSION_F_BUSY)) {
+			session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
+			session_close(sess, "shutdown");
+			session_finish(sess);
+		}
+	}
+}
