@@ -26,7 +26,15 @@
  * with the next stage, "tempfail" ends the phase with a 4xx. After a DATA
  * phase that ended in CONTINUE the total score picks the action; the merged
  * verdict then stays CONTINUE and out->action (with out->reply for a score
- * reject) tells the session what to do.
+ * reject) tells the session what to do. Every DATA phase of a pipeline that
+ * has stages adds X-Spam-Score; TAG and JUNK also add X-Spam-Flag and
+ * X-Spam-Status ("Yes, score=6.2 tests=RULE_A,RULE_B", "tests=none" when
+ * only unnamed scores were added).
+ *
+ * A stage's reply text is used as given except that control characters
+ * become spaces (it may come from the network, e.g. a DNS TXT record); a
+ * code or enhanced code of the wrong class for the verdict is replaced by
+ * the default, so a REJECT is always 5xx and a TEMPFAIL always 4xx.
  */
 #include "config.h"
 

@@ -719,6 +719,23 @@ static void test_default_replies(void **state)
 	assert_int_equal(ts_stats_find("beta")->checks, 0);
 }
 
+static void test_reply_sanitised(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+
+	/* a 4xx code on a reject is replaced, and a text with CR LF cannot
+	 * break the reply line */
+	make_pipeline(f, "\"alpha\"",
+		      "alpha { verdict = \"reject\" code = 451 enhanced = \"4.1.1\""
+		      " text = \"bad\\r\\n250 ok\" }\n");
+	assert_int_equal(run_phase(f, PHASE_RCPT, &out), PIPELINE_DONE);
+	assert_int_equal(out.verdict, VERDICT_REJECT);
+	assert_int_equal(out.reply.code, 550);
+	assert_string_equal(out.reply.enhanced, "5.7.1");
+	assert_string_equal(out.reply.text, "bad  250 ok");
+}
+
 static void test_default_tempfail_reply(void **state)
 {
 	struct fixture *f = *state;
@@ -827,9 +844,9 @@ static void test_spam_headers(void **state)
 	assert_string_equal(find_header(f->fx, "X-Spam-Flag"), "YES");
 	assert_string_equal(find_header(f->fx, "X-Spam-Status"), "Yes, score=5.0 tests=R1");
 
-	assert_int_equal(score_action(f, "9.25"), ACTION_JUNK);
+	assert_int_equal(score_action(f, "9.34"), ACTION_JUNK);
 	assert_string_equal(find_header(f->fx, "X-Spam-Flag"), "YES");
-	assert_string_equal(find_header(f->fx, "X-Spam-Status"), "Yes, score=9.2 tests=R1");
+	assert_string_equal(find_header(f->fx, "X-Spam-Status"), "Yes, score=9.3 tests=R1");
 
 	assert_int_equal(score_action(f, "4.9"), ACTION_DELIVER);
 	assert_string_equal(find_header(f->fx, "X-Spam-Score"), "4.9");
@@ -1239,6 +1256,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reject_custom_reply, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_default_replies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_default_tempfail_reply, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reply_sanitised, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_discard_quarantine, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_accept_short_circuit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_score_mapping, setup, teardown),
