@@ -272,6 +272,10 @@ void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
 typedef struct ssl_ctx_st SSL_CTX;
 SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char **error_r);
 
+/* ------------------------------------------------------------------- fs */
+/* mkdir -p: 0, or -1 with errno. */
+int fs_mkdir_p(const char *path, mode_t mode);
+
 /* -------------------------------------------------------------- strings */
 void str_lower(char *s);
 /* Constant-length safe copy; always NUL-terminates; returns strlen(src). */

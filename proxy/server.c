@@ -330,6 +330,21 @@ server_drop_privileges(const char *user)
 	return 0;
 }
 
+/* Create the directories the daemon writes to, so a fresh install works. */
+static int
+server_make_dirs(const struct mx_config *cfg)
+{
+	const char *const dirs[] = { cfg->mail_root, cfg->spool_dir, cfg->state_dir };
+
+	for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
+		if (dirs[i][0] != '\0' && fs_mkdir_p(dirs[i], 0750) < 0) {
+			log_errno(LOG_LEVEL_ERR, "cannot create directory %s", dirs[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void
 server_write_pidfile(const struct mx_config *cfg)
 {
@@ -338,10 +353,6 @@ server_write_pidfile(const struct mx_config *cfg)
 
 	if (cfg->state_dir[0] == '\0')
 		return;
-	if (mkdir(cfg->state_dir, 0750) < 0 && errno != EEXIST) {
-		log_errno(LOG_LEVEL_WARN, "cannot create state_dir %s", cfg->state_dir);
-		return;
-	}
 	path = xasprintf("%s/mxguard.pid", cfg->state_dir);
 	f = fopen(path, "w");
 	if (f != NULL) {
@@ -383,6 +394,8 @@ server_run(const char *config_path, bool foreground)
 	if (server_bind(&srv, cfg) < 0)
 		return 1;
 	if (server_drop_privileges(cfg->run_user) < 0)
+		return 1;
+	if (server_make_dirs(cfg) < 0)
 		return 1;
 	server_write_pidfile(cfg);
 
