@@ -25,6 +25,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -61,6 +62,8 @@ enum session_flags {
 	SESSION_F_TLS_PENDING = 0x20,/* implicit TLS handshake not done yet */
 	SESSION_F_FREED = 0x40,
 	SESSION_F_GREET_PENDING = 0x80, /* greeting due after the TLS handshake */
+	SESSION_F_STARTTLS = 0x100,     /* 220 sent: switch to TLS once it is flushed */
+	SESSION_F_LINGER = 0x200,       /* output flushed and write side shut: drain, then free */
 };
 
 struct tx {
@@ -95,7 +98,8 @@ struct session {
 	char id[MX_ID_LEN];
 	struct loop *loop;
 	struct server_state *st;
-	struct bufferevent *bev;
+	struct bufferevent *bev;        /* never owns fd: session_free closes it */
+	int fd;
 	enum session_state state;
 	unsigned flags;
 	char client_addr[64];
@@ -515,7 +519,7 @@ cmd_data(struct session *sess, const char *args, size_t len)
 	dot_reader_init(&tx->dr);
 	sess->state = STATE_DATA;
 	struct timeval tv = { cfg->limits.timeout_data, 0 };
-	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	bufferevent_set_timeouts(sess->bev, &tv, &tv);
 	session_reply(sess, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -578,7 +582,13 @@ cmd_starttls(struct session *sess, const char *args, size_t len)
 		return;
 	}
 	session_reply(sess, "220 2.0.0 Ready to start TLS");
-	session_start_tls(sess, false);
+	/* RFC 3207: throw away whatever the client pipelined after STARTTLS in
+	 * plaintext, read nothing more until the handshake, and switch once the
+	 * 220 has left (session_write_cb) */
+	struct evbuffer *in = bufferevent_get_input(sess->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	bufferevent_disable(sess->bev, EV_READ);
+	sess->flags |= SESSION_F_STARTTLS | SESSION_F_BUSY;
 }
 
 static const struct command commands[] = {
@@ -710,7 +720,7 @@ session_tx_done_reply(struct session *sess)
 	sess->transactions++;
 	tx_free(&sess->tx);
 	struct timeval tv = { sess->st->cfg->limits.timeout_command, 0 };
-	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	bufferevent_set_timeouts(sess->bev, &tv, &tv);
 	if (sess->flags & SESSION_F_SHUTDOWN) {
 		session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
 		session_close(sess, "shutdown");
@@ -1014,8 +1024,14 @@ session_free(struct session *sess)
 	handle_unregister(sess->handle);
 	if (sess->conn_counted)
 		server_conn_release(loop->srv, sess->client_addr);
-	if (sess->bev != NULL)
+	if (sess->bev != NULL) {
+		SSL *ssl = (sess->flags & SESSION_F_TLS) ? bufferevent_openssl_get_ssl(sess->bev) : NULL;
 		bufferevent_free(sess->bev);
+		if (ssl != NULL)
+			SSL_free(ssl);
+	}
+	if (sess->fd >= 0)
+		close(sess->fd);
 	log_msg(LOG_LEVEL_INFO, "%s smtp disconnected client=%s transactions=%ld reason=%s",
 		sess->id, sess->client_addr, sess->transactions,
 		sess->close_reason ? sess->close_reason : "unknown");
@@ -1037,8 +1053,24 @@ session_finish(struct session *sess)
 {
 	if (!(sess->flags & SESSION_F_CLOSING))
 		return;
+	if (sess->flags & SESSION_F_LINGER)
+		return; /* the event callback frees on EOF or timeout */
 	if (sess->bev != NULL && evbuffer_get_length(bufferevent_get_output(sess->bev)) > 0)
 		return; /* the write callback comes back when it is flushed */
+	if (!(sess->flags & SESSION_F_TLS) && sess->fd >= 0) {
+		/* Lingering close: shut our write side and read (and discard) until
+		 * the client closes or 2 s pass, so that a close with unread input
+		 * does not turn into a reset that destroys our last reply. */
+		static const struct timeval linger = { 2, 0 };
+		struct evbuffer *in = bufferevent_get_input(sess->bev);
+		sess->flags |= SESSION_F_LINGER;
+		shutdown(sess->fd, SHUT_WR);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		bufferevent_disable(sess->bev, EV_WRITE);
+		bufferevent_set_timeouts(sess->bev, &linger, NULL);
+		bufferevent_enable(sess->bev, EV_READ);
+		return;
+	}
 	session_free(sess);
 }
 
@@ -1047,6 +1079,11 @@ session_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct session *sess = arg;
 
+	if (sess->flags & SESSION_F_LINGER) {
+		struct evbuffer *in = bufferevent_get_input(bev);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
 	session_process(sess);
 	session_finish(sess);
 }
@@ -1056,6 +1093,13 @@ session_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct session *sess = arg;
 
+	if ((sess->flags & SESSION_F_STARTTLS) &&
+	    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		sess->flags &= ~(SESSION_F_STARTTLS | SESSION_F_BUSY);
+		session_start_tls(sess, false);
+		session_finish(sess);
+		return;
+	}
 	if (!(sess->flags & SESSION_F_CLOSING))
 		session_process(sess);
 	session_finish(sess);
@@ -1066,6 +1110,10 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *sess = arg;
 
+	if (sess->flags & SESSION_F_LINGER) {
+		session_free(sess);
+		return;
+	}
 	if (what & BEV_EVENT_CONNECTED) {
 		/* TLS handshake finished */
 		if (sess->flags & SESSION_F_TLS_PENDING) {
@@ -1083,7 +1131,7 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 		session_finish(sess);
 		return;
 	}
-	if (what & BEV_EVENT_TIMEOUT) {
+	if ((what & BEV_EVENT_TIMEOUT) && !(what & BEV_EVENT_WRITING)) {
 		if (!(sess->flags & SESSION_F_CLOSING)) {
 			session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
 			session_close(sess, "timeout");
@@ -1093,9 +1141,10 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 		session_finish(sess);
 		return;
 	}
-	/* EOF or error: nothing more can be written */
+	/* EOF, error, or a client that stopped reading: nothing more can be written */
 	if (sess->close_reason == NULL)
 		sess->close_reason = xstrdup(what & BEV_EVENT_EOF ? "eof" :
+					     what & BEV_EVENT_TIMEOUT ? "write_timeout" :
 					     (sess->flags & SESSION_F_TLS_PENDING) ? "tls_error" : "error");
 	sess->flags |= SESSION_F_CLOSING;
 	if (sess->flags & SESSION_F_BUSY) {
@@ -1142,32 +1191,39 @@ session_setup_bev(struct session *sess)
 
 	bufferevent_setcb(sess->bev, session_read_cb, session_write_cb, session_event_cb, sess);
 	bufferevent_setwatermark(sess->bev, EV_READ, 0, SESSION_INPUT_MAX);
-	bufferevent_set_timeouts(sess->bev, &tv, NULL);
+	/* the write timeout drops a client that stops reading our replies */
+	bufferevent_set_timeouts(sess->bev, &tv, &tv);
 	bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
 }
 
+/* Replace the plaintext bufferevent by a TLS one on the same socket. The 220
+ * has been flushed and nothing after STARTTLS was kept (cmd_starttls). */
 static void
 session_start_tls(struct session *sess, bool implicit)
 {
 	SSL *ssl = SSL_new(sess->st->ssl_ctx);
 	struct event_base *base = sess->loop->base;
 
+	if (ssl == NULL && implicit) {
+		sess->bev = bufferevent_socket_new(base, sess->fd, 0);
+		session_setup_bev(sess);
+		session_close(sess, "tls_error");
+		return;
+	}
 	if (ssl == NULL) {
 		session_reply(sess, "454 4.7.0 TLS not available due to local problem");
+		bufferevent_enable(sess->bev, EV_READ);
 		return;
 	}
 	if (!implicit) {
-		/* RFC 3207: forget everything learned before TLS, and throw away
-		 * whatever the client pipelined after STARTTLS in plaintext */
-		struct evbuffer *in = bufferevent_get_input(sess->bev);
-		evbuffer_drain(in, evbuffer_get_length(in));
+		/* RFC 3207: forget everything learned before TLS */
 		session_tx_reset(sess);
 		sess->state = STATE_CONNECTED;
 		sess->helo[0] = '\0';
 		sess->flags &= ~SESSION_F_ESMTP;
-		sess->bev = bufferevent_openssl_filter_new(base, sess->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-							   BEV_OPT_CLOSE_ON_FREE);
+		bufferevent_free(sess->bev);
 	}
+	sess->bev = bufferevent_openssl_socket_new(base, sess->fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0);
 	sess->flags |= SESSION_F_TLS | SESSION_F_TLS_PENDING;
 	session_setup_bev(sess);
 }
@@ -1195,15 +1251,14 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 	atomic_fetch_add(&loop->srv->n_sessions, 1);
 	evutil_make_socket_nonblocking(fd);
 
+	sess->fd = fd;
 	if (implicit_tls && sess->st->ssl_ctx != NULL) {
-		SSL *ssl = SSL_new(sess->st->ssl_ctx);
-		sess->bev = bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-							   BEV_OPT_CLOSE_ON_FREE);
-		sess->flags |= SESSION_F_TLS | SESSION_F_TLS_PENDING | SESSION_F_GREET_PENDING;
+		sess->flags |= SESSION_F_GREET_PENDING;
+		session_start_tls(sess, true);
 	} else {
-		sess->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		sess->bev = bufferevent_socket_new(loop->base, fd, 0);
+		session_setup_bev(sess);
 	}
-	session_setup_bev(sess);
 	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
 		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
 
