@@ -204,6 +204,46 @@ config_validate_choice(cfg_t *cfg, cfg_opt_t *opt)
 	return 0;
 }
 
+static bool
+config_valid_domain(const char *d)
+{
+	size_t len = strlen(d);
+
+	return len > 0 && len <= 253 && strspn(d, "abcdefghijklmnopqrstuvwxyz"
+					       "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") == len &&
+	       d[0] != '.' && d[0] != '-' && d[len - 1] != '.' && strstr(d, "..") == NULL;
+}
+
+/* Lists: every domain a domain name, every stage one that exists (each
+ * known stage has registered its section). */
+static int
+config_validate_list(cfg_t *cfg, cfg_opt_t *opt)
+{
+	for (unsigned i = 0; i < cfg_opt_size(opt); i++) {
+		const char *v = cfg_opt_getnstr(opt, i);
+		if (strcmp(opt->name, "local_domains") == 0 && !config_valid_domain(v)) {
+			cfg_error(cfg, "local_domains: \"%s\" is not a domain name", v);
+			return -1;
+		}
+		if (strcmp(opt->name, "stages") == 0) {
+			bool known = false;
+			for (size_t j = 0; j < n_registered; j++)
+				known = known || strcmp(registered[j].name, v) == 0;
+			if (!known) {
+				cfg_error(cfg, "pipeline.stages: unknown stage '%s'", v);
+				return -1;
+			}
+			for (unsigned j = 0; j < i; j++) {
+				if (strcmp(cfg_opt_getnstr(opt, j), v) == 0) {
+					cfg_error(cfg, "pipeline.stages: stage '%s' listed twice", v);
+					return -1;
+				}
+			}
+		}
+	}
+	return 0;
+}
+
 static cfg_opt_t
 config_make_opt(const struct setting_def *s)
 {
@@ -227,6 +267,7 @@ config_make_opt(const struct setting_def *s)
 		break;
 	case SETTING_STRLIST:
 		o = (cfg_opt_t)CFG_STR_LIST(s->name, (char *)s->def, CFGF_NONE);
+		o.validcb = config_validate_list;
 		break;
 	}
 	return o;
@@ -284,6 +325,8 @@ config_build_opts(struct opt_arrays *keep)
  * file and line. */
 struct config_errors {
 	char *first;
+	cfg_t *root;
+	const char *path;
 };
 static __thread struct config_errors *current_errors;
 
@@ -291,16 +334,104 @@ static void
 config_errfunc(cfg_t *cfg, const char *fmt, va_list ap)
 {
 	char msg[1024];
+	int line;
 
 	if (current_errors == NULL || current_errors->first != NULL)
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	if (cfg != NULL && cfg->filename != NULL && cfg->line > 0)
-		current_errors->first = xasprintf("%s:%d: %s", cfg->filename, cfg->line, msg);
-	else if (cfg != NULL && cfg->filename != NULL)
-		current_errors->first = xasprintf("%s: %s", cfg->filename, msg);
+	/* sections know their line but not their file; cfg_parse_buf names
+	 * the root "[buf]": the path is ours */
+	line = cfg != NULL ? cfg->line : 0;
+	if (line <= 0 && current_errors->root != NULL)
+		line = current_errors->root->line;
+	if (line > 0)
+		current_errors->first = xasprintf("%s:%d: %s", current_errors->path, line, msg);
 	else
-		current_errors->first = xasprintf("%s", msg);
+		current_errors->first = xasprintf("%s: %s", current_errors->path, msg);
+}
+
+/*
+ * libconfuse 3.3 counts lines wrongly after comments (each "#" comment
+ * adds two), which would make every file:line error after a comment point
+ * at the wrong line. So the file is read here and its comments (#, //,
+ * and block comments) are blanked out — newlines kept — before
+ * libconfuse sees it. Quoted strings are left alone.
+ */
+static char *
+config_read_stripped(const char *path, int *open_brace_line_r)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, n;
+	char chunk[8192];
+
+	if (f == NULL)
+		return NULL;
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+		if (len + n + 1 > cap) {
+			cap = (len + n + 1) * 2;
+			buf = xrealloc(buf, cap);
+		}
+		memcpy(buf + len, chunk, n);
+		len += n;
+	}
+	if (ferror(f)) {
+		int saved = errno;
+		fclose(f);
+		free(buf);
+		errno = saved;
+		return NULL;
+	}
+	fclose(f);
+	if (buf == NULL)
+		buf = xmalloc(1);
+	buf[len] = '\0';
+
+	char quote = 0;
+	int line = 1, depth = 0;
+	int open_lines[64];
+	*open_brace_line_r = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+		if (c == '\n')
+			line++;
+		if (quote != 0) {
+			if (c == '\\' && quote == '"' && i + 1 < len)
+				i++;
+			else if (c == quote)
+				quote = 0;
+			continue;
+		}
+		if (c == '"' || c == '\'') {
+			quote = c;
+		} else if (c == '{') {
+			if (depth < (int)N_ELEMENTS(open_lines))
+				open_lines[depth] = line;
+			depth++;
+		} else if (c == '}') {
+			depth--;
+		} else if (c == '#' || (c == '/' && i + 1 < len && buf[i + 1] == '/')) {
+			while (i < len && buf[i] != '\n')
+				buf[i++] = ' ';
+		} else if (c == '/' && i + 1 < len && buf[i + 1] == '*') {
+			buf[i] = buf[i + 1] = ' ';
+			for (i += 2; i < len; i++) {
+				if (buf[i] == '*' && i + 1 < len && buf[i + 1] == '/') {
+					buf[i] = buf[i + 1] = ' ';
+					i++;
+					break;
+				}
+				if (buf[i] != '\n')
+					buf[i] = ' ';
+				else
+					line++;
+			}
+		}
+	}
+	/* libconfuse 3.3 also accepts a file that ends inside a section */
+	if (depth > 0)
+		*open_brace_line_r = depth <= (int)N_ELEMENTS(open_lines) ? open_lines[depth - 1] : line;
+	return buf;
 }
 
 static char *
@@ -473,15 +604,24 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 
 	cfg = cfg_init(config_build_opts(priv->keep), CFGF_NONE);
 	cfg_set_error_function(cfg, config_errfunc);
-	current_errors = &errs;
-	ret = cfg_parse(cfg, path);
-	current_errors = NULL;
 	c->cfg = cfg;
-	if (ret == CFG_FILE_ERROR) {
-		free(errs.first);
+	int open_line;
+	char *text = config_read_stripped(path, &open_line);
+	if (text == NULL) {
 		*error_r = xasprintf("%s: %s", path, strerror(errno ? errno : ENOENT));
 		goto fail;
 	}
+	if (open_line > 0) {
+		free(text);
+		*error_r = xasprintf("%s:%d: '{' is never closed", path, open_line);
+		goto fail;
+	}
+	errs.root = cfg;
+	errs.path = path;
+	current_errors = &errs;
+	ret = cfg_parse_buf(cfg, text);
+	current_errors = NULL;
+	free(text);
 	if (ret != CFG_SUCCESS) {
 		*error_r = errs.first != NULL ? errs.first : xasprintf("%s: parse error", path);
 		goto fail;

@@ -979,7 +979,12 @@ static void test_unknown_stage(void **state)
 	struct fixture *f = *state;
 	char *error = NULL;
 
-	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"nosuch\"} }\n"), 0);
+	/* config_load refuses an unknown stage with file:line ... */
+	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"nosuch\"} }\n"), -1);
+	/* ... and pipeline_create refuses one that reaches it anyway */
+	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"beta\"} }\n"), 0);
+	free(f->cfg->pipeline.stages[1]);
+	f->cfg->pipeline.stages[1] = strdup("nosuch");
 	assert_int_equal(pipeline_create(f->cfg, &f->pl, &error), -1);
 	assert_null(f->pl);
 	assert_string_equal(error, "pipeline: unknown stage 'nosuch'");
@@ -1017,7 +1022,10 @@ static void test_create_error_and_duplicate(void **state)
 	free(error);
 	config_unref(&f->cfg);
 
-	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"alpha\"} }\n"), 0);
+	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"alpha\"} }\n"), -1);
+	assert_int_equal(load_config(f, "pipeline { stages = {\"alpha\", \"beta\"} }\n"), 0);
+	free(f->cfg->pipeline.stages[1]);
+	f->cfg->pipeline.stages[1] = strdup("alpha");
 	assert_int_equal(pipeline_create(f->cfg, &f->pl, &error), -1);
 	assert_string_equal(error, "pipeline: stage 'alpha' listed twice");
 	free(error);
