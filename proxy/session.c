@@ -64,6 +64,7 @@ enum session_flags {
 	SESSION_F_GREET_PENDING = 0x80, /* greeting due after the TLS handshake */
 	SESSION_F_STARTTLS = 0x100,     /* 220 sent: switch to TLS once it is flushed */
 	SESSION_F_LINGER = 0x200,       /* output flushed and write side shut: drain, then free */
+	SESSION_F_FIRST_CMD = 0x400,    /* a command arrived: timeout_command from now on */
 };
 
 struct tx {
@@ -996,6 +997,12 @@ session_process(struct session *sess)
 				session_close(sess, "line_too_long");
 			}
 			break;
+		}
+		if (!(sess->flags & SESSION_F_FIRST_CMD)) {
+			/* timeout_greeting covers only the wait for the first command */
+			struct timeval tv = { cfg->limits.timeout_command, 0 };
+			sess->flags |= SESSION_F_FIRST_CMD;
+			bufferevent_set_timeouts(sess->bev, &tv, &tv);
 		}
 		if (len + 2 > (size_t)cfg->limits.line_max) {
 			session_error(sess, "500 5.5.6 Error: line too long");
