@@ -233,11 +233,14 @@ static int parse_address_literal(struct path_parser *p, struct smtp_path *path,
 		v6 = true;
 		ip = buf + 5;
 	}
-	/* inet_pton() would stop at nothing we care about, but make sure the
-	 * literal is only address characters before trusting it. */
-	for (const char *c = ip; *c != '\0'; c++) {
-		if (!(is_digit((unsigned char)*c) || *c == '.' ||
-		      (v6 && (*c == ':' || (to_lower(*c) >= 'a' && to_lower(*c) <= 'f'))))) {
+	/* Check every byte up to n, not up to a NUL: inet_pton() stops at
+	 * the first NUL and would accept "1.2.3.4\0junk". The check also
+	 * keeps zone ids ("%eth0") and spaces out. */
+	for (size_t i = (size_t)(ip - buf); i < n; i++) {
+		char c = to_lower(buf[i]);
+
+		if (!(is_digit((unsigned char)c) || c == '.' ||
+		      (v6 && (c == ':' || (c >= 'a' && c <= 'f'))))) {
 			*error_r = "Invalid address literal";
 			return -1;
 		}

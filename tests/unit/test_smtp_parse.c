@@ -305,6 +305,13 @@ static void test_address_literals(void **state)
 	};
 	for (size_t i = 0; i < N_ELEMENTS(bad); i++)
 		mail_err_s(bad[i], "TO:", NULL);
+	/* a NUL inside the brackets must not cut the check short (found by
+	 * fuzz_smtp_command) */
+	static const char nul4[] = "TO:<a@[192.0.2.1\0]>";
+	static const char nul6[] = "TO:<a@[IPv6:::1\0\0]>";
+
+	mail_err(nul4, sizeof(nul4) - 1, "TO:", false, "literal");
+	mail_err(nul6, sizeof(nul6) - 1, "TO:", false, "literal");
 }
 
 static void test_missing_brackets(void **state)
