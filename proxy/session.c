@@ -973,14 +973,14 @@ static void
 session_process(struct session *sess)
 {
 	struct evbuffer *in, *outb;
-	const struct mx_config *cfg;
 
 	if (sess->flags & (SESSION_F_FREED | SESSION_F_TLS_PENDING))
 		return;
 	in = bufferevent_get_input(sess->bev);
 	outb = bufferevent_get_output(sess->bev);
-	cfg = sess->st->cfg;
 	while (!(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING))) {
+		/* not cached across commands: MAIL may switch to a reloaded state */
+		const struct mx_config *cfg = sess->st->cfg;
 		if (evbuffer_get_length(outb) > SESSION_OUTPUT_MAX)
 			break; /* resumed from the write callback */
 		if (sess->state == STATE_DATA) {
