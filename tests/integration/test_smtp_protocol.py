@@ -137,6 +137,16 @@ class Protocol(DaemonTestCase):
         self.assertReply(c.cmd("BDAT 0 LAST"), 502, re.compile(r"^5\.5\.\d$"))
         self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
 
+    def test_starttls_without_certificate(self):
+        # not advertised, so not available: refused, and the session goes on
+        # in plaintext
+        c = self.ehlo_client()
+        r = c.cmd("STARTTLS")
+        self.assertIn(r.code, (454, 502, 503), r)
+        self.assertTrue(r.all_enhanced(), r)
+        self.assertEqual(c.pending(), b"")
+        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
+
     def test_quit(self):
         c = self.ehlo_client()
         self.assertReply(c.cmd("QUIT"), 221, "2.0.0")

@@ -240,6 +240,24 @@ class StartTLS(DaemonTestCase):
         self.assertNotIn("STARTTLS", [l.upper() for l in r.lines])
         self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
 
+    def test_starttls_twice_refused(self):
+        c = self.ehlo_client()
+        r, _ = c.starttls()
+        self.assertEqual(r.code, 220, r)
+        self.assertEqual(c.ehlo().code, 250)
+        r = c.cmd("STARTTLS")
+        self.assertNotEqual(r.code, 220, r)
+        self.assertEqual(r.code // 100, 5, r)
+        self.assertEqual(c.cmd("NOOP").code, 250)
+
+    def test_starttls_on_implicit_listener_refused(self):
+        c = mxtest.Client(self.d.tls_port, tls_context=mxtest.client_tls_context())
+        self.addCleanup(c.close)
+        c.ehlo()
+        r = c.cmd("STARTTLS")
+        self.assertEqual(r.code // 100, 5, r)
+        self.assertEqual(c.cmd("NOOP").code, 250)
+
     def test_quit_inside_tls(self):
         # the 221 must be flushed through TLS before the connection closes
         c = self.ehlo_client()
