@@ -16,6 +16,8 @@
  * single read; a CR or ".\r" whose meaning depends on the next byte is held
  * in the state (not emitted) until that byte arrives.
  */
+#include "config.h"
+
 #include "lib/lib.h"
 
 enum dot_state {

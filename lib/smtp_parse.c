@@ -13,6 +13,8 @@
  * here is one every later stage has to think about. Errors are static text
  * the session can put straight into its 501/553 reply.
  */
+#include "config.h"
+
 #include "lib/lib.h"
 
 #include <arpa/inet.h>

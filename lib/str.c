@@ -7,6 +7,8 @@
  * it never overflows, always terminates, and returns the length it wanted so
  * callers can detect truncation.
  */
+#include "config.h"
+
 #include "lib/lib.h"
 
 #include <string.h>

@@ -7,7 +7,8 @@
  * "\r", "\n", "." and "a" compares the reader with a straightforward
  * look-ahead model of the same rules.
  */
-#define _GNU_SOURCE
+#include "config.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

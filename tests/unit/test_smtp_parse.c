@@ -3,7 +3,8 @@
  * MAIL/RCPT paths and parameters, HELO argument, path helpers) and the
  * two string helpers in lib/str.c that the parser's callers lean on.
  */
-#define _GNU_SOURCE
+#include "config.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
