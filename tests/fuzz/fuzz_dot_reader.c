@@ -1,0 +1,216 @@
+/*
+ * fuzz_dot_reader.c — libFuzzer target for lib/dot_reader.c.
+ *
+ * The first four input bytes seed the chunking (sizes from 0 up to a
+ * seed-chosen maximum, so the fuzzer explores both byte-at-a-time and
+ * large reads); the rest is the DATA stream. Each chunk is copied into a
+ * buffer of exactly its size and given an output buffer of exactly
+ * in_len + 1 bytes, so ASan catches any read or write past the contract.
+ * Invariants checked: consumed <= in_len, out_len <= in_len + 1, the total
+ * emitted equals r.size, the message ends exactly after the first
+ * CRLF "." CRLF of the stream (counting the DATA line's CRLF) and never
+ * otherwise, nothing is consumed once done, and the chunked run produces
+ * the same bytes and counters as a single feed and as an independent
+ * look-ahead model of the rules.
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/lib.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                          \
+	do {                                                                 \
+		if (!(cond)) {                                               \
+			fprintf(stderr, "%s:%d: invariant failed: %s\n",     \
+				__FILE__, __LINE__, #cond);                  \
+			abort();                                             \
+		}                                                            \
+	} while (0)
+
+struct result {
+	char *out;
+	size_t out_len;
+	size_t consumed;
+	bool done;
+	uint64_t bare_lf, bare_cr;
+};
+
+/* Look-ahead statement of the same rules; see test_dot_reader.c. */
+static void model_run(const char *in, size_t n, struct result *res)
+{
+	size_t i = 0;
+	bool bol = true;
+
+	res->out_len = 0;
+	res->done = false;
+	res->bare_lf = res->bare_cr = 0;
+	while (i < n) {
+		char c = in[i];
+
+		if (bol && c == '.') {
+			if (i + 1 >= n)
+				break;
+			if (in[i + 1] == '\r') {
+				if (i + 2 >= n)
+					break;
+				if (in[i + 2] == '\n') {
+					res->done = true;
+					res->consumed = i + 3;
+					return;
+				}
+				res->out[res->out_len++] = '\r';
+				res->bare_cr++;
+				i += 2;
+				bol = false;
+				continue;
+			}
+			i++;
+			bol = false;
+			continue;
+		}
+		bol = false;
+		if (c == '\r') {
+			if (i + 1 >= n)
+				break;
+			if (in[i + 1] == '\n') {
+				res->out[res->out_len++] = '\n';
+				i += 2;
+				bol = true;
+				continue;
+			}
+			res->out[res->out_len++] = '\r';
+			res->bare_cr++;
+			i++;
+			continue;
+		}
+		if (c == '\n')
+			res->bare_lf++;
+		res->out[res->out_len++] = c;
+		i++;
+	}
+	res->consumed = n;
+}
+
+static uint32_t next_rand(uint32_t *s)
+{
+	/* xorshift32: deterministic for a given input, so crashes replay */
+	*s ^= *s << 13;
+	*s ^= *s >> 17;
+	*s ^= *s << 5;
+	return *s;
+}
+
+/* Feed msg in chunks drawn from seed; one_read feeds it all at once. */
+static void run_chunked(const char *msg, size_t len, uint32_t seed,
+			bool one_read, struct result *res)
+{
+	struct dot_reader r;
+	uint32_t rng = seed | 1;
+	size_t max_chunk = 1 + (seed >> 24) % 64, pos = 0;
+
+	if ((seed & 0xff) < 16)
+		max_chunk = len; /* sometimes very large reads too */
+	dot_reader_init(&r);
+	res->out_len = 0;
+	res->consumed = 0;
+	while (pos < len && !r.done) {
+		size_t want = next_rand(&rng) % (max_chunk + 1), consumed, out_len;
+		char *in, *out;
+		bool done;
+
+		if (one_read || want > len - pos)
+			want = len - pos;
+		in = malloc(want > 0 ? want : 1);
+		out = malloc(want + 1);
+		CHECK(in != NULL && out != NULL);
+		memcpy(in, msg + pos, want);
+		consumed = out_len = SIZE_MAX;
+		done = dot_reader_feed(&r, in, want, &consumed, out, &out_len);
+		CHECK(consumed <= want);
+		CHECK(out_len <= want + 1);
+		CHECK(done == r.done);
+		CHECK(done || consumed == want);
+		memcpy(res->out + res->out_len, out, out_len);
+		res->out_len += out_len;
+		pos += consumed;
+		free(in);
+		free(out);
+		CHECK(r.size == res->out_len);
+	}
+	if (r.done) {
+		char out[1];
+		size_t consumed = 1, out_len = 1;
+
+		CHECK(dot_reader_feed(&r, msg + pos, len - pos, &consumed, out,
+				      &out_len));
+		CHECK(consumed == 0 && out_len == 0);
+	}
+	res->consumed = pos;
+	res->done = r.done;
+	res->bare_lf = r.bare_lf;
+	res->bare_cr = r.bare_cr;
+	CHECK(r.size == res->out_len);
+}
+
+static void check_same(const struct result *a, const struct result *b)
+{
+	CHECK(a->done == b->done);
+	CHECK(a->consumed == b->consumed);
+	CHECK(a->out_len == b->out_len);
+	CHECK(memcmp(a->out, b->out, a->out_len) == 0);
+	CHECK(a->bare_lf == b->bare_lf);
+	CHECK(a->bare_cr == b->bare_cr);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	uint32_t seed = 0;
+	const char *msg = (const char *)data;
+	size_t len = size;
+	struct result chunked, whole, model;
+	char *framed;
+	const char *hit;
+
+	if (size >= 4) {
+		seed = (uint32_t)data[0] << 24 | (uint32_t)data[1] << 16 |
+		       (uint32_t)data[2] << 8 | data[3];
+		msg += 4;
+		len -= 4;
+	}
+	chunked.out = malloc(len + 1);
+	whole.out = malloc(len + 1);
+	model.out = malloc(len + 1);
+	framed = malloc(len + 2);
+	CHECK(chunked.out && whole.out && model.out && framed);
+
+	run_chunked(msg, len, seed, false, &chunked);
+	run_chunked(msg, len, 0, true, &whole);
+	model_run(msg, len, &model);
+	check_same(&chunked, &whole);
+	check_same(&chunked, &model);
+
+	/* the end is the first CRLF.CRLF of the stream, DATA's CRLF included */
+	framed[0] = '\r';
+	framed[1] = '\n';
+	memcpy(framed + 2, msg, len);
+	hit = memmem(framed, len + 2, "\r\n.\r\n", 5);
+	if (hit == NULL) {
+		CHECK(!chunked.done);
+		CHECK(chunked.consumed == len);
+	} else {
+		CHECK(chunked.done);
+		CHECK(chunked.consumed == (size_t)(hit - framed) + 5 - 2);
+	}
+
+	free(chunked.out);
+	free(whole.out);
+	free(model.out);
+	free(framed);
+	return 0;
+}
