@@ -627,14 +627,36 @@ def swaks_has_tls():
 
 
 # ----------------------------------------------------------------- runner
+def _all_ids(suite):
+    for t in suite:
+        if isinstance(t, unittest.TestSuite):
+            yield from _all_ids(t)
+        else:
+            yield t.id()
+
+
 class _Result(unittest.TextTestResult):
+    all_ids = []
+
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.passed = []
+        self.skipped_ids = set()
 
     def addSuccess(self, test):
         super().addSuccess(test)
         self.passed.append(test.id())
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        if isinstance(test, unittest.TestCase):
+            self.skipped_ids.add(test.id())
+        else:
+            # a whole class skipped in setUpClass: "setUpClass (mod.Class)"
+            m = re.search(r"\((\S+)\)", str(test))
+            if m:
+                self.skipped_ids.update(i for i in self.all_ids
+                                        if i.startswith(m.group(1) + "."))
 
 
 def main(budget=200):
@@ -645,6 +667,7 @@ def main(budget=200):
     prog = os.path.basename(sys.argv[0])
     suite = unittest.TestLoader().loadTestsFromModule(sys.modules["__main__"])
     total = suite.countTestCases()
+    _Result.all_ids = list(_all_ids(suite))
     state = {"result": None}
 
     def watchdog():
@@ -653,7 +676,7 @@ def main(budget=200):
         _cleanup_all()
         r = state["result"]
         passed = len(r.passed) if r else 0
-        skipped = len(r.skipped) if r else 0
+        skipped = len(r.skipped_ids) if r else 0
         sys.stdout.write("%s: %d passed, %d failed\n" % (prog, passed, total - passed - skipped))
         sys.stdout.flush()
         os._exit(1)
@@ -680,7 +703,7 @@ def main(budget=200):
     if _cert_dir:
         shutil.rmtree(_cert_dir, ignore_errors=True)
     passed = len(result.passed)
-    skipped = len(result.skipped)
+    skipped = len(result.skipped_ids)
     failed = total - passed - skipped
     if skipped:
         print("%s: %d skipped" % (prog, skipped))
