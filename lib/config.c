@@ -56,7 +56,7 @@ const struct setting_def settings_table[] = {
 	{ NULL, "tls_key", SETTING_STR, "", 0, 0, OFF(tls_key), SETTING_F_PATH,
 	  "PEM private key for tls_cert" },
 	{ NULL, "bare_lf", SETTING_STR, "reject", 0, 0, 0, 0,
-	  "message with a bare LF: reject (554 5.6.0 at end of DATA) or accept" },
+	  "message with a bare LF: reject (550 5.6.0 at end of DATA) or accept" },
 	{ NULL, "junk_folder", SETTING_STR, "Junk", 0, 0, OFF(junk_folder), 0,
 	  "Maildir++ folder for mail scored at or above pipeline.junk_score" },
 	{ NULL, "quarantine_dir", SETTING_STR, "/var/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
