@@ -396,7 +396,7 @@ config_read_stripped(const char *path, int *open_brace_line_r)
 		if (c == '\n')
 			line++;
 		if (quote != 0) {
-			if (c == '\\' && quote == '"' && i + 1 < len)
+			if (c == '\\' && i + 1 < len)
 				i++;
 			else if (c == quote)
 				quote = 0;

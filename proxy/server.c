@@ -304,7 +304,7 @@ server_bind(struct server *srv, const struct mx_config *cfg)
 		srv->socks[i].name = xstrdup(lc->name);
 		srv->socks[i].address = xstrdup(lc->address);
 		log_msg(LOG_LEVEL_INFO, "listening name=%s address=%s tls=%s", lc->name, lc->address,
-			lc->implicit_tls ? "implicit" : "starttls");
+			lc->implicit_tls ? "implicit" : cfg->tls_cert[0] != '\0' ? "starttls" : "none");
 	}
 	return 0;
 }
