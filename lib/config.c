@@ -74,7 +74,7 @@ const struct setting_def settings_table[] = {
 	{ "limits", "recipients_max", SETTING_INT, "100", 100, 100000, OFF(limits.recipients_max), 0,
 	  "recipients per message; more get 452 4.5.3" },
 	{ "limits", "commands_max", SETTING_INT, "100", 10, 100000, OFF(limits.commands_max), 0,
-	  "commands outside a transaction (NOOP, RSET, VRFY, HELP...) per session" },
+	  "commands that move no mail (NOOP, RSET, VRFY, HELP...) before the next MAIL" },
 	{ "limits", "errors_max", SETTING_INT, "10", 1, 1000, OFF(limits.errors_max), 0,
 	  "protocol errors before the session is closed with 421" },
 	{ "limits", "connections_max", SETTING_INT, "1000", 1, 1000000, OFF(limits.connections_max), 0,

@@ -365,6 +365,7 @@ cmd_mail_cont(struct session *sess, const struct pipeline_outcome *out)
 		return;
 	}
 	sess->state = STATE_MAIL;
+	sess->commands = 0; /* limits.commands_max counts commands between MAILs */
 	session_reply(sess, "250 2.1.0 Ok");
 }
 

@@ -302,5 +302,28 @@ class RecipientsMax(DaemonTestCase):
             self.assertEqual(self.d.files("new", "u%03d" % i), [], "u%03d" % i)
 
 
+class CommandsMax(DaemonTestCase):
+    """limits.commands_max bounds the commands that move no mail between two
+    MAILs; a session that keeps sending mail is never cut off by it."""
+    daemon_args = dict(limits={"commands_max": 10})
+
+    def test_too_many_commands_closes(self):
+        c = self.client()
+        for _ in range(10):
+            self.assertEqual(c.cmd("NOOP").code, 250)
+        r = c.cmd("NOOP")
+        self.assertEqual((r.code, r.enhanced), (421, "4.7.0"), r)
+        self.assertTrue(c.closed(), "connection left open after 421")
+
+    def test_count_restarts_at_each_mail(self):
+        c = self.ehlo_client()            # EHLO is the first counted command
+        for _ in range(3):
+            for _ in range(7):
+                self.assertEqual(c.cmd("NOOP").code, 250)
+            self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
+            self.assertEqual(c.cmd("RSET").code, 250)
+        self.assertEqual(c.cmd("NOOP").code, 250)
+
+
 if __name__ == "__main__":
     mxtest.main(budget=150)
