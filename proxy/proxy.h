@@ -46,6 +46,7 @@ struct loop {
 	struct evconnlistener **listeners; /* one per server listen socket */
 	struct session *sessions;          /* this loop's sessions, for shutdown */
 	bool shutting_down;
+	bool accept_paused;                /* after EMFILE: listeners off briefly */
 };
 
 struct listen_socket {

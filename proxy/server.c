@@ -165,12 +165,42 @@ loop_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *
 }
 
 static void
+loop_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct loop *loop = arg;
+
+	loop->accept_paused = false;
+	if (loop->shutting_down)
+		return;
+	for (size_t i = 0; i < loop->srv->n_socks; i++) {
+		if (loop->listeners[i] != NULL)
+			evconnlistener_enable(loop->listeners[i]);
+	}
+}
+
+/*
+ * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM) the listening socket stays readable, so a listener left on would
+ * spin: pause this loop's listeners for a moment instead, and log at most
+ * once per pause.
+ */
+static void
 loop_accept_error_cb(struct evconnlistener *lev, void *arg)
 {
+	struct loop *loop = arg;
 	int err = EVUTIL_SOCKET_ERROR();
+	static const struct timeval pause = { 0, 250000 };
 
-	/* EMFILE and friends: log and keep going; the listener stays on */
-	log_msg(LOG_LEVEL_WARN, "smtp accept failed: %s", evutil_socket_error_to_string(err));
+	if (loop->accept_paused)
+		return;
+	log_msg(LOG_LEVEL_WARN, "smtp accept failed, pausing accepts for 250 ms: %s",
+		evutil_socket_error_to_string(err));
+	loop->accept_paused = true;
+	for (size_t i = 0; i < loop->srv->n_socks; i++) {
+		if (loop->listeners[i] != NULL)
+			evconnlistener_disable(loop->listeners[i]);
+	}
+	event_base_once(loop->base, -1, EV_TIMEOUT, loop_accept_resume_cb, loop, &pause);
 }
 
 static void *
@@ -345,6 +375,26 @@ server_make_dirs(const struct mx_config *cfg)
 	return 0;
 }
 
+/*
+ * After dropping privileges: what a reload or a user lookup must read later
+ * has to be readable now, or the first reload (and every RCPT after the
+ * passwd-file changes) would fail long after start. Refuse to start instead.
+ */
+static int
+server_check_readable(const struct mx_config *cfg)
+{
+	const char *const files[] = { cfg->path, cfg->passwd_file, cfg->tls_cert, cfg->tls_key };
+
+	for (size_t i = 0; i < N_ELEMENTS(files); i++) {
+		if (files[i][0] != '\0' && access(files[i], R_OK) < 0 && errno != ENOENT) {
+			log_errno(LOG_LEVEL_ERR, "%s is not readable as user \"%s\" (needed for "
+				  "reloads and user lookups)", files[i], cfg->run_user);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void
 server_write_pidfile(const struct mx_config *cfg)
 {
@@ -394,6 +444,8 @@ server_run(const char *config_path, bool foreground)
 	if (server_bind(&srv, cfg) < 0)
 		return 1;
 	if (server_drop_privileges(cfg->run_user) < 0)
+		return 1;
+	if (cfg->run_user[0] != '\0' && server_check_readable(cfg) < 0)
 		return 1;
 	if (server_make_dirs(cfg) < 0)
 		return 1;

@@ -65,6 +65,7 @@ enum session_flags {
 	SESSION_F_STARTTLS = 0x100,     /* 220 sent: switch to TLS once it is flushed */
 	SESSION_F_LINGER = 0x200,       /* output flushed and write side shut: drain, then free */
 	SESSION_F_FIRST_CMD = 0x400,    /* a command arrived: timeout_command from now on */
+	SESSION_F_EOF = 0x800,          /* client half-closed: answer what it sent, then close */
 };
 
 struct tx {
@@ -83,6 +84,7 @@ struct tx {
 	struct filter_tx *fx;
 	struct filter_msg msg;
 	struct pipeline_outcome outcome;
+	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
 	/* delivery */
 	struct maildir_job job;
 	struct server *srv;
@@ -109,7 +111,10 @@ struct session {
 	bool conn_counted;
 	long errors, commands, transactions;
 	struct tx *tx;
-	struct filter_tx *fx;           /* connect/helo results, cloned per transaction */
+	struct filter_tx *connect_fx;   /* connect-phase results */
+	struct filter_tx *fx;           /* connect + current HELO results, cloned per transaction */
+	enum verdict sticky_connect;    /* ACCEPT/DISCARD/QUARANTINE from the connect phase */
+	enum verdict sticky_helo;       /* ... and from the current HELO/EHLO */
 	struct filter_msg msg;          /* view for phases outside a transaction */
 	struct pipeline_run *run;
 	phase_cont_fn *cont;
@@ -239,6 +244,48 @@ session_fill_msg(struct session *sess, struct filter_msg *msg)
 
 /* ------------------------------------------------------ pipeline phases */
 
+/*
+ * ACCEPT, DISCARD and QUARANTINE from a phase before DATA do not end the
+ * dialogue; they are remembered and applied when the message is complete.
+ * The strongest wins: quarantine keeps a copy, so it beats discard, and
+ * both beat accept.
+ */
+static void
+verdict_stick(enum verdict *sticky, enum verdict v)
+{
+	static const int rank[] = {
+		[VERDICT_CONTINUE] = 0, [VERDICT_ACCEPT] = 1, [VERDICT_DISCARD] = 2,
+		[VERDICT_QUARANTINE] = 3, [VERDICT_REJECT] = 0, [VERDICT_TEMPFAIL] = 0,
+	};
+	if (rank[v] > rank[*sticky])
+		*sticky = v;
+}
+
+/* Arm the read/write timeouts for what the session waits for now. None
+ * while busy: stage timeouts and the worker pool bound those waits, and a
+ * timeout then would answer the client behind the pending work's back. */
+static void
+session_arm_timeouts(struct session *sess)
+{
+	const struct limits_config *l = &sess->st->cfg->limits;
+	struct timeval tv = { 0, 0 };
+
+	if (sess->flags & (SESSION_F_LINGER | SESSION_F_CLOSING))
+		return;
+	if (sess->flags & SESSION_F_BUSY) {
+		bufferevent_set_timeouts(sess->bev, NULL, NULL);
+		return;
+	}
+	if (sess->state == STATE_DATA)
+		tv.tv_sec = l->timeout_data;
+	else if (!(sess->flags & SESSION_F_FIRST_CMD))
+		tv.tv_sec = l->timeout_greeting;
+	else
+		tv.tv_sec = l->timeout_command;
+	/* the write timeout drops a client that stops reading our replies */
+	bufferevent_set_timeouts(sess->bev, &tv, &tv);
+}
+
 static void
 session_phase_done(void *ctx, const struct pipeline_outcome *out)
 {
@@ -249,6 +296,7 @@ session_phase_done(void *ctx, const struct pipeline_outcome *out)
 	sess->cont = NULL;
 	sess->flags &= ~SESSION_F_BUSY;
 	cont(sess, out);
+	session_arm_timeouts(sess);
 	session_process(sess);
 	session_finish(sess);
 }
@@ -273,6 +321,7 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 	}
 	sess->cont = cont;
 	sess->flags |= SESSION_F_BUSY;
+	session_arm_timeouts(sess);
 }
 
 /* Send the reply a stage chose for a hard verdict; true if one was sent. */
@@ -310,6 +359,7 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 		sess->flags &= ~SESSION_F_ESMTP;
 		return;
 	}
+	verdict_stick(&sess->sticky_helo, out->verdict);
 	session_tx_reset(sess);
 	sess->state = STATE_HELO;
 	if (!(sess->flags & SESSION_F_ESMTP)) {
@@ -341,6 +391,10 @@ cmd_helo_common(struct session *sess, const char *args, size_t len, bool esmtp)
 		sess->flags |= SESSION_F_ESMTP;
 	else
 		sess->flags &= ~SESSION_F_ESMTP;
+	/* a new HELO replaces what the previous one earned */
+	filter_tx_free(&sess->fx);
+	sess->fx = filter_tx_clone(sess->connect_fx);
+	sess->sticky_helo = VERDICT_CONTINUE;
 	session_fill_msg(sess, &sess->msg);
 	session_run_phase(sess, PHASE_HELO, &sess->msg, sess->fx, cmd_helo_cont);
 }
@@ -364,6 +418,7 @@ cmd_mail_cont(struct session *sess, const struct pipeline_outcome *out)
 		tx_free(&sess->tx);
 		return;
 	}
+	verdict_stick(&sess->tx->sticky, out->verdict);
 	sess->state = STATE_MAIL;
 	sess->commands = 0; /* limits.commands_max counts commands between MAILs */
 	session_reply(sess, "250 2.1.0 Ok");
@@ -419,6 +474,8 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	smtp_path_format(&path, tx->from, sizeof(tx->from));
 	tx->declared_size = declared;
 	tx->fx = filter_tx_clone(sess->fx);
+	tx->sticky = sess->sticky_connect;
+	verdict_stick(&tx->sticky, sess->sticky_helo);
 	sess->tx = tx;
 	session_fill_msg(sess, &tx->msg);
 	session_run_phase(sess, PHASE_MAIL, &tx->msg, tx->fx, cmd_mail_cont);
@@ -433,6 +490,7 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 
 	if (session_reply_verdict(sess, out, "rcpt_reject"))
 		return;
+	verdict_stick(&tx->sticky, out->verdict);
 	if (maildir_user_path(sess->st->cfg->mail_root, path->local, path->domain, root,
 			      sizeof(root)) < 0) {
 		session_error(sess, "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
@@ -520,8 +578,7 @@ cmd_data(struct session *sess, const char *args, size_t len)
 	tx->body = msgbody_new(cfg->spool_dir, (size_t)cfg->limits.spill_threshold);
 	dot_reader_init(&tx->dr);
 	sess->state = STATE_DATA;
-	struct timeval tv = { cfg->limits.timeout_data, 0 };
-	bufferevent_set_timeouts(sess->bev, &tv, &tv);
+	session_arm_timeouts(sess);
 	session_reply(sess, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -721,12 +778,8 @@ session_tx_done_reply(struct session *sess)
 	sess->state = STATE_HELO;
 	sess->transactions++;
 	tx_free(&sess->tx);
-	struct timeval tv = { sess->st->cfg->limits.timeout_command, 0 };
-	bufferevent_set_timeouts(sess->bev, &tv, &tv);
-	if (sess->flags & SESSION_F_SHUTDOWN) {
-		session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
-		session_close(sess, "shutdown");
-	}
+	session_arm_timeouts(sess);
+	/* during shutdown, session_process answers 421 before the next command */
 }
 
 static void
@@ -756,7 +809,9 @@ delivery_done(void *arg)
 	}
 	sess->tx = tx;
 	sess->flags &= ~SESSION_F_BUSY;
-	if (tx->job.error == 0) {
+	if (tx->job.error == 0 && (sess->flags & SESSION_F_CLOSING)) {
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, "delivered_unacknowledged", "2.0.0");
+	} else if (tx->job.error == 0) {
 		session_reply(sess, "250 2.0.0 Ok: queued as %s", tx->id);
 		tx_log(tx, sess->id, sess->client_addr, sess->helo,
 		       tx->outcome.action == ACTION_QUARANTINE ? "quarantined" : "delivered", "2.0.0");
@@ -863,7 +918,7 @@ session_deliver(struct session *sess)
 	/* the job owns the tx until delivery_done */
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
-	bufferevent_set_timeouts(sess->bev, NULL, NULL);
+	session_arm_timeouts(sess);
 	atomic_fetch_add(&tx->srv->n_jobs, 1);
 	workers_submit(tx->srv->workers, bufferevent_get_base(sess->bev), delivery_work,
 		       delivery_done, tx);
@@ -875,11 +930,30 @@ data_phase_cont(struct session *sess, const struct pipeline_outcome *out)
 	struct tx *tx = sess->tx;
 
 	tx->outcome = *out;
-	switch (out->action) {
+	if (out->verdict != VERDICT_REJECT && out->verdict != VERDICT_TEMPFAIL) {
+		/* verdicts remembered from earlier phases; a hard one at DATA wins */
+		switch (tx->sticky) {
+		case VERDICT_QUARANTINE:
+			tx->outcome.action = ACTION_QUARANTINE;
+			break;
+		case VERDICT_DISCARD:
+			if (out->action != ACTION_QUARANTINE)
+				tx->outcome.action = ACTION_DISCARD;
+			break;
+		case VERDICT_ACCEPT:
+			/* accepted outright: the score neither files nor refuses it */
+			if (out->verdict == VERDICT_CONTINUE)
+				tx->outcome.action = ACTION_DELIVER;
+			break;
+		default:
+			break;
+		}
+	}
+	switch (tx->outcome.action) {
 	case ACTION_REJECT:
 	case ACTION_TEMPFAIL: {
 		const struct filter_result *r = &out->reply;
-		bool temp = out->action == ACTION_TEMPFAIL;
+		bool temp = tx->outcome.action == ACTION_TEMPFAIL;
 		unsigned code = r->code != 0 ? r->code : (temp ? 451 : 550);
 		const char *enh = r->enhanced[0] ? r->enhanced : (temp ? "4.7.1" : "5.7.1");
 		const char *text = r->text[0] ? r->text : (temp ? "Try again later" : "Message rejected");
@@ -982,6 +1056,12 @@ session_process(struct session *sess)
 	while (!(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING))) {
 		/* not cached across commands: MAIL may switch to a reloaded state */
 		const struct mx_config *cfg = sess->st->cfg;
+		if ((sess->flags & SESSION_F_SHUTDOWN) && sess->tx == NULL) {
+			/* stopping: no new transaction starts */
+			session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
+			session_close(sess, "shutdown");
+			break;
+		}
 		if (evbuffer_get_length(outb) > SESSION_OUTPUT_MAX)
 			break; /* resumed from the write callback */
 		if (sess->state == STATE_DATA) {
@@ -1001,9 +1081,8 @@ session_process(struct session *sess)
 		}
 		if (!(sess->flags & SESSION_F_FIRST_CMD)) {
 			/* timeout_greeting covers only the wait for the first command */
-			struct timeval tv = { cfg->limits.timeout_command, 0 };
 			sess->flags |= SESSION_F_FIRST_CMD;
-			bufferevent_set_timeouts(sess->bev, &tv, &tv);
+			session_arm_timeouts(sess);
 		}
 		if (len + 2 > (size_t)cfg->limits.line_max) {
 			session_error(sess, "500 5.5.6 Error: line too long");
@@ -1012,8 +1091,12 @@ session_process(struct session *sess)
 		}
 		free(line);
 	}
-	/* stop reading while busy so pipelined input cannot grow without bound
-	 * (the read high watermark caps it) */
+	/* a half-closed client gets the answers to everything it sent, then
+	 * the close (a pending phase or delivery calls back in here) */
+	if ((sess->flags & SESSION_F_EOF) &&
+	    !(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING)) &&
+	    evbuffer_get_length(outb) <= SESSION_OUTPUT_MAX)
+		session_close(sess, "eof");
 }
 
 static void
@@ -1029,11 +1112,14 @@ session_free(struct session *sess)
 			sess->tx->id, sess->client_addr);
 	tx_free(&sess->tx);
 	filter_tx_free(&sess->fx);
+	filter_tx_free(&sess->connect_fx);
 	handle_unregister(sess->handle);
 	if (sess->conn_counted)
 		server_conn_release(loop->srv, sess->client_addr);
 	if (sess->bev != NULL) {
 		SSL *ssl = (sess->flags & SESSION_F_TLS) ? bufferevent_openssl_get_ssl(sess->bev) : NULL;
+		if (ssl != NULL && !(sess->flags & SESSION_F_TLS_PENDING))
+			(void)SSL_shutdown(ssl); /* best effort close_notify; never blocks */
 		bufferevent_free(sess->bev);
 		if (ssl != NULL)
 			SSL_free(ssl);
@@ -1063,6 +1149,11 @@ session_finish(struct session *sess)
 		return;
 	if (sess->flags & SESSION_F_LINGER)
 		return; /* the event callback frees on EOF or timeout */
+	if (sess->flags & SESSION_F_TLS_PENDING) {
+		/* nothing can be written before the handshake: just go */
+		session_free(sess);
+		return;
+	}
 	if (sess->bev != NULL && evbuffer_get_length(bufferevent_get_output(sess->bev)) > 0)
 		return; /* the write callback comes back when it is flushed */
 	if (!(sess->flags & SESSION_F_TLS) && sess->fd >= 0) {
@@ -1139,6 +1230,21 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 		session_finish(sess);
 		return;
 	}
+	if (sess->flags & SESSION_F_TLS_PENDING) {
+		/* handshake failed, stalled or the client left: no SMTP was spoken */
+		if (sess->close_reason == NULL)
+			sess->close_reason = xstrdup(what & BEV_EVENT_TIMEOUT ? "tls_timeout" : "tls_error");
+		session_free(sess);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+	    !(sess->flags & (SESSION_F_CLOSING | SESSION_F_EOF))) {
+		/* half-close: answer what was sent, finish pending work, then close */
+		sess->flags |= SESSION_F_EOF;
+		session_process(sess);
+		session_finish(sess);
+		return;
+	}
 	if ((what & BEV_EVENT_TIMEOUT) && !(what & BEV_EVENT_WRITING)) {
 		if (!(sess->flags & SESSION_F_CLOSING)) {
 			session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
@@ -1154,11 +1260,9 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 		sess->close_reason = xstrdup(what & BEV_EVENT_EOF ? "eof" :
 					     what & BEV_EVENT_TIMEOUT ? "write_timeout" :
 					     (sess->flags & SESSION_F_TLS_PENDING) ? "tls_error" : "error");
+	/* a pending delivery finds no session and cleans up (unacknowledged);
+	 * a pending pipeline run is cancelled by session_free */
 	sess->flags |= SESSION_F_CLOSING;
-	if (sess->flags & SESSION_F_BUSY) {
-		/* a pipeline run or delivery is pending: the delivery completion
-		 * finds no session and cleans up; a run is cancelled by free */
-	}
 	evbuffer_drain(bufferevent_get_output(bev), evbuffer_get_length(bufferevent_get_output(bev)));
 	session_free(sess);
 }
@@ -1179,6 +1283,9 @@ session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
 		session_close(sess, "connect_rejected");
 		return;
 	}
+	verdict_stick(&sess->sticky_connect, out->verdict);
+	filter_tx_free(&sess->fx);
+	sess->fx = filter_tx_clone(sess->connect_fx);
 	session_reply(sess, "220 %s ESMTP mxguard", cfg->hostname);
 }
 
@@ -1187,20 +1294,15 @@ static void
 session_greet(struct session *sess)
 {
 	session_fill_msg(sess, &sess->msg);
-	session_run_phase(sess, PHASE_CONNECT, &sess->msg, sess->fx, session_greet_cont);
+	session_run_phase(sess, PHASE_CONNECT, &sess->msg, sess->connect_fx, session_greet_cont);
 }
 
 static void
 session_setup_bev(struct session *sess)
 {
-	const struct mx_config *cfg = sess->st->cfg;
-	struct timeval tv = { sess->state == STATE_CONNECTED ? cfg->limits.timeout_greeting
-							      : cfg->limits.timeout_command, 0 };
-
 	bufferevent_setcb(sess->bev, session_read_cb, session_write_cb, session_event_cb, sess);
 	bufferevent_setwatermark(sess->bev, EV_READ, 0, SESSION_INPUT_MAX);
-	/* the write timeout drops a client that stops reading our replies */
-	bufferevent_set_timeouts(sess->bev, &tv, &tv);
+	session_arm_timeouts(sess);
 	bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
 }
 
@@ -1229,6 +1331,9 @@ session_start_tls(struct session *sess, bool implicit)
 		sess->state = STATE_CONNECTED;
 		sess->helo[0] = '\0';
 		sess->flags &= ~SESSION_F_ESMTP;
+		filter_tx_free(&sess->fx);
+		sess->fx = filter_tx_clone(sess->connect_fx);
+		sess->sticky_helo = VERDICT_CONTINUE;
 		bufferevent_free(sess->bev);
 	}
 	sess->bev = bufferevent_openssl_socket_new(base, sess->fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0);
@@ -1251,6 +1356,7 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 	net_addr_str(sa, sess->client_addr, sizeof(sess->client_addr));
 	sess->client_port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port)
 						     : ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
+	sess->connect_fx = filter_tx_new();
 	sess->fx = filter_tx_new();
 	sess->next = loop->sessions;
 	if (loop->sessions != NULL)
@@ -1260,6 +1366,24 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 	evutil_make_socket_nonblocking(fd);
 
 	sess->fd = fd;
+	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
+		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
+	bool refused = loop->shutting_down;
+	if (!refused)
+		refused = !server_conn_acquire(loop->srv, sess->client_addr,
+					       cfg->limits.connections_per_client,
+					       cfg->limits.connections_max, &reason);
+	else
+		reason = "Service shutting down";
+	if (refused && implicit_tls) {
+		/* a refusal can only be said inside TLS; do not spend a handshake */
+		sess->close_reason = xstrdup("refused");
+		log_msg(LOG_LEVEL_INFO, "%s smtp refused client=%s reason=\"%s\"", sess->id,
+			sess->client_addr, reason);
+		session_free(sess);
+		return;
+	}
+	sess->conn_counted = !refused;
 	if (implicit_tls && sess->st->ssl_ctx != NULL) {
 		sess->flags |= SESSION_F_GREET_PENDING;
 		session_start_tls(sess, true);
@@ -1267,18 +1391,14 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 		sess->bev = bufferevent_socket_new(loop->base, fd, 0);
 		session_setup_bev(sess);
 	}
-	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
-		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
 
 	if (loop->shutting_down) {
 		session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
 		session_close(sess, "shutdown");
-	} else if (!server_conn_acquire(loop->srv, sess->client_addr, cfg->limits.connections_per_client,
-					cfg->limits.connections_max, &reason)) {
+	} else if (refused) {
 		session_reply(sess, "421 4.7.0 %s %s", cfg->hostname, reason);
 		session_close(sess, "too_many_connections");
 	} else {
-		sess->conn_counted = true;
 		if (!(sess->flags & SESSION_F_GREET_PENDING))
 			session_greet(sess);
 	}

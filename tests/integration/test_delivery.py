@@ -11,6 +11,7 @@ transaction in the middle of DATA finish and then exits 0.
 import os
 import shutil
 import signal
+import socket
 import time
 import unittest
 
@@ -274,8 +275,49 @@ class Terminate(DaemonTestCase):
             code = None
         self.assertEqual(code, 0, d.log_tail())
 
+    def test_zz_sigterm_in_transaction_then_rset(self):
+        # an open transaction may finish, but no new one starts: RSET is
+        # answered, then the session is told 421 and closed
+        d = mxtest.Daemon()
+        self.addCleanup(d.cleanup)
+        c = d.client()
+        self.addCleanup(c.close)
+        c.ehlo()
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
+        d.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        self.assertEqual(c.cmd("RSET").code, 250)
+        try:
+            r = c.reply()
+            self.assertEqual((r.code, r.enhanced), (421, "4.3.2"), r)
+        except (EOFError, ConnectionResetError):
+            self.fail("closed without a 421")
+        self.assertTrue(c.closed(timeout=20))
+        try:
+            code = d.proc.wait(20)
+        except Exception:
+            code = None
+        self.assertEqual(code, 0, d.log_tail())
+        self.assertEqual(d.files("new"), [])
+
     def setUp(self):
         pass
+
+
+class HalfClose(DaemonTestCase):
+    daemon_args = dict()
+
+    def test_half_close_gets_every_reply(self):
+        # a client that sends a whole pipelined transaction and shuts its
+        # write side still gets the 250 (and the 221) before the close
+        c = self.ehlo_client()
+        c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\n" +
+               smtp_data(b"Subject: half\n\nclosed\n") + b"QUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        codes = [c.reply().code for _ in range(5)]
+        self.assertEqual(codes, [250, 250, 354, 250, 221])
+        self.assertTrue(c.closed())
+        self.assertEqual(len(self.d.files("new")), 1)
 
 
 if __name__ == "__main__":

@@ -309,6 +309,41 @@ class StartTLS(DaemonTestCase):
         self.assertFalse(data.startswith(b"220") or data.startswith(b"250"), data)
 
 
+class TLSHandshakeStall(DaemonTestCase):
+    """A client that opens the implicit-TLS port (or says STARTTLS) and then
+    never handshakes is dropped by the greeting/command timeout and gives
+    its connection slot back."""
+    daemon_args = dict(tls=True, implicit_tls=True,
+                       limits={"timeout_greeting": 1, "timeout_command": 1,
+                               "connections_per_client": 2})
+
+    def test_stalled_handshakes_are_dropped(self):
+        socks = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", self.d.tls_port), timeout=10)
+            self.addCleanup(s.close)
+            socks.append(s)
+        for s in socks:
+            s.settimeout(15)
+            self.assertEqual(s.recv(100), b"", "stalled TLS connection left open")
+        # both slots are free again: a plaintext client is admitted
+        deadline = time.monotonic() + 10
+        while True:
+            c = self.d.client(greeting=False)
+            self.addCleanup(c.close)
+            r = c.reply()
+            if r.code == 220 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(r.code, 220, r)
+
+    def test_silent_after_starttls_is_dropped(self):
+        c = self.ehlo_client()
+        self.assertEqual(c.cmd("STARTTLS").code, 220)
+        c.sock.settimeout(15)
+        self.assertEqual(c.sock.recv(100), b"", "connection left open after STARTTLS")
+
+
 class ConnectionLimit(DaemonTestCase):
     daemon_args = dict(limits={"connections_per_client": 3})
 
