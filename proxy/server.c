@@ -360,15 +360,25 @@ server_drop_privileges(const char *user)
 	return 0;
 }
 
-/* Create the directories the daemon writes to, so a fresh install works. */
+/* Create the directories the daemon writes to, so a fresh install works;
+ * before dropping privileges, and handed to the run user. */
 static int
 server_make_dirs(const struct mx_config *cfg)
 {
-	const char *const dirs[] = { cfg->mail_root, cfg->spool_dir, cfg->state_dir };
+	const char *const dirs[] = { cfg->mail_root, cfg->spool_dir, cfg->state_dir,
+				     cfg->quarantine_dir };
+	struct passwd *pw = cfg->run_user[0] != '\0' ? getpwnam(cfg->run_user) : NULL;
 
 	for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
-		if (dirs[i][0] != '\0' && fs_mkdir_p(dirs[i], 0750) < 0) {
+		if (dirs[i][0] == '\0')
+			continue;
+		if (fs_mkdir_p(dirs[i], 0750) < 0) {
 			log_errno(LOG_LEVEL_ERR, "cannot create directory %s", dirs[i]);
+			return -1;
+		}
+		if (pw != NULL && chown(dirs[i], pw->pw_uid, pw->pw_gid) < 0) {
+			log_errno(LOG_LEVEL_ERR, "cannot hand directory %s to user %s", dirs[i],
+				  cfg->run_user);
 			return -1;
 		}
 	}
@@ -443,11 +453,11 @@ server_run(const char *config_path, bool foreground)
 
 	if (server_bind(&srv, cfg) < 0)
 		return 1;
+	if (server_make_dirs(cfg) < 0)
+		return 1;
 	if (server_drop_privileges(cfg->run_user) < 0)
 		return 1;
 	if (cfg->run_user[0] != '\0' && server_check_readable(cfg) < 0)
-		return 1;
-	if (server_make_dirs(cfg) < 0)
 		return 1;
 	server_write_pidfile(cfg);
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import time
+import unittest
 
 import mxtest
 from mxtest import DaemonTestCase, PASSWORD
@@ -272,6 +273,41 @@ class Users(DaemonTestCase):
                 break
             time.sleep(0.1)
         self.assertEqual((r.code, r.enhanced), (550, "5.1.1"), r)
+
+
+class RunUser(unittest.TestCase):
+    """`user = "nobody"`: the daemon binds, creates its directories for that
+    user, drops privileges, and refuses to start when what it must read later
+    (the passwd-file for lookups and reloads) is unreadable as that user."""
+
+    def test_unreadable_passwd_refused_then_readable_works(self):
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        d = mxtest.Daemon(settings={"user": "nobody"}, start=False)
+        self.addCleanup(d.cleanup)
+        os.chmod(d.dir, 0o755)        # nobody must reach its files
+        os.chmod(d.conf, 0o644)
+        passwd = os.path.join(d.dir, "passwd")
+        self.assertEqual(os.stat(passwd).st_mode & 0o777, 0o600)
+        r = subprocess.run([mxtest.MXGUARD, "-f", "-c", d.conf], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=30, cwd=d.dir)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("not readable as user \"nobody\"", r.stderr)
+        self.assertIn(passwd, r.stderr)
+
+        os.chown(passwd, nobody.pw_uid, nobody.pw_gid)
+        d.start()
+        c = d.client()
+        self.addCleanup(c.close)
+        c.ehlo()
+        mr, rr, dr, fr = c.transaction("a@b.test", ["demo@example.test"],
+                                       mxtest.smtp_data(b"Subject: as nobody\n\nhi\n"))
+        self.assertEqual(fr.code, 250, fr)
+        files = d.files("new")
+        self.assertEqual(len(files), 1)
+        self.assertEqual(os.stat(files[0]).st_uid, nobody.pw_uid)
+        self.assertEqual(os.stat(d.mail_root).st_uid, nobody.pw_uid)
 
 
 if __name__ == "__main__":
