@@ -34,16 +34,17 @@ log_open(const char *ident, bool foreground, enum log_level level)
 		openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+/* The level changes on reload (main thread) while loops log: atomic. */
 void
 log_set_level(enum log_level level)
 {
-	log_current = level;
+	__atomic_store_n(&log_current, level, __ATOMIC_RELAXED);
 }
 
 bool
 log_enabled(enum log_level level)
 {
-	return level <= log_current;
+	return level <= __atomic_load_n(&log_current, __ATOMIC_RELAXED);
 }
 
 int

@@ -67,8 +67,8 @@ workers_main(void *arg)
 		if (job->done == NULL) {
 			free(job);
 		} else if (event_base_once(job->base, -1, EV_TIMEOUT, job_done_cb, job, &now) != 0) {
-			/* cannot post back: the loop is gone; run done here rather
-			 * than leak the job's owner */
+			/* cannot post back: the owner's loop is gone, and running
+			 * done here would race with it; this is a bug, stop loudly */
 			log_msg(LOG_LEVEL_ERR, "workers: cannot post completion to its loop");
 			abort();
 		}
