@@ -13,7 +13,9 @@ and a watchdog ends the whole file (killing the daemons it started) if it runs
 far past its budget.  Only the Python standard library is used.
 
 Environment: MXGUARD, MXGUARDCTL (paths of the built binaries, default
-./mxguard and ./mxguardctl) and MX_SRCDIR (default .).
+./mxguard and ./mxguardctl), MXGUARD_TESTSTAGE (the daemon built with the
+test stage of tests/stages/, default ./tests/mxguard-teststage) and
+MX_SRCDIR (default .).
 """
 
 import atexit
@@ -35,6 +37,8 @@ import unittest
 
 MXGUARD = os.path.abspath(os.environ.get("MXGUARD", "./mxguard"))
 MXGUARDCTL = os.path.abspath(os.environ.get("MXGUARDCTL", "./mxguardctl"))
+MXGUARD_TESTSTAGE = os.path.abspath(os.environ.get("MXGUARD_TESTSTAGE",
+                                                   "./tests/mxguard-teststage"))
 MX_SRCDIR = os.path.abspath(os.environ.get("MX_SRCDIR", "."))
 
 HOSTNAME = "mx.example.test"
@@ -127,11 +131,12 @@ class Daemon:
     `listen smtps { tls = "implicit" }` on a second port; users: addresses
     added with mxguardctl before the start; pre_start: callable(daemon) run
     after the config is written and before users are added (e.g. to mount a
-    tmpfs on mail_root)."""
+    tmpfs on mail_root); binary: the daemon to run (default MXGUARD)."""
 
     def __init__(self, settings=None, limits=None, tls=False, implicit_tls=False,
                  users=("demo@example.test",), domains=(DOMAIN,), pipeline=None,
-                 extra_conf="", pre_start=None, start=True):
+                 extra_conf="", pre_start=None, start=True, binary=None):
+        self.binary = os.path.abspath(binary) if binary else MXGUARD
         self.dir = tempfile.mkdtemp(prefix="mxtest-")
         self.port = free_port()
         self.tls_port = free_port() if implicit_tls else None
@@ -233,7 +238,7 @@ class Daemon:
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.logpath, "ab")
         try:
-            self.proc = subprocess.Popen([MXGUARD, "-f", "-c", self.conf],
+            self.proc = subprocess.Popen([self.binary, "-f", "-c", self.conf],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          cwd=self.dir)
         finally:
