@@ -52,6 +52,11 @@ STOP_TIMEOUT = 20.0
 # clean up after itself instead of leaving orphans holding ports.
 _live_daemons = set()
 _cleanup_mounts = []
+# sanitizer reports (ASan, LeakSanitizer, UBSan) found in daemon logs at
+# cleanup: each one fails the file, so the sanitizer build of the suite
+# really checks the daemon, including leaks at a clean exit
+_sanitizer_reports = []
+_SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:")
 _lock = threading.Lock()
 
 
@@ -320,7 +325,13 @@ class Daemon:
         return code
 
     def cleanup(self):
+        # a clean SIGTERM exit lets LeakSanitizer report; then read the log
+        self.stop(timeout=15)
         self.kill9()
+        text = self.log()
+        m = _SANITIZER_RE.search(text)
+        if m:
+            _sanitizer_reports.append("%s: %s" % (self.logpath, text[max(0, m.start() - 200):m.start() + 3000]))
         for m in reversed(self.mounts):
             subprocess.run(["umount", m], stderr=subprocess.DEVNULL)
             if m in _cleanup_mounts:
@@ -710,6 +721,9 @@ def main(budget=200):
     passed = len(result.passed)
     skipped = len(result.skipped_ids)
     failed = total - passed - skipped
+    for report in _sanitizer_reports:
+        print("%s: sanitizer report in a daemon log:\n%s" % (prog, report))
+        failed += 1
     if skipped:
         print("%s: %d skipped" % (prog, skipped))
     sys.stdout.flush()
