@@ -1368,6 +1368,13 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 	sess->fd = fd;
 	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
 		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
+	if (implicit_tls && sess->st->ssl_ctx == NULL) {
+		/* a reload removed the certificate: never speak plaintext on a
+		 * port that clients trust to be TLS */
+		sess->close_reason = xstrdup("no_tls_certificate");
+		session_free(sess);
+		return;
+	}
 	bool refused = loop->shutting_down;
 	if (!refused)
 		refused = !server_conn_acquire(loop->srv, sess->client_addr,
@@ -1384,7 +1391,7 @@ session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implic
 		return;
 	}
 	sess->conn_counted = !refused;
-	if (implicit_tls && sess->st->ssl_ctx != NULL) {
+	if (implicit_tls) {
 		sess->flags |= SESSION_F_GREET_PENDING;
 		session_start_tls(sess, true);
 	} else {
