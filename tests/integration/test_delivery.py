@@ -168,6 +168,35 @@ class ReloadGood(DaemonTestCase):
         self.assertTrue(d.running())
 
 
+class ReloadDropsCertificate(DaemonTestCase):
+    """Listeners live until a restart; when a reload removes the certificate
+    (and the implicit-TLS listener from the file), the still-open implicit
+    port must not start speaking plaintext SMTP."""
+    daemon_args = dict(tls=True, implicit_tls=True)
+
+    def test_implicit_port_never_plaintext(self):
+        d = self.d
+        port = d.tls_port
+        d.tls, d.tls_port = False, None
+        d.write_config()
+        d.tls_port = port
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded configuration" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("reloaded configuration", d.log())
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(s.close)
+        try:
+            data = s.recv(100)
+        except ConnectionResetError:
+            data = b""
+        self.assertEqual(data, b"", "plaintext on the implicit-TLS port: %r" % data)
+        # the plaintext listener works on without TLS
+        c = self.ehlo_client()
+        self.assertNotIn("STARTTLS", " ".join(c.cmd("EHLO again").lines).upper())
+
+
 class ReloadBroken(DaemonTestCase):
     daemon_args = dict()
 
