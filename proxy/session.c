@@ -829,30 +829,6 @@ delivery_done(void *arg)
 	session_finish(sess);
 }
 
-static void
-header_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) ATTR_PRINTF(4, 5);
-
-static void
-header_append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-	int n;
-
-	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		abort();
-	if (*len + (size_t)n + 1 > *cap) {
-		*cap = (*len + (size_t)n + 1) * 2;
-		*buf = xrealloc(*buf, *cap);
-	}
-	memcpy(*buf + *len, s, (size_t)n + 1);
-	*len += (size_t)n;
-	free(s);
-}
-
 /* Received: and the pipeline's headers, common to every copy. */
 static char *
 session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
@@ -861,25 +837,30 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 	time_t now = time(NULL);
 	struct tm tm;
 	char *buf = NULL;
-	size_t len = 0, cap = 0;
+	size_t len = 0;
 	const char *proto;
 	const struct filter_header *hdrs;
 	size_t n;
+	FILE *f = open_memstream(&buf, &len);
 
+	if (f == NULL)
+		abort(); /* only fails without memory */
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
 	if (sess->flags & SESSION_F_ESMTP)
 		proto = (sess->flags & SESSION_F_TLS) ? "ESMTPS" : "ESMTP";
 	else
 		proto = (sess->flags & SESSION_F_TLS) ? "SMTPS" : "SMTP";
-	header_append(&buf, &len, &cap, "Received: from %s (%s [%s])\n\tby %s (mxguard) with %s id %s",
-		      sess->helo, sess->helo, sess->client_addr, sess->st->cfg->hostname, proto, tx->id);
+	fprintf(f, "Received: from %s (%s [%s])\n\tby %s (mxguard) with %s id %s",
+		sess->helo, sess->helo, sess->client_addr, sess->st->cfg->hostname, proto, tx->id);
 	if (tx->n_rcpts == 1)
-		header_append(&buf, &len, &cap, "\n\tfor <%s>", tx->rcpts[0]);
-	header_append(&buf, &len, &cap, "; %s\n", date);
+		fprintf(f, "\n\tfor <%s>", tx->rcpts[0]);
+	fprintf(f, "; %s\n", date);
 	n = filter_tx_headers(tx->fx, &hdrs);
 	for (size_t i = 0; i < n; i++)
-		header_append(&buf, &len, &cap, "%s: %s\n", hdrs[i].name, hdrs[i].value);
+		fprintf(f, "%s: %s\n", hdrs[i].name, hdrs[i].value);
+	if (fclose(f) != 0)
+		abort();
 	*len_r = len;
 	return buf;
 }
