@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "lib/lib.h"
+#include "tests/dot_model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -40,62 +41,6 @@ struct result {
 	bool done;
 	uint64_t bare_lf, bare_cr;
 };
-
-/* Look-ahead statement of the same rules; see test_dot_reader.c. */
-static void model_run(const char *in, size_t n, struct result *res)
-{
-	size_t i = 0;
-	bool bol = true;
-
-	res->out_len = 0;
-	res->done = false;
-	res->bare_lf = res->bare_cr = 0;
-	while (i < n) {
-		char c = in[i];
-
-		if (bol && c == '.') {
-			if (i + 1 >= n)
-				break;
-			if (in[i + 1] == '\r') {
-				if (i + 2 >= n)
-					break;
-				if (in[i + 2] == '\n') {
-					res->done = true;
-					res->consumed = i + 3;
-					return;
-				}
-				res->out[res->out_len++] = '\r';
-				res->bare_cr++;
-				i += 2;
-				bol = false;
-				continue;
-			}
-			i++;
-			bol = false;
-			continue;
-		}
-		bol = false;
-		if (c == '\r') {
-			if (i + 1 >= n)
-				break;
-			if (in[i + 1] == '\n') {
-				res->out[res->out_len++] = '\n';
-				i += 2;
-				bol = true;
-				continue;
-			}
-			res->out[res->out_len++] = '\r';
-			res->bare_cr++;
-			i++;
-			continue;
-		}
-		if (c == '\n')
-			res->bare_lf++;
-		res->out[res->out_len++] = c;
-		i++;
-	}
-	res->consumed = n;
-}
 
 static uint32_t next_rand(uint32_t *s)
 {
@@ -191,7 +136,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	run_chunked(msg, len, seed, false, &chunked);
 	run_chunked(msg, len, 0, true, &whole);
-	model_run(msg, len, &model);
+	size_t end = dot_model_run(msg, len, model.out, &model.out_len, &model.bare_lf,
+				   &model.bare_cr);
+	model.done = end != 0;
+	model.consumed = end != 0 ? end : len;
 	check_same(&chunked, &whole);
 	check_same(&chunked, &model);
 

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "lib/lib.h"
+#include "tests/dot_model.h"
 
 struct run_result {
 	char out[1024];
@@ -317,61 +318,6 @@ static void test_smuggle_other_variants(void **state)
 
 /* ------------------------------------------------ exhaustive model */
 
-/* The same rules written as look-ahead over the whole input, the way a
- * reader of RFC 5321 would put them. Returns the number of input bytes
- * that ended the message (0 = not ended); emits only what is decided. */
-static size_t model_run(const char *in, size_t n, struct run_result *res)
-{
-	size_t i = 0;
-	bool bol = true;
-
-	memset(res, 0, sizeof(*res));
-	while (i < n) {
-		char c = in[i];
-
-		if (bol && c == '.') {
-			if (i + 1 >= n)
-				break;
-			if (in[i + 1] == '\r') {
-				if (i + 2 >= n)
-					break;
-				if (in[i + 2] == '\n') {
-					res->done = true;
-					return i + 3;
-				}
-				res->out[res->out_len++] = '\r';
-				res->bare_cr++;
-				i += 2;
-				bol = false;
-				continue;
-			}
-			i++; /* stuffed dot dropped */
-			bol = false;
-			continue;
-		}
-		bol = false;
-		if (c == '\r') {
-			if (i + 1 >= n)
-				break;
-			if (in[i + 1] == '\n') {
-				res->out[res->out_len++] = '\n';
-				i += 2;
-				bol = true;
-				continue;
-			}
-			res->out[res->out_len++] = '\r';
-			res->bare_cr++;
-			i++;
-			continue;
-		}
-		if (c == '\n')
-			res->bare_lf++;
-		res->out[res->out_len++] = c;
-		i++;
-	}
-	return 0;
-}
-
 static void test_exhaustive_against_model(void **state)
 {
 	static const char alphabet[] = { '\r', '\n', '.', 'a' };
@@ -390,7 +336,10 @@ static void test_exhaustive_against_model(void **state)
 
 			for (size_t k = 0; k < len; k++, x /= 4)
 				in[k] = alphabet[x % 4];
-			end = model_run(in, len, &want);
+			memset(&want, 0, sizeof(want));
+			end = dot_model_run(in, len, want.out, &want.out_len, &want.bare_lf,
+					    &want.bare_cr);
+			want.done = end != 0;
 			run_all_ways(in, len, &got);
 			if (got.done != want.done ||
 			    got.out_len != want.out_len ||
