@@ -309,7 +309,21 @@ class StartTLS(DaemonTestCase):
         self.assertFalse(data.startswith(b"220") or data.startswith(b"250"), data)
 
 
-class TLSHandshakeStall(DaemonTestCase):
+class SlotTestCase(DaemonTestCase):
+    def greeting_when_admitted(self):
+        """The greeting of a new connection, retried (bounded) until the
+        server has noticed that an earlier connection went away."""
+        deadline = time.monotonic() + 10
+        while True:
+            c = self.d.client(greeting=False)
+            self.addCleanup(c.close)
+            r = c.reply()
+            if r.code == 220 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
+
+
+class TLSHandshakeStall(SlotTestCase):
     """A client that opens the implicit-TLS port (or says STARTTLS) and then
     never handshakes is dropped by the greeting/command timeout and gives
     its connection slot back."""
@@ -327,14 +341,7 @@ class TLSHandshakeStall(DaemonTestCase):
             s.settimeout(15)
             self.assertEqual(s.recv(100), b"", "stalled TLS connection left open")
         # both slots are free again: a plaintext client is admitted
-        deadline = time.monotonic() + 10
-        while True:
-            c = self.d.client(greeting=False)
-            self.addCleanup(c.close)
-            r = c.reply()
-            if r.code == 220 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        r = self.greeting_when_admitted()
         self.assertEqual(r.code, 220, r)
 
     def test_silent_after_starttls_is_dropped(self):
@@ -344,7 +351,7 @@ class TLSHandshakeStall(DaemonTestCase):
         self.assertEqual(c.sock.recv(100), b"", "connection left open after STARTTLS")
 
 
-class ConnectionLimit(DaemonTestCase):
+class ConnectionLimit(SlotTestCase):
     daemon_args = dict(limits={"connections_per_client": 3})
 
     def test_connections_per_client(self):
@@ -363,14 +370,7 @@ class ConnectionLimit(DaemonTestCase):
         # notices the close asynchronously)
         clients[0].cmd("QUIT")
         self.assertTrue(clients[0].closed())
-        deadline = time.monotonic() + 10
-        while True:
-            c = self.d.client(greeting=False)
-            self.addCleanup(c.close)
-            r = c.reply()
-            if r.code == 220 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        r = self.greeting_when_admitted()
         self.assertEqual(r.code, 220, r)
 
 
