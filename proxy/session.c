@@ -132,6 +132,7 @@ struct command {
 
 static void session_process(struct session *sess);
 static void session_finish(struct session *sess);
+static void session_release_slot(struct session *sess);
 static void session_close(struct session *sess, const char *reason);
 
 /* --------------------------------------------------------------- replies */
@@ -1095,8 +1096,7 @@ session_free(struct session *sess)
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
 	handle_unregister(sess->handle);
-	if (sess->conn_counted)
-		server_conn_release(loop->srv, sess->client_addr);
+	session_release_slot(sess);
 	if (sess->bev != NULL) {
 		SSL *ssl = (sess->flags & SESSION_F_TLS) ? bufferevent_openssl_get_ssl(sess->bev) : NULL;
 		if (ssl != NULL && !(sess->flags & SESSION_F_TLS_PENDING))
@@ -1122,6 +1122,18 @@ session_free(struct session *sess)
 	free(sess);
 }
 
+/* Give the connection slot back. Called as soon as the conversation is
+ * over (before the lingering close), so that a client which has seen our
+ * last reply and the close can connect again at once. */
+static void
+session_release_slot(struct session *sess)
+{
+	if (!sess->conn_counted)
+		return;
+	sess->conn_counted = false;
+	server_conn_release(sess->loop->srv, sess->client_addr);
+}
+
 /* The one place a session may end: at the top of an event callback. */
 static void
 session_finish(struct session *sess)
@@ -1144,6 +1156,7 @@ session_finish(struct session *sess)
 		static const struct timeval linger = { 2, 0 };
 		struct evbuffer *in = bufferevent_get_input(sess->bev);
 		sess->flags |= SESSION_F_LINGER;
+		session_release_slot(sess);
 		shutdown(sess->fd, SHUT_WR);
 		evbuffer_drain(in, evbuffer_get_length(in));
 		bufferevent_disable(sess->bev, EV_WRITE);
