@@ -191,8 +191,10 @@ const char *smtp_verb_name(enum smtp_verb verb);
 
 struct smtp_param { char key[32]; char value[128]; bool has_value; };
 
-/* A reverse- or forward-path. local keeps quoting as received; domain is
- * lower-cased. null is set for "<>". */
+/* A reverse- or forward-path. local keeps quoting as received, except that
+ * a quoted string that needs no quotes ("alice") is stored as its dot-atom
+ * (alice) with quoted_local false; domain is lower-cased. null is set for
+ * "<>". */
 struct smtp_path {
 	bool null;
 	bool quoted_local;  /* local part was a quoted-string */
@@ -229,6 +231,8 @@ struct dot_reader {
 	uint64_t size;        /* octets of content emitted so far */
 	uint64_t bare_lf;     /* LF not preceded by CR */
 	uint64_t bare_cr;     /* CR not followed by LF */
+	uint64_t line_len;    /* octets of the current line so far, as sent */
+	uint64_t longest_line; /* longest line as sent, its CRLF included */
 	bool done;
 };
 void dot_reader_init(struct dot_reader *r);
