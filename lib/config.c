@@ -61,6 +61,8 @@ const struct setting_def settings_table[] = {
 	  "Maildir++ folder for mail scored at or above pipeline.junk_score" },
 	{ NULL, "quarantine_dir", SETTING_STR, "/var/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
 	  "Maildir that holds quarantined mail" },
+	{ NULL, "postmaster", SETTING_STR, "", 0, 0, OFF(postmaster), 0,
+	  "mailbox (user@local.domain) that receives postmaster@ every local domain (\"\" = first user of a local domain)" },
 
 	{ "listen", "address", SETTING_STR, "127.0.0.1:2525", 0, 0, LOFF(address), 0,
 	  "host:port or [v6]:port to listen on (section title names the listener)" },
@@ -70,9 +72,9 @@ const struct setting_def settings_table[] = {
 	{ "limits", "line_max", SETTING_INT, "1000", 512, 65536, OFF(limits.line_max), 0,
 	  "SMTP command line length in octets, CRLF included" },
 	{ "limits", "message_size_max", SETTING_INT, "26214400", 1024, 2147483647L, OFF(limits.message_size_max), 0,
-	  "largest message in octets (advertised with SIZE)" },
+	  "largest message in octets as sent, CRLF counted (advertised with SIZE)" },
 	{ "limits", "recipients_max", SETTING_INT, "100", 100, 100000, OFF(limits.recipients_max), 0,
-	  "recipients per message; more get 452 4.5.3" },
+	  "accepted RCPT commands per message (repeats count); more get 452 4.5.3" },
 	{ "limits", "commands_max", SETTING_INT, "100", 10, 100000, OFF(limits.commands_max), 0,
 	  "commands that move no mail (NOOP, RSET, VRFY, HELP...) before the next MAIL" },
 	{ "limits", "errors_max", SETTING_INT, "10", 1, 1000, OFF(limits.errors_max), 0,
@@ -91,6 +93,8 @@ const struct setting_def settings_table[] = {
 	  "seconds SIGTERM waits for transactions in flight" },
 	{ "limits", "spill_threshold", SETTING_INT, "1048576", 4096, 1073741824L, OFF(limits.spill_threshold), 0,
 	  "body octets kept in memory; larger bodies go to spool_dir" },
+	{ "limits", "data_line_max", SETTING_INT, "65536", 1000, 1073741824L, OFF(limits.data_line_max), 0,
+	  "longest line of message data in octets, CRLF included; longer: 550 5.6.0 at end of DATA" },
 
 	{ "pipeline", "stages", SETTING_STRLIST, "{}", 0, 0, OFF(pipeline.stages), 0,
 	  "filter stages in the order they run; each has a section named after it" },
@@ -540,6 +544,32 @@ struct config_private {
 	struct opt_arrays *keep;
 };
 
+/* postmaster = "local@domain": a plain local part (no quotes, no routing
+ * characters) in one of the local domains, stored in lower case. */
+static int
+config_check_postmaster(struct mx_config *c, char **error_r)
+{
+	char *at;
+
+	str_lower(c->postmaster);
+	at = strchr(c->postmaster, '@');
+	if (at == NULL || at == c->postmaster || at[1] == '\0' || c->postmaster[0] == '.' ||
+	    at[-1] == '.' || strstr(c->postmaster, "..") != NULL ||
+	    strspn(c->postmaster, "abcdefghijklmnopqrstuvwxyz0123456789.-_+=") !=
+	    (size_t)(at - c->postmaster) || at - c->postmaster > 64) {
+		*error_r = xasprintf("%s: postmaster = \"%s\" is not a mailbox (user@domain)",
+				     c->path, c->postmaster);
+		return -1;
+	}
+	if (!config_is_local_domain(c, at + 1)) {
+		*error_r = xasprintf("%s: postmaster = \"%s\": %s is not in local_domains "
+				     "(mxguard delivers only to local mailboxes)", c->path,
+				     c->postmaster, at + 1);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 config_check(struct mx_config *c, char **error_r)
 {
@@ -580,6 +610,8 @@ config_check(struct mx_config *c, char **error_r)
 		*error_r = xasprintf("%s: junk_folder \"%s\" is not a folder name", c->path, c->junk_folder);
 		return -1;
 	}
+	if (c->postmaster[0] != '\0' && config_check_postmaster(c, error_r) < 0)
+		return -1;
 	if (c->mail_root[0] == '\0' || c->spool_dir[0] == '\0' || c->passwd_file[0] == '\0') {
 		*error_r = xasprintf("%s: mail_root, spool_dir and passwd_file must be set", c->path);
 		return -1;

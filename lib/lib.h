@@ -75,6 +75,7 @@ struct limits_config {
 	long timeout_data;
 	long timeout_shutdown;
 	long spill_threshold;      /* octets of body kept in memory */
+	long data_line_max;        /* longest message line, octets incl. CRLF */
 };
 
 struct pipeline_config {
@@ -103,6 +104,9 @@ struct mx_config {
 	enum bare_lf_policy bare_lf;
 	char *junk_folder;      /* Maildir++ folder name, e.g. "Junk" */
 	char *quarantine_dir;   /* Maildir holding quarantined mail */
+	char *postmaster;       /* mailbox "local@domain" for postmaster@<each
+				 * local domain>; "" = the first passwd-file
+				 * user of a local domain (proxy/server.c) */
 	struct listen_config *listeners;
 	size_t n_listeners;
 	struct limits_config limits;

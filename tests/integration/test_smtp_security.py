@@ -47,7 +47,8 @@ class Relay(DaemonTestCase):
             ("@other.test:demo@example.test", (501, 550)),
             ("@other.test,@third.test:demo@example.test", (501, 550)),
             ("demo%other.test@example.test", (550,)),
-            ('"demo@other.test"@example.test', (550,)),
+            # a quoted local part that needs its quotes: 553, not relaying
+            ('"demo@other.test"@example.test', (553,)),
             ("demo@other.test@example.test", (501, 550, 553)),
             ("demo!other@example.test", (550,)),
             ("other.test!demo@example.test", (550,)),
