@@ -558,6 +558,33 @@ class RecipientsMax(DaemonTestCase):
             self.assertEqual(self.d.files("new", "u%03d" % i), [], "u%03d" % i)
 
 
+class SizeTenMiB(DaemonTestCase):
+    """The issue's numbers: 10,488,019 octets sent against a 10,485,760
+    limit. Stored with LF line ends the message would be 10,477,528
+    octets, under the limit; what counts is what the client sent."""
+    daemon_args = dict(limits={"message_size_max": 10485760})
+
+    def test_sent_octets_over_the_limit_refused(self):
+        c = self.ehlo_client()
+        head = b"Subject: ten MiB\r\n\r\n"
+        n, rest = divmod(10488019 - len(head), 1000)
+        data = head + (b"x" * 998 + b"\r\n") * n + b"y" * (rest - 2) + b"\r\n"
+        self.assertEqual(len(data), 10488019)
+        self.assertLess(len(data.replace(b"\r\n", b"\n")), 10485760)
+        off = self.d.log_size()
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<demo@example.test>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(data + b".\r\n")
+        r = c.reply()
+        self.assertEqual((r.code, r.enhanced), (552, "5.3.4"), r)
+        self.assertEqual(self.d.all_files("new"), [])
+        m = self.d.wait_log(r"(?m)^.* smtp tx .*$", off)
+        self.assertIsNotNone(m)
+        self.assertIn(" size=10488019 ", m.group(0))
+        self.assertIn(" reason=size ", m.group(0))
+
+
 class CommandsMax(DaemonTestCase):
     """limits.commands_max bounds the commands that move no mail between two
     MAILs; a session that keeps sending mail is never cut off by it."""
