@@ -243,6 +243,8 @@ class Protocol(DaemonTestCase):
         self.assertIn(len(replies), (10, 11), codes)
         self.assertTrue(all(code == 500 for code in codes[:-1]), codes)
         self.assertTrue(c.closed(), "connection still open after 421")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject .* reply="421 4\.7\.0 .*too many errors" '
+                                             r'reason=too_many_errors'))
 
     def test_pipelining_replies_in_order(self):
         c = self.ehlo_client()
@@ -494,8 +496,12 @@ class Protocol(DaemonTestCase):
 
     def test_command_line_too_long(self):
         c = self.ehlo_client()
+        off = self.d.log_size()
         r = c.cmd("NOOP " + "x" * 1100)
         self.assertReply(r, 500, "5.5.6")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject client=127\.0\.0\.1 helo=client\.example\.org '
+                                             r'from=- reply="500 5\.5\.6 Error: line too long" '
+                                             r'reason=line_too_long', off))
         r = c.cmd("MAIL FROM:<" + "a" * 1100 + "@b.test>")
         self.assertReply(r, 500, "5.5.6")
 
@@ -597,6 +603,8 @@ class CommandsMax(DaemonTestCase):
         r = c.cmd("NOOP")
         self.assertEqual((r.code, r.enhanced), (421, "4.7.0"), r)
         self.assertTrue(c.closed(), "connection left open after 421")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject .* reply="421 4\.7\.0 .*too many commands" '
+                                             r'reason=too_many_commands'))
 
     def test_count_restarts_at_each_mail(self):
         c = self.ehlo_client()            # EHLO is the first counted command
