@@ -99,6 +99,20 @@ int core_run(const struct core_app *app, const char *config_path, bool foregroun
 /* `mxguard -t`: every check start-up makes short of binding. 0 or 1. */
 int core_check(const struct core_app *app, const char *config_path);
 
+/*
+ * A loop without threads, listeners or signals, for transcript tests and
+ * fuzz targets: the caller runs `base` itself, hands connected sockets (one
+ * end of a socketpair) to core_loop_adopt(), and they are served by the
+ * named service with state st (referenced here) as if a client at
+ * 192.0.2.1 had connected to a listener of that name. Freeing drops every
+ * connection left (each logs its end).
+ */
+struct core_loop *core_loop_standalone(const struct core_app *app, struct server_state *st,
+				       struct event_base *base, struct workers *workers);
+int core_loop_adopt(struct core_loop *loop, int fd, const char *protocol);
+size_t core_loop_conn_count(const struct core_loop *loop);
+void core_loop_standalone_free(struct core_loop **loop);
+
 /* --------------------------------------------------------------- loops */
 /* The event base, index, worker pool and current state of a loop. Only on
  * that loop's thread. */

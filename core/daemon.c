@@ -19,6 +19,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -751,6 +752,89 @@ core_free(struct core *core)
 		core->conn_counts = c->next;
 		free(c);
 	}
+}
+
+/* ------------------------------------------------------- standalone */
+
+struct core_loop *
+core_loop_standalone(const struct core_app *app, struct server_state *st,
+		     struct event_base *base, struct workers *workers)
+{
+	struct core *core = xcalloc(1, sizeof(*core));
+	struct core_loop *loop;
+
+	core->app = app;
+	core->workers = workers;
+	pthread_mutex_init(&core->state_lock, NULL);
+	pthread_mutex_init(&core->conn_lock, NULL);
+	core->state = app->state_ref(st);
+	core->n_listeners = app->n_services;
+	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		core->listeners[i].name = xstrdup(app->services[i].name);
+		core->listeners[i].address = xstrdup("standalone");
+		core->listeners[i].service = &app->services[i];
+	}
+	core->n_loops = 1;
+	core->loops = loop = xcalloc(1, sizeof(*loop));
+	loop->core = core;
+	loop->base = base;
+	pthread_mutex_init(&loop->push_lock, NULL);
+	if (loop_install(loop, app->state_ref(st)) < 0) {
+		core->loops = NULL;
+		free(loop);
+		core_free(core);
+		free(core);
+		return NULL;
+	}
+	return loop;
+}
+
+int
+core_loop_adopt(struct core_loop *loop, int fd, const char *protocol)
+{
+	struct core *core = loop->core;
+	struct sockaddr_in sin;
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(12345);
+	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		if (strcmp(core->listeners[i].service->name, protocol) == 0) {
+			conn_begin(conn_new(loop, &core->listeners[i], fd,
+					    (const struct sockaddr *)&sin));
+			return 0;
+		}
+	}
+	return -1;
+}
+
+size_t
+core_loop_conn_count(const struct core_loop *loop)
+{
+	return (size_t)atomic_load(&loop->core->n_conns);
+}
+
+void
+core_loop_standalone_free(struct core_loop **loopp)
+{
+	struct core_loop *loop = *loopp;
+	struct core *core;
+
+	*loopp = NULL;
+	if (loop == NULL)
+		return;
+	core = loop->core;
+	conn_drop_all(loop, "standalone_end");
+	loop_push_cb(-1, 0, loop);
+	loop->current = NULL;
+	while (loop->states != NULL)
+		loop_state_maybe_free(loop, loop->states);
+	loop->base = NULL;      /* the caller's */
+	core->workers = NULL;   /* the caller's */
+	core_free(core);
+	free(core);
 }
 
 int
