@@ -773,6 +773,144 @@ static void test_concurrent_deliveries(void **state)
 	free(root);
 }
 
+/* ------------------------------------------------ names already taken */
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	assert_int_equal(close(fd), 0);
+}
+
+static void assert_contents(const char *path, const char *text)
+{
+	size_t len;
+	char *got = slurp(path, &len);
+
+	assert_int_equal(len, strlen(text));
+	assert_memory_equal(got, text, len);
+	free(got);
+}
+
+static void check_noreplace(const char *dir, int (*fn)(const char *, const char *))
+{
+	char *from = path_join(dir, "from");
+	char *to = path_join(dir, "to");
+	struct stat st;
+
+	write_file(from, "new mail");
+	write_file(to, "somebody's mail");
+	errno = 0;
+	assert_int_equal(fn(from, to), -1);
+	assert_int_equal(errno, EEXIST);
+	assert_contents(to, "somebody's mail");
+	assert_contents(from, "new mail");
+
+	assert_int_equal(unlink(to), 0);
+	assert_int_equal(fn(from, to), 0);
+	assert_contents(to, "new mail");
+	assert_int_equal(stat(to, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(access(from, F_OK), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(unlink(to), 0);
+
+	/* a missing source fails and creates nothing */
+	assert_int_equal(fn(from, to), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(access(to, F_OK), -1);
+	free(from);
+	free(to);
+}
+
+static void test_rename_noreplace(void **state)
+{
+	struct fixture *f = *state;
+
+	check_noreplace(f->dir, maildir_rename_noreplace);
+	check_noreplace(f->dir, maildir_link_noreplace);
+}
+
+/* The names maildir_deliver will use, one per call; the last one repeats. */
+static const char *const *scripted_names;
+static size_t scripted_next;
+
+static void scripted_name(char *out, size_t outsz)
+{
+	const char *name = scripted_names[scripted_next];
+
+	if (scripted_names[scripted_next + 1] != NULL)
+		scripted_next++;
+	snprintf(out, outsz, "%s", name);
+}
+
+static void script_names(const char *const *names)
+{
+	scripted_names = names;
+	scripted_next = 0;
+	maildir_unique_name_hook = scripted_name;
+}
+
+static int teardown_names(void **state)
+{
+	maildir_unique_name_hook = NULL;
+	return teardown_dir(state);
+}
+
+/* The file name in new/ a copy named name of len octets gets. */
+static char *taken_path(const char *root, const char *name, size_t len)
+{
+	(void)len;
+	return xasprintf("%snew/%s", root, name);
+}
+
+static void test_deliver_never_replaces(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const names[] = { "1.M1P1Q1.taken", "1.M1P1Q2.free", NULL };
+	const char body[] = "Subject: second\n\nsecond message\n";
+	char *root = user_root(f->dir, "alice", "example.test");
+	struct maildir_target t = { .root = root };
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1,
+		.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = true,
+	};
+	char *err = NULL, *taken, *fresh;
+
+	assert_int_equal(maildir_create(root, NULL, &err), 0);
+	taken = taken_path(root, names[0], strlen(body));
+	fresh = taken_path(root, names[1], strlen(body));
+	write_file(taken, "an earlier message under the same name\n");
+
+	script_names(names);
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_contents(taken, "an earlier message under the same name\n");
+	assert_string_equal(job.paths[0], fresh);
+	assert_file_is(job.paths[0], NULL, NULL, body, strlen(body));
+	assert_int_equal(count_sub(root, "new"), 2);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+	maildir_job_free_results(&job);
+
+	/* every name taken: a bounded number of attempts, then a clean failure */
+	static const char *const same[] = { "1.M1P1Q1.taken", NULL };
+
+	script_names(same);
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EEXIST);
+	assert_non_null(strstr(job.error_text, "rename to"));
+	assert_null(job.paths);
+	assert_contents(taken, "an earlier message under the same name\n");
+	assert_int_equal(count_sub(root, "new"), 2);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+
+	msgbody_free(&job.body);
+	free(taken);
+	free(fresh);
+	free(root);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -790,6 +928,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_all_or_nothing_after_rename, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_invalid_jobs, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_concurrent_deliveries, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_rename_noreplace, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_deliver_never_replaces, setup_dir, teardown_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
