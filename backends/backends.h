@@ -78,7 +78,9 @@ struct maildir_job {
 
 /*
  * All-or-nothing delivery: for every target write a file into tmp/ (mode
- * 0600), fsync it, then rename each into new/ and fsync the new/ dirs. On any
+ * 0600), fsync it, then rename each into new/ as "<unique>,S=<size>" (the
+ * file's size in octets as stored; never replacing a file there) and fsync
+ * the new/ dirs. On any
  * failure every file written is unlinked (renamed ones too) and job->error is
  * set. Creates missing Maildir directories. Blocking; call from the worker
  * pool. Returns 0 or -1.

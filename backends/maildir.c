@@ -4,7 +4,8 @@
  * SMTP session say 250.
  *
  * A delivery writes one file per target into tmp/, fsyncs each, renames them
- * all into new/ and fsyncs every new/ directory involved; only then has the
+ * all into new/ (as "<unique>,S=<size>", never over an existing file) and
+ * fsyncs every new/ directory involved; only then has the
  * message been delivered. If any step fails for any target, every file of
  * this delivery is unlinked again — from tmp/ or from new/ — so the sender's
  * retry after our 4xx never produces a partial set of copies, and nothing
@@ -390,7 +391,18 @@ struct maildir_copy {
 	char *new_path;
 	bool in_tmp;    /* our file exists at tmp_path */
 	bool in_new;    /* our file has been renamed to new_path */
+	long long size; /* octets in the file as stored */
 };
+
+/*
+ * The name in new/: "<unique>,S=<size>", Dovecot's convention, with the
+ * file's size as stored so that IMAP and POP3 can answer sizes without a
+ * stat; the ":2,<flags>" info is added on the move to cur/.
+ */
+static char *maildir_new_path(const struct maildir_copy *copy, const char *name)
+{
+	return xasprintf("%s/new/%s,S=%lld", copy->dir, name, copy->size);
+}
 
 /* Record the first failure of a delivery: "<what> <path>: <strerror>". */
 static void maildir_job_fail(struct maildir_job *job, int err, const char *what,
@@ -493,7 +505,6 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 		copy->tmp_path = NULL;
 	}
 	copy->in_tmp = true;
-	copy->new_path = xasprintf("%s/new/%s", copy->dir, name);
 
 	struct iovec iov[3] = {
 		{ .iov_base = target->headers, .iov_len = target->headers ? strlen(target->headers) : 0 },
@@ -511,6 +522,16 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 		close(fd);
 		return -1;
 	}
+	/* the size as stored, whatever the writing above turned the body into */
+	struct stat st;
+
+	if (fstat(fd, &st) < 0) {
+		maildir_job_fail(job, errno, "fstat", copy->tmp_path);
+		close(fd);
+		return -1;
+	}
+	copy->size = (long long)st.st_size;
+	copy->new_path = maildir_new_path(copy, name);
 	/* Linux releases the descriptor even when close() reports EINTR */
 	if (close(fd) < 0 && errno != EINTR) {
 		maildir_job_fail(job, errno, "close", copy->tmp_path);
@@ -548,7 +569,7 @@ static int maildir_publish_copy(struct maildir_job *job, struct maildir_copy *co
 		}
 		maildir_next_name(name, sizeof(name));
 		free(copy->new_path);
-		copy->new_path = xasprintf("%s/new/%s", copy->dir, name);
+		copy->new_path = maildir_new_path(copy, name);
 	}
 	copy->in_tmp = false;
 	copy->in_new = true;

@@ -1,6 +1,7 @@
 /*
  * test_maildir.c — unit tests for backends/maildir.c: safe user paths,
- * folder creation, unique names and the all-or-nothing delivery.
+ * folder creation, unique names, the ",S=<size>" field, the no-replace
+ * rename and the all-or-nothing delivery.
  *
  * Every test works on real files under its own mkdtemp directory. The
  * full-disk case mounts a real 64 KiB tmpfs (the suite runs as root; without
@@ -209,6 +210,31 @@ static void assert_in_new_of(const char *path, const char *maildir)
 	assert_null(strchr(path + n + 5, '/'));
 }
 
+/* A name in new/ ends in ",S=<size>" with the file's st_size; returns it. */
+static long long assert_size_field(const char *path)
+{
+	const char *base = strrchr(path, '/');
+	const char *field;
+	struct stat st;
+	char *end;
+	long long size;
+
+	assert_non_null(base);
+	field = strstr(base, ",S=");
+	assert_non_null(field);
+	/* the only field, and the last thing in the name (no ":2," in new/) */
+	assert_null(strstr(field + 1, ","));
+	assert_null(strchr(base, ':'));
+	assert_true(field[3] >= '0' && field[3] <= '9');
+	errno = 0;
+	size = strtoll(field + 3, &end, 10);
+	assert_int_equal(errno, 0);
+	assert_int_equal(*end, '\0');
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(size, st.st_size);
+	return size;
+}
+
 static const char prefix[] =
 	"Received: from client.example (client.example [192.0.2.1])\n"
 	"\tby mx.example.test with ESMTP id 0123456789ABCDEF;\n"
@@ -236,6 +262,8 @@ static void test_deliver_one(void **state)
 	assert_non_null(job.paths);
 	assert_in_new_of(job.paths[0], root);
 	assert_file_is(job.paths[0], t.headers, prefix, body, strlen(body));
+	assert_int_equal(assert_size_field(job.paths[0]),
+			 strlen(t.headers) + strlen(prefix) + strlen(body));
 	assert_int_equal(count_sub(root, "new"), 1);
 	assert_int_equal(count_sub(root, "tmp"), 0);
 	assert_int_equal(count_sub(root, "cur"), 0);
@@ -272,10 +300,18 @@ static void test_deliver_several_with_folder(void **state)
 	assert_in_new_of(job.paths[0], alice);
 	assert_in_new_of(job.paths[1], bob);
 	assert_in_new_of(job.paths[2], junk);
+	long long sizes[3];
+
 	for (int i = 0; i < 3; i++) {
 		assert_file_is(job.paths[i], t[i].headers, prefix, body, strlen(body));
-		for (int j = 0; j < i; j++)
+		/* each copy has its own headers, so its own size */
+		sizes[i] = assert_size_field(job.paths[i]);
+		assert_int_equal(sizes[i], (t[i].headers ? strlen(t[i].headers) : 0) +
+					   strlen(prefix) + strlen(body));
+		for (int j = 0; j < i; j++) {
 			assert_string_not_equal(job.paths[i], job.paths[j]);
+			assert_true(sizes[i] != sizes[j]);
+		}
 	}
 	assert_int_equal(count_sub(alice, "new"), 1);
 	assert_int_equal(count_sub(alice, "tmp"), 0);
@@ -311,6 +347,7 @@ static void test_empty_body_and_no_headers(void **state)
 	assert_int_equal(msgbody_seal(job.body), 0);
 	assert_int_equal(maildir_deliver(&job), 0);
 	assert_file_is(job.paths[0], NULL, NULL, NULL, 0);
+	assert_int_equal(assert_size_field(job.paths[0]), 0);
 	maildir_job_free_results(&job);
 	msgbody_free(&job.body);
 	free(root);
@@ -340,6 +377,8 @@ static void test_spilled_body_identical(void **state)
 	assert_int_equal(maildir_deliver(&j1), 0);
 	assert_int_equal(maildir_deliver(&j2), 0);
 	assert_file_is(j2.paths[0], NULL, prefix, data, len);
+	assert_int_equal(assert_size_field(j1.paths[0]), strlen(prefix) + len);
+	assert_int_equal(assert_size_field(j2.paths[0]), strlen(prefix) + len);
 	c1 = slurp(j1.paths[0], &l1);
 	c2 = slurp(j2.paths[0], &l2);
 	assert_int_equal(l1, l2);
@@ -862,8 +901,7 @@ static int teardown_names(void **state)
 /* The file name in new/ a copy named name of len octets gets. */
 static char *taken_path(const char *root, const char *name, size_t len)
 {
-	(void)len;
-	return xasprintf("%snew/%s", root, name);
+	return xasprintf("%snew/%s,S=%zu", root, name, len);
 }
 
 static void test_deliver_never_replaces(void **state)
