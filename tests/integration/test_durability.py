@@ -286,6 +286,9 @@ class TracedDaemon(mxtest.Daemon):
     def kill9(self):
         if self.proc is None or self.proc.poll() is not None:
             return
+        if self.daemon_pid is None:
+            self.daemon_pid = self._child()
+        # the daemon first: strace killed alone would leave it running
         for pid in (self.daemon_pid, self.proc.pid):
             if pid is not None:
                 try:
