@@ -849,11 +849,24 @@ session_deliver(struct session *sess)
 	enum action action = tx->outcome.action;
 
 	if (action == ACTION_QUARANTINE) {
+		/* one copy, and every recipient on its own line in it, so that a
+		 * release can deliver to all of them (a folded list would need
+		 * unfolding, and one long address cannot be folded anyway) */
+		char *hdr = NULL;
+		size_t hdr_len = 0;
+		FILE *f = open_memstream(&hdr, &hdr_len);
+
+		if (f == NULL)
+			abort(); /* only fails without memory */
+		fprintf(f, "Return-Path: <%s>\n", tx->from);
+		for (size_t i = 0; i < tx->n_rcpts; i++)
+			fprintf(f, "X-MXGuard-Recipient: %s\n", tx->rcpts[i]);
+		if (fclose(f) != 0)
+			abort();
 		tx->job.n_targets = 1;
 		tx->job.targets = xcalloc(1, sizeof(*tx->job.targets));
 		tx->job.targets[0].root = xstrdup(cfg->quarantine_dir);
-		tx->job.targets[0].headers = xasprintf("Return-Path: <%s>\nX-MXGuard-Recipients: %s%s\n",
-							tx->from, tx->rcpts[0], tx->n_rcpts > 1 ? ",..." : "");
+		tx->job.targets[0].headers = hdr;
 	} else {
 		tx->job.n_targets = tx->n_rcpts;
 		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
