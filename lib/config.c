@@ -411,8 +411,11 @@ config_read_stripped(const char *path, int *open_brace_line_r)
 		} else if (c == '}') {
 			depth--;
 		} else if (c == '#' || (c == '/' && i + 1 < len && buf[i + 1] == '/')) {
-			while (i < len && buf[i] != '\n')
+			/* blank up to the newline but leave i before it, so the
+			 * loop's own step sees the newline and counts the line */
+			while (i + 1 < len && buf[i + 1] != '\n')
 				buf[i++] = ' ';
+			buf[i] = ' ';
 		} else if (c == '/' && i + 1 < len && buf[i + 1] == '*') {
 			buf[i] = buf[i + 1] = ' ';
 			for (i += 2; i < len; i++) {

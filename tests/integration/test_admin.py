@@ -126,6 +126,13 @@ class ConfigCheck(DaemonTestCase):
         text = ("# a comment\n#\n\n" + self.good.replace("threads = 2\n", "# threads\nthreads = x2 # trailing\n"))
         self.assertBad(text, line=line_of(text, "threads = x2"))
 
+    def test_unclosed_section_named_at_its_brace(self):
+        # comments before and inside the section must not shift the line
+        # named: it is the line of the section's "{"
+        head = "# a comment\n#\n" + self.good + "# before\n// also before\n\n"
+        text = head + "pipeline {\n\t# inside\n\ttag_score = 5.0 # trailing\n\t# more\n"
+        self.assertBad(text, line=len(head.splitlines()) + 1, mention="never closed")
+
     def test_missing_file(self):
         missing = os.path.join(self.d.dir, "nope.conf")
         r = run([mxtest.MXGUARD, "-t", "-c", missing], cwd=self.d.dir)

@@ -605,6 +605,14 @@ test_syntax_and_file_errors(void **state)
 	/* a section that is never closed is named by the line it opens on */
 	load_fail_free(BASE_LINES + 2, "never closed",
 		       BASE_CONF "threads = 1\nlimits {\n\tline_max = 1000\n");
+	/* ... also after comments, and with comments inside it: a comment
+	 * ends with its newline, which must still count as a line */
+	load_fail_free(BASE_LINES + 6, "never closed",
+		       BASE_CONF "# one\n# two\n// three\nthreads = 1 # trailing\n\n"
+				 "limits {\n\t# inside\n\tline_max = 1000 # trailing\n"
+				 "\t/* block\n\t   comment */\n\t# last\n");
+	load_fail_free(BASE_LINES + 3, "never closed",
+		       BASE_CONF "#\n#\nlimits {\n#\n\tline_max = 1000\n#\n#\n#\n");
 	/* an include directive is not supported */
 	load_fail_free(BASE_LINES + 1, NULL, BASE_CONF "include(\"other.conf\")\n");
 
