@@ -133,6 +133,59 @@ class ConfigCheck(DaemonTestCase):
         text = head + "pipeline {\n\t# inside\n\ttag_score = 5.0 # trailing\n\t# more\n"
         self.assertBad(text, line=len(head.splitlines()) + 1, mention="never closed")
 
+    def test_listeners_on_one_address(self):
+        # the same address twice, and a wildcard over a specific address:
+        # refused at the second listener's address line, before any bind
+        port = self.d.port
+        for first, second in (("127.0.0.1:%d" % port, "127.0.0.1:%d" % port),
+                              ("127.0.0.1:%d" % port, "*:%d" % port),
+                              ("*:%d" % port, "127.0.0.1:%d" % port)):
+            with self.subTest(first=first, second=second):
+                text = re.sub(r'address = "127\.0\.0\.1:\d+"', 'address = "%s"' % first, self.good)
+                text += '# a second one\nlisten other {\n\ttls = "none"\n\taddress = "%s"\n}\n' % second
+                self.assertBad(text, line=line_of(text, 'address = "%s"' % second, start=line_of(text, "listen other")),
+                               mention="overlaps")
+        # another port is fine
+        text = self.good + 'listen other {\n\taddress = "127.0.0.1:%d"\n}\n' % mxtest.free_port()
+        r = self.check(text)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def tls_config(self, cert, key):
+        text = self.good + "# TLS\ntls_cert = %s\n\ntls_key = %s\n" % (mxtest.conf_value(cert),
+                                                                       mxtest.conf_value(key))
+        return text, line_of(text, "tls_cert ="), line_of(text, "tls_key =")
+
+    def test_tls_file_errors(self):
+        cert, key = mxtest.test_cert()
+        other_key = os.path.join(self.d.dir, "other-key.pem")
+        r = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other_key],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        junk = os.path.join(self.d.dir, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("this is not PEM\n")
+        missing = os.path.join(self.d.dir, "missing.pem")
+        cases = [
+            (missing, key, "tls_cert", missing, "No such file or directory"),
+            (self.d.dir, key, "tls_cert", self.d.dir, "is a directory"),
+            (junk, key, "tls_cert", junk, "no PEM certificate"),
+            (cert, missing, "tls_key", missing, "No such file or directory"),
+            (cert, junk, "tls_key", junk, "no PEM private key"),
+            (cert, cert, "tls_key", cert, "no PEM private key"),
+            (cert, other_key, "tls_key", other_key, "does not match the certificate"),
+        ]
+        for c, k, setting, path, reason in cases:
+            with self.subTest(cert=c, key=k):
+                text, cert_line, key_line = self.tls_config(c, k)
+                line = cert_line if setting == "tls_cert" else key_line
+                r = self.assertBad(text, line=line, mention=reason)
+                self.assertIn('%s:%d: %s = "%s": %s' % (self.d.conf, line, setting, path, reason),
+                              r.stderr)
+        # the good pair passes
+        text, _, _ = self.tls_config(cert, key)
+        r = self.check(text)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
     def test_missing_file(self):
         missing = os.path.join(self.d.dir, "nope.conf")
         r = run([mxtest.MXGUARD, "-t", "-c", missing], cwd=self.d.dir)

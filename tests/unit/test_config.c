@@ -793,6 +793,179 @@ test_several_listeners(void **state)
 	load_fail_free(BASE_LINES + 1, NULL, BASE_CONF "listen {\n\taddress = \"127.0.0.1:2526\"\n}\n");
 }
 
+/* Two listeners that cannot both be bound are refused at the address of
+ * the second one; different ports, or distinct addresses, are fine. */
+static void
+test_listener_overlap(void **state)
+{
+	static const struct {
+		const char *first, *second;
+		bool clash;
+	} cases[] = {
+		{ "127.0.0.1:2525", "127.0.0.1:2525", true },
+		{ "127.0.0.1:2525", "*:2525", true },
+		{ "*:2525", "127.0.0.1:2525", true },
+		{ "0.0.0.0:2525", "127.0.0.1:2525", true },
+		{ "127.0.0.1:2525", "0.0.0.0:2525", true },
+		{ "[::]:2525", "[::1]:2525", true },
+		{ "[::]:2525", "0.0.0.0:2525", true },
+		{ "*:2525", "*:2525", true },
+		{ "127.0.0.1:2525", "[::ffff:127.0.0.1]:2525", true },
+		{ "127.0.0.1:2525", "127.0.0.1:2526", false },
+		{ "*:2525", "127.0.0.1:2526", false },
+		{ "127.0.0.1:2525", "127.0.0.2:2525", false },
+		{ "127.0.0.1:2525", "[::1]:2525", false },
+		{ "0.0.0.0:2525", "[::1]:2525", false },
+	};
+
+	for (size_t i = 0; i < N_ELEMENTS(cases); i++) {
+		/* comments in between: the line named must be the second address's */
+		char *text = xasprintf("local_domains = {\"example.test\"}\n"
+				       "listen one {\n\taddress = \"%s\"\n}\n"
+				       "# the other one\n"
+				       "listen two {\n\t# here\n\ttls = \"none\"\n\taddress = \"%s\"\n}\n",
+				       cases[i].first, cases[i].second);
+		if (cases[i].clash) {
+			char *error = load_fail(9, "overlaps", "%s", text);
+			if (strstr(error, "listen two") == NULL || strstr(error, "listen one") == NULL ||
+			    strstr(error, cases[i].second) == NULL)
+				fail_msg("error \"%s\" does not name both listeners", error);
+			free(error);
+		} else {
+			struct mx_config *cfg = load_ok("%s", text);
+			assert_int_equal(cfg->n_listeners, 2);
+			assert_int_equal(cfg->listeners[0].line, 3);
+			assert_int_equal(cfg->listeners[1].line, 9);
+			config_unref(&cfg);
+		}
+		free(text);
+	}
+	/* a listener left at the default address clashes with one set to it */
+	const struct setting_def *addr = table_find("listen", "address");
+	char *text = xasprintf(BASE_CONF "listen other {\n\taddress = \"%s\"\n}\n", addr->def);
+	load_fail_free(BASE_LINES + 2, "overlaps", text);
+	free(text);
+}
+
+/* The loader remembers the line each top-level setting was set on. */
+static void
+test_setting_lines(void **state)
+{
+	struct mx_config *cfg = load_ok(BASE_CONF "# comment\nthreads = 2\n\n"
+						  "tls_cert = \"c.pem\" # trailing\n"
+						  "/* block\n */ tls_key = \"k.pem\"\n"
+						  "limits {\n\tline_max = 1000\n}\npipeline {\n\ttag_score = 1.0\n}\n");
+
+	assert_int_equal(config_setting_line(cfg, "local_domains"), 1);
+	assert_int_equal(config_setting_line(cfg, "threads"), BASE_LINES + 2);
+	assert_int_equal(config_setting_line(cfg, "tls_cert"), BASE_LINES + 4);
+	assert_int_equal(config_setting_line(cfg, "tls_key"), BASE_LINES + 6);
+	/* left at the default, or not a top-level setting */
+	assert_int_equal(config_setting_line(cfg, "workers"), 0);
+	assert_int_equal(config_setting_line(cfg, "line_max"), 0);
+	assert_int_equal(config_setting_line(cfg, "no_such_setting"), 0);
+	config_unref(&cfg);
+}
+
+/* A TLS file that is missing, a directory, or not PEM: the error names the
+ * config file, the line of the setting, the setting, the path and why. */
+static void
+test_tls_context_errors(void **state)
+{
+	char *junk = write_conf("junk.pem", "not a certificate\n");
+	char *fakecert = write_conf("fake-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n"
+						     "-----END CERTIFICATE-----\n");
+	char *enckey = write_conf("enc-key.pem", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n"
+						 "-----END ENCRYPTED PRIVATE KEY-----\n");
+	char *missing = xasprintf("%s/missing.pem", tmpdir);
+	static const struct {
+		const char *cert, *key; /* file names in tmpdir, or "." for the directory */
+		const char *setting, *reason;
+	} cases[] = {
+		{ "missing.pem", "junk.pem", "tls_cert", "No such file or directory" },
+		{ ".", "junk.pem", "tls_cert", "is a directory" },
+		{ "junk.pem", "junk.pem", "tls_cert", "no PEM certificate" },
+		{ "fake-cert.pem", "missing.pem", "tls_key", "No such file or directory" },
+		{ "fake-cert.pem", "junk.pem", "tls_key", "no PEM private key" },
+		{ "fake-cert.pem", "enc-key.pem", "tls_key", "encrypted" },
+		{ "fake-cert.pem", "fake-cert.pem", "tls_key", "no PEM private key" },
+		{ "fake-cert.pem", "enc-key.pem", "tls_cert", "not a valid PEM certificate" },
+	};
+
+	for (size_t i = 0; i < N_ELEMENTS(cases); i++) {
+		/* the last case: the key is checked first once the cert is fine,
+		 * so make the key good-looking but the cert unparsable */
+		bool cert_parse = i == N_ELEMENTS(cases) - 1;
+		char *keyfile = cert_parse ? write_conf("plain-key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+									"-----END PRIVATE KEY-----\n")
+					   : xasprintf("%s/%s", tmpdir, cases[i].key);
+		char *certfile = strcmp(cases[i].cert, ".") == 0 ? xstrdup(tmpdir)
+								 : xasprintf("%s/%s", tmpdir, cases[i].cert);
+		struct mx_config *cfg = load_ok(BASE_CONF "# tls\ntls_cert = \"%s\"\n\ntls_key = \"%s\"\n",
+						certfile, keyfile);
+		char *error = NULL;
+		const char *path = strcmp(cases[i].setting, "tls_cert") == 0 ? certfile : keyfile;
+		int line = strcmp(cases[i].setting, "tls_cert") == 0 ? BASE_LINES + 2 : BASE_LINES + 4;
+		char *want = xasprintf("%s:%d: %s = \"%s\": ", cfg->path, line, cases[i].setting, path);
+
+		assert_null(tls_server_ctx_from_config(cfg, &error));
+		assert_non_null(error);
+		if (strncmp(error, want, strlen(want)) != 0 || strstr(error, cases[i].reason) == NULL)
+			fail_msg("case %zu: error \"%s\" does not start with \"%s\" and say \"%s\"", i,
+				 error, want, cases[i].reason);
+		free(want);
+		free(error);
+		free(certfile);
+		free(keyfile);
+		config_unref(&cfg);
+	}
+	unlink(junk);
+	unlink(fakecert);
+	unlink(enckey);
+	free(junk);
+	free(fakecert);
+	free(enckey);
+	free(missing);
+	char *plain = xasprintf("%s/plain-key.pem", tmpdir);
+	unlink(plain);
+	free(plain);
+}
+
+/* Many more sections than the loader ever had fixed room for: every one is
+ * accepted and keeps its own values. */
+static cfg_opt_t many_opts[] = {
+	CFG_INT("n", 0, CFGF_NONE),
+	CFG_END()
+};
+
+static void
+test_many_sections(void **state)
+{
+	enum { N_MANY = 20 };
+	char *text = xstrdup(BASE_CONF);
+	char names[N_MANY][16];
+
+	for (int i = 0; i < N_MANY; i++) {
+		snprintf(names[i], sizeof(names[i]), "many%d", i);
+		config_register_section(names[i], many_opts);
+		char *more = xasprintf("%s%s {\n\tn = %d\n}\n", text, names[i], i + 100);
+		free(text);
+		text = more;
+	}
+	/* loaded twice: the second load builds its option tree again */
+	for (int k = 0; k < 2; k++) {
+		struct mx_config *cfg = load_ok("%s", text);
+		for (int i = 0; i < N_MANY; i++)
+			assert_int_equal(cfg_getint(cfg_getsec(cfg->cfg, names[i]), "n"), i + 100);
+		config_unref(&cfg);
+	}
+	/* an error in the last one still carries its line */
+	char *bad = xasprintf("%s%s {\n\tbogus = 1\n}\n", text, names[N_MANY - 1]);
+	load_fail_free(BASE_LINES + 3 * N_MANY + 2, "bogus", bad);
+	free(bad);
+	free(text);
+}
+
 /* A section registered by a stage before the load is accepted and
  * readable; re-registering a name replaces its options. */
 static cfg_opt_t teststage_opts[] = {
@@ -952,7 +1125,11 @@ main(void)
 		cmocka_unit_test(test_relative_paths),
 		cmocka_unit_test(test_local_domains),
 		cmocka_unit_test(test_several_listeners),
+		cmocka_unit_test(test_listener_overlap),
+		cmocka_unit_test(test_setting_lines),
+		cmocka_unit_test(test_tls_context_errors),
 		cmocka_unit_test(test_registered_section),
+		cmocka_unit_test(test_many_sections),
 		cmocka_unit_test(test_refcount),
 		cmocka_unit_test(test_docs_cover_settings),
 	};
