@@ -30,6 +30,18 @@
 
 #include "lib/lib.h"
 
+/* The default paths follow the directories given to configure; Makefile.am
+ * passes them (a build outside it gets the FHS ones). */
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#ifndef LOCALSTATEDIR
+#define LOCALSTATEDIR "/var"
+#endif
+#ifndef RUNSTATEDIR
+#define RUNSTATEDIR "/run"
+#endif
+
 #define OFF(field) offsetof(struct mx_config, field)
 #define LOFF(field) offsetof(struct listen_config, field)
 
@@ -44,13 +56,13 @@ const struct setting_def settings_table[] = {
 	  "drop privileges to this user after binding (\"\" = stay)" },
 	{ NULL, "log_level", SETTING_STR, "info", 0, 0, 0, 0,
 	  "err, warn, info or debug" },
-	{ NULL, "mail_root", SETTING_STR, "/var/lib/mxguard/mail", 0, 0, OFF(mail_root), SETTING_F_PATH,
+	{ NULL, "mail_root", SETTING_STR, LOCALSTATEDIR "/lib/mxguard/mail", 0, 0, OFF(mail_root), SETTING_F_PATH,
 	  "root of the Maildir store: <mail_root>/<domain>/<user>/" },
-	{ NULL, "spool_dir", SETTING_STR, "/var/spool/mxguard", 0, 0, OFF(spool_dir), SETTING_F_PATH,
+	{ NULL, "spool_dir", SETTING_STR, LOCALSTATEDIR "/spool/mxguard", 0, 0, OFF(spool_dir), SETTING_F_PATH,
 	  "where large message bodies are spooled while received" },
-	{ NULL, "state_dir", SETTING_STR, "/run/mxguard", 0, 0, OFF(state_dir), SETTING_F_PATH,
+	{ NULL, "state_dir", SETTING_STR, RUNSTATEDIR "/mxguard", 0, 0, OFF(state_dir), SETTING_F_PATH,
 	  "runtime state (pid file)" },
-	{ NULL, "passwd_file", SETTING_STR, "/etc/mxguard/passwd", 0, 0, OFF(passwd_file), SETTING_F_PATH,
+	{ NULL, "passwd_file", SETTING_STR, SYSCONFDIR "/mxguard/passwd", 0, 0, OFF(passwd_file), SETTING_F_PATH,
 	  "users: user@domain:{CRYPT}hash lines (mxguardctl manages it)" },
 	{ NULL, "local_domains", SETTING_STRLIST, "{}", 0, 0, OFF(local_domains), 0,
 	  "domains mail is accepted for (at least one); nothing else is relayed" },
@@ -62,7 +74,7 @@ const struct setting_def settings_table[] = {
 	  "message with a bare LF: reject (550 5.6.0 at end of DATA) or accept" },
 	{ NULL, "junk_folder", SETTING_STR, "Junk", 0, 0, OFF(junk_folder), 0,
 	  "Maildir++ folder for mail scored at or above pipeline.junk_score" },
-	{ NULL, "quarantine_dir", SETTING_STR, "/var/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
+	{ NULL, "quarantine_dir", SETTING_STR, LOCALSTATEDIR "/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
 	  "Maildir that holds quarantined mail" },
 
 	{ "listen", "address", SETTING_STR, "127.0.0.1:2525", 0, 0, LOFF(address), 0,

@@ -9,7 +9,9 @@ new user without a restart.
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -64,8 +66,62 @@ class ConfigCheck(DaemonTestCase):
         self.assertIn("ok", (r.stdout + r.stderr).lower())
 
     def test_shipped_config(self):
+        # the demo config reads its certificate from ./var/tls (made by
+        # scripts/quickstart): give it one, in a directory of its own
+        top = tempfile.mkdtemp(prefix="mxtest-shipped-", dir=self.d.dir)
+        os.makedirs(os.path.join(top, "var", "tls"))
+        for src, name in zip(mxtest.test_cert(), ("cert.pem", "key.pem")):
+            shutil.copy(src, os.path.join(top, "var", "tls", name))
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
-        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=self.d.dir)
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("2 listener(s)", r.stdout)
+        # without the certificate, the error names the setting's line
+        os.unlink(os.path.join(top, "var", "tls", "cert.pem"))
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
+        self.assertNotEqual(r.returncode, 0)
+        with open(conf) as f:
+            text = f.read()
+        self.assertIn('%s:%d: tls_cert = "%s/var/tls/cert.pem": No such file or directory'
+                      % (conf, line_of(text, "tls_cert ="), os.path.realpath(top)), r.stderr)
+
+    def test_shipped_config_offers_tls(self):
+        # the quickstart demo: STARTTLS on 127.0.0.1:2525, implicit TLS on
+        # 127.0.0.1:4465, with the certificate under ./var/tls
+        conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
+        with open(conf) as f:
+            text = f.read()
+        listeners = re.findall(r'^listen (\w+) \{\n\taddress = "([^"]+)"\n\ttls = "(\w+)"\n\}',
+                               text, re.M)
+        self.assertEqual(sorted(l[1:] for l in listeners),
+                         [("127.0.0.1:2525", "none"), ("127.0.0.1:4465", "implicit")])
+        self.assertRegex(text, r'(?m)^tls_cert = "\./var/tls/cert\.pem"$')
+        self.assertRegex(text, r'(?m)^tls_key = "\./var/tls/key\.pem"$')
+
+    def test_demo_cert(self):
+        # scripts/demo-cert, as scripts/quickstart runs it: a self-signed
+        # localhost certificate, key 0600, made once
+        script = os.path.join(mxtest.MX_SRCDIR, "scripts", "demo-cert")
+        top = tempfile.mkdtemp(prefix="mxtest-democert-", dir=self.d.dir)
+        r = run(["sh", script], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cert = os.path.join(top, "var", "tls", "cert.pem")
+        key = os.path.join(top, "var", "tls", "key.pem")
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        r = run(["openssl", "x509", "-in", cert, "-noout", "-subject", "-ext", "subjectAltName"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"CN\s*=\s*localhost")
+        self.assertIn("DNS:localhost", r.stdout)
+        self.assertIn("IP Address:127.0.0.1", r.stdout)
+        with open(cert) as f:
+            before = f.read()
+        r = run(["sh", script], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(cert) as f:
+            self.assertEqual(f.read(), before, "a second run replaced the certificate")
+        # and the daemon accepts the pair with the shipped config
+        conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_unknown_option(self):
