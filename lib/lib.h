@@ -57,6 +57,7 @@ struct listen_config {
 	char *address; /* "127.0.0.1:2525", "[::1]:2525" */
 	char *protocol; /* the service that speaks on it ("smtp") */
 	bool implicit_tls;
+	int line; /* line of its address (or of its end, when left at the default) */
 };
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
@@ -141,6 +142,9 @@ int config_load(const char *path, struct mx_config **cfg_r, char **error_r);
 struct mx_config *config_ref(struct mx_config *cfg);
 void config_unref(struct mx_config **cfg);
 bool config_is_local_domain(const struct mx_config *cfg, const char *domain);
+/* The line of cfg->path a top-level setting (e.g. "tls_cert") was set on;
+ * 0 when it was left at its default or is not a top-level setting. */
+int config_setting_line(const struct mx_config *cfg, const char *name);
 
 /* Stages add their own section options before config_load() runs; the
  * filters registry calls this once at start. opts is copied by reference. */
@@ -281,6 +285,15 @@ void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
 
 /* ------------------------------------------------------------------ tls */
 typedef struct ssl_ctx_st SSL_CTX;
+/* A server context for cfg's tls_cert and tls_key (both set; config_load
+ * has checked that they come together). On failure returns NULL and sets
+ * *error_r (malloc'd, caller frees) to
+ *   "file:line: tls_cert = \"/path\": reason (OpenSSL: detail)"
+ * naming the setting, the line it was set on, and why: the file cannot be
+ * opened (strerror), holds no PEM certificate / key, the key is encrypted,
+ * or the key does not match the certificate. */
+SSL_CTX *tls_server_ctx_from_config(const struct mx_config *cfg, char **error_r);
+/* The same for two paths outside any config; errors start "tls_cert \"/path\": ". */
 SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char **error_r);
 
 /* ------------------------------------------------------------------- fs */

@@ -70,7 +70,7 @@ server_state_build(const char *config_path, char **error_r)
 	if (server_state_postmaster(st, error_r) < 0)
 		goto fail;
 	if (st->cfg->tls_cert[0] != '\0') {
-		st->ssl_ctx = tls_server_ctx_new(st->cfg->tls_cert, st->cfg->tls_key, error_r);
+		st->ssl_ctx = tls_server_ctx_from_config(st->cfg, error_r);
 		if (st->ssl_ctx == NULL)
 			goto fail;
 	}
