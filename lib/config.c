@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -576,6 +577,15 @@ struct config_private {
 	int *lines; /* per settings_table row; 0 = default */
 };
 
+/*
+ * libconfuse's scanner is flex's, with global state: cfg_init (which parses
+ * list defaults), cfg_parse_buf and cfg_free (which tears the scanner down)
+ * must never run at the same time on two threads. They do: a reload parses
+ * on the main thread while a loop thread drops the last reference to an
+ * old config. One lock around each of them.
+ */
+static pthread_mutex_t confuse_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void
 config_free(struct config_private *priv)
 {
@@ -605,8 +615,11 @@ config_free(struct config_private *priv)
 	}
 	free(c->listeners);
 	free(c->path);
-	if (c->cfg != NULL)
+	if (c->cfg != NULL) {
+		pthread_mutex_lock(&confuse_lock);
 		cfg_free(c->cfg);
+		pthread_mutex_unlock(&confuse_lock);
+	}
 	if (keep != NULL) {
 		for (size_t i = 0; i < keep->n; i++)
 			free(keep->arrays[i]);
@@ -794,7 +807,9 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 	c->refcount = 1;
 	c->path = xstrdup(path);
 
+	pthread_mutex_lock(&confuse_lock);
 	cfg = cfg_init(config_build_opts(priv->keep), CFGF_NONE);
+	pthread_mutex_unlock(&confuse_lock);
 	cfg_set_error_function(cfg, config_errfunc);
 	c->cfg = cfg;
 	int open_line;
@@ -812,7 +827,9 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 	errs.path = path;
 	errs.lines = priv->lines;
 	current_errors = &errs;
+	pthread_mutex_lock(&confuse_lock);
 	ret = cfg_parse_buf(cfg, text);
+	pthread_mutex_unlock(&confuse_lock);
 	current_errors = NULL;
 	free(text);
 	if (ret != CFG_SUCCESS) {

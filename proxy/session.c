@@ -109,6 +109,13 @@ struct session {
 	struct filter_tx *fx;           /* connect + current HELO results, cloned per transaction */
 	enum verdict sticky_connect;    /* ACCEPT/DISCARD/QUARANTINE from the connect phase */
 	enum verdict sticky_helo;       /* ... and from the current HELO/EHLO */
+	/* while a HELO/EHLO's phase runs: what it replaces, restored if refused */
+	struct {
+		char helo[256];
+		bool esmtp;
+		struct filter_tx *fx;
+		enum verdict sticky;
+	} prev_helo;
 	struct filter_msg msg;          /* view for phases outside a transaction */
 	struct pipeline_run *run;
 	phase_cont_fn *cont;
@@ -421,9 +428,8 @@ session_reply_verdict(struct session *sess, const struct pipeline_outcome *out,
 
 /* ----------------------------------------------------------- commands */
 
-/* A refused HELO/EHLO leaves no HELO name behind: the session is back to
- * not greeted (MAIL gets 503 until a HELO/EHLO succeeds), so nothing can
- * ever be received under an empty or refused name. */
+/* Back to not greeted, with nothing learned (after STARTTLS, RFC 3207):
+ * MAIL gets 503 until a HELO/EHLO succeeds. */
 static void
 session_forget_helo(struct session *sess)
 {
@@ -449,10 +455,22 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 	const struct mx_config *cfg = sess->st->cfg;
 
 	if (session_reply_verdict(sess, out, sess->fx, PHASE_HELO, NULL)) {
-		session_forget_helo(sess);
+		/* RFC 5321 4.1.4: a refused EHLO leaves the session in the state it
+		 * was in — the previous name, its results, any transaction */
+		str_copy(sess->helo, sess->prev_helo.helo, sizeof(sess->helo));
+		if (sess->prev_helo.esmtp)
+			sess->flags |= SESSION_F_ESMTP;
+		else
+			sess->flags &= ~SESSION_F_ESMTP;
+		filter_tx_free(&sess->fx);
+		sess->fx = sess->prev_helo.fx;
+		sess->prev_helo.fx = NULL;
+		sess->sticky_helo = sess->prev_helo.sticky;
 		return;
 	}
+	filter_tx_free(&sess->prev_helo.fx);
 	verdict_stick(&sess->sticky_helo, out->verdict);
+	/* an accepted HELO/EHLO resets the transaction (RFC 5321 4.1.4) */
 	session_tx_reset(sess);
 	sess->state = STATE_HELO;
 	if (!(sess->flags & SESSION_F_ESMTP)) {
@@ -483,10 +501,15 @@ cmd_helo_common(struct session *sess, const char *args, size_t len, bool esmtp)
 				       esmtp ? "EHLO" : "HELO");
 		else
 			session_refuse(sess, true, NULL, NULL, "helo_syntax", "501 5.5.4 %s", err);
-		session_forget_helo(sess);
+		/* RFC 5321 4.1.4: the session stays in the state it was in */
 		return;
 	}
-	session_tx_reset(sess);
+	/* the phase judges the new name; what it replaces comes back if the
+	 * phase refuses it (cmd_helo_cont) */
+	str_copy(sess->prev_helo.helo, sess->helo, sizeof(sess->prev_helo.helo));
+	sess->prev_helo.esmtp = (sess->flags & SESSION_F_ESMTP) != 0;
+	sess->prev_helo.fx = sess->fx;
+	sess->prev_helo.sticky = sess->sticky_helo;
 	memcpy(sess->helo, args, len);
 	sess->helo[len] = '\0';
 	if (esmtp)
@@ -494,10 +517,14 @@ cmd_helo_common(struct session *sess, const char *args, size_t len, bool esmtp)
 	else
 		sess->flags &= ~SESSION_F_ESMTP;
 	/* a new HELO replaces what the previous one earned */
-	filter_tx_free(&sess->fx);
 	sess->fx = filter_tx_clone(sess->connect_fx);
 	sess->sticky_helo = VERDICT_CONTINUE;
 	session_fill_msg(sess, &sess->msg);
+	/* the phase sees the greeting, not a transaction it may end */
+	sess->msg.txid = NULL;
+	sess->msg.mail_from = NULL;
+	sess->msg.rcpts = NULL;
+	sess->msg.n_rcpts = 0;
 	session_run_phase(sess, PHASE_HELO, &sess->msg, sess->fx, cmd_helo_cont);
 }
 
@@ -787,13 +814,7 @@ cmd_starttls(struct session *sess, const char *args, size_t len)
 		return;
 	}
 	/* RFC 3207: forget everything learned before TLS */
-	session_tx_reset(sess);
-	sess->state = STATE_CONNECTED;
-	sess->helo[0] = '\0';
-	sess->flags &= ~SESSION_F_ESMTP;
-	filter_tx_free(&sess->fx);
-	sess->fx = filter_tx_clone(sess->connect_fx);
-	sess->sticky_helo = VERDICT_CONTINUE;
+	session_forget_helo(sess);
 	sess->flags |= SESSION_F_BUSY;
 }
 
@@ -1425,6 +1446,7 @@ session_gone(void *ctx, const char *reason)
 	tx_free(&sess->tx);
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
+	filter_tx_free(&sess->prev_helo.fx);
 	handle_unregister(sess->handle);
 	log_msg(LOG_LEVEL_INFO, "%s smtp disconnected client=%s transactions=%ld reason=%s",
 		sess->id, sess->client_addr, sess->transactions, reason);

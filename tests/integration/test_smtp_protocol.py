@@ -136,32 +136,36 @@ class Protocol(DaemonTestCase):
         self.assertEqual(r.text.count("Syntax"), 0, r)
         self.assertNotIn("(", r.text, r)
 
-    def test_refused_second_ehlo_leaves_no_helo(self):
-        # like a refused first one: not greeted, so MAIL needs a new HELO
-        # (and nothing can ever be received under an empty name)
+    def test_refused_second_ehlo_keeps_the_previous_state(self):
+        # RFC 5321 4.1.4: after a refused EHLO the server stays in the state
+        # it was in — the first name and the open transaction survive, and
+        # nothing can ever be received under an empty or refused name
         for bad in ("EHLO", "EHLO bad\x01name", "HELO two names"):
             with self.subTest(bad=bad):
-                c = self.ehlo_client()
+                c = self.ehlo_client()          # EHLO client.example.org
                 self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
                 self.assertReply(c.cmd(bad), 501, "5.5.4")
-                # the transaction went with the old HELO
-                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 503, "5.5.1")
-                r = c.cmd("MAIL FROM:<a@b.test>")
-                self.assertReply(r, 503, "5.5.1")
-                self.assertIn("HELO/EHLO", r.text)
+                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 250)
                 before = set(self.d.files())
-                self.assertEqual(c.ehlo("again.example.org").code, 250)
-                fr = c.transaction("a@b.test", ["demo@example.test"],
-                                   smtp_data(b"Subject: after a refused EHLO\n\nok\n"))[3]
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.sock.sendall(smtp_data(b"Subject: after a refused EHLO\n\nok\n"))
+                fr = c.reply()
                 self.assertIsNotNone(queued_id(fr), fr)
                 new = set(self.d.files()) - before
                 self.assertEqual(len(new), 1)
                 with open(new.pop(), "rb") as f:
                     data = f.read()
-                self.assertRegex(data, mxtest.received_re("again.example.org", "ESMTP", queued_id(fr),
-                                                         "demo@example.test"))
+                self.assertRegex(data, mxtest.received_re("client.example.org", "ESMTP",
+                                                         queued_id(fr), "demo@example.test"))
                 self.assertNotIn(b"Received: from  (", data)
                 c.close()
+
+    def test_refused_first_ehlo_leaves_the_session_not_greeted(self):
+        c = self.client()
+        self.assertReply(c.cmd("EHLO bad\x01name"), 501, "5.5.4")
+        r = c.cmd("MAIL FROM:<a@b.test>")
+        self.assertReply(r, 503, "5.5.1")
+        self.assertIn("HELO/EHLO", r.text)
 
     def test_quoted_local_part(self):
         c = self.ehlo_client()
