@@ -219,21 +219,26 @@ void smtp_path_format(const struct smtp_path *path, char *out, size_t outsz);
 
 /* ------------------------------------------------------------ DATA reader */
 /*
- * Incremental reader for the DATA phase: un-dot-stuffs, turns CRLF into LF
- * and finds the end marker. Only CRLF "." CRLF ends the message; a "." next
- * to a bare CR or bare LF is message content. Bare LF and bare CR are
- * counted so the session can apply its policy.
+ * Incremental reader for the DATA phase: un-dot-stuffs and finds the end
+ * marker, and otherwise keeps the bytes as received — CRLF stays CRLF, a
+ * bare LF stays a bare LF, a bare CR a bare CR — so a relay can reproduce
+ * the message and a consumer that wants LF (the Maildir writer) can tell
+ * the two apart. Only CRLF "." CRLF ends the message (its CRLF "." CRLF is
+ * not content; the CRLF ending the last line is); a "." next to a bare CR
+ * or bare LF is message content. Bare LF and bare CR are counted so the
+ * session can apply its policy.
  */
 struct dot_reader {
 	int state;
-	uint64_t size;        /* octets of content emitted so far */
+	uint64_t size;        /* octets of content emitted so far (as received) */
 	uint64_t bare_lf;     /* LF not preceded by CR */
 	uint64_t bare_cr;     /* CR not followed by LF */
 	bool done;
 };
 void dot_reader_init(struct dot_reader *r);
 /* Consume up to in_len bytes; writes content to out (capacity out_cap,
- * which must be >= in_len + 1). Sets *consumed and *out_len. Returns true
+ * which must be >= in_len + 1: a CR held back from the previous feed may
+ * come out with this one). Sets *consumed and *out_len. Returns true
  * when the end marker was consumed (bytes after it are left unconsumed:
  * they are the next pipelined command). */
 bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
