@@ -143,14 +143,29 @@ struct cfg_opt_t;
 void config_register_section(const char *name, struct cfg_opt_t *opts);
 
 /* --------------------------------------------------------------- workers */
-/* A fixed pool of threads for blocking work (fsync, scans). work() runs on a
- * pool thread; done() then runs on the event loop `base` that submitted it.
- * Both get `arg`. The pool never drops a job: workers_destroy() drains. */
+/* A fixed pool of threads for blocking work, in two lanes with their own
+ * threads and queues, so that scans can never starve delivery fsyncs:
+ *   WORKER_LANE_DELIVERY  Maildir deliveries; unbounded queue (never drops)
+ *   WORKER_LANE_SCAN      CPU-heavy stage work (ClamAV, body regexes); its
+ *                         queue holds at most scan_queue_max waiting jobs
+ * work() runs on a pool thread of the lane; done() (may be NULL) then runs
+ * on the event loop `base` that submitted it. Both get `arg`. A job counts
+ * in workers_pending() from submit until its done() returned (or its work()
+ * returned, without done): the daemon's shutdown waits for 0 while its
+ * loops still run. workers_destroy() drains both queues. */
 struct event_base;
 struct workers;
-struct workers *workers_create(unsigned n_threads);
-void workers_submit(struct workers *w, struct event_base *base,
-		    void (*work)(void *arg), void (*done)(void *arg), void *arg);
+enum worker_lane { WORKER_LANE_DELIVERY = 0, WORKER_LANE_SCAN, WORKER_LANE_COUNT };
+/* n_delivery threads (0 = 1), n_scan threads (0 = as many as delivery),
+ * scan_queue_max queued scan jobs (0 = 16 per scan thread). */
+struct workers *workers_create(unsigned n_delivery, unsigned n_scan, size_t scan_queue_max);
+/* 0, or -1 with errno EAGAIN when the lane's queue is full (only the scan
+ * lane is bounded; a delivery submit never fails) or EINVAL for a bad
+ * lane. On failure nothing was queued and neither callback will run. */
+int workers_submit(struct workers *w, enum worker_lane lane, struct event_base *base,
+		   void (*work)(void *arg), void (*done)(void *arg), void *arg);
+/* Jobs submitted whose done() has not returned yet (any thread). */
+size_t workers_pending(const struct workers *w);
 void workers_destroy(struct workers **w);
 
 /* --------------------------------------------------------------- handles */

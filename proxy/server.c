@@ -461,7 +461,7 @@ server_run(const char *config_path, bool foreground)
 		return 1;
 	server_write_pidfile(cfg);
 
-	srv.workers = workers_create((unsigned)cfg->workers);
+	srv.workers = workers_create((unsigned)cfg->workers, 0, 0);
 	n_loops = (unsigned)cfg->threads;
 	if (n_loops == 0) {
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);

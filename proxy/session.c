@@ -902,8 +902,8 @@ session_deliver(struct session *sess)
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
 	atomic_fetch_add(&tx->srv->n_jobs, 1);
-	workers_submit(tx->srv->workers, bufferevent_get_base(sess->bev), delivery_work,
-		       delivery_done, tx);
+	workers_submit(tx->srv->workers, WORKER_LANE_DELIVERY, bufferevent_get_base(sess->bev),
+		       delivery_work, delivery_done, tx);
 }
 
 static void
