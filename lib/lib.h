@@ -264,10 +264,25 @@ bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
  * A message body being received: kept in memory up to a threshold, then
  * spilled to an unlinked temp file in the spool directory. Appends happen on
  * the session's loop; once sealed, the body is immutable and may be read
- * from any thread (worker pool, stages).
+ * from any thread (worker pool, stages). The bytes are the message as
+ * received after un-dot-stuffing: CRLF line endings (bare LF/CR kept as
+ * they came).
+ *
+ * Reference-counted: the session holds one reference, and every job that
+ * reads the body on another thread (a delivery, a scan) holds its own, so
+ * a transaction that goes away never frees what a running job still reads.
+ * msgbody_new() returns the first reference; msgbody_free() is
+ * msgbody_unref() (a single owner's free); the last unref frees the body,
+ * its spill file and mapping, and its parsed MIME view, on whichever
+ * thread drops it.
  */
 struct msgbody;
 struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold);
+/* Another reference (any thread); returns b. */
+struct msgbody *msgbody_ref(struct msgbody *b);
+/* Drop a reference and set *b to NULL; NULL is fine. */
+void msgbody_unref(struct msgbody **b);
+void msgbody_free(struct msgbody **b);
 /* Returns 0 or -1 (errno set: a spill write failed, e.g. ENOSPC). */
 int msgbody_append(struct msgbody *b, const void *data, size_t len);
 /* Finish writing. Returns 0 or -1 (errno). */
@@ -277,7 +292,35 @@ bool msgbody_spilled(const struct msgbody *b);
 /* Whole sealed contents as one read-only region (memory, or an mmap of the
  * spill file made once). NULL with errno on failure; *len_r set. */
 const char *msgbody_contents(struct msgbody *b, size_t *len_r);
-void msgbody_free(struct msgbody **b);
+
+/* For lib/mime.c: one lazily built view of a sealed body. The first call
+ * runs build(b) under the body's view lock — so callers on several threads
+ * at once build it once — and later calls return what it returned (NULL
+ * included); free_view(view) runs when the body is freed. */
+void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
+		   void (*free_view)(void *view));
+/* True once the view was built (for tests and metrics). */
+bool msgbody_view_built(struct msgbody *b);
+
+/* ------------------------------------------------------------ MIME view */
+/*
+ * The parsed-MIME view of a sealed body that rules and the virus scanner
+ * share (lib/mime.c, GMime 3): parsed on first use, once, however many
+ * threads ask at once; owned by the body and freed with it (callers must
+ * not unref it, and must hold a body reference while they use it). NULL
+ * when the body is not sealed, cannot be read or does not parse as a
+ * message. GMime objects are not locked: the view is read-only by contract,
+ * so threads may walk it at once but nobody may change it.
+ */
+struct _GMimeMessage;
+struct _GMimeMessage *msgbody_mime(struct msgbody *b);
+/* True once the body's view was parsed (a body never asked is never parsed). */
+bool msgbody_mime_parsed(struct msgbody *b);
+/* How many bodies this process has parsed (tests: "parsed once"). */
+unsigned long msgbody_mime_parse_count(void);
+/* g_mime_init() runs once per process on first use; mime_shutdown() is for
+ * tests that want a clean leak report at exit (no view may be alive). */
+void mime_shutdown(void);
 
 /* ------------------------------------------------------------------ net */
 /* "host:port", "[v6]:port", "*:port". Returns 0 or -1 with *error_r. */
