@@ -309,13 +309,18 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 {
 	struct pipeline_outcome out;
 	struct pipeline *pl = sess->st->pipeline;
+	const struct stage_env env = {
+		.loop_index = sess->loop->index,
+		.base = sess->loop->base,
+		.workers = sess->loop->srv->workers,
+	};
 
 	if (!pipeline_has_phase(pl, phase) && phase != PHASE_DATA) {
 		memset(&out, 0, sizeof(out));
 		cont(sess, &out);
 		return;
 	}
-	if (pipeline_run(pl, phase, bufferevent_get_base(sess->bev), msg, fx, session_phase_done,
+	if (pipeline_run(pl, phase, &env, msg, fx, session_phase_done,
 			 sess, &out, &sess->run) == PIPELINE_DONE) {
 		cont(sess, &out);
 		return;

@@ -302,6 +302,7 @@ static const struct stage_ops ts_strict = TS_OPS("strict", ALL_PHASES, ON_ERROR_
 
 struct fixture {
 	struct event_base *base;
+	struct stage_env env; /* loop 0: base, no workers unless a test adds them */
 	struct mx_config *cfg;
 	struct pipeline *pl;
 	struct filter_tx *fx;
@@ -324,6 +325,7 @@ static int setup(void **state)
 	ts_reset();
 	f->base = event_base_new();
 	assert_non_null(f->base);
+	f->env = (struct stage_env){ .loop_index = 0, .base = f->base };
 	f->fx = filter_tx_new();
 	f->msg = (struct filter_msg){
 		.txid = "TESTTX0000000001",
@@ -439,7 +441,7 @@ static enum pipeline_status run_phase(struct fixture *f, enum phase phase,
 
 	memset(out, 0xa5, sizeof(*out)); /* no field survives by accident */
 	f->in_run = true;
-	ps = pipeline_run(f->pl, phase, f->base, &f->msg, f->fx,
+	ps = pipeline_run(f->pl, phase, &f->env, &f->msg, f->fx,
 			  test_done_cb, f, out, &run);
 	f->in_run = false;
 	if (ps == PIPELINE_DONE) {
@@ -902,7 +904,7 @@ static void test_run_cancel(void **state)
 		      "alpha { score = 1.0 }\n"
 		      "beta { mode = \"deferred\" score = 2.0 }\n"
 		      "gamma { score = 4.0 }\n");
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	assert_non_null(run);
 	assert_int_equal(handle_count(), 1);
@@ -931,7 +933,7 @@ static void test_run_cancel_after_completion(void **state)
 		      "alpha { mode = \"deferred\" score = 1.0 }\n"
 		      "beta { score = 1.0 }\n");
 	ts_break_after_done = true;
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	assert_int_equal(event_base_dispatch(f->base), 0);
 	assert_true(event_base_got_break(f->base));
@@ -962,7 +964,7 @@ static void test_refcount(void **state)
 
 	/* a run in flight keeps the pipeline (and its stages) alive after
 	 * the owner lets go, as after a reload */
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	pipeline_unref(&f->pl);
 	assert_null(f->pl);
