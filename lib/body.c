@@ -289,6 +289,10 @@ void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
 {
 	void *view;
 
+	/* the view is of the finished message: asking early builds nothing
+	 * (and remembers nothing) */
+	if (!b->sealed || b->error != 0)
+		return NULL;
 	pthread_mutex_lock(&b->view_lock);
 	if (!b->view_built) {
 		b->view = build(b);

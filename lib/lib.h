@@ -293,7 +293,8 @@ bool msgbody_spilled(const struct msgbody *b);
  * spill file made once). NULL with errno on failure; *len_r set. */
 const char *msgbody_contents(struct msgbody *b, size_t *len_r);
 
-/* For lib/mime.c: one lazily built view of a sealed body. The first call
+/* For lib/mime.c: one lazily built view of a sealed body (NULL, and nothing
+ * built, while the body is not sealed or failed). The first call
  * runs build(b) under the body's view lock — so callers on several threads
  * at once build it once — and later calls return what it returned (NULL
  * included); free_view(view) runs when the body is freed. */
