@@ -78,7 +78,9 @@ struct maildir_job {
 
 /*
  * All-or-nothing delivery: for every target write a file into tmp/ (mode
- * 0600), fsync it, then rename each into new/ and fsync the new/ dirs. On any
+ * 0600), fsync it, then rename each into new/ as "<unique>,S=<size>" (the
+ * file's size in octets as stored; never replacing a file there) and fsync
+ * the new/ dirs. On any
  * failure every file written is unlinked (renamed ones too) and job->error is
  * set. Creates missing Maildir directories. Blocking; call from the worker
  * pool. Returns 0 or -1.
@@ -89,5 +91,18 @@ void maildir_job_free_results(struct maildir_job *job);
 int maildir_create(const char *root, const char *folder, char **error_r);
 /* A unique Maildir file name: "<sec>.M<usec>P<pid>Q<seq>.<host>". */
 void maildir_unique_name(char *out, size_t outsz);
+/* Tests only: when set, maildir_deliver takes its names from this instead
+ * of maildir_unique_name, so that a test can know (and pre-create) them. */
+extern void (*maildir_unique_name_hook)(char *out, size_t outsz);
+
+/*
+ * rename(from, to) that never replaces an existing to: fails with EEXIST
+ * instead. Uses renameat2(RENAME_NOREPLACE), and link()+unlink() where the
+ * file system or kernel lacks it. On failure from is still in place.
+ */
+int maildir_rename_noreplace(const char *from, const char *to);
+/* The link()+unlink() fallback of maildir_rename_noreplace, on its own so
+ * that it can be tested on file systems that have renameat2. */
+int maildir_link_noreplace(const char *from, const char *to);
 
 #endif

@@ -4,7 +4,8 @@
  * SMTP session say 250.
  *
  * A delivery writes one file per target into tmp/, fsyncs each, renames them
- * all into new/ and fsyncs every new/ directory involved; only then has the
+ * all into new/ (as "<unique>,S=<size>", never over an existing file) and
+ * fsyncs every new/ directory involved; only then has the
  * message been delivered. If any step fails for any target, every file of
  * this delivery is unlinked again — from tmp/ or from new/ — so the sender's
  * retry after our 4xx never produces a partial set of copies, and nothing
@@ -36,6 +37,8 @@
 #define MAILDIR_FOLDER_MAX 200
 /* Attempts at a fresh unique name when tmp/ already has the one we chose */
 #define MAILDIR_OPEN_ATTEMPTS 4
+/* ... and when new/ already has it (the file there is never replaced) */
+#define MAILDIR_RENAME_ATTEMPTS 4
 
 /* -------------------------------------------------------------- names */
 
@@ -139,6 +142,8 @@ static bool maildir_folder_ok(const char *folder)
 }
 
 static atomic_uint_fast64_t maildir_seq;
+
+void (*maildir_unique_name_hook)(char *out, size_t outsz);
 
 void maildir_unique_name(char *out, size_t outsz)
 {
@@ -347,6 +352,37 @@ out:
 	return rc;
 }
 
+/* ------------------------------------------------- no-replace rename */
+
+int maildir_link_noreplace(const char *from, const char *to)
+{
+	if (link(from, to) < 0)
+		return -1;
+	if (unlink(from) < 0) {
+		int err = errno;
+
+		/* one file, two names: take the new one back so that the caller
+		 * still owns exactly the file at from */
+		(void)unlink(to);
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+int maildir_rename_noreplace(const char *from, const char *to)
+{
+#ifdef RENAME_NOREPLACE
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	/* EINVAL: this file system has no RENAME_NOREPLACE; ENOSYS: nor has
+	 * the kernel. Every other error (EEXIST among them) is the answer. */
+	if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+		return -1;
+#endif
+	return maildir_link_noreplace(from, to);
+}
+
 /* ---------------------------------------------------------- delivery */
 
 struct maildir_copy {
@@ -355,7 +391,18 @@ struct maildir_copy {
 	char *new_path;
 	bool in_tmp;    /* our file exists at tmp_path */
 	bool in_new;    /* our file has been renamed to new_path */
+	long long size; /* octets in the file as stored */
 };
+
+/*
+ * The name in new/: "<unique>,S=<size>", Dovecot's convention, with the
+ * file's size as stored so that IMAP and POP3 can answer sizes without a
+ * stat; the ":2,<flags>" info is added on the move to cur/.
+ */
+static char *maildir_new_path(const struct maildir_copy *copy, const char *name)
+{
+	return xasprintf("%s/new/%s,S=%lld", copy->dir, name, copy->size);
+}
 
 /* Record the first failure of a delivery: "<what> <path>: <strerror>". */
 static void maildir_job_fail(struct maildir_job *job, int err, const char *what,
@@ -446,6 +493,15 @@ static int maildir_write_body_lf(int fd, const char *body, size_t body_len)
 	return 0;
 }
 
+/* A fresh unique name (the test hook's, when a test set one). */
+static void maildir_next_name(char *out, size_t outsz)
+{
+	if (maildir_unique_name_hook != NULL)
+		maildir_unique_name_hook(out, outsz);
+	else
+		maildir_unique_name(out, outsz);
+}
+
 /* Write one target's copy into its tmp/ and make it durable there. */
 static int maildir_write_copy(struct maildir_job *job, const struct maildir_target *target,
 			      struct maildir_copy *copy, const char *body, size_t body_len)
@@ -466,7 +522,7 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 	copy->dir = maildir_dir_path(target->root, target->folder);
 
 	for (int attempt = 1;; attempt++) {
-		maildir_unique_name(name, sizeof(name));
+		maildir_next_name(name, sizeof(name));
 		copy->tmp_path = xasprintf("%s/tmp/%s", copy->dir, name);
 		fd = open(copy->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd >= 0)
@@ -480,7 +536,6 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 		copy->tmp_path = NULL;
 	}
 	copy->in_tmp = true;
-	copy->new_path = xasprintf("%s/new/%s", copy->dir, name);
 
 	struct iovec iov[2] = {
 		{ .iov_base = target->headers, .iov_len = target->headers ? strlen(target->headers) : 0 },
@@ -498,6 +553,16 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 		close(fd);
 		return -1;
 	}
+	/* the size as stored, whatever the writing above turned the body into */
+	struct stat st;
+
+	if (fstat(fd, &st) < 0) {
+		maildir_job_fail(job, errno, "fstat", copy->tmp_path);
+		close(fd);
+		return -1;
+	}
+	copy->size = (long long)st.st_size;
+	copy->new_path = maildir_new_path(copy, name);
 	/* Linux releases the descriptor even when close() reports EINTR */
 	if (close(fd) < 0 && errno != EINTR) {
 		maildir_job_fail(job, errno, "close", copy->tmp_path);
@@ -514,6 +579,32 @@ static void maildir_copies_free(struct maildir_copy *copies, size_t n)
 		free(copies[i].new_path);
 	}
 	free(copies);
+}
+
+/*
+ * Move a copy from tmp/ into new/. A file already in new/ under the chosen
+ * name is someone's mail and is never replaced: the copy gets a fresh name
+ * instead, a bounded number of times (a taken name means a clock stepped
+ * back or a second host shares the Maildir under our hostname).
+ */
+static int maildir_publish_copy(struct maildir_job *job, struct maildir_copy *copy)
+{
+	char name[512];
+
+	for (int attempt = 1;; attempt++) {
+		if (maildir_rename_noreplace(copy->tmp_path, copy->new_path) == 0)
+			break;
+		if (errno != EEXIST || attempt == MAILDIR_RENAME_ATTEMPTS) {
+			maildir_job_fail(job, errno, "rename to", copy->new_path);
+			return -1;
+		}
+		maildir_next_name(name, sizeof(name));
+		free(copy->new_path);
+		copy->new_path = maildir_new_path(copy, name);
+	}
+	copy->in_tmp = false;
+	copy->in_new = true;
+	return 0;
 }
 
 int maildir_deliver(struct maildir_job *job)
@@ -554,12 +645,8 @@ int maildir_deliver(struct maildir_job *job)
 
 	/* Every copy is durable in tmp/; now publish them all. */
 	for (i = 0; i < job->n_targets; i++) {
-		if (rename(copies[i].tmp_path, copies[i].new_path) < 0) {
-			maildir_job_fail(job, errno, "rename to", copies[i].new_path);
+		if (maildir_publish_copy(job, &copies[i]) < 0)
 			goto fail;
-		}
-		copies[i].in_tmp = false;
-		copies[i].in_new = true;
 	}
 
 	if (job->fsync) {

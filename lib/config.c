@@ -64,6 +64,8 @@ const struct setting_def settings_table[] = {
 
 	{ "listen", "address", SETTING_STR, "127.0.0.1:2525", 0, 0, LOFF(address), 0,
 	  "host:port or [v6]:port to listen on (section title names the listener)" },
+	{ "listen", "protocol", SETTING_STR, "smtp", 0, 0, LOFF(protocol), 0,
+	  "the service that speaks on this listener (this build: smtp)" },
 	{ "listen", "tls", SETTING_STR, "none", 0, 0, 0, 0,
 	  "none (STARTTLS offered when a certificate is set) or implicit (TLS from the first byte)" },
 
@@ -521,6 +523,7 @@ config_free(struct mx_config *c, struct opt_arrays *keep)
 	for (size_t i = 0; i < c->n_listeners; i++) {
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
+		free(c->listeners[i].protocol);
 	}
 	free(c->listeners);
 	free(c->path);
@@ -639,6 +642,7 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 		cfg_t *l = cfg_getnsec(cfg, "listen", (unsigned)i);
 		c->listeners[i].name = xstrdup(cfg_title(l));
 		c->listeners[i].address = xstrdup(cfg_getstr(l, "address"));
+		c->listeners[i].protocol = xstrdup(cfg_getstr(l, "protocol"));
 		c->listeners[i].implicit_tls = strcmp(cfg_getstr(l, "tls"), "implicit") == 0;
 	}
 	if (c->hostname[0] == '\0') {

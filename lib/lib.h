@@ -51,10 +51,11 @@ void id_new(char out[MX_ID_LEN]);
 /* ----------------------------------------------------------------- config */
 struct cfg_t; /* libconfuse */
 
-/* One listener: "listen smtp { address = ...; tls = implicit|none }" */
+/* One listener: "listen smtp { address = ...; protocol = smtp; tls = implicit|none }" */
 struct listen_config {
 	char *name;
 	char *address; /* "127.0.0.1:2525", "[::1]:2525" */
+	char *protocol; /* the service that speaks on it ("smtp") */
 	bool implicit_tls;
 };
 
@@ -327,8 +328,10 @@ void mime_shutdown(void);
 /* "host:port", "[v6]:port", "*:port". Returns 0 or -1 with *error_r. */
 int net_parse_address(const char *s, struct sockaddr_storage *ss,
 		      socklen_t *len_r, const char **error_r);
-/* Bound, listening, non-blocking, close-on-exec socket or -1 (errno). */
-int net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog);
+/* Bound, listening, non-blocking, close-on-exec socket or -1 (errno).
+ * reuseport: SO_REUSEPORT, so several sockets (one per loop thread) share
+ * the address and the kernel spreads connections over them. */
+int net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog, bool reuseport);
 /* Numeric host text for an address. */
 void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
 

@@ -84,7 +84,7 @@ net_parse_address(const char *s, struct sockaddr_storage *ss, socklen_t *len_r,
 }
 
 int
-net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog)
+net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog, bool reuseport)
 {
 	int fd, on = 1;
 
@@ -92,6 +92,8 @@ net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog)
 	if (fd < 0)
 		return -1;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0)
+		goto fail;
+	if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0)
 		goto fail;
 	if (ss->ss_family == AF_INET6) {
 		int off = 0;

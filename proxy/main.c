@@ -46,23 +46,6 @@ print_settings(void)
 	}
 }
 
-static int
-check_config(const char *path)
-{
-	char *error = NULL;
-	struct server_state *st = server_state_build(path, &error);
-
-	if (st == NULL) {
-		fprintf(stderr, "%s\n", error);
-		free(error);
-		return 1;
-	}
-	printf("%s: ok (%zu listener(s), %zu local domain(s), %zu stage(s))\n", path,
-	       st->cfg->n_listeners, st->cfg->n_local_domains, st->cfg->pipeline.n_stages);
-	server_state_unref(&st);
-	return 0;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -109,12 +92,9 @@ main(int argc, char **argv)
 		return 2;
 	}
 	filters_register_config();
+	/* to the terminal until the core detaches (then syslog) */
+	log_open("mxguard", true, LOG_LEVEL_INFO);
 	if (test)
-		return check_config(config_path);
-	if (!foreground && daemon(1, 0) < 0) {
-		perror("mxguard: daemon");
-		return 1;
-	}
-	log_open("mxguard", foreground, LOG_LEVEL_INFO);
-	return server_run(config_path, foreground);
+		return core_check(&mxguard_app, config_path);
+	return core_run(&mxguard_app, config_path, foreground);
 }

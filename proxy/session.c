@@ -1,9 +1,10 @@
 /*
  * session.c — the SMTP session state machine (RFC 5321 receiving side).
  *
- * A session lives on one loop thread from accept to close. Input is taken
- * from the bufferevent one command line at a time (or, in DATA, through the
- * dot reader); each verb is looked up in the command table, which says in
+ * A session lives on one loop thread from accept to close, on top of the
+ * core's connection layer (core/conn.c: line caps, timeouts, TLS, lingering
+ * close). Input is taken one command line at a time (or, in DATA, through
+ * the dot reader); each verb is looked up in the command table, which says in
  * which states it is allowed. Anything asynchronous — a pipeline phase whose
  * stages are waiting for DNS or Redis, the Maildir delivery on the worker
  * pool — sets SESSION_F_BUSY: no further input is processed until the
@@ -14,8 +15,9 @@
  * the client disconnects meanwhile, the completion finds no session under
  * its handle and frees the tx itself.
  *
- * The session is freed only from the top of an event callback
- * (session_finish), never from deep inside a handler.
+ * The session is freed only when its connection goes (session_gone), which
+ * the connection layer does from the top of an event callback — or
+ * conn_settle() at the end of a completion — never deep inside a handler.
  */
 #include "config.h"
 
@@ -29,9 +31,6 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/event.h>
 #include <openssl/ssl.h>
 
 #include "proxy/proxy.h"
@@ -39,8 +38,6 @@
 /* Output queued beyond this stops command processing until it drains, so a
  * client that pipelines without reading cannot grow our memory. */
 #define SESSION_OUTPUT_MAX (64 * 1024)
-/* Input buffered while busy (pipelined commands) before reads pause. */
-#define SESSION_INPUT_MAX (128 * 1024)
 #define DATA_CHUNK 16384
 
 enum session_state {
@@ -53,19 +50,13 @@ enum session_state {
 };
 #define S_BIT(s) (1u << (s))
 
+/* What the connection layer does not already know about the session. */
 enum session_flags {
 	SESSION_F_ESMTP = 0x01,
-	SESSION_F_TLS = 0x02,
+	SESSION_F_TLS = 0x02,        /* the dialogue is inside TLS */
 	SESSION_F_BUSY = 0x04,       /* async work pending: don't read commands */
-	SESSION_F_CLOSING = 0x08,    /* flush output, then free */
 	SESSION_F_SHUTDOWN = 0x10,   /* server stopping: 421 after this transaction */
-	SESSION_F_TLS_PENDING = 0x20,/* implicit TLS handshake not done yet */
-	SESSION_F_FREED = 0x40,
-	SESSION_F_GREET_PENDING = 0x80, /* greeting due after the TLS handshake */
-	SESSION_F_STARTTLS = 0x100,     /* 220 sent: switch to TLS once it is flushed */
-	SESSION_F_LINGER = 0x200,       /* output flushed and write side shut: drain, then free */
-	SESSION_F_FIRST_CMD = 0x400,    /* a command arrived: timeout_command from now on */
-	SESSION_F_EOF = 0x800,          /* client half-closed: answer what it sent, then close */
+	SESSION_F_FIRST_CMD = 0x400, /* a command arrived: timeout_command from now on */
 };
 
 struct tx {
@@ -87,7 +78,7 @@ struct tx {
 	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
 	/* delivery */
 	struct maildir_job job;
-	struct server *srv;
+	struct core_loop *loop;         /* where the delivery job reports back */
 	struct server_state *st;
 	char *log_summary;
 };
@@ -96,19 +87,15 @@ struct session;
 typedef void phase_cont_fn(struct session *sess, const struct pipeline_outcome *out);
 
 struct session {
-	struct session *next, *prev;  /* the loop's list */
 	uint64_t handle;
-	char id[MX_ID_LEN];
-	struct loop *loop;
-	struct server_state *st;
-	struct bufferevent *bev;        /* never owns fd: session_free closes it */
-	int fd;
+	char id[MX_ID_LEN];             /* the connection's id */
+	struct conn *conn;
+	struct server_state *st;        /* the conn's state (borrowed), newest at MAIL */
 	enum session_state state;
 	unsigned flags;
 	char client_addr[64];
 	unsigned client_port;
 	char helo[256];
-	bool conn_counted;
 	long errors, commands, transactions;
 	struct tx *tx;
 	struct filter_tx *connect_fx;   /* connect-phase results */
@@ -120,7 +107,6 @@ struct session {
 	phase_cont_fn *cont;
 	char pending_arg[SMTP_PATH_MAX + 1]; /* argument carried to a continuation */
 	struct smtp_path pending_path;
-	char *close_reason;
 };
 
 struct command {
@@ -131,8 +117,6 @@ struct command {
 };
 
 static void session_process(struct session *sess);
-static void session_finish(struct session *sess);
-static void session_release_slot(struct session *sess);
 static void session_close(struct session *sess, const char *reason);
 
 /* --------------------------------------------------------------- replies */
@@ -155,7 +139,7 @@ session_reply(struct session *sess, const char *fmt, ...)
 	line[n++] = '\n';
 	if (log_enabled(LOG_LEVEL_DEBUG))
 		log_msg(LOG_LEVEL_DEBUG, "%s smtp reply=\"%.*s\"", sess->id, n - 2, line);
-	bufferevent_write(sess->bev, line, (size_t)n);
+	conn_write(sess->conn, line, (size_t)n);
 }
 
 /* A reply caused by a client error: counts towards limits.errors_max. */
@@ -178,12 +162,7 @@ session_error(struct session *sess, const char *fmt, ...)
 static void
 session_close(struct session *sess, const char *reason)
 {
-	if (sess->flags & SESSION_F_CLOSING)
-		return;
-	sess->flags |= SESSION_F_CLOSING;
-	free(sess->close_reason);
-	sess->close_reason = xstrdup(reason);
-	bufferevent_disable(sess->bev, EV_READ);
+	conn_close(sess->conn, reason);
 }
 
 /* ----------------------------------------------------------- transaction */
@@ -269,22 +248,15 @@ static void
 session_arm_timeouts(struct session *sess)
 {
 	const struct limits_config *l = &sess->st->cfg->limits;
-	struct timeval tv = { 0, 0 };
 
-	if (sess->flags & (SESSION_F_LINGER | SESSION_F_CLOSING))
-		return;
-	if (sess->flags & SESSION_F_BUSY) {
-		bufferevent_set_timeouts(sess->bev, NULL, NULL);
-		return;
-	}
-	if (sess->state == STATE_DATA)
-		tv.tv_sec = l->timeout_data;
+	if (sess->flags & SESSION_F_BUSY)
+		conn_set_timeout(sess->conn, 0);
+	else if (sess->state == STATE_DATA)
+		conn_set_timeout(sess->conn, l->timeout_data);
 	else if (!(sess->flags & SESSION_F_FIRST_CMD))
-		tv.tv_sec = l->timeout_greeting;
+		conn_set_timeout(sess->conn, l->timeout_greeting);
 	else
-		tv.tv_sec = l->timeout_command;
-	/* the write timeout drops a client that stops reading our replies */
-	bufferevent_set_timeouts(sess->bev, &tv, &tv);
+		conn_set_timeout(sess->conn, l->timeout_command);
 }
 
 static void
@@ -299,7 +271,7 @@ session_phase_done(void *ctx, const struct pipeline_outcome *out)
 	cont(sess, out);
 	session_arm_timeouts(sess);
 	session_process(sess);
-	session_finish(sess);
+	conn_settle(sess->conn);
 }
 
 /* Run one phase; cont runs now or when the stages answer. */
@@ -309,10 +281,11 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 {
 	struct pipeline_outcome out;
 	struct pipeline *pl = sess->st->pipeline;
+	struct core_loop *loop = conn_loop(sess->conn);
 	const struct stage_env env = {
-		.loop_index = sess->loop->index,
-		.base = sess->loop->base,
-		.workers = sess->loop->srv->workers,
+		.loop_index = core_loop_index(loop),
+		.base = conn_base(sess->conn),
+		.workers = core_loop_workers(loop),
 	};
 
 	if (!pipeline_has_phase(pl, phase) && phase != PHASE_DATA) {
@@ -442,10 +415,7 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 		return;
 	}
 	/* a new transaction takes the newest shared state (after a reload) */
-	if (sess->st != NULL) {
-		server_state_unref(&sess->st);
-		sess->st = server_get_state(sess->loop->srv);
-	}
+	sess->st = conn_state_update(sess->conn);
 	cfg = sess->st->cfg;
 	uint64_t declared = 0;
 	for (size_t i = 0; i < path.n_params; i++) {
@@ -628,7 +598,6 @@ cmd_not_implemented(struct session *sess, const char *args, size_t len)
 	session_error(sess, "502 5.5.1 Command not implemented");
 }
 
-static void session_start_tls(struct session *sess, bool accepting_now);
 static void session_greet(struct session *sess);
 
 static void
@@ -647,13 +616,21 @@ cmd_starttls(struct session *sess, const char *args, size_t len)
 		return;
 	}
 	session_reply(sess, "220 2.0.0 Ready to start TLS");
-	/* RFC 3207: throw away whatever the client pipelined after STARTTLS in
-	 * plaintext, read nothing more until the handshake, and switch once the
-	 * 220 has left (session_write_cb) */
-	struct evbuffer *in = bufferevent_get_input(sess->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	bufferevent_disable(sess->bev, EV_READ);
-	sess->flags |= SESSION_F_STARTTLS | SESSION_F_BUSY;
+	/* the conn layer discards what was pipelined after STARTTLS and
+	 * switches once the 220 has left; session_tls_up resumes */
+	if (conn_starttls(sess->conn, sess->st->ssl_ctx) < 0) {
+		session_reply(sess, "454 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	/* RFC 3207: forget everything learned before TLS */
+	session_tx_reset(sess);
+	sess->state = STATE_CONNECTED;
+	sess->helo[0] = '\0';
+	sess->flags &= ~SESSION_F_ESMTP;
+	filter_tx_free(&sess->fx);
+	sess->fx = filter_tx_clone(sess->connect_fx);
+	sess->sticky_helo = VERDICT_CONTINUE;
+	sess->flags |= SESSION_F_BUSY;
 }
 
 static const struct command commands[] = {
@@ -800,10 +777,9 @@ static void
 delivery_done(void *arg)
 {
 	struct tx *tx = arg;
-	struct server *srv = tx->srv;
 	struct session *sess = handle_lookup(tx->session_handle);
 
-	atomic_fetch_sub(&srv->n_jobs, 1);
+	core_loop_job_done(tx->loop);
 	if (sess == NULL) {
 		/* the client went away before the reply: not acknowledged, so the
 		 * sender will retry; the copy on disk may become a duplicate,
@@ -815,7 +791,7 @@ delivery_done(void *arg)
 	}
 	sess->tx = tx;
 	sess->flags &= ~SESSION_F_BUSY;
-	if (tx->job.error == 0 && (sess->flags & SESSION_F_CLOSING)) {
+	if (tx->job.error == 0 && conn_closing(sess->conn)) {
 		tx_log(tx, sess->id, sess->client_addr, sess->helo, "delivered_unacknowledged", "2.0.0");
 	} else if (tx->job.error == 0) {
 		session_reply(sess, "250 2.0.0 Ok: queued as %s", tx->id);
@@ -832,7 +808,7 @@ delivery_done(void *arg)
 	}
 	session_tx_done_reply(sess);
 	session_process(sess);
-	session_finish(sess);
+	conn_settle(sess->conn);
 }
 
 /* Received: and the pipeline's headers, common to every copy. */
@@ -879,11 +855,24 @@ session_deliver(struct session *sess)
 	enum action action = tx->outcome.action;
 
 	if (action == ACTION_QUARANTINE) {
+		/* one copy, and every recipient on its own line in it, so that a
+		 * release can deliver to all of them (a folded list would need
+		 * unfolding, and one long address cannot be folded anyway) */
+		char *hdr = NULL;
+		size_t hdr_len = 0;
+		FILE *f = open_memstream(&hdr, &hdr_len);
+
+		if (f == NULL)
+			abort(); /* only fails without memory */
+		fprintf(f, "Return-Path: <%s>\n", tx->from);
+		for (size_t i = 0; i < tx->n_rcpts; i++)
+			fprintf(f, "X-MXGuard-Recipient: %s\n", tx->rcpts[i]);
+		if (fclose(f) != 0)
+			abort();
 		tx->job.n_targets = 1;
 		tx->job.targets = xcalloc(1, sizeof(*tx->job.targets));
 		tx->job.targets[0].root = xstrdup(cfg->quarantine_dir);
-		tx->job.targets[0].headers = xasprintf("Return-Path: <%s>\nX-MXGuard-Recipients: %s%s\n",
-							tx->from, tx->rcpts[0], tx->n_rcpts > 1 ? ",..." : "");
+		tx->job.targets[0].headers = hdr;
 	} else {
 		tx->job.n_targets = tx->n_rcpts;
 		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
@@ -900,14 +889,14 @@ session_deliver(struct session *sess)
 	tx->job.prefix_len = plen;
 	tx->job.body = tx->body;
 	tx->job.fsync = true;
-	tx->srv = sess->loop->srv;
+	tx->loop = conn_loop(sess->conn);
 	tx->st = server_state_ref(sess->st);
 	/* the job owns the tx until delivery_done */
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
-	atomic_fetch_add(&tx->srv->n_jobs, 1);
-	workers_submit(tx->srv->workers, WORKER_LANE_DELIVERY, bufferevent_get_base(sess->bev),
+	core_loop_job_start(tx->loop);
+	workers_submit(core_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
 		       delivery_work, delivery_done, tx);
 }
 
@@ -1034,36 +1023,33 @@ session_read_data(struct session *sess, struct evbuffer *in)
 static void
 session_process(struct session *sess)
 {
-	struct evbuffer *in, *outb;
-
-	if (sess->flags & (SESSION_F_FREED | SESSION_F_TLS_PENDING))
-		return;
-	in = bufferevent_get_input(sess->bev);
-	outb = bufferevent_get_output(sess->bev);
-	while (!(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING))) {
+	while (!(sess->flags & SESSION_F_BUSY) && !conn_closing(sess->conn)) {
 		/* not cached across commands: MAIL may switch to a reloaded state */
 		const struct mx_config *cfg = sess->st->cfg;
+		char *line;
+		size_t len;
+
 		if ((sess->flags & SESSION_F_SHUTDOWN) && sess->tx == NULL) {
 			/* stopping: no new transaction starts */
 			session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
 			session_close(sess, "shutdown");
 			break;
 		}
-		if (evbuffer_get_length(outb) > SESSION_OUTPUT_MAX)
-			break; /* resumed from the write callback */
+		if (conn_output_len(sess->conn) > SESSION_OUTPUT_MAX)
+			break; /* resumed when the output drains */
 		if (sess->state == STATE_DATA) {
-			if (!session_read_data(sess, in))
+			if (!session_read_data(sess, conn_input(sess->conn)))
 				break;
 			session_data_end(sess);
 			continue;
 		}
-		size_t len;
-		char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
-		if (line == NULL) {
-			if (evbuffer_get_length(in) > (size_t)cfg->limits.line_max) {
-				session_reply(sess, "500 5.5.6 Error: line too long");
-				session_close(sess, "line_too_long");
-			}
+		conn_set_lines(sess->conn, (size_t)cfg->limits.line_max, false);
+		enum conn_line got = conn_read_line(sess->conn, &line, &len);
+		if (got == CONN_LINE_NONE)
+			break;
+		if (got == CONN_LINE_OVERFLOW) {
+			session_reply(sess, "500 5.5.6 Error: line too long");
+			session_close(sess, "line_too_long");
 			break;
 		}
 		if (!(sess->flags & SESSION_F_FIRST_CMD)) {
@@ -1071,27 +1057,78 @@ session_process(struct session *sess)
 			sess->flags |= SESSION_F_FIRST_CMD;
 			session_arm_timeouts(sess);
 		}
-		if (len + 2 > (size_t)cfg->limits.line_max) {
+		if (got == CONN_LINE_TOO_LONG) {
 			session_error(sess, "500 5.5.6 Error: line too long");
-		} else {
-			session_command(sess, line, len);
+			continue;
 		}
+		session_command(sess, line, len);
 		free(line);
 	}
 	/* a half-closed client gets the answers to everything it sent, then
 	 * the close (a pending phase or delivery calls back in here) */
-	if ((sess->flags & SESSION_F_EOF) &&
-	    !(sess->flags & (SESSION_F_BUSY | SESSION_F_CLOSING)) &&
-	    evbuffer_get_length(outb) <= SESSION_OUTPUT_MAX)
+	if (conn_eof(sess->conn) && !(sess->flags & SESSION_F_BUSY) && !conn_closing(sess->conn) &&
+	    conn_output_len(sess->conn) <= SESSION_OUTPUT_MAX)
 		session_close(sess, "eof");
 }
 
-static void
-session_free(struct session *sess)
-{
-	struct loop *loop = sess->loop;
+/* ------------------------------------------------- connection handler */
 
-	sess->flags |= SESSION_F_FREED;
+static void
+session_ready(void *ctx)
+{
+	session_process(ctx);
+}
+
+static void
+session_tls_up(void *ctx)
+{
+	struct session *sess = ctx;
+
+	/* after STARTTLS: the dialogue starts again, inside TLS */
+	sess->flags |= SESSION_F_TLS;
+	sess->flags &= ~SESSION_F_BUSY;
+	session_arm_timeouts(sess);
+	session_process(sess);
+}
+
+static void
+session_timeout(void *ctx)
+{
+	struct session *sess = ctx;
+
+	session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
+	session_close(sess, "timeout");
+}
+
+static void
+session_eof(void *ctx)
+{
+	/* half-close: answer what was sent, finish pending work, then close */
+	session_process(ctx);
+}
+
+/* The server is stopping: idle sessions get 421 now, busy ones finish
+ * their transaction first (session_process answers 421 after it). */
+static void
+session_shutdown(void *ctx)
+{
+	struct session *sess = ctx;
+
+	sess->flags |= SESSION_F_SHUTDOWN;
+	if (sess->tx == NULL && !(sess->flags & SESSION_F_BUSY)) {
+		session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
+		session_close(sess, "shutdown");
+	}
+}
+
+/* The connection is going away: free everything of the session. A pending
+ * delivery finds no session under its handle and cleans up itself
+ * (unacknowledged); a pending pipeline run is cancelled here. */
+static void
+session_gone(void *ctx, const char *reason)
+{
+	struct session *sess = ctx;
+
 	if (sess->run != NULL)
 		pipeline_run_cancel(&sess->run);
 	if (sess->tx != NULL && sess->tx->body != NULL && sess->state == STATE_DATA)
@@ -1101,170 +1138,21 @@ session_free(struct session *sess)
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
 	handle_unregister(sess->handle);
-	session_release_slot(sess);
-	if (sess->bev != NULL) {
-		SSL *ssl = (sess->flags & SESSION_F_TLS) ? bufferevent_openssl_get_ssl(sess->bev) : NULL;
-		if (ssl != NULL && !(sess->flags & SESSION_F_TLS_PENDING))
-			(void)SSL_shutdown(ssl); /* best effort close_notify; never blocks */
-		bufferevent_free(sess->bev);
-		if (ssl != NULL)
-			SSL_free(ssl);
-	}
-	if (sess->fd >= 0)
-		close(sess->fd);
 	log_msg(LOG_LEVEL_INFO, "%s smtp disconnected client=%s transactions=%ld reason=%s",
-		sess->id, sess->client_addr, sess->transactions,
-		sess->close_reason ? sess->close_reason : "unknown");
-	free(sess->close_reason);
-	if (sess->prev != NULL)
-		sess->prev->next = sess->next;
-	else
-		loop->sessions = sess->next;
-	if (sess->next != NULL)
-		sess->next->prev = sess->prev;
-	server_state_unref(&sess->st);
-	atomic_fetch_sub(&loop->srv->n_sessions, 1);
+		sess->id, sess->client_addr, sess->transactions, reason);
 	free(sess);
 }
 
-/* Give the connection slot back. Called as soon as the conversation is
- * over (before the lingering close), so that a client which has seen our
- * last reply and the close can connect again at once. */
-static void
-session_release_slot(struct session *sess)
-{
-	if (!sess->conn_counted)
-		return;
-	sess->conn_counted = false;
-	server_conn_release(sess->loop->srv, sess->client_addr);
-}
+static const struct conn_handler session_handler = {
+	.ready = session_ready,
+	.tls_up = session_tls_up,
+	.timeout = session_timeout,
+	.eof = session_eof,
+	.shutdown = session_shutdown,
+	.gone = session_gone,
+};
 
-/* The one place a session may end: at the top of an event callback. */
-static void
-session_finish(struct session *sess)
-{
-	if (!(sess->flags & SESSION_F_CLOSING))
-		return;
-	if (sess->flags & SESSION_F_LINGER)
-		return; /* the event callback frees on EOF or timeout */
-	if (sess->flags & SESSION_F_TLS_PENDING) {
-		/* nothing can be written before the handshake: just go */
-		session_free(sess);
-		return;
-	}
-	if (sess->bev != NULL && evbuffer_get_length(bufferevent_get_output(sess->bev)) > 0)
-		return; /* the write callback comes back when it is flushed */
-	if (!(sess->flags & SESSION_F_TLS) && sess->fd >= 0) {
-		/* Lingering close: shut our write side and read (and discard) until
-		 * the client closes or 2 s pass, so that a close with unread input
-		 * does not turn into a reset that destroys our last reply. */
-		static const struct timeval linger = { 2, 0 };
-		struct evbuffer *in = bufferevent_get_input(sess->bev);
-		sess->flags |= SESSION_F_LINGER;
-		session_release_slot(sess);
-		shutdown(sess->fd, SHUT_WR);
-		evbuffer_drain(in, evbuffer_get_length(in));
-		bufferevent_disable(sess->bev, EV_WRITE);
-		bufferevent_set_timeouts(sess->bev, &linger, NULL);
-		bufferevent_enable(sess->bev, EV_READ);
-		return;
-	}
-	session_free(sess);
-}
-
-static void
-session_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct session *sess = arg;
-
-	if (sess->flags & SESSION_F_LINGER) {
-		struct evbuffer *in = bufferevent_get_input(bev);
-		evbuffer_drain(in, evbuffer_get_length(in));
-		return;
-	}
-	session_process(sess);
-	session_finish(sess);
-}
-
-static void
-session_write_cb(struct bufferevent *bev, void *arg)
-{
-	struct session *sess = arg;
-
-	if ((sess->flags & SESSION_F_STARTTLS) &&
-	    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-		sess->flags &= ~(SESSION_F_STARTTLS | SESSION_F_BUSY);
-		session_start_tls(sess, false);
-		session_finish(sess);
-		return;
-	}
-	if (!(sess->flags & SESSION_F_CLOSING))
-		session_process(sess);
-	session_finish(sess);
-}
-
-static void
-session_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct session *sess = arg;
-
-	if (sess->flags & SESSION_F_LINGER) {
-		session_free(sess);
-		return;
-	}
-	if (what & BEV_EVENT_CONNECTED) {
-		/* TLS handshake finished */
-		if (sess->flags & SESSION_F_TLS_PENDING) {
-			sess->flags &= ~SESSION_F_TLS_PENDING;
-			SSL *ssl = bufferevent_openssl_get_ssl(bev);
-			log_msg(LOG_LEVEL_INFO, "%s smtp tls client=%s protocol=%s cipher=%s", sess->id,
-				sess->client_addr, SSL_get_version(ssl), SSL_get_cipher_name(ssl));
-			if (sess->flags & SESSION_F_GREET_PENDING) {
-				/* implicit TLS: the greeting goes out inside TLS */
-				sess->flags &= ~SESSION_F_GREET_PENDING;
-				session_greet(sess);
-			}
-			session_process(sess);
-		}
-		session_finish(sess);
-		return;
-	}
-	if (sess->flags & SESSION_F_TLS_PENDING) {
-		/* handshake failed, stalled or the client left: no SMTP was spoken */
-		if (sess->close_reason == NULL)
-			sess->close_reason = xstrdup(what & BEV_EVENT_TIMEOUT ? "tls_timeout" : "tls_error");
-		session_free(sess);
-		return;
-	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-	    !(sess->flags & (SESSION_F_CLOSING | SESSION_F_EOF))) {
-		/* half-close: answer what was sent, finish pending work, then close */
-		sess->flags |= SESSION_F_EOF;
-		session_process(sess);
-		session_finish(sess);
-		return;
-	}
-	if ((what & BEV_EVENT_TIMEOUT) && !(what & BEV_EVENT_WRITING)) {
-		if (!(sess->flags & SESSION_F_CLOSING)) {
-			session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
-			session_close(sess, "timeout");
-			/* writes still flow; only reading timed out */
-			bufferevent_enable(bev, EV_WRITE);
-		}
-		session_finish(sess);
-		return;
-	}
-	/* EOF, error, or a client that stopped reading: nothing more can be written */
-	if (sess->close_reason == NULL)
-		sess->close_reason = xstrdup(what & BEV_EVENT_EOF ? "eof" :
-					     what & BEV_EVENT_TIMEOUT ? "write_timeout" :
-					     (sess->flags & SESSION_F_TLS_PENDING) ? "tls_error" : "error");
-	/* a pending delivery finds no session and cleans up (unacknowledged);
-	 * a pending pipeline run is cancelled by session_free */
-	sess->flags |= SESSION_F_CLOSING;
-	evbuffer_drain(bufferevent_get_output(bev), evbuffer_get_length(bufferevent_get_output(bev)));
-	session_free(sess);
-}
+/* ----------------------------------------------------------- greeting */
 
 static void
 session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
@@ -1296,135 +1184,35 @@ session_greet(struct session *sess)
 	session_run_phase(sess, PHASE_CONNECT, &sess->msg, sess->connect_fx, session_greet_cont);
 }
 
-static void
-session_setup_bev(struct session *sess)
-{
-	bufferevent_setcb(sess->bev, session_read_cb, session_write_cb, session_event_cb, sess);
-	bufferevent_setwatermark(sess->bev, EV_READ, 0, SESSION_INPUT_MAX);
-	session_arm_timeouts(sess);
-	bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
-}
-
-/* Replace the plaintext bufferevent by a TLS one on the same socket. The 220
- * has been flushed and nothing after STARTTLS was kept (cmd_starttls). */
-static void
-session_start_tls(struct session *sess, bool implicit)
-{
-	SSL *ssl = SSL_new(sess->st->ssl_ctx);
-	struct event_base *base = sess->loop->base;
-
-	if (ssl == NULL && implicit) {
-		sess->bev = bufferevent_socket_new(base, sess->fd, 0);
-		session_setup_bev(sess);
-		session_close(sess, "tls_error");
-		return;
-	}
-	if (ssl == NULL) {
-		session_reply(sess, "454 4.7.0 TLS not available due to local problem");
-		bufferevent_enable(sess->bev, EV_READ);
-		return;
-	}
-	if (!implicit) {
-		/* RFC 3207: forget everything learned before TLS */
-		session_tx_reset(sess);
-		sess->state = STATE_CONNECTED;
-		sess->helo[0] = '\0';
-		sess->flags &= ~SESSION_F_ESMTP;
-		filter_tx_free(&sess->fx);
-		sess->fx = filter_tx_clone(sess->connect_fx);
-		sess->sticky_helo = VERDICT_CONTINUE;
-		bufferevent_free(sess->bev);
-	}
-	sess->bev = bufferevent_openssl_socket_new(base, sess->fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0);
-	sess->flags |= SESSION_F_TLS | SESSION_F_TLS_PENDING;
-	session_setup_bev(sess);
-}
-
+/* The SMTP row of the service table: a new connection (inside TLS already
+ * on an implicit-TLS listener). */
 void
-session_accept(struct loop *loop, int fd, const struct sockaddr *sa, bool implicit_tls)
+smtp_service_accept(struct conn *conn, const char *refusal)
 {
 	struct session *sess = xcalloc(1, sizeof(*sess));
-	const struct mx_config *cfg;
-	const char *reason = NULL;
 
-	sess->loop = loop;
-	sess->st = server_get_state(loop->srv);
-	cfg = sess->st->cfg;
-	id_new(sess->id);
+	sess->conn = conn;
+	sess->st = conn_state(conn);
+	str_copy(sess->id, conn_id(conn), sizeof(sess->id));
+	str_copy(sess->client_addr, conn_addr(conn), sizeof(sess->client_addr));
+	sess->client_port = conn_port(conn);
+	if (conn_tls(conn))
+		sess->flags |= SESSION_F_TLS;
 	sess->handle = handle_register(sess);
-	net_addr_str(sa, sess->client_addr, sizeof(sess->client_addr));
-	sess->client_port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port)
-						     : ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
 	sess->connect_fx = filter_tx_new();
 	sess->fx = filter_tx_new();
-	sess->next = loop->sessions;
-	if (loop->sessions != NULL)
-		loop->sessions->prev = sess;
-	loop->sessions = sess;
-	atomic_fetch_add(&loop->srv->n_sessions, 1);
-	evutil_make_socket_nonblocking(fd);
-
-	sess->fd = fd;
-	log_msg(LOG_LEVEL_INFO, "%s smtp connect client=%s port=%u tls=%s", sess->id,
-		sess->client_addr, sess->client_port, implicit_tls ? "implicit" : "no");
-	if (implicit_tls && sess->st->ssl_ctx == NULL) {
-		/* a reload removed the certificate: never speak plaintext on a
-		 * port that clients trust to be TLS */
-		sess->close_reason = xstrdup("no_tls_certificate");
-		session_free(sess);
-		return;
-	}
-	bool refused = loop->shutting_down;
-	if (!refused)
-		refused = !server_conn_acquire(loop->srv, sess->client_addr,
-					       cfg->limits.connections_per_client,
-					       cfg->limits.connections_max, &reason);
-	else
-		reason = "Service shutting down";
-	if (refused && implicit_tls) {
-		/* a refusal can only be said inside TLS; do not spend a handshake */
-		sess->close_reason = xstrdup("refused");
-		log_msg(LOG_LEVEL_INFO, "%s smtp refused client=%s reason=\"%s\"", sess->id,
-			sess->client_addr, reason);
-		session_free(sess);
-		return;
-	}
-	sess->conn_counted = !refused;
-	if (implicit_tls) {
-		sess->flags |= SESSION_F_GREET_PENDING;
-		session_start_tls(sess, true);
-	} else {
-		sess->bev = bufferevent_socket_new(loop->base, fd, 0);
-		session_setup_bev(sess);
-	}
-
-	if (loop->shutting_down) {
-		session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
-		session_close(sess, "shutdown");
-	} else if (refused) {
-		session_reply(sess, "421 4.7.0 %s %s", cfg->hostname, reason);
-		session_close(sess, "too_many_connections");
-	} else {
-		if (!(sess->flags & SESSION_F_GREET_PENDING))
-			session_greet(sess);
-	}
-	session_finish(sess);
-}
-
-void
-session_shutdown_loop(struct loop *loop)
-{
-	struct session *sess, *next;
-
-	for (sess = loop->sessions; sess != NULL; sess = next) {
-		next = sess->next;
-		if (sess->flags & SESSION_F_CLOSING)
-			continue;
-		sess->flags |= SESSION_F_SHUTDOWN;
-		if (sess->tx == NULL && !(sess->flags & SESSION_F_BUSY)) {
-			session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
+	conn_attach(conn, &session_handler, sess);
+	session_arm_timeouts(sess);
+	if (refusal != NULL) {
+		const char *host = sess->st->cfg->hostname;
+		if (strcmp(refusal, CORE_REFUSAL_SHUTDOWN) == 0) {
+			session_reply(sess, "421 4.3.2 %s Service shutting down", host);
 			session_close(sess, "shutdown");
-			session_finish(sess);
+		} else {
+			session_reply(sess, "421 4.7.0 %s %s", host, refusal);
+			session_close(sess, "too_many_connections");
 		}
+		return;
 	}
+	session_greet(sess);
 }

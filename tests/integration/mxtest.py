@@ -165,8 +165,11 @@ class Daemon:
         self.mail_root = os.path.join(self.dir, "mail")
         self.proc = None
         self.mounts = []
-        for sub in ("mail", "spool", "state", "quarantine"):
-            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        # with a run user the daemon creates (and hands over) its own
+        # directories; an existing one not owned by that user is refused
+        if "user" not in self.settings:
+            for sub in ("mail", "spool", "state", "quarantine"):
+                os.makedirs(os.path.join(self.dir, sub), mode=0o750, exist_ok=True)
         with _lock:
             _live_daemons.add(self)
         self.write_config()
@@ -357,7 +360,7 @@ class Daemon:
 
     def mount_tmpfs(self, path, size="256k"):
         os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path],
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0750" % size, "tmpfs", path],
                        check=True, timeout=30)
         self.mounts.append(path)
         _cleanup_mounts.append(path)

@@ -273,7 +273,22 @@ class TempfailAtMail(StageTestCase):
 
 
 # ------------------------------------------------- quarantine and discard
+def quarantine_envelope(data):
+    """(Return-Path line, [X-MXGuard-Recipient values]) of a quarantined
+    file: the lines mxguard writes before its Received: header, where
+    nothing else may appear."""
+    head, sep, _ = data.partition(b"\nReceived: ")
+    assert sep, data[:300]
+    lines = head.split(b"\n")
+    rcpts = []
+    for l in lines[1:]:
+        assert l.startswith(b"X-MXGuard-Recipient: "), l
+        rcpts.append(l[len(b"X-MXGuard-Recipient: "):].decode())
+    return lines[0].decode(), rcpts
+
+
 class QuarantineAtData(StageTestCase):
+    users = (RCPT, "alice@example.test", "bob@example.test", "carol@example.test")
     stage = dict(phase="data", verdict="quarantine")
 
     def test_quarantined_not_delivered(self):
@@ -282,9 +297,25 @@ class QuarantineAtData(StageTestCase):
         self.assertIsNotNone(queued_id(fr), fr)
         q = self.files_with(self.quarantine_files(), subject)
         self.assertEqual(len(q), 1)
-        self.assertIn(b"X-MXGuard-Recipients: " + RCPT.encode() + b"\n", self.read(q[0]))
+        self.assertEqual(quarantine_envelope(self.read(q[0])),
+                         ("Return-Path: <%s>" % SENDER, [RCPT]))
         self.assertEqual(self.d.all_files("new"), [])
         self.assertIn(" result=quarantined ", self.tx_log(queued_id(fr)))
+
+    def test_every_recipient_kept(self):
+        # a held message must be releasable to everyone it was sent to: the
+        # complete list, in RCPT order, one header line per recipient
+        rcpts = ["carol@example.test", RCPT, "alice@example.test", "bob@example.test"]
+        c = self.ehlo_client()
+        subject, mr, rr, dr, fr = self.send(c, rcpts=rcpts)
+        self.assertEqual([r.code for r in rr], [250] * 4)
+        self.assertIsNotNone(queued_id(fr), fr)
+        q = self.files_with(self.quarantine_files(), subject)
+        self.assertEqual(len(q), 1)
+        data = self.read(q[0])
+        self.assertEqual(quarantine_envelope(data), ("Return-Path: <%s>" % SENDER, rcpts))
+        self.assertEqual(data.count(b"X-MXGuard-Recipient"), 4)
+        self.assertEqual(self.d.all_files("new"), [])
 
 
 class QuarantineAtRcpt(StageTestCase):
@@ -296,7 +327,9 @@ class QuarantineAtRcpt(StageTestCase):
         subject, mr, rr, dr, fr = self.send(c, rcpts=(RCPT, "alice@example.test"))
         self.assertEqual([r.code for r in rr], [250, 250])
         self.assertIsNotNone(queued_id(fr), fr)
-        self.assertEqual(len(self.files_with(self.quarantine_files(), subject)), 1)
+        q = self.files_with(self.quarantine_files(), subject)
+        self.assertEqual(len(q), 1)
+        self.assertEqual(quarantine_envelope(self.read(q[0]))[1], [RCPT, "alice@example.test"])
         self.assertEqual(self.d.all_files("new"), [])
         # the verdict belonged to that transaction only
         subject2, mr, rr, dr, fr = self.send(c, rcpts=(RCPT,))

@@ -1,6 +1,7 @@
 /*
  * test_maildir.c — unit tests for backends/maildir.c: safe user paths,
- * folder creation, unique names and the all-or-nothing delivery.
+ * folder creation, unique names, the ",S=<size>" field, the no-replace
+ * rename and the all-or-nothing delivery.
  *
  * Every test works on real files under its own mkdtemp directory. The
  * full-disk case mounts a real 64 KiB tmpfs (the suite runs as root; without
@@ -213,6 +214,31 @@ static void assert_in_new_of(const char *path, const char *maildir)
 	assert_null(strchr(path + n + 5, '/'));
 }
 
+/* A name in new/ ends in ",S=<size>" with the file's st_size; returns it. */
+static long long assert_size_field(const char *path)
+{
+	const char *base = strrchr(path, '/');
+	const char *field;
+	struct stat st;
+	char *end;
+	long long size;
+
+	assert_non_null(base);
+	field = strstr(base, ",S=");
+	assert_non_null(field);
+	/* the only field, and the last thing in the name (no ":2," in new/) */
+	assert_null(strstr(field + 1, ","));
+	assert_null(strchr(base, ':'));
+	assert_true(field[3] >= '0' && field[3] <= '9');
+	errno = 0;
+	size = strtoll(field + 3, &end, 10);
+	assert_int_equal(errno, 0);
+	assert_int_equal(*end, '\0');
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(size, st.st_size);
+	return size;
+}
+
 static const char prefix[] =
 	"Received: from client.example (client.example [192.0.2.1])\n"
 	"\tby mx.example.test with ESMTP id 0123456789ABCDEF;\n"
@@ -240,6 +266,8 @@ static void test_deliver_one(void **state)
 	assert_non_null(job.paths);
 	assert_in_new_of(job.paths[0], root);
 	assert_file_is(job.paths[0], t.headers, prefix, body, strlen(body));
+	assert_int_equal(assert_size_field(job.paths[0]),
+			 strlen(t.headers) + strlen(prefix) + strlen(body));
 	assert_int_equal(count_sub(root, "new"), 1);
 	assert_int_equal(count_sub(root, "tmp"), 0);
 	assert_int_equal(count_sub(root, "cur"), 0);
@@ -276,10 +304,18 @@ static void test_deliver_several_with_folder(void **state)
 	assert_in_new_of(job.paths[0], alice);
 	assert_in_new_of(job.paths[1], bob);
 	assert_in_new_of(job.paths[2], junk);
+	long long sizes[3];
+
 	for (int i = 0; i < 3; i++) {
 		assert_file_is(job.paths[i], t[i].headers, prefix, body, strlen(body));
-		for (int j = 0; j < i; j++)
+		/* each copy has its own headers, so its own size */
+		sizes[i] = assert_size_field(job.paths[i]);
+		assert_int_equal(sizes[i], (t[i].headers ? strlen(t[i].headers) : 0) +
+					   strlen(prefix) + strlen(body));
+		for (int j = 0; j < i; j++) {
 			assert_string_not_equal(job.paths[i], job.paths[j]);
+			assert_true(sizes[i] != sizes[j]);
+		}
 	}
 	assert_int_equal(count_sub(alice, "new"), 1);
 	assert_int_equal(count_sub(alice, "tmp"), 0);
@@ -315,6 +351,7 @@ static void test_empty_body_and_no_headers(void **state)
 	assert_int_equal(msgbody_seal(job.body), 0);
 	assert_int_equal(maildir_deliver(&job), 0);
 	assert_file_is(job.paths[0], NULL, NULL, NULL, 0);
+	assert_int_equal(assert_size_field(job.paths[0]), 0);
 	maildir_job_free_results(&job);
 	msgbody_free(&job.body);
 	free(root);
@@ -383,6 +420,8 @@ static void test_spilled_body_identical(void **state)
 	assert_int_equal(maildir_deliver(&j1), 0);
 	assert_int_equal(maildir_deliver(&j2), 0);
 	assert_file_is(j2.paths[0], NULL, prefix, data, len);
+	assert_int_equal(assert_size_field(j1.paths[0]), strlen(prefix) + len);
+	assert_int_equal(assert_size_field(j2.paths[0]), strlen(prefix) + len);
 	c1 = slurp(j1.paths[0], &l1);
 	c2 = slurp(j2.paths[0], &l2);
 	assert_int_equal(l1, l2);
@@ -816,6 +855,143 @@ static void test_concurrent_deliveries(void **state)
 	free(root);
 }
 
+/* ------------------------------------------------ names already taken */
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	assert_int_equal(close(fd), 0);
+}
+
+static void assert_contents(const char *path, const char *text)
+{
+	size_t len;
+	char *got = slurp(path, &len);
+
+	assert_int_equal(len, strlen(text));
+	assert_memory_equal(got, text, len);
+	free(got);
+}
+
+static void check_noreplace(const char *dir, int (*fn)(const char *, const char *))
+{
+	char *from = path_join(dir, "from");
+	char *to = path_join(dir, "to");
+	struct stat st;
+
+	write_file(from, "new mail");
+	write_file(to, "somebody's mail");
+	errno = 0;
+	assert_int_equal(fn(from, to), -1);
+	assert_int_equal(errno, EEXIST);
+	assert_contents(to, "somebody's mail");
+	assert_contents(from, "new mail");
+
+	assert_int_equal(unlink(to), 0);
+	assert_int_equal(fn(from, to), 0);
+	assert_contents(to, "new mail");
+	assert_int_equal(stat(to, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(access(from, F_OK), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(unlink(to), 0);
+
+	/* a missing source fails and creates nothing */
+	assert_int_equal(fn(from, to), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(access(to, F_OK), -1);
+	free(from);
+	free(to);
+}
+
+static void test_rename_noreplace(void **state)
+{
+	struct fixture *f = *state;
+
+	check_noreplace(f->dir, maildir_rename_noreplace);
+	check_noreplace(f->dir, maildir_link_noreplace);
+}
+
+/* The names maildir_deliver will use, one per call; the last one repeats. */
+static const char *const *scripted_names;
+static size_t scripted_next;
+
+static void scripted_name(char *out, size_t outsz)
+{
+	const char *name = scripted_names[scripted_next];
+
+	if (scripted_names[scripted_next + 1] != NULL)
+		scripted_next++;
+	snprintf(out, outsz, "%s", name);
+}
+
+static void script_names(const char *const *names)
+{
+	scripted_names = names;
+	scripted_next = 0;
+	maildir_unique_name_hook = scripted_name;
+}
+
+static int teardown_names(void **state)
+{
+	maildir_unique_name_hook = NULL;
+	return teardown_dir(state);
+}
+
+/* The file name in new/ a copy named name of len octets gets. */
+static char *taken_path(const char *root, const char *name, size_t len)
+{
+	return xasprintf("%snew/%s,S=%zu", root, name, len);
+}
+
+static void test_deliver_never_replaces(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const names[] = { "1.M1P1Q1.taken", "1.M1P1Q2.free", NULL };
+	const char body[] = "Subject: second\n\nsecond message\n";
+	char *root = user_root(f->dir, "alice", "example.test");
+	struct maildir_target t = { .root = root };
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1,
+		.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = true,
+	};
+	char *err = NULL, *taken, *fresh;
+
+	assert_int_equal(maildir_create(root, NULL, &err), 0);
+	taken = taken_path(root, names[0], strlen(body));
+	fresh = taken_path(root, names[1], strlen(body));
+	write_file(taken, "an earlier message under the same name\n");
+
+	script_names(names);
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_contents(taken, "an earlier message under the same name\n");
+	assert_string_equal(job.paths[0], fresh);
+	assert_file_is(job.paths[0], NULL, NULL, body, strlen(body));
+	assert_int_equal(count_sub(root, "new"), 2);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+	maildir_job_free_results(&job);
+
+	/* every name taken: a bounded number of attempts, then a clean failure */
+	static const char *const same[] = { "1.M1P1Q1.taken", NULL };
+
+	script_names(same);
+	assert_int_equal(maildir_deliver(&job), -1);
+	assert_int_equal(job.error, EEXIST);
+	assert_non_null(strstr(job.error_text, "rename to"));
+	assert_null(job.paths);
+	assert_contents(taken, "an earlier message under the same name\n");
+	assert_int_equal(count_sub(root, "new"), 2);
+	assert_int_equal(count_sub(root, "tmp"), 0);
+
+	msgbody_free(&job.body);
+	free(taken);
+	free(fresh);
+	free(root);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -834,6 +1010,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_all_or_nothing_after_rename, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_invalid_jobs, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_concurrent_deliveries, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_rename_noreplace, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_deliver_never_replaces, setup_dir, teardown_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,90 @@
+/*
+ * core-internal.h — what daemon.c and conn.c share inside core/. Nothing
+ * outside core/ includes this file; services use core.h.
+ */
+#ifndef MXGUARD_CORE_INTERNAL_H
+#define MXGUARD_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "core/core.h"
+
+struct event;
+struct evconnlistener;
+
+/* One `listen` section: its socket on every loop (SO_REUSEPORT). */
+struct core_listener {
+	char *name;
+	char *address;
+	bool implicit_tls;
+	const struct service *service;
+	int *fds; /* n_loops of them */
+};
+
+/* Connections from one client address (for limits.connections_per_client). */
+struct conn_count {
+	struct conn_count *next;
+	long count;
+	char addr[64];
+};
+
+/* A state some of a loop's connections use, and how many of them. */
+struct loop_state {
+	struct loop_state *next;
+	struct server_state *st; /* one reference */
+	long users;
+};
+
+struct core {
+	const struct core_app *app;
+	char *config_path;
+	bool foreground;
+	pthread_mutex_t state_lock;
+	struct server_state *state; /* newest; under state_lock */
+	struct workers *workers;
+	struct core_listener *listeners;
+	size_t n_listeners;
+	struct core_loop *loops;
+	unsigned n_loops;
+	atomic_int n_conns;
+	atomic_int n_jobs;
+	/* connection counting per client address */
+	pthread_mutex_t conn_lock;
+	struct conn_count *conn_counts;
+	long conn_total;
+};
+
+struct core_loop {
+	struct core *core;
+	unsigned index;
+	pthread_t thread;
+	struct event_base *base;
+	struct evconnlistener **evl; /* one per listener */
+	struct conn *conns;          /* this loop's connections */
+	struct loop_state *states;   /* every state in use here */
+	struct loop_state *current;  /* the one new connections take */
+	/* a state pushed by the main thread, taken by the loop */
+	pthread_mutex_t push_lock;
+	struct server_state *pushed;
+	struct event *ev_push, *ev_shutdown, *ev_exit;
+	bool shutting_down;
+	bool accept_paused;
+	bool forced;                 /* exit with connections still open */
+};
+
+/* conn.c */
+struct conn *conn_new(struct core_loop *loop, const struct core_listener *l, int fd,
+		      const struct sockaddr *sa);
+/* Accept sequence after conn_new: slot, TLS, then the service. */
+void conn_begin(struct conn *conn);
+/* Shutdown: tell every connection of the loop. */
+void conn_shutdown_all(struct core_loop *loop);
+/* Forced exit: drop every connection now (each still logs). */
+void conn_drop_all(struct core_loop *loop, const char *reason);
+
+/* daemon.c */
+struct loop_state *core_loop_state_take(struct core_loop *loop);
+void core_loop_state_release(struct core_loop *loop, struct loop_state **ls);
+
+#endif

@@ -1,0 +1,215 @@
+/*
+ * core.h — the daemon core: loop threads, listeners, signals, reload, the
+ * service table and the connection layer.
+ *
+ * The core knows nothing of SMTP, stages or mailboxes. A program (the
+ * mxguard daemon in proxy/main.c) hands core_run() a struct core_app: how to
+ * build its shared state from a config file, and its table of services. A
+ * service is one protocol (SMTP today; POP3, IMAP, HTTP later): a name that
+ * listeners refer to with `protocol = ...`, and an accept function that
+ * turns a new connection into a session of that protocol.
+ *
+ * Threads. The main thread binds, then only handles signals. N loop threads
+ * each run their own event_base; every loop has its own listening socket per
+ * listener (SO_REUSEPORT), so the kernel hands each connection to exactly
+ * one loop and no loop wakes for another's connection. A connection lives
+ * on the loop that accepted it until it closes: session code takes no locks.
+ *
+ * Shared state. What sessions share (config, pipeline, user database, TLS
+ * context) is the program's `struct server_state`, opaque here and
+ * reference-counted through the app's functions. Each loop holds the
+ * current state; a reload builds a new one aside on the main thread and
+ * pushes it to every loop, which switches to it on its own thread. A loop
+ * counts how many of its sessions still use each older state and calls the
+ * app's loop_stop for it on that loop once the last one lets go — that is
+ * where per-loop resources of a pipeline (an evdns base, a Redis context)
+ * are freed, on the thread that owns them.
+ *
+ * Connections. struct conn wraps a bufferevent once: line reading with the
+ * length cap enforced before the newline arrives, timeouts, the switch to
+ * TLS on the same socket (STARTTLS) or TLS from the first byte, half-close,
+ * and the lingering close. A service sees "input ready", "TLS up",
+ * "timeout", "peer half-closed", "shutting down" and "gone" through a
+ * struct conn_handler, and never touches libevent's bufferevents itself.
+ */
+#ifndef MXGUARD_CORE_H
+#define MXGUARD_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "lib/lib.h"
+
+struct event_base;
+struct evbuffer;
+struct core_loop;
+struct conn;
+struct server_state; /* the program's shared state, defined by the program */
+
+/* ------------------------------------------------------------ services */
+
+/*
+ * One protocol the daemon speaks. accept() runs on the loop thread that
+ * accepted the connection, with the loop's current state already attached
+ * to the connection (conn_state). When `refusal` is not NULL the client may
+ * not be served ("Too many connections", "Service shutting down"): the
+ * service says so in its protocol and closes. Otherwise it creates its
+ * session and calls conn_attach(). Either way it must end with
+ * conn_settle() (or leave the conn closing).
+ */
+/* The refusal text while the daemon stops (a service may word it its own way). */
+#define CORE_REFUSAL_SHUTDOWN "Service shutting down"
+
+struct service {
+	const char *name; /* what `listen X { protocol = NAME }` says */
+	void (*accept)(struct conn *conn, const char *refusal);
+};
+
+/* What a program gives the core. The state functions are called from any
+ * thread; ref/unref must be thread-safe. */
+struct core_app {
+	const char *ident;                /* "mxguard": syslog ident, log lines */
+	const struct service *services;   /* table */
+	size_t n_services;
+	/* Build the complete shared state from a config file, or NULL with
+	 * *error_r malloc'd. Run at start, at reload (on the main thread) and by
+	 * `-t`. */
+	struct server_state *(*state_build)(const char *config_path, char **error_r);
+	struct server_state *(*state_ref)(struct server_state *st);
+	void (*state_unref)(struct server_state **st);
+	const struct mx_config *(*state_config)(const struct server_state *st);
+	/* NULL when no certificate is configured */
+	struct ssl_ctx_st *(*state_tls)(const struct server_state *st);
+	/* Optional: on loop thread `loop`, before its first session uses st /
+	 * after its last one let go. A failing loop_start on a reload keeps that
+	 * loop on its old state (logged). */
+	int (*state_loop_start)(struct server_state *st, struct core_loop *loop, char **error_r);
+	void (*state_loop_stop)(struct server_state *st, struct core_loop *loop);
+};
+
+/*
+ * Run the daemon: build the state, bind, create the data directories, drop
+ * privileges, detach (unless foreground), start the loops and serve until
+ * SIGTERM/SIGINT. Errors before detaching go to stderr; returns the exit
+ * status.
+ */
+int core_run(const struct core_app *app, const char *config_path, bool foreground);
+/* `mxguard -t`: every check start-up makes short of binding. 0 or 1. */
+int core_check(const struct core_app *app, const char *config_path);
+
+/*
+ * A loop without threads, listeners or signals, for transcript tests and
+ * fuzz targets: the caller runs `base` itself, hands connected sockets (one
+ * end of a socketpair) to core_loop_adopt(), and they are served by the
+ * named service with state st (referenced here) as if a client at
+ * 192.0.2.1 had connected to a listener of that name. Freeing drops every
+ * connection left (each logs its end).
+ */
+struct core_loop *core_loop_standalone(const struct core_app *app, struct server_state *st,
+				       struct event_base *base, struct workers *workers);
+int core_loop_adopt(struct core_loop *loop, int fd, const char *protocol);
+size_t core_loop_conn_count(const struct core_loop *loop);
+void core_loop_standalone_free(struct core_loop **loop);
+
+/* --------------------------------------------------------------- loops */
+/* The event base, index, worker pool and current state of a loop. Only on
+ * that loop's thread. */
+struct event_base *core_loop_base(const struct core_loop *loop);
+unsigned core_loop_index(const struct core_loop *loop);
+struct workers *core_loop_workers(const struct core_loop *loop);
+/* Count a blocking job (a delivery) so shutdown waits for it. */
+void core_loop_job_start(struct core_loop *loop);
+void core_loop_job_done(struct core_loop *loop);
+
+/* ---------------------------------------------------------- connections */
+
+enum conn_line {
+	CONN_LINE_NONE = 0,  /* no complete line buffered yet */
+	CONN_LINE,           /* *line_r is a malloc'd line without its line end */
+	CONN_LINE_TOO_LONG,  /* a complete line longer than the cap: discarded */
+	CONN_LINE_OVERFLOW,  /* more than the cap buffered without a line end:
+			      * the peer is flooding; the caller should close */
+};
+
+struct conn_handler {
+	/* Input arrived, or output drained below the cap: process what can be
+	 * processed. */
+	void (*ready)(void *ctx);
+	/* The TLS handshake completed (implicit TLS or after conn_starttls). */
+	void (*tls_up)(void *ctx);
+	/* Nothing arrived within the timeout: answer, then conn_close(). */
+	void (*timeout)(void *ctx);
+	/* The peer half-closed: answer what it sent, then close. conn_eof()
+	 * is true from now on. */
+	void (*eof)(void *ctx);
+	/* The daemon is stopping: idle sessions say goodbye and close, busy
+	 * ones finish their work first. */
+	void (*shutdown)(void *ctx);
+	/* The connection is gone (closed, reset, failed TLS): free the
+	 * session. reason says why ("quit", "timeout", "eof", "tls_error"...).
+	 * The conn is freed right after this returns. */
+	void (*gone)(void *ctx, const char *reason);
+};
+
+void conn_attach(struct conn *conn, const struct conn_handler *h, void *ctx);
+
+/* What the connection is. */
+const char *conn_id(const struct conn *conn);          /* unique, for logs */
+const char *conn_addr(const struct conn *conn);        /* numeric client address */
+unsigned conn_port(const struct conn *conn);
+const char *conn_listener(const struct conn *conn);    /* listen section title */
+bool conn_implicit_tls(const struct conn *conn);       /* accepted on a TLS port */
+bool conn_tls(const struct conn *conn);                /* TLS is (being) spoken */
+bool conn_closing(const struct conn *conn);
+bool conn_eof(const struct conn *conn);
+struct core_loop *conn_loop(const struct conn *conn);
+struct event_base *conn_base(const struct conn *conn);
+/* The state the connection was accepted with, and the loop's newest state
+ * (a session switches at a transaction boundary with conn_state_update). */
+struct server_state *conn_state(const struct conn *conn);
+struct server_state *conn_state_update(struct conn *conn);
+
+/* Output. Never blocks; conn_output_len says how much is queued. */
+void conn_write(struct conn *conn, const void *data, size_t len);
+size_t conn_output_len(const struct conn *conn);
+
+/*
+ * Input. conn_read_line takes the next command line: ended by CRLF, or also
+ * by a bare LF unless the connection is strict (conn_set_lines). Lines
+ * longer than line_max octets (line end included) are never buffered whole:
+ * a complete one is discarded (CONN_LINE_TOO_LONG); more than line_max
+ * octets without a line end is CONN_LINE_OVERFLOW.
+ */
+void conn_set_lines(struct conn *conn, size_t line_max, bool strict_crlf);
+enum conn_line conn_read_line(struct conn *conn, char **line_r, size_t *len_r);
+/* Raw input, for message bodies read with their own parser. */
+struct evbuffer *conn_input(struct conn *conn);
+size_t conn_input_len(const struct conn *conn);
+
+/* Read/write timeout in seconds from now on; 0 = none (while busy). */
+void conn_set_timeout(struct conn *conn, long seconds);
+
+/*
+ * STARTTLS: the caller has queued its "go ahead" reply. Everything the
+ * client pipelined after the command is discarded, nothing more is read,
+ * and once the reply is flushed the connection switches to TLS on the same
+ * socket; tls_up() follows the handshake. -1 when TLS cannot start (no
+ * memory for the SSL object): nothing changed, reply with an error.
+ */
+int conn_starttls(struct conn *conn, struct ssl_ctx_st *ctx);
+
+/* Close after the queued output is flushed (lingering on plain TCP, so the
+ * last reply is not destroyed by a reset). Idempotent; reason is kept. */
+void conn_close(struct conn *conn, const char *reason);
+/*
+ * Call at the end of every callback into the service that did not come
+ * from the conn layer (a pipeline or delivery completion): frees the
+ * connection (calling gone()) if it is closed and flushed. After it, the
+ * session may be gone. The conn layer settles by itself after its own
+ * handler calls.
+ */
+void conn_settle(struct conn *conn);
+
+#endif

@@ -1,0 +1,956 @@
+/*
+ * daemon.c — loop threads, listeners, signals, reload and the shared state.
+ *
+ * Start-up, in this order so that every error is seen on the terminal and
+ * nothing is half-started: build the state (config, and whatever the
+ * program puts in it), check the listeners name known services, create the
+ * data directories that are missing (only those are handed to the run
+ * user; existing ones with the wrong owner are an error), lock the pid
+ * file, bind every listener once per loop (SO_REUSEPORT), drop privileges,
+ * check that what reloads will read is readable, detach, write the pid,
+ * start the worker pool and the loops.
+ *
+ * The main thread then only handles signals: SIGHUP builds a complete new
+ * state aside and pushes it to every loop (changes that need a restart —
+ * listeners, threads, workers — are logged loudly as not applied);
+ * SIGTERM/SIGINT stop accepting, let the services finish what is in flight
+ * (bounded by limits.timeout_shutdown) and exit.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+
+#include "core/core-internal.h"
+
+/* ---------------------------------------------------------- loop states */
+
+struct event_base *core_loop_base(const struct core_loop *loop) { return loop->base; }
+unsigned core_loop_index(const struct core_loop *loop) { return loop->index; }
+struct workers *core_loop_workers(const struct core_loop *loop) { return loop->core->workers; }
+
+void
+core_loop_job_start(struct core_loop *loop)
+{
+	atomic_fetch_add(&loop->core->n_jobs, 1);
+}
+
+void
+core_loop_job_done(struct core_loop *loop)
+{
+	atomic_fetch_sub(&loop->core->n_jobs, 1);
+}
+
+struct loop_state *
+core_loop_state_take(struct core_loop *loop)
+{
+	loop->current->users++;
+	return loop->current;
+}
+
+/* Drop one user; a state nobody on this loop uses any more (and that is
+ * not the current one) is stopped on this loop and let go. */
+static void
+loop_state_maybe_free(struct core_loop *loop, struct loop_state *ls)
+{
+	const struct core_app *app = loop->core->app;
+	struct loop_state **pp;
+
+	if (ls->users > 0 || ls == loop->current)
+		return;
+	for (pp = &loop->states; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == ls) {
+			*pp = ls->next;
+			break;
+		}
+	}
+	if (app->state_loop_stop != NULL)
+		app->state_loop_stop(ls->st, loop);
+	app->state_unref(&ls->st);
+	free(ls);
+}
+
+void
+core_loop_state_release(struct core_loop *loop, struct loop_state **lsp)
+{
+	struct loop_state *ls = *lsp;
+
+	*lsp = NULL;
+	if (ls == NULL)
+		return;
+	ls->users--;
+	loop_state_maybe_free(loop, ls);
+}
+
+/* On the loop thread: make st (one reference, handed over) current. */
+static int
+loop_install(struct core_loop *loop, struct server_state *st)
+{
+	const struct core_app *app = loop->core->app;
+	struct loop_state *ls, *old = loop->current;
+	char *error = NULL;
+
+	if (app->state_loop_start != NULL && app->state_loop_start(st, loop, &error) < 0) {
+		log_msg(LOG_LEVEL_ERR, "loop %u keeps its running configuration: %s", loop->index,
+			error);
+		free(error);
+		app->state_unref(&st);
+		return -1;
+	}
+	ls = xcalloc(1, sizeof(*ls));
+	ls->st = st;
+	ls->next = loop->states;
+	loop->states = ls;
+	loop->current = ls;
+	if (old != NULL)
+		loop_state_maybe_free(loop, old);
+	return 0;
+}
+
+static void
+loop_push_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct core_loop *loop = arg;
+	struct server_state *st;
+
+	pthread_mutex_lock(&loop->push_lock);
+	st = loop->pushed;
+	loop->pushed = NULL;
+	pthread_mutex_unlock(&loop->push_lock);
+	if (st != NULL)
+		(void)loop_install(loop, st);
+}
+
+/* From the main thread: hand st to a loop (one reference, taken here). */
+static void
+loop_push(struct core_loop *loop, struct server_state *st)
+{
+	const struct core_app *app = loop->core->app;
+	struct server_state *prev;
+
+	st = app->state_ref(st);
+	pthread_mutex_lock(&loop->push_lock);
+	prev = loop->pushed; /* two reloads before the loop ran: keep the newest */
+	loop->pushed = st;
+	pthread_mutex_unlock(&loop->push_lock);
+	if (prev != NULL)
+		app->state_unref(&prev);
+	event_active(loop->ev_push, EV_TIMEOUT, 0);
+}
+
+/* ------------------------------------------------------------ accepting */
+
+static void
+loop_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+	       int salen, void *arg)
+{
+	struct core_loop *loop = arg;
+	struct core *core = loop->core;
+
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		if (loop->evl[i] == lev) {
+			conn_begin(conn_new(loop, &core->listeners[i], fd, sa));
+			return;
+		}
+	}
+	evutil_closesocket(fd);
+}
+
+static void
+loop_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct core_loop *loop = arg;
+
+	loop->accept_paused = false;
+	if (loop->shutting_down)
+		return;
+	for (size_t i = 0; i < loop->core->n_listeners; i++) {
+		if (loop->evl[i] != NULL)
+			evconnlistener_enable(loop->evl[i]);
+	}
+}
+
+/*
+ * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM) the listening socket stays readable, so a listener left on would
+ * spin: pause this loop's listeners for a moment instead, and log at most
+ * once per pause.
+ */
+static void
+loop_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct core_loop *loop = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	static const struct timeval pause = { 0, 250000 };
+
+	if (loop->accept_paused)
+		return;
+	log_msg(LOG_LEVEL_WARN, "accept failed, pausing accepts for 250 ms: %s",
+		evutil_socket_error_to_string(err));
+	loop->accept_paused = true;
+	for (size_t i = 0; i < loop->core->n_listeners; i++) {
+		if (loop->evl[i] != NULL)
+			evconnlistener_disable(loop->evl[i]);
+	}
+	event_base_once(loop->base, -1, EV_TIMEOUT, loop_accept_resume_cb, loop, &pause);
+}
+
+static void
+loop_close_listeners(struct core_loop *loop)
+{
+	for (size_t i = 0; i < loop->core->n_listeners; i++) {
+		if (loop->evl[i] != NULL) {
+			evconnlistener_free(loop->evl[i]); /* closes this loop's socket */
+			loop->evl[i] = NULL;
+			loop->core->listeners[i].fds[loop->index] = -1;
+		}
+	}
+}
+
+static void
+loop_shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct core_loop *loop = arg;
+
+	loop->shutting_down = true;
+	loop_close_listeners(loop);
+	conn_shutdown_all(loop);
+}
+
+static void
+loop_exit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct core_loop *loop = arg;
+
+	if (loop->conns != NULL) {
+		/* the shutdown timeout passed: every session still logs its end */
+		loop->forced = true;
+		conn_drop_all(loop, "shutdown_timeout");
+	}
+	/* a state pushed too late, then every state this loop holds */
+	loop_push_cb(-1, 0, loop);
+	loop->current = NULL;
+	while (loop->states != NULL)
+		loop_state_maybe_free(loop, loop->states);
+	event_base_loopbreak(loop->base);
+}
+
+static void *
+loop_main(void *arg)
+{
+	struct core_loop *loop = arg;
+
+	event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+/* ------------------------------------------------------------ signals */
+
+struct main_ctx {
+	struct core *core;
+	struct event_base *base;
+	struct event *ev_term, *ev_int, *ev_hup, *ev_wait;
+	struct timespec deadline;
+	bool stopping;
+};
+
+static const struct service *
+core_find_service(const struct core_app *app, const char *name)
+{
+	for (size_t i = 0; i < app->n_services; i++) {
+		if (strcmp(app->services[i].name, name) == 0)
+			return &app->services[i];
+	}
+	return NULL;
+}
+
+/* Every listener must name a service this program has. */
+static int
+core_check_services(const struct core_app *app, const struct mx_config *cfg, char **error_r)
+{
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct listen_config *lc = &cfg->listeners[i];
+		if (core_find_service(app, lc->protocol) == NULL) {
+			*error_r = xasprintf("%s: listen %s: protocol = \"%s\": no such service "
+					     "(this build has: smtp)", cfg->path, lc->name, lc->protocol);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static struct server_state *
+core_build_state(const struct core_app *app, const char *path, char **error_r)
+{
+	struct server_state *st = app->state_build(path, error_r);
+
+	if (st != NULL && core_check_services(app, app->state_config(st), error_r) < 0)
+		app->state_unref(&st);
+	return st;
+}
+
+static int core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only);
+
+/* What a reload cannot change in a running process, said out loud. */
+static void
+core_log_restart_changes(struct core *core, const struct mx_config *old, const struct mx_config *new)
+{
+	bool same = old->n_listeners == new->n_listeners;
+
+	for (size_t i = 0; same && i < old->n_listeners; i++) {
+		const struct listen_config *a = &old->listeners[i], *b = &new->listeners[i];
+		same = strcmp(a->name, b->name) == 0 && strcmp(a->address, b->address) == 0 &&
+		       strcmp(a->protocol, b->protocol) == 0 && a->implicit_tls == b->implicit_tls;
+	}
+	if (!same)
+		log_msg(LOG_LEVEL_WARN, "reload: the listen sections changed; NOT applied until a "
+			"restart (still listening as started)");
+	if (old->threads != new->threads)
+		log_msg(LOG_LEVEL_WARN, "reload: threads = %ld -> %ld NOT applied until a restart "
+			"(running %u loop threads)", old->threads, new->threads, core->n_loops);
+	if (old->workers != new->workers)
+		log_msg(LOG_LEVEL_WARN, "reload: workers = %ld -> %ld NOT applied until a restart",
+			old->workers, new->workers);
+	if (strcmp(old->run_user, new->run_user) != 0)
+		log_msg(LOG_LEVEL_WARN, "reload: user = \"%s\" -> \"%s\" NOT applied until a restart",
+			old->run_user, new->run_user);
+	if (strcmp(old->state_dir, new->state_dir) != 0)
+		log_msg(LOG_LEVEL_WARN, "reload: state_dir NOT applied until a restart (pid file "
+			"stays in %s)", old->state_dir);
+}
+
+static void
+core_reload(struct core *core)
+{
+	const struct core_app *app = core->app;
+	char *error = NULL;
+	struct server_state *st = core_build_state(app, core->config_path, &error);
+
+	if (st == NULL) {
+		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
+		free(error);
+		return;
+	}
+	const struct mx_config *cfg = app->state_config(st);
+	if (core_make_dirs(cfg, false, false) < 0) {
+		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
+		app->state_unref(&st);
+		return;
+	}
+	log_set_level(cfg->log_level);
+	pthread_mutex_lock(&core->state_lock);
+	struct server_state *old = core->state;
+	core->state = st;
+	pthread_mutex_unlock(&core->state_lock);
+	core_log_restart_changes(core, app->state_config(old), cfg);
+	for (unsigned i = 0; i < core->n_loops; i++)
+		loop_push(&core->loops[i], st);
+	app->state_unref(&old);
+	log_msg(LOG_LEVEL_INFO, "reloaded configuration from %s", core->config_path);
+}
+
+static void
+main_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct main_ctx *m = arg;
+	struct timespec now;
+	int conns = atomic_load(&m->core->n_conns);
+	int jobs = atomic_load(&m->core->n_jobs);
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if ((conns == 0 && jobs == 0) || now.tv_sec >= m->deadline.tv_sec) {
+		if (conns != 0 || jobs != 0)
+			log_msg(LOG_LEVEL_WARN, "shutdown: timeout with %d sessions and %d deliveries "
+				"in flight (none of them acknowledged)", conns, jobs);
+		event_base_loopbreak(m->base);
+	}
+}
+
+static void
+main_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct main_ctx *m = arg;
+	struct core *core = m->core;
+	static const struct timeval tick = { 0, 50000 };
+
+	if (sig == SIGHUP) {
+		core_reload(core);
+		return;
+	}
+	if (m->stopping)
+		return;
+	m->stopping = true;
+	log_msg(LOG_LEVEL_INFO, "stopping on signal %d: finishing transactions in flight", (int)sig);
+	for (unsigned i = 0; i < core->n_loops; i++)
+		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
+	pthread_mutex_lock(&core->state_lock);
+	long timeout = core->app->state_config(core->state)->limits.timeout_shutdown;
+	pthread_mutex_unlock(&core->state_lock);
+	clock_gettime(CLOCK_MONOTONIC, &m->deadline);
+	m->deadline.tv_sec += timeout;
+	m->ev_wait = event_new(m->base, -1, EV_PERSIST, main_wait_cb, m);
+	event_add(m->ev_wait, &tick);
+}
+
+/* -------------------------------------------------------------- setup */
+
+/* Bind every listener once per loop. */
+static int
+core_bind(struct core *core, const struct mx_config *cfg)
+{
+	core->n_listeners = cfg->n_listeners;
+	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
+	for (size_t i = 0; i < cfg->n_listeners; i++) {
+		const struct listen_config *lc = &cfg->listeners[i];
+		struct core_listener *l = &core->listeners[i];
+		struct sockaddr_storage ss;
+		socklen_t len;
+		const char *err;
+
+		l->name = xstrdup(lc->name);
+		l->address = xstrdup(lc->address);
+		l->implicit_tls = lc->implicit_tls;
+		l->service = core_find_service(core->app, lc->protocol);
+		l->fds = xcalloc(core->n_loops, sizeof(*l->fds));
+		for (unsigned j = 0; j < core->n_loops; j++)
+			l->fds[j] = -1;
+		if (net_parse_address(lc->address, &ss, &len, &err) < 0) {
+			log_msg(LOG_LEVEL_ERR, "listen %s: %s: %s", lc->name, lc->address, err);
+			return -1;
+		}
+		for (unsigned j = 0; j < core->n_loops; j++) {
+			l->fds[j] = net_listen(&ss, len, 512, true);
+			if (l->fds[j] < 0) {
+				log_errno(LOG_LEVEL_ERR, "listen %s: cannot listen on %s", lc->name,
+					  lc->address);
+				return -1;
+			}
+		}
+		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s", lc->name,
+			lc->protocol, lc->address,
+			lc->implicit_tls ? "implicit" : cfg->tls_cert[0] != '\0' ? "starttls" : "none");
+	}
+	return 0;
+}
+
+static int
+core_drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	if (user[0] == '\0')
+		return 0;
+	pw = getpwnam(user);
+	if (pw == NULL) {
+		log_msg(LOG_LEVEL_ERR, "user \"%s\" does not exist", user);
+		return -1;
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		log_errno(LOG_LEVEL_ERR, "cannot drop privileges to %s", user);
+		return -1;
+	}
+	log_msg(LOG_LEVEL_INFO, "running as user=%s uid=%u", user, (unsigned)pw->pw_uid);
+	return 0;
+}
+
+/*
+ * mkdir -p that hands every directory it creates (and only those) to the
+ * run user. An existing directory is never changed.
+ */
+static int
+core_mkdir_owned(const char *path, const struct passwd *pw)
+{
+	char *p = xstrdup(path);
+	int ret = 0;
+
+	for (char *s = p + 1;; s++) {
+		bool last = *s == '\0';
+		if (*s != '/' && !last)
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0750) == 0) {
+			if (pw != NULL && chown(p, pw->pw_uid, pw->pw_gid) < 0) {
+				log_errno(LOG_LEVEL_ERR, "cannot hand directory %s to user %s", p,
+					  pw->pw_name);
+				ret = -1;
+				break;
+			}
+		} else if (errno != EEXIST) {
+			log_errno(LOG_LEVEL_ERR, "cannot create directory %s", p);
+			ret = -1;
+			break;
+		}
+		if (last)
+			break;
+		*s = '/';
+	}
+	free(p);
+	return ret;
+}
+
+/*
+ * The directories the daemon writes to. Missing ones are created (at
+ * start as root and handed to the run user; at a reload as the run user).
+ * An existing one must belong to the run user: a spool_dir of /var/tmp is
+ * refused, not taken over. One that others can read gets a warning.
+ * check_only (`-t`) creates nothing.
+ */
+static int
+core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
+{
+	const struct { const char *name, *path; } dirs[] = {
+		{ "mail_root", cfg->mail_root }, { "spool_dir", cfg->spool_dir },
+		{ "state_dir", cfg->state_dir }, { "quarantine_dir", cfg->quarantine_dir },
+	};
+	struct passwd *pw = NULL;
+	int ret = 0;
+
+	if (cfg->run_user[0] != '\0') {
+		pw = getpwnam(cfg->run_user);
+		if (pw == NULL) {
+			log_msg(LOG_LEVEL_ERR, "%s: user = \"%s\": no such user", cfg->path, cfg->run_user);
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
+		struct stat st;
+
+		if (dirs[i].path[0] == '\0')
+			continue;
+		if (stat(dirs[i].path, &st) < 0) {
+			if (errno != ENOENT) {
+				log_errno(LOG_LEVEL_ERR, "%s %s", dirs[i].name, dirs[i].path);
+				ret = -1;
+			} else if (!check_only &&
+				   core_mkdir_owned(dirs[i].path, at_start ? pw : NULL) < 0) {
+				ret = -1;
+			}
+			continue;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			log_msg(LOG_LEVEL_ERR, "%s %s is not a directory", dirs[i].name, dirs[i].path);
+			ret = -1;
+			continue;
+		}
+		uid_t want = pw != NULL ? pw->pw_uid : geteuid();
+		if (st.st_uid != want) {
+			log_msg(LOG_LEVEL_ERR, "%s %s belongs to uid %u, not to %s (uid %u): chown it, or "
+				"choose a directory of its own", dirs[i].name, dirs[i].path,
+				(unsigned)st.st_uid, pw != NULL ? pw->pw_name : "the daemon's user",
+				(unsigned)want);
+			ret = -1;
+		} else if (st.st_mode & S_IWOTH) {
+			log_msg(LOG_LEVEL_ERR, "%s %s is writable by everyone (mode %04o): chmod o-w",
+				dirs[i].name, dirs[i].path, (unsigned)(st.st_mode & 07777));
+			ret = -1;
+		} else if (st.st_mode & S_IROTH) {
+			log_msg(LOG_LEVEL_WARN, "%s %s is readable by everyone (mode %04o); mail is "
+				"private: chmod o-rwx", dirs[i].name, dirs[i].path,
+				(unsigned)(st.st_mode & 07777));
+		}
+	}
+	return ret;
+}
+
+/*
+ * What a reload or a user lookup reads later has to be readable by the run
+ * user now, or the first reload (and every RCPT after the passwd-file
+ * changes) would fail long after start. Run after dropping privileges.
+ */
+static int
+core_check_readable(const struct mx_config *cfg)
+{
+	const char *const files[] = { cfg->path, cfg->passwd_file, cfg->tls_cert, cfg->tls_key };
+	int ret = 0;
+
+	for (size_t i = 0; i < N_ELEMENTS(files); i++) {
+		if (files[i][0] != '\0' && access(files[i], R_OK) < 0 && errno != ENOENT) {
+			log_errno(LOG_LEVEL_ERR, "%s is not readable as user \"%s\" (needed for "
+				  "reloads and user lookups)", files[i], cfg->run_user);
+			ret = -1;
+		}
+	}
+	return ret;
+}
+
+/* `-t` as root with a run user: the readability check in a child that has
+ * dropped privileges like the daemon will. */
+static int
+core_check_readable_as_user(const struct mx_config *cfg)
+{
+	pid_t pid;
+	int status;
+
+	if (cfg->run_user[0] == '\0' || geteuid() != 0)
+		return 0;
+	pid = fork();
+	if (pid < 0) {
+		log_errno(LOG_LEVEL_ERR, "fork");
+		return -1;
+	}
+	if (pid == 0) {
+		struct passwd *pw = getpwnam(cfg->run_user);
+		if (pw == NULL || initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+		    setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+			_exit(2);
+		_exit(core_check_readable(cfg) < 0 ? 1 : 0);
+	}
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return -1;
+	}
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+/* The pid file is locked for the life of the process: a second daemon on
+ * the same state_dir refuses to start (SO_REUSEPORT would otherwise let it
+ * share our ports). Returns the locked fd, -1 on error, -2 without one. */
+static int
+core_lock_pidfile(const struct mx_config *cfg, char **path_r)
+{
+	char *path;
+	int fd;
+
+	*path_r = NULL;
+	if (cfg->state_dir[0] == '\0')
+		return -2;
+	path = xasprintf("%s/mxguard.pid", cfg->state_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		log_errno(LOG_LEVEL_ERR, "cannot open pid file %s", path);
+		free(path);
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		char buf[32] = "";
+		ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		log_msg(LOG_LEVEL_ERR, "another mxguard is running with state_dir %s (pid %s)",
+			cfg->state_dir, buf[0] ? buf : "?");
+		close(fd);
+		free(path);
+		return -1;
+	}
+	*path_r = path;
+	return fd;
+}
+
+static void
+core_write_pid(int fd)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+
+	if (fd < 0)
+		return;
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		log_errno(LOG_LEVEL_WARN, "cannot write the pid file");
+}
+
+int
+core_check(const struct core_app *app, const char *config_path)
+{
+	char *error = NULL;
+	struct server_state *st = core_build_state(app, config_path, &error);
+	int ret = 0;
+
+	if (st == NULL) {
+		fprintf(stderr, "%s\n", error);
+		free(error);
+		return 1;
+	}
+	const struct mx_config *cfg = app->state_config(st);
+	/* the same checks start-up makes, short of binding and creating */
+	if (core_make_dirs(cfg, true, true) < 0 || core_check_readable_as_user(cfg) < 0)
+		ret = 1;
+	if (ret == 0)
+		printf("%s: ok (%zu listener(s), %zu local domain(s), %zu stage(s))\n", config_path,
+		       cfg->n_listeners, cfg->n_local_domains, cfg->pipeline.n_stages);
+	app->state_unref(&st);
+	return ret;
+}
+
+static int
+core_start_loops(struct core *core)
+{
+	for (unsigned i = 0; i < core->n_loops; i++) {
+		struct core_loop *loop = &core->loops[i];
+
+		for (size_t j = 0; j < core->n_listeners; j++) {
+			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
+							  LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_CLOSE_ON_FREE,
+							  -1, core->listeners[j].fds[i]);
+			if (loop->evl[j] == NULL) {
+				log_msg(LOG_LEVEL_ERR, "evconnlistener_new failed");
+				return -1;
+			}
+			evconnlistener_set_error_cb(loop->evl[j], loop_accept_error_cb);
+		}
+		/* the first state is installed before the thread runs */
+		if (loop_install(loop, core->app->state_ref(core->state)) < 0)
+			return -1;
+	}
+	for (unsigned i = 0; i < core->n_loops; i++) {
+		if (pthread_create(&core->loops[i].thread, NULL, loop_main, &core->loops[i]) != 0) {
+			log_errno(LOG_LEVEL_ERR, "pthread_create");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+core_free(struct core *core)
+{
+	for (unsigned i = 0; core->loops != NULL && i < core->n_loops; i++) {
+		struct core_loop *loop = &core->loops[i];
+		for (size_t j = 0; j < core->n_listeners; j++) {
+			if (loop->evl != NULL && loop->evl[j] != NULL)
+				evconnlistener_free(loop->evl[j]);
+		}
+		free(loop->evl);
+		if (loop->ev_push != NULL)
+			event_free(loop->ev_push);
+		if (loop->ev_shutdown != NULL)
+			event_free(loop->ev_shutdown);
+		if (loop->ev_exit != NULL)
+			event_free(loop->ev_exit);
+		if (loop->base != NULL)
+			event_base_free(loop->base);
+		pthread_mutex_destroy(&loop->push_lock);
+	}
+	for (size_t j = 0; j < core->n_listeners; j++) {
+		free(core->listeners[j].name);
+		free(core->listeners[j].address);
+		free(core->listeners[j].fds);
+	}
+	free(core->listeners);
+	free(core->loops);
+	workers_destroy(&core->workers);
+	if (core->state != NULL)
+		core->app->state_unref(&core->state);
+	free(core->config_path);
+	while (core->conn_counts != NULL) {
+		struct conn_count *c = core->conn_counts;
+		core->conn_counts = c->next;
+		free(c);
+	}
+}
+
+/* ------------------------------------------------------- standalone */
+
+struct core_loop *
+core_loop_standalone(const struct core_app *app, struct server_state *st,
+		     struct event_base *base, struct workers *workers)
+{
+	struct core *core = xcalloc(1, sizeof(*core));
+	struct core_loop *loop;
+
+	core->app = app;
+	core->workers = workers;
+	pthread_mutex_init(&core->state_lock, NULL);
+	pthread_mutex_init(&core->conn_lock, NULL);
+	core->state = app->state_ref(st);
+	core->n_listeners = app->n_services;
+	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		core->listeners[i].name = xstrdup(app->services[i].name);
+		core->listeners[i].address = xstrdup("standalone");
+		core->listeners[i].service = &app->services[i];
+	}
+	core->n_loops = 1;
+	core->loops = loop = xcalloc(1, sizeof(*loop));
+	loop->core = core;
+	loop->base = base;
+	pthread_mutex_init(&loop->push_lock, NULL);
+	if (loop_install(loop, app->state_ref(st)) < 0) {
+		core->loops = NULL;
+		free(loop);
+		core_free(core);
+		free(core);
+		return NULL;
+	}
+	return loop;
+}
+
+int
+core_loop_adopt(struct core_loop *loop, int fd, const char *protocol)
+{
+	struct core *core = loop->core;
+	struct sockaddr_in sin;
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(12345);
+	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		if (strcmp(core->listeners[i].service->name, protocol) == 0) {
+			conn_begin(conn_new(loop, &core->listeners[i], fd,
+					    (const struct sockaddr *)&sin));
+			return 0;
+		}
+	}
+	return -1;
+}
+
+size_t
+core_loop_conn_count(const struct core_loop *loop)
+{
+	return (size_t)atomic_load(&loop->core->n_conns);
+}
+
+void
+core_loop_standalone_free(struct core_loop **loopp)
+{
+	struct core_loop *loop = *loopp;
+	struct core *core;
+
+	*loopp = NULL;
+	if (loop == NULL)
+		return;
+	core = loop->core;
+	conn_drop_all(loop, "standalone_end");
+	loop_push_cb(-1, 0, loop);
+	loop->current = NULL;
+	while (loop->states != NULL)
+		loop_state_maybe_free(loop, loop->states);
+	loop->base = NULL;      /* the caller's */
+	core->workers = NULL;   /* the caller's */
+	core_free(core);
+	free(core);
+}
+
+int
+core_run(const struct core_app *app, const char *config_path, bool foreground)
+{
+	struct core core;
+	struct main_ctx m;
+	char *error = NULL, *pidpath = NULL;
+	int pidfd;
+
+	memset(&core, 0, sizeof(core));
+	memset(&m, 0, sizeof(m));
+	core.app = app;
+	core.config_path = xstrdup(config_path);
+	core.foreground = foreground;
+	pthread_mutex_init(&core.state_lock, NULL);
+	pthread_mutex_init(&core.conn_lock, NULL);
+
+	/* errors up to the detach go to stderr (log_open comes after) */
+	if (evthread_use_pthreads() != 0) {
+		log_msg(LOG_LEVEL_ERR, "libevent threading support missing");
+		return 1;
+	}
+	core.state = core_build_state(app, config_path, &error);
+	if (core.state == NULL) {
+		log_msg(LOG_LEVEL_ERR, "%s", error);
+		free(error);
+		return 1;
+	}
+	const struct mx_config *cfg = app->state_config(core.state);
+	log_set_level(cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+
+	long n = cfg->threads;
+	if (n == 0) {
+		long cores = sysconf(_SC_NPROCESSORS_ONLN);
+		n = cores > 0 ? cores : 1;
+	}
+	core.n_loops = (unsigned)n;
+	core.loops = xcalloc(core.n_loops, sizeof(*core.loops));
+
+	if (core_make_dirs(cfg, true, false) < 0)
+		return 1;
+	pidfd = core_lock_pidfile(cfg, &pidpath);
+	if (pidfd == -1)
+		return 1;
+	if (core_bind(&core, cfg) < 0)
+		return 1;
+	if (core_drop_privileges(cfg->run_user) < 0)
+		return 1;
+	if (cfg->run_user[0] != '\0' && core_check_readable(cfg) < 0)
+		return 1;
+	if (!foreground) {
+		if (daemon(1, 0) < 0) {
+			log_errno(LOG_LEVEL_ERR, "daemon");
+			return 1;
+		}
+		log_open(app->ident, false, cfg->log_level);
+	}
+	core_write_pid(pidfd);
+
+	core.workers = workers_create((unsigned)cfg->workers, 0, 0);
+	for (unsigned i = 0; i < core.n_loops; i++) {
+		struct core_loop *loop = &core.loops[i];
+		loop->core = &core;
+		loop->index = i;
+		pthread_mutex_init(&loop->push_lock, NULL);
+		loop->base = event_base_new();
+		if (loop->base == NULL) {
+			log_msg(LOG_LEVEL_ERR, "event_base_new failed");
+			return 1;
+		}
+		loop->evl = xcalloc(core.n_listeners, sizeof(*loop->evl));
+		loop->ev_push = event_new(loop->base, -1, 0, loop_push_cb, loop);
+		loop->ev_shutdown = event_new(loop->base, -1, 0, loop_shutdown_cb, loop);
+		loop->ev_exit = event_new(loop->base, -1, 0, loop_exit_cb, loop);
+	}
+	if (core_start_loops(&core) < 0)
+		return 1;
+	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
+		PACKAGE_VERSION, core.n_loops, cfg->workers, config_path);
+
+	m.core = &core;
+	m.base = event_base_new();
+	m.ev_term = evsignal_new(m.base, SIGTERM, main_signal_cb, &m);
+	m.ev_int = evsignal_new(m.base, SIGINT, main_signal_cb, &m);
+	m.ev_hup = evsignal_new(m.base, SIGHUP, main_signal_cb, &m);
+	event_add(m.ev_term, NULL);
+	event_add(m.ev_int, NULL);
+	event_add(m.ev_hup, NULL);
+	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
+
+	/* sessions are done (or the deadline passed): stop the loops */
+	for (unsigned i = 0; i < core.n_loops; i++)
+		event_active(core.loops[i].ev_exit, EV_TIMEOUT, 0);
+	for (unsigned i = 0; i < core.n_loops; i++)
+		pthread_join(core.loops[i].thread, NULL);
+	if (pidpath != NULL) {
+		(void)unlink(pidpath);
+		free(pidpath);
+	}
+	if (atomic_load(&core.n_jobs) != 0) {
+		/* deliveries still running own their transactions: leave without
+		 * tearing anything down; nothing unacknowledged is lost by this */
+		log_msg(LOG_LEVEL_INFO, "stopped (forced)");
+		_exit(0);
+	}
+	event_free(m.ev_term);
+	event_free(m.ev_int);
+	event_free(m.ev_hup);
+	if (m.ev_wait != NULL)
+		event_free(m.ev_wait);
+	event_base_free(m.base);
+	core_free(&core);
+	if (pidfd >= 0)
+		close(pidfd);
+	log_msg(LOG_LEVEL_INFO, "stopped");
+	return 0;
+}

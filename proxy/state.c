@@ -1,0 +1,89 @@
+/*
+ * state.c — the daemon's shared state and what the core is told about it.
+ *
+ * A server_state bundles the config, the pipeline built from it, the user
+ * database and the TLS context. It is built completely (or not at all) at
+ * start, at every reload and by `mxguard -t`, and is reference-counted:
+ * sessions and deliveries finish with the state they started with.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+
+#include <openssl/ssl.h>
+
+#include "proxy/proxy.h"
+
+struct server_state *
+server_state_build(const char *config_path, char **error_r)
+{
+	struct server_state *st = xcalloc(1, sizeof(*st));
+
+	atomic_init(&st->refcount, 1);
+	if (config_load(config_path, &st->cfg, error_r) < 0)
+		goto fail;
+	if (pipeline_create(st->cfg, &st->pipeline, error_r) < 0)
+		goto fail;
+	if (userdb_open(st->cfg->passwd_file, &st->userdb, error_r) < 0)
+		goto fail;
+	if (st->cfg->tls_cert[0] != '\0') {
+		st->ssl_ctx = tls_server_ctx_new(st->cfg->tls_cert, st->cfg->tls_key, error_r);
+		if (st->ssl_ctx == NULL)
+			goto fail;
+	}
+	return st;
+fail:
+	server_state_unref(&st);
+	return NULL;
+}
+
+struct server_state *
+server_state_ref(struct server_state *st)
+{
+	atomic_fetch_add(&st->refcount, 1);
+	return st;
+}
+
+void
+server_state_unref(struct server_state **stp)
+{
+	struct server_state *st = *stp;
+
+	*stp = NULL;
+	if (st == NULL || atomic_fetch_sub(&st->refcount, 1) != 1)
+		return;
+	if (st->ssl_ctx != NULL)
+		SSL_CTX_free(st->ssl_ctx);
+	userdb_close(&st->userdb);
+	pipeline_unref(&st->pipeline);
+	config_unref(&st->cfg);
+	free(st);
+}
+
+static const struct mx_config *
+state_config(const struct server_state *st)
+{
+	return st->cfg;
+}
+
+static SSL_CTX *
+state_tls(const struct server_state *st)
+{
+	return st->ssl_ctx;
+}
+
+/* The services listeners can name with `protocol = ...`: one row each. */
+static const struct service services[] = {
+	{ "smtp", smtp_service_accept },
+};
+
+const struct core_app mxguard_app = {
+	.ident = "mxguard",
+	.services = services,
+	.n_services = N_ELEMENTS(services),
+	.state_build = server_state_build,
+	.state_ref = server_state_ref,
+	.state_unref = server_state_unref,
+	.state_config = state_config,
+	.state_tls = state_tls,
+};
