@@ -23,9 +23,24 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <confuse.h>
 
 #include "lib/lib.h"
+
+/* The default paths follow the directories given to configure; Makefile.am
+ * passes them (a build outside it gets the FHS ones). */
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#ifndef LOCALSTATEDIR
+#define LOCALSTATEDIR "/var"
+#endif
+#ifndef RUNSTATEDIR
+#define RUNSTATEDIR "/run"
+#endif
 
 #define OFF(field) offsetof(struct mx_config, field)
 #define LOFF(field) offsetof(struct listen_config, field)
@@ -41,13 +56,13 @@ const struct setting_def settings_table[] = {
 	  "drop privileges to this user after binding (\"\" = stay)" },
 	{ NULL, "log_level", SETTING_STR, "info", 0, 0, 0, 0,
 	  "err, warn, info or debug" },
-	{ NULL, "mail_root", SETTING_STR, "/var/lib/mxguard/mail", 0, 0, OFF(mail_root), SETTING_F_PATH,
+	{ NULL, "mail_root", SETTING_STR, LOCALSTATEDIR "/lib/mxguard/mail", 0, 0, OFF(mail_root), SETTING_F_PATH,
 	  "root of the Maildir store: <mail_root>/<domain>/<user>/" },
-	{ NULL, "spool_dir", SETTING_STR, "/var/spool/mxguard", 0, 0, OFF(spool_dir), SETTING_F_PATH,
+	{ NULL, "spool_dir", SETTING_STR, LOCALSTATEDIR "/spool/mxguard", 0, 0, OFF(spool_dir), SETTING_F_PATH,
 	  "where large message bodies are spooled while received" },
-	{ NULL, "state_dir", SETTING_STR, "/run/mxguard", 0, 0, OFF(state_dir), SETTING_F_PATH,
+	{ NULL, "state_dir", SETTING_STR, RUNSTATEDIR "/mxguard", 0, 0, OFF(state_dir), SETTING_F_PATH,
 	  "runtime state (pid file)" },
-	{ NULL, "passwd_file", SETTING_STR, "/etc/mxguard/passwd", 0, 0, OFF(passwd_file), SETTING_F_PATH,
+	{ NULL, "passwd_file", SETTING_STR, SYSCONFDIR "/mxguard/passwd", 0, 0, OFF(passwd_file), SETTING_F_PATH,
 	  "users: user@domain:{CRYPT}hash lines (mxguardctl manages it)" },
 	{ NULL, "local_domains", SETTING_STRLIST, "{}", 0, 0, OFF(local_domains), 0,
 	  "domains mail is accepted for (at least one); nothing else is relayed" },
@@ -59,8 +74,10 @@ const struct setting_def settings_table[] = {
 	  "message with a bare LF: reject (550 5.6.0 at end of DATA) or accept" },
 	{ NULL, "junk_folder", SETTING_STR, "Junk", 0, 0, OFF(junk_folder), 0,
 	  "Maildir++ folder for mail scored at or above pipeline.junk_score" },
-	{ NULL, "quarantine_dir", SETTING_STR, "/var/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
+	{ NULL, "quarantine_dir", SETTING_STR, LOCALSTATEDIR "/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
 	  "Maildir that holds quarantined mail" },
+	{ NULL, "postmaster", SETTING_STR, "", 0, 0, OFF(postmaster), 0,
+	  "mailbox (user@local.domain) that receives postmaster@ every local domain (\"\" = first user of a local domain)" },
 
 	{ "listen", "address", SETTING_STR, "127.0.0.1:2525", 0, 0, LOFF(address), 0,
 	  "host:port or [v6]:port to listen on (section title names the listener)" },
@@ -72,9 +89,9 @@ const struct setting_def settings_table[] = {
 	{ "limits", "line_max", SETTING_INT, "1000", 512, 65536, OFF(limits.line_max), 0,
 	  "SMTP command line length in octets, CRLF included" },
 	{ "limits", "message_size_max", SETTING_INT, "26214400", 1024, 2147483647L, OFF(limits.message_size_max), 0,
-	  "largest message in octets (advertised with SIZE)" },
+	  "largest message in octets as sent, CRLF counted (advertised with SIZE)" },
 	{ "limits", "recipients_max", SETTING_INT, "100", 100, 100000, OFF(limits.recipients_max), 0,
-	  "recipients per message; more get 452 4.5.3" },
+	  "accepted RCPT commands per message (repeats count); more get 452 4.5.3" },
 	{ "limits", "commands_max", SETTING_INT, "100", 10, 100000, OFF(limits.commands_max), 0,
 	  "commands that move no mail (NOOP, RSET, VRFY, HELP...) before the next MAIL" },
 	{ "limits", "errors_max", SETTING_INT, "10", 1, 1000, OFF(limits.errors_max), 0,
@@ -93,6 +110,8 @@ const struct setting_def settings_table[] = {
 	  "seconds SIGTERM waits for transactions in flight" },
 	{ "limits", "spill_threshold", SETTING_INT, "1048576", 4096, 1073741824L, OFF(limits.spill_threshold), 0,
 	  "body octets kept in memory; larger bodies go to spool_dir" },
+	{ "limits", "data_line_max", SETTING_INT, "65536", 1000, 1073741824L, OFF(limits.data_line_max), 0,
+	  "longest line of message data in octets, CRLF included; longer: 550 5.6.0 at end of DATA" },
 
 	{ "pipeline", "stages", SETTING_STRLIST, "{}", 0, 0, OFF(pipeline.stages), 0,
 	  "filter stages in the order they run; each has a section named after it" },
@@ -151,6 +170,20 @@ setting_find(const char *section, const char *name)
 	}
 	return NULL;
 }
+
+/* What one load collects while libconfuse parses: the first error with its
+ * file and line, and the line each top-level setting was set on. */
+struct config_errors {
+	char *first;
+	cfg_t *root;
+	const char *path;
+	int *lines; /* settings_table_count entries, 0 = left at its default */
+	/* the line of each listen section's address (cfg_t->line of a section
+	 * is where it ends once parsed) */
+	struct { cfg_t *sec; int line; } *addr_lines;
+	size_t n_addr_lines;
+};
+static __thread struct config_errors *current_errors;
 
 /* Called by libconfuse for every integer value while parsing: bounds. */
 static int
@@ -246,6 +279,37 @@ config_validate_list(cfg_t *cfg, cfg_opt_t *opt)
 	return 0;
 }
 
+/* Every value of the table passes here while it is parsed (cfg->line is
+ * then the value's line): remember where top-level settings were set, and
+ * check the value. */
+static int
+config_validate(cfg_t *cfg, cfg_opt_t *opt)
+{
+	if (current_errors != NULL && current_errors->lines != NULL &&
+	    strcmp(cfg->name, "root") == 0) {
+		const struct setting_def *s = setting_find(NULL, opt->name);
+		if (s != NULL)
+			current_errors->lines[s - settings_table] = cfg->line;
+	}
+	if (current_errors != NULL && strcmp(cfg->name, "listen") == 0 &&
+	    strcmp(opt->name, "address") == 0) {
+		struct config_errors *e = current_errors;
+		e->addr_lines = xrealloc(e->addr_lines, (e->n_addr_lines + 1) * sizeof(*e->addr_lines));
+		e->addr_lines[e->n_addr_lines].sec = cfg;
+		e->addr_lines[e->n_addr_lines].line = cfg->line;
+		e->n_addr_lines++;
+	}
+	switch (opt->type) {
+	case CFGT_INT:
+		return config_validate_int(cfg, opt);
+	case CFGT_STR:
+		return (opt->flags & CFGF_LIST) ? config_validate_list(cfg, opt)
+						: config_validate_choice(cfg, opt);
+	default:
+		return 0;
+	}
+}
+
 static cfg_opt_t
 config_make_opt(const struct setting_def *s)
 {
@@ -255,7 +319,6 @@ config_make_opt(const struct setting_def *s)
 	switch (s->type) {
 	case SETTING_INT:
 		o = (cfg_opt_t)CFG_INT(s->name, strtol(s->def, NULL, 10), CFGF_NONE);
-		o.validcb = config_validate_int;
 		break;
 	case SETTING_FLOAT:
 		o = (cfg_opt_t)CFG_FLOAT(s->name, strtod(s->def, NULL), CFGF_NONE);
@@ -265,22 +328,32 @@ config_make_opt(const struct setting_def *s)
 		break;
 	case SETTING_STR:
 		o = (cfg_opt_t)CFG_STR(s->name, (char *)s->def, CFGF_NONE);
-		o.validcb = config_validate_choice;
 		break;
 	case SETTING_STRLIST:
 		o = (cfg_opt_t)CFG_STR_LIST(s->name, (char *)s->def, CFGF_NONE);
-		o.validcb = config_validate_list;
 		break;
 	}
+	o.validcb = config_validate;
 	return o;
 }
 
 /* Build the whole option tree. The arrays are allocated once per load and
- * freed with the config (libconfuse keeps pointers into them). */
+ * freed with the config (libconfuse keeps pointers into them): one for the
+ * top level and one per table section, however many there are. */
 struct opt_arrays {
-	cfg_opt_t *arrays[8];
-	size_t n;
+	cfg_opt_t **arrays;
+	size_t n, cap;
 };
+
+static void
+opt_arrays_add(struct opt_arrays *keep, cfg_opt_t *opts)
+{
+	if (keep->n == keep->cap) {
+		keep->cap = keep->cap == 0 ? 8 : keep->cap * 2;
+		keep->arrays = xrealloc(keep->arrays, keep->cap * sizeof(*keep->arrays));
+	}
+	keep->arrays[keep->n++] = opts;
+}
 
 static cfg_opt_t *
 config_build_section_opts(const char *section, struct opt_arrays *keep)
@@ -298,7 +371,7 @@ config_build_section_opts(const char *section, struct opt_arrays *keep)
 		opts[n++] = config_make_opt(s);
 	}
 	opts[n] = end;
-	keep->arrays[keep->n++] = opts;
+	opt_arrays_add(keep, opts);
 	return opts;
 }
 
@@ -325,13 +398,6 @@ config_build_opts(struct opt_arrays *keep)
 
 /* libconfuse reports through this; we keep the first message with its
  * file and line. */
-struct config_errors {
-	char *first;
-	cfg_t *root;
-	const char *path;
-};
-static __thread struct config_errors *current_errors;
-
 static void
 config_errfunc(cfg_t *cfg, const char *fmt, va_list ap)
 {
@@ -413,8 +479,11 @@ config_read_stripped(const char *path, int *open_brace_line_r)
 		} else if (c == '}') {
 			depth--;
 		} else if (c == '#' || (c == '/' && i + 1 < len && buf[i + 1] == '/')) {
-			while (i < len && buf[i] != '\n')
+			/* blank up to the newline but leave i before it, so the
+			 * loop's own step sees the newline and counts the line */
+			while (i + 1 < len && buf[i + 1] != '\n')
 				buf[i++] = ' ';
+			buf[i] = ' ';
 		} else if (c == '/' && i + 1 < len && buf[i + 1] == '*') {
 			buf[i] = buf[i + 1] = ' ';
 			for (i += 2; i < len; i++) {
@@ -499,11 +568,20 @@ config_store_section(cfg_t *sec, const char *section, void *base)
 	}
 }
 
+/* The option arrays must outlive c->cfg; they hang off the config, as do
+ * the lines the top-level settings were read from. */
+struct config_private {
+	struct mx_config pub;
+	struct opt_arrays *keep;
+	int *lines; /* per settings_table row; 0 = default */
+};
+
 static void
-config_free(struct mx_config *c, struct opt_arrays *keep)
+config_free(struct config_private *priv)
 {
-	if (c == NULL)
-		return;
+	struct mx_config *c = &priv->pub;
+	struct opt_arrays *keep = priv->keep;
+
 	for (size_t i = 0; i < settings_table_count; i++) {
 		const struct setting_def *s = &settings_table[i];
 		if (s->section != NULL && strcmp(s->section, "listen") == 0)
@@ -532,16 +610,122 @@ config_free(struct mx_config *c, struct opt_arrays *keep)
 	if (keep != NULL) {
 		for (size_t i = 0; i < keep->n; i++)
 			free(keep->arrays[i]);
+		free(keep->arrays);
 		free(keep);
 	}
-	free(c);
+	free(priv->lines);
+	free(priv);
 }
 
-/* The option arrays must outlive c->cfg; they hang off the config. */
-struct config_private {
-	struct mx_config pub;
-	struct opt_arrays *keep;
+int
+config_setting_line(const struct mx_config *cfg, const char *name)
+{
+	const struct config_private *priv = (const struct config_private *)(const void *)cfg;
+	const struct setting_def *s = setting_find(NULL, name);
+
+	return s != NULL && priv->lines != NULL ? priv->lines[s - settings_table] : 0;
+}
+
+/* One listening address, reduced to what decides whether two binds clash:
+ * IPv4 as v4-mapped IPv6; "*" / "[::]" are bound dual-stack by net_listen,
+ * so they cover every address, and 0.0.0.0 covers every IPv4 address. */
+struct bind_key {
+	unsigned char addr[16];
+	uint16_t port;
+	bool any_v6, any_v4;
 };
+
+/* postmaster = "local@domain": a plain local part (no quotes, no routing
+ * characters) in one of the local domains, stored in lower case. */
+static int
+config_check_postmaster(struct mx_config *c, char **error_r)
+{
+	char *at;
+
+	str_lower(c->postmaster);
+	at = strchr(c->postmaster, '@');
+	if (at == NULL || at == c->postmaster || at[1] == '\0' || c->postmaster[0] == '.' ||
+	    at[-1] == '.' || strstr(c->postmaster, "..") != NULL ||
+	    strspn(c->postmaster, "abcdefghijklmnopqrstuvwxyz0123456789.-_+=") !=
+	    (size_t)(at - c->postmaster) || at - c->postmaster > 64) {
+		*error_r = xasprintf("%s: postmaster = \"%s\" is not a mailbox (user@domain)",
+				     c->path, c->postmaster);
+		return -1;
+	}
+	if (!config_is_local_domain(c, at + 1)) {
+		*error_r = xasprintf("%s: postmaster = \"%s\": %s is not in local_domains "
+				     "(mxguard delivers only to local mailboxes)", c->path,
+				     c->postmaster, at + 1);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+config_bind_key(const char *address, struct bind_key *k)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	const char *err;
+
+	memset(k, 0, sizeof(*k));
+	if (net_parse_address(address, &ss, &len, &err) < 0)
+		return; /* cannot happen: the address was validated while parsing */
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&ss;
+		k->addr[10] = k->addr[11] = 0xff;
+		memcpy(k->addr + 12, &sin->sin_addr, 4);
+		k->port = ntohs(sin->sin_port);
+		k->any_v4 = sin->sin_addr.s_addr == htonl(INADDR_ANY);
+	} else {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)&ss;
+		memcpy(k->addr, &sin6->sin6_addr, 16);
+		k->port = ntohs(sin6->sin6_port);
+		k->any_v6 = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr);
+		k->any_v4 = IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) &&
+			    memcmp(k->addr + 12, "\0\0\0\0", 4) == 0;
+	}
+}
+
+static bool
+config_binds_clash(const struct bind_key *a, const struct bind_key *b)
+{
+	static const unsigned char v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+	if (a->port != b->port)
+		return false;
+	if (a->any_v6 || b->any_v6 || memcmp(a->addr, b->addr, 16) == 0)
+		return true;
+	if (a->any_v4 && memcmp(b->addr, v4mapped, 12) == 0)
+		return true;
+	return b->any_v4 && memcmp(a->addr, v4mapped, 12) == 0;
+}
+
+/* Two listeners whose binds would clash: the second one is named. */
+static int
+config_check_listeners(const struct mx_config *c, char **error_r)
+{
+	struct bind_key *keys = xcalloc(c->n_listeners, sizeof(*keys));
+	int ret = 0;
+
+	for (size_t i = 0; i < c->n_listeners && ret == 0; i++) {
+		const struct listen_config *l = &c->listeners[i];
+		config_bind_key(l->address, &keys[i]);
+		for (size_t j = 0; j < i; j++) {
+			const struct listen_config *first = &c->listeners[j];
+			if (!config_binds_clash(&keys[j], &keys[i]))
+				continue;
+			*error_r = xasprintf("%s:%d: listen %s: address \"%s\" overlaps listen %s "
+					     "(\"%s\", line %d): both cannot be bound",
+					     c->path, l->line, l->name, l->address, first->name,
+					     first->address, first->line);
+			ret = -1;
+			break;
+		}
+	}
+	free(keys);
+	return ret;
+}
 
 static int
 config_check(struct mx_config *c, char **error_r)
@@ -563,6 +747,8 @@ config_check(struct mx_config *c, char **error_r)
 		*error_r = xasprintf("%s: at least one listen section is needed", c->path);
 		return -1;
 	}
+	if (config_check_listeners(c, error_r) < 0)
+		return -1;
 	if ((c->tls_cert[0] == '\0') != (c->tls_key[0] == '\0')) {
 		*error_r = xasprintf("%s: tls_cert and tls_key must be set together", c->path);
 		return -1;
@@ -583,6 +769,8 @@ config_check(struct mx_config *c, char **error_r)
 		*error_r = xasprintf("%s: junk_folder \"%s\" is not a folder name", c->path, c->junk_folder);
 		return -1;
 	}
+	if (c->postmaster[0] != '\0' && config_check_postmaster(c, error_r) < 0)
+		return -1;
 	if (c->mail_root[0] == '\0' || c->spool_dir[0] == '\0' || c->passwd_file[0] == '\0') {
 		*error_r = xasprintf("%s: mail_root, spool_dir and passwd_file must be set", c->path);
 		return -1;
@@ -600,6 +788,7 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 	int ret;
 
 	priv->keep = xcalloc(1, sizeof(*priv->keep));
+	priv->lines = xcalloc(settings_table_count, sizeof(*priv->lines));
 	*cfg_r = NULL;
 	*error_r = NULL;
 	c->refcount = 1;
@@ -621,6 +810,7 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 	}
 	errs.root = cfg;
 	errs.path = path;
+	errs.lines = priv->lines;
 	current_errors = &errs;
 	ret = cfg_parse_buf(cfg, text);
 	current_errors = NULL;
@@ -630,6 +820,7 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 		goto fail;
 	}
 	free(errs.first);
+	errs.first = NULL;
 
 	config_store_section(cfg, NULL, c);
 	config_store_section(cfg_getsec(cfg, "limits"), "limits", c);
@@ -644,6 +835,11 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 		c->listeners[i].address = xstrdup(cfg_getstr(l, "address"));
 		c->listeners[i].protocol = xstrdup(cfg_getstr(l, "protocol"));
 		c->listeners[i].implicit_tls = strcmp(cfg_getstr(l, "tls"), "implicit") == 0;
+		c->listeners[i].line = l->line;
+		for (size_t j = 0; j < errs.n_addr_lines; j++) {
+			if (errs.addr_lines[j].sec == l)
+				c->listeners[i].line = errs.addr_lines[j].line;
+		}
 	}
 	if (c->hostname[0] == '\0') {
 		char host[256];
@@ -655,10 +851,12 @@ config_load(const char *path, struct mx_config **cfg_r, char **error_r)
 	}
 	if (config_check(c, error_r) < 0)
 		goto fail;
+	free(errs.addr_lines);
 	*cfg_r = c;
 	return 0;
 fail:
-	config_free(c, priv->keep);
+	free(errs.addr_lines);
+	config_free(priv);
 	return -1;
 }
 
@@ -679,7 +877,7 @@ config_unref(struct mx_config **cfgp)
 		return;
 	if (__atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
-	config_free(c, ((struct config_private *)(void *)c)->keep);
+	config_free((struct config_private *)(void *)c);
 }
 
 bool

@@ -41,6 +41,8 @@ void dot_reader_init(struct dot_reader *r)
 	r->size = 0;
 	r->bare_lf = 0;
 	r->bare_cr = 0;
+	r->line_len = 0;
+	r->longest_line = 0;
 	r->done = false;
 }
 
@@ -125,6 +127,14 @@ bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
 		}
 	}
 out:
+	/* line lengths over the octets as sent (dot-stuffing, CR and LF
+	 * counted), lines ending at every LF: no line is ever held anywhere */
+	for (size_t k = 0; k < i; k++) {
+		if (++r->line_len > r->longest_line)
+			r->longest_line = r->line_len;
+		if (in[k] == '\n')
+			r->line_len = 0;
+	}
 	r->state = state;
 	r->size += o;
 	*consumed = i;

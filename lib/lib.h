@@ -57,6 +57,7 @@ struct listen_config {
 	char *address; /* "127.0.0.1:2525", "[::1]:2525" */
 	char *protocol; /* the service that speaks on it ("smtp") */
 	bool implicit_tls;
+	int line; /* line of its address (or of its end, when left at the default) */
 };
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
@@ -76,6 +77,7 @@ struct limits_config {
 	long timeout_data;
 	long timeout_shutdown;
 	long spill_threshold;      /* octets of body kept in memory */
+	long data_line_max;        /* longest message line, octets incl. CRLF */
 };
 
 struct pipeline_config {
@@ -104,6 +106,9 @@ struct mx_config {
 	enum bare_lf_policy bare_lf;
 	char *junk_folder;      /* Maildir++ folder name, e.g. "Junk" */
 	char *quarantine_dir;   /* Maildir holding quarantined mail */
+	char *postmaster;       /* mailbox "local@domain" for postmaster@<each
+				 * local domain>; "" = the first passwd-file
+				 * user of a local domain (proxy/server.c) */
 	struct listen_config *listeners;
 	size_t n_listeners;
 	struct limits_config limits;
@@ -137,6 +142,9 @@ int config_load(const char *path, struct mx_config **cfg_r, char **error_r);
 struct mx_config *config_ref(struct mx_config *cfg);
 void config_unref(struct mx_config **cfg);
 bool config_is_local_domain(const struct mx_config *cfg, const char *domain);
+/* The line of cfg->path a top-level setting (e.g. "tls_cert") was set on;
+ * 0 when it was left at its default or is not a top-level setting. */
+int config_setting_line(const struct mx_config *cfg, const char *name);
 
 /* Stages add their own section options before config_load() runs; the
  * filters registry calls this once at start. opts is copied by reference. */
@@ -207,8 +215,10 @@ const char *smtp_verb_name(enum smtp_verb verb);
 
 struct smtp_param { char key[32]; char value[128]; bool has_value; };
 
-/* A reverse- or forward-path. local keeps quoting as received; domain is
- * lower-cased. null is set for "<>". */
+/* A reverse- or forward-path. local keeps quoting as received, except that
+ * a quoted string that needs no quotes ("alice") is stored as its dot-atom
+ * (alice) with quoted_local false; domain is lower-cased. null is set for
+ * "<>". */
 struct smtp_path {
 	bool null;
 	bool quoted_local;  /* local part was a quoted-string */
@@ -249,6 +259,8 @@ struct dot_reader {
 	uint64_t size;        /* octets of content emitted so far (as received) */
 	uint64_t bare_lf;     /* LF not preceded by CR */
 	uint64_t bare_cr;     /* CR not followed by LF */
+	uint64_t line_len;    /* octets of the current line so far, as sent */
+	uint64_t longest_line; /* longest line as sent, its CRLF included */
 	bool done;
 };
 void dot_reader_init(struct dot_reader *r);
@@ -337,6 +349,15 @@ void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
 
 /* ------------------------------------------------------------------ tls */
 typedef struct ssl_ctx_st SSL_CTX;
+/* A server context for cfg's tls_cert and tls_key (both set; config_load
+ * has checked that they come together). On failure returns NULL and sets
+ * *error_r (malloc'd, caller frees) to
+ *   "file:line: tls_cert = \"/path\": reason (OpenSSL: detail)"
+ * naming the setting, the line it was set on, and why: the file cannot be
+ * opened (strerror), holds no PEM certificate / key, the key is encrypted,
+ * or the key does not match the certificate. */
+SSL_CTX *tls_server_ctx_from_config(const struct mx_config *cfg, char **error_r);
+/* The same for two paths outside any config; errors start "tls_cert \"/path\": ". */
 SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char **error_r);
 
 /* ------------------------------------------------------------------- fs */

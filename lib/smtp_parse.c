@@ -139,8 +139,38 @@ static bool pp_peek(const struct path_parser *p, char c)
 	return p->pos < p->len && p->s[p->pos] == c;
 }
 
+/* The content of a quoted string (between the quotes, len octets) with
+ * its quoted-pairs resolved, if that is a dot-atom: atext+ *("." atext+).
+ * Writes it NUL-terminated to out (room for len + 1) and returns true;
+ * false (out undefined) when the quotes are really needed. */
+static bool unquote_dot_atom(const char *s, size_t len, char *out)
+{
+	size_t o = 0;
+	bool need_atext = true;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (c == '\\' && i + 1 < len)
+			c = s[++i];
+		if (c == '.') {
+			if (need_atext)
+				return false;
+			need_atext = true;
+		} else if (is_atext((unsigned char)c)) {
+			need_atext = false;
+		} else {
+			return false;
+		}
+		out[o++] = c;
+	}
+	out[o] = '\0';
+	return !need_atext;
+}
+
 /* Local part at p->pos: dot-atom or quoted-string. Copies it as received
- * into path->local. */
+ * into path->local, except that a quoted string that needs no quotes
+ * becomes its dot-atom. */
 static int parse_local_part(struct path_parser *p, struct smtp_path *path,
 			    const char **error_r)
 {
@@ -177,6 +207,18 @@ static int parse_local_part(struct path_parser *p, struct smtp_path *path,
 		}
 		p->pos++; /* closing quote */
 		path->quoted_local = true;
+		n = p->pos - start;
+		if (n > SMTP_LOCAL_MAX) {
+			*error_r = "Local part too long";
+			return -1;
+		}
+		/* "alice" means alice (RFC 5321 4.1.2: a quoted string that
+		 * needs no quoting is the same mailbox): store the canonical
+		 * dot-atom, so every later check sees one spelling */
+		if (unquote_dot_atom(p->s + start + 1, n - 2, path->local)) {
+			path->quoted_local = false;
+			return 0;
+		}
 	} else {
 		/* dot-atom: atext+ *("." atext+) */
 		for (;;) {
@@ -477,22 +519,22 @@ int smtp_parse_helo(const char *args, size_t len, const char **error_r)
 	while (end > start && args[end - 1] == ' ')
 		end--;
 	if (start == end) {
-		*error_r = "Syntax: HELO/EHLO hostname";
+		*error_r = "Missing hostname";
 		return -1;
 	}
 	if (end - start > SMTP_DOMAIN_MAX) {
-		*error_r = "HELO/EHLO argument too long";
+		*error_r = "Hostname too long";
 		return -1;
 	}
 	for (size_t i = start; i < end; i++) {
 		unsigned char c = (unsigned char)args[i];
 
 		if (c == ' ') {
-			*error_r = "Syntax: HELO/EHLO takes one hostname";
+			*error_r = "Only one hostname is allowed";
 			return -1;
 		}
 		if (c < 33 || c > 126) {
-			*error_r = "Invalid character in HELO/EHLO argument";
+			*error_r = "Invalid character in hostname";
 			return -1;
 		}
 	}

@@ -25,6 +25,8 @@ struct server_state {
 	struct pipeline *pipeline;
 	struct userdb *userdb;
 	SSL_CTX *ssl_ctx; /* NULL without tls_cert */
+	char *postmaster; /* mailbox for postmaster@<local domain>: cfg->postmaster,
+			   * or the first passwd-file user of a local domain */
 };
 
 struct server_state *server_state_build(const char *config_path, char **error_r);

@@ -64,14 +64,21 @@ struct tx {
 	uint64_t session_handle;
 	struct timespec start;
 	char from[SMTP_PATH_MAX + 1];   /* "" for <> */
-	char **rcpts;                   /* "local@domain", lower-case */
-	char **rcpt_roots;              /* each recipient's Maildir root */
+	char **rcpts;                   /* "local@domain", lower-case, as the client
+					 * named them (postmaster@dom), no repeats */
+	char **rcpt_boxes;              /* the mailbox each one goes to (Delivered-To) */
+	char **rcpt_roots;              /* each mailbox's Maildir root */
 	size_t n_rcpts, n_rcpts_alloc;
+	size_t n_rcpt_cmds;             /* accepted RCPT commands, repeats included */
 	uint64_t declared_size;
+	uint64_t smtp_size;             /* DATA octets as sent (CRLF = 2, stuffed dots) */
 	struct msgbody *body;
 	struct dot_reader dr;
 	bool too_big;
+	bool line_too_long;
 	int body_errno;
+	char reason[64];                /* why it was refused or deferred, for the log */
+	char msgid[256];                /* Message-ID header, "-" when none */
 	struct filter_tx *fx;
 	struct filter_msg msg;
 	struct pipeline_outcome outcome;
@@ -118,6 +125,8 @@ struct command {
 
 static void session_process(struct session *sess);
 static void session_close(struct session *sess, const char *reason);
+static void session_log_reject(struct session *sess, const char *from, const char *rcpt,
+			       const char *reply, const char *reason);
 
 /* --------------------------------------------------------------- replies */
 
@@ -154,7 +163,9 @@ session_error(struct session *sess, const char *fmt, ...)
 	va_end(ap);
 	session_reply(sess, "%s", line);
 	if (++sess->errors >= sess->st->cfg->limits.errors_max) {
-		session_reply(sess, "421 4.7.0 %s Error: too many errors", sess->st->cfg->hostname);
+		snprintf(line, sizeof(line), "421 4.7.0 %s Error: too many errors", sess->st->cfg->hostname);
+		session_reply(sess, "%s", line);
+		session_log_reject(sess, NULL, NULL, line, "too_many_errors");
 		session_close(sess, "too_many_errors");
 	}
 }
@@ -177,9 +188,11 @@ tx_free(struct tx **txp)
 		return;
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		free(tx->rcpts[i]);
+		free(tx->rcpt_boxes[i]);
 		free(tx->rcpt_roots[i]);
 	}
 	free(tx->rcpts);
+	free(tx->rcpt_boxes);
 	free(tx->rcpt_roots);
 	msgbody_free(&tx->body);
 	filter_tx_free(&tx->fx);
@@ -220,6 +233,90 @@ session_fill_msg(struct session *sess, struct filter_msg *msg)
 		msg->rcpts = (const char *const *)sess->tx->rcpts;
 		msg->n_rcpts = sess->tx->n_rcpts;
 	}
+}
+
+/* ------------------------------------------------------------ refusals */
+
+/* reply="..." stays one field: quotes and backslashes (a reply may quote
+ * the client's own words) are escaped. */
+static void
+log_quote(const char *in, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	for (; *in != '\0' && o + 2 < outsz; in++) {
+		if (*in == '"' || *in == '\\')
+			out[o++] = '\\';
+		out[o++] = *in;
+	}
+	out[o] = '\0';
+}
+
+/*
+ * Every refusal gets one info line, whatever refused it, carrying what an
+ * admin needs to find the mail it was about — client, HELO name, sender (so
+ * a session whose recipients were all refused still says who sent), the
+ * recipient when there is one, the reply and a reason word:
+ *   ID smtp reject client=192.0.2.1 helo=x from=<a@b> rcpt=<c@d>
+ *      reply="550 5.1.1 <c@d>: ..." reason=unknown_user
+ * from names the sender when no transaction exists yet (a MAIL refused for
+ * its parameters); NULL takes the transaction's, "-" when there is none.
+ */
+static void
+session_log_reject(struct session *sess, const char *from, const char *rcpt, const char *reply,
+		   const char *reason)
+{
+	char quoted[2100];
+
+	if (from == NULL && sess->tx != NULL)
+		from = sess->tx->from;
+	log_quote(reply, quoted, sizeof(quoted));
+	log_msg(LOG_LEVEL_INFO, "%s smtp reject client=%s helo=%s from=%s%s%s%s%s%s reply=\"%s\" reason=%s",
+		sess->id, sess->client_addr, sess->helo[0] != '\0' ? sess->helo : "-",
+		from != NULL ? "<" : "-", from != NULL ? from : "", from != NULL ? ">" : "",
+		rcpt != NULL ? " rcpt=<" : "", rcpt != NULL ? rcpt : "", rcpt != NULL ? ">" : "",
+		quoted, reason);
+}
+
+/* Refuse a command: log it, then reply — through session_error (which
+ * counts towards limits.errors_max) when the client is at fault, plainly
+ * when it is not (a limit, a lookup failure). */
+static void ATTR_PRINTF(6, 7)
+session_refuse(struct session *sess, bool client_error, const char *from, const char *rcpt,
+	       const char *reason, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	session_log_reject(sess, from, rcpt, line, reason);
+	if (client_error)
+		session_error(sess, "%s", line);
+	else
+		session_reply(sess, "%s", line);
+}
+
+/* "stage:NAME" for the stage that ended `phase` with a hard verdict (the
+ * last one of the phase that rejected, tempfailed, timed out or failed). */
+static void
+session_stage_reason(const struct filter_tx *fx, enum phase phase, char *out, size_t outsz)
+{
+	const struct filter_stage_log *log;
+	size_t n = filter_tx_stage_log(fx, &log);
+
+	for (size_t i = n; i-- > 0;) {
+		const char *r = log[i].result;
+		if (log[i].phase != phase)
+			continue;
+		if (strcmp(r, "reject") == 0 || strcmp(r, "tempfail") == 0 ||
+		    strcmp(r, "timeout") == 0 || strcmp(r, "error") == 0) {
+			snprintf(out, outsz, "stage:%s", log[i].stage);
+			return;
+		}
+	}
+	str_copy(out, "stage", outsz);
 }
 
 /* ------------------------------------------------------ pipeline phases */
@@ -303,9 +400,11 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 	session_arm_timeouts(sess);
 }
 
-/* Send the reply a stage chose for a hard verdict; true if one was sent. */
+/* Send (and log) the reply a stage chose for a hard verdict at `phase`,
+ * whose results are in fx; true if one was sent. */
 static bool
-session_reply_verdict(struct session *sess, const struct pipeline_outcome *out, const char *what)
+session_reply_verdict(struct session *sess, const struct pipeline_outcome *out,
+		      const struct filter_tx *fx, enum phase phase, const char *rcpt)
 {
 	const struct filter_result *r = &out->reply;
 
@@ -316,9 +415,9 @@ session_reply_verdict(struct session *sess, const struct pipeline_outcome *out, 
 		unsigned code = r->code != 0 ? r->code : (temp ? 451 : 550);
 		const char *enh = r->enhanced[0] != '\0' ? r->enhanced : (temp ? "4.7.1" : "5.7.1");
 		const char *text = r->text[0] != '\0' ? r->text : (temp ? "Try again later" : "Rejected");
-		session_reply(sess, "%u %s %s", code, enh, text);
-		log_msg(LOG_LEVEL_INFO, "%s smtp %s client=%s reply=\"%u %s %s\"", sess->id,
-			what, sess->client_addr, code, enh, text);
+		char reason[64];
+		session_stage_reason(fx, phase, reason, sizeof(reason));
+		session_refuse(sess, false, NULL, rcpt, reason, "%u %s %s", code, enh, text);
 		return true;
 	}
 	default:
@@ -328,14 +427,35 @@ session_reply_verdict(struct session *sess, const struct pipeline_outcome *out, 
 
 /* ----------------------------------------------------------- commands */
 
+/* A refused HELO/EHLO leaves no HELO name behind: the session is back to
+ * not greeted (MAIL gets 503 until a HELO/EHLO succeeds), so nothing can
+ * ever be received under an empty or refused name. */
+static void
+session_forget_helo(struct session *sess)
+{
+	session_tx_reset(sess);
+	sess->state = STATE_CONNECTED;
+	sess->helo[0] = '\0';
+	sess->flags &= ~SESSION_F_ESMTP;
+	filter_tx_free(&sess->fx);
+	sess->fx = filter_tx_clone(sess->connect_fx);
+	sess->sticky_helo = VERDICT_CONTINUE;
+}
+
+/* STARTTLS is offered (EHLO, HELP) only with a certificate and only once. */
+static bool
+session_starttls_offered(const struct session *sess)
+{
+	return sess->st->ssl_ctx != NULL && !(sess->flags & SESSION_F_TLS);
+}
+
 static void
 cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 {
 	const struct mx_config *cfg = sess->st->cfg;
 
-	if (session_reply_verdict(sess, out, "helo_reject")) {
-		sess->helo[0] = '\0';
-		sess->flags &= ~SESSION_F_ESMTP;
+	if (session_reply_verdict(sess, out, sess->fx, PHASE_HELO, NULL)) {
+		session_forget_helo(sess);
 		return;
 	}
 	verdict_stick(&sess->sticky_helo, out->verdict);
@@ -348,7 +468,7 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 	session_reply(sess, "250-%s", cfg->hostname);
 	session_reply(sess, "250-PIPELINING");
 	session_reply(sess, "250-SIZE %ld", cfg->limits.message_size_max);
-	if (sess->st->ssl_ctx != NULL && !(sess->flags & SESSION_F_TLS))
+	if (session_starttls_offered(sess))
 		session_reply(sess, "250-STARTTLS");
 	session_reply(sess, "250-ENHANCEDSTATUSCODES");
 	session_reply(sess, "250 8BITMIME");
@@ -360,7 +480,16 @@ cmd_helo_common(struct session *sess, const char *args, size_t len, bool esmtp)
 	const char *err;
 
 	if (smtp_parse_helo(args, len, &err) < 0) {
-		session_error(sess, "501 5.5.4 Syntax: %s hostname (%s)", esmtp ? "EHLO" : "HELO", err);
+		bool missing = true;
+		for (size_t i = 0; i < len; i++)
+			missing = missing && args[i] == ' ';
+		/* logged with the name it replaced, then forgotten */
+		if (missing)
+			session_refuse(sess, true, NULL, NULL, "helo_syntax", "501 5.5.4 Syntax: %s hostname",
+				       esmtp ? "EHLO" : "HELO");
+		else
+			session_refuse(sess, true, NULL, NULL, "helo_syntax", "501 5.5.4 %s", err);
+		session_forget_helo(sess);
 		return;
 	}
 	session_tx_reset(sess);
@@ -393,7 +522,7 @@ cmd_ehlo(struct session *sess, const char *args, size_t len)
 static void
 cmd_mail_cont(struct session *sess, const struct pipeline_outcome *out)
 {
-	if (session_reply_verdict(sess, out, "mail_reject")) {
+	if (session_reply_verdict(sess, out, sess->tx->fx, PHASE_MAIL, NULL)) {
 		tx_free(&sess->tx);
 		return;
 	}
@@ -409,11 +538,14 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	const struct mx_config *cfg;
 	struct smtp_path path;
 	const char *err;
+	char from[SMTP_PATH_MAX + 1];
 
 	if (smtp_parse_mail_args(args, len, "FROM:", true, &path, &err) < 0) {
-		session_error(sess, "501 5.1.7 Bad sender address syntax: %s", err);
+		session_refuse(sess, true, NULL, NULL, "mail_syntax",
+			       "501 5.1.7 Bad sender address syntax: %s", err);
 		return;
 	}
+	smtp_path_format(&path, from, sizeof(from));
 	/* a new transaction takes the newest shared state (after a reload) */
 	sess->st = conn_state_update(sess->conn);
 	cfg = sess->st->cfg;
@@ -425,29 +557,34 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 			errno = 0;
 			unsigned long long v = strtoull(p->value, &end, 10);
 			if (*end != '\0' || errno != 0 || p->value[0] == '-') {
-				session_error(sess, "501 5.5.4 Bad SIZE parameter");
+				session_refuse(sess, true, from, NULL, "bad_param",
+					       "501 5.5.4 Bad SIZE parameter");
 				return;
 			}
 			declared = v;
 		} else if (strcmp(p->key, "BODY") == 0 && p->has_value && sess->flags & SESSION_F_ESMTP) {
 			if (strcasecmp(p->value, "7BIT") != 0 && strcasecmp(p->value, "8BITMIME") != 0) {
-				session_error(sess, "501 5.5.4 Unsupported BODY type");
+				session_refuse(sess, true, from, NULL, "bad_param",
+					       "501 5.5.4 Unsupported BODY type");
 				return;
 			}
 		} else {
-			session_error(sess, "555 5.5.4 Unsupported parameter %s", p->key);
+			session_refuse(sess, true, from, NULL, "bad_param",
+				       "555 5.5.4 Unsupported parameter %s", p->key);
 			return;
 		}
 	}
 	if (declared > (uint64_t)cfg->limits.message_size_max) {
-		session_error(sess, "552 5.3.4 Message size exceeds fixed maximum message size");
+		session_refuse(sess, true, from, NULL, "size",
+			       "552 5.3.4 Message size exceeds fixed maximum message size");
 		return;
 	}
 	struct tx *tx = xcalloc(1, sizeof(*tx));
 	id_new(tx->id);
 	tx->session_handle = sess->handle;
 	clock_gettime(CLOCK_MONOTONIC, &tx->start);
-	smtp_path_format(&path, tx->from, sizeof(tx->from));
+	str_copy(tx->from, from, sizeof(tx->from));
+	str_copy(tx->msgid, "-", sizeof(tx->msgid));
 	tx->declared_size = declared;
 	tx->fx = filter_tx_clone(sess->fx);
 	tx->sticky = sess->sticky_connect;
@@ -457,29 +594,50 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	session_run_phase(sess, PHASE_MAIL, &tx->msg, tx->fx, cmd_mail_cont);
 }
 
+/* The mailbox a recipient goes to: postmaster@<any local domain> is the
+ * postmaster mailbox (RFC 5321 4.5.1), everyone else is their own. path is
+ * a checked local recipient with a lower-cased local part. */
+static const char *
+session_rcpt_mailbox(const struct session *sess, const struct smtp_path *path, const char *addr)
+{
+	return strcmp(path->local, "postmaster") == 0 ? sess->st->postmaster : addr;
+}
+
 static void
 cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 {
 	struct tx *tx = sess->tx;
 	struct smtp_path *path = &sess->pending_path;
-	char root[4096];
+	const char *box = session_rcpt_mailbox(sess, path, sess->pending_arg);
+	const char *at = strrchr(box, '@');
+	char root[4096], local[SMTP_LOCAL_MAX * 2 + 3];
 
-	if (session_reply_verdict(sess, out, "rcpt_reject"))
+	if (session_reply_verdict(sess, out, tx->fx, PHASE_RCPT, sess->pending_arg))
 		return;
 	verdict_stick(&tx->sticky, out->verdict);
-	if (maildir_user_path(sess->st->cfg->mail_root, path->local, path->domain, root,
-			      sizeof(root)) < 0) {
-		session_error(sess, "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
+	if (at == NULL || (size_t)(at - box) >= sizeof(local)) {
+		local[0] = '\0';
+	} else {
+		memcpy(local, box, (size_t)(at - box));
+		local[at - box] = '\0';
+	}
+	if (local[0] == '\0' ||
+	    maildir_user_path(sess->st->cfg->mail_root, local, at + 1, root, sizeof(root)) < 0) {
+		session_refuse(sess, true, NULL, sess->pending_arg, "bad_mailbox",
+			       "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
 		return;
 	}
 	if (tx->n_rcpts == tx->n_rcpts_alloc) {
 		tx->n_rcpts_alloc = tx->n_rcpts_alloc == 0 ? 4 : tx->n_rcpts_alloc * 2;
 		tx->rcpts = xrealloc(tx->rcpts, (tx->n_rcpts_alloc + 1) * sizeof(char *));
+		tx->rcpt_boxes = xrealloc(tx->rcpt_boxes, (tx->n_rcpts_alloc + 1) * sizeof(char *));
 		tx->rcpt_roots = xrealloc(tx->rcpt_roots, (tx->n_rcpts_alloc + 1) * sizeof(char *));
 	}
 	tx->rcpts[tx->n_rcpts] = xstrdup(sess->pending_arg);
+	tx->rcpt_boxes[tx->n_rcpts] = xstrdup(box);
 	tx->rcpt_roots[tx->n_rcpts] = xstrdup(root);
 	tx->n_rcpts++;
+	tx->n_rcpt_cmds++;
 	tx->rcpts[tx->n_rcpts] = NULL;
 	tx->msg.rcpts = (const char *const *)tx->rcpts;
 	tx->msg.n_rcpts = tx->n_rcpts;
@@ -497,41 +655,58 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 	char addr[SMTP_PATH_MAX + 1];
 
 	if (smtp_parse_mail_args(args, len, "TO:", false, path, &err) < 0) {
-		session_error(sess, "501 5.1.3 Bad recipient address syntax: %s", err);
-		return;
-	}
-	if (path->n_params > 0) {
-		session_error(sess, "555 5.5.4 Unsupported parameter %s", path->params[0].key);
+		session_refuse(sess, true, NULL, NULL, "rcpt_syntax",
+			       "501 5.1.3 Bad recipient address syntax: %s", err);
 		return;
 	}
 	smtp_path_format(path, addr, sizeof(addr));
-	if (tx->n_rcpts >= (size_t)cfg->limits.recipients_max) {
-		session_reply(sess, "452 4.5.3 Too many recipients");
+	if (path->n_params > 0) {
+		session_refuse(sess, true, NULL, addr, "bad_param", "555 5.5.4 Unsupported parameter %s",
+			       path->params[0].key);
 		return;
 	}
-	if (path->address_literal || !config_is_local_domain(cfg, path->domain) ||
-	    !smtp_path_is_simple_local(path)) {
-		session_error(sess, "550 5.7.1 <%s>: Relay access denied", addr);
-		log_msg(LOG_LEVEL_INFO, "%s smtp reject client=%s rcpt=<%s> reason=relay", sess->id,
-			sess->client_addr, addr);
+	/* RCPT commands, not addresses, as Postfix counts: a client cannot
+	 * make us answer without bound by repeating one address */
+	if (tx->n_rcpt_cmds >= (size_t)cfg->limits.recipients_max) {
+		session_refuse(sess, false, NULL, addr, "too_many_recipients",
+			       "452 4.5.3 Too many recipients");
+		return;
+	}
+	if (path->address_literal || !config_is_local_domain(cfg, path->domain)) {
+		session_refuse(sess, true, NULL, addr, "relay", "550 5.7.1 <%s>: Relay access denied", addr);
+		return;
+	}
+	if (path->quoted_local) {
+		/* "alice" was already unquoted by the parser: this one needs
+		 * its quotes, and no mailbox here has such a name */
+		session_refuse(sess, true, NULL, addr, "quoted_local",
+			       "553 5.1.3 <%s>: quoted local parts are not accepted", addr);
+		return;
+	}
+	if (!smtp_path_is_simple_local(path)) {
+		/* user%host@ and host!user@ are routing, i.e. relaying */
+		session_refuse(sess, true, NULL, addr, "relay", "550 5.7.1 <%s>: Relay access denied", addr);
 		return;
 	}
 	str_lower(path->local);
 	smtp_path_format(path, addr, sizeof(addr));
-	int found = userdb_exists(sess->st->userdb, path->local, path->domain);
-	if (found < 0) {
-		session_reply(sess, "451 4.3.0 <%s>: Temporary lookup failure", addr);
-		return;
-	}
-	if (found == 0) {
-		session_error(sess, "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
-		log_msg(LOG_LEVEL_INFO, "%s smtp reject client=%s rcpt=<%s> reason=unknown_user",
-			sess->id, sess->client_addr, addr);
-		return;
+	if (strcmp(path->local, "postmaster") != 0) {
+		int found = userdb_exists(sess->st->userdb, path->local, path->domain);
+		if (found < 0) {
+			session_refuse(sess, false, NULL, addr, "lookup_failure",
+				       "451 4.3.0 <%s>: Temporary lookup failure", addr);
+			return;
+		}
+		if (found == 0) {
+			session_refuse(sess, true, NULL, addr, "unknown_user",
+				       "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
+			return;
+		}
 	}
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		if (strcmp(tx->rcpts[i], addr) == 0) {
 			/* duplicate: accept once, deliver once */
+			tx->n_rcpt_cmds++;
 			session_reply(sess, "250 2.1.5 Ok");
 			return;
 		}
@@ -548,7 +723,7 @@ cmd_data(struct session *sess, const char *args, size_t len)
 	struct tx *tx = sess->tx;
 
 	if (len != 0) {
-		session_error(sess, "501 5.5.4 Syntax: DATA");
+		session_refuse(sess, true, NULL, NULL, "data_syntax", "501 5.5.4 Syntax: DATA");
 		return;
 	}
 	tx->body = msgbody_new(cfg->spool_dir, (size_t)cfg->limits.spill_threshold);
@@ -578,12 +753,7 @@ cmd_quit(struct session *sess, const char *args, size_t len)
 	session_close(sess, "quit");
 }
 
-static void
-cmd_help(struct session *sess, const char *args, size_t len)
-{
-	session_reply(sess, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY%s",
-		      sess->st->ssl_ctx != NULL ? " STARTTLS" : "");
-}
+static void cmd_help(struct session *sess, const char *args, size_t len);
 
 static void
 cmd_vrfy(struct session *sess, const char *args, size_t len)
@@ -595,7 +765,7 @@ cmd_vrfy(struct session *sess, const char *args, size_t len)
 static void
 cmd_not_implemented(struct session *sess, const char *args, size_t len)
 {
-	session_error(sess, "502 5.5.1 Command not implemented");
+	session_refuse(sess, true, NULL, NULL, "not_implemented", "502 5.5.1 Command not implemented");
 }
 
 static void session_greet(struct session *sess);
@@ -604,15 +774,15 @@ static void
 cmd_starttls(struct session *sess, const char *args, size_t len)
 {
 	if (sess->st->ssl_ctx == NULL) {
-		session_error(sess, "502 5.5.1 Command not implemented");
+		session_refuse(sess, true, NULL, NULL, "not_implemented", "502 5.5.1 Command not implemented");
 		return;
 	}
 	if (sess->flags & SESSION_F_TLS) {
-		session_error(sess, "503 5.5.1 TLS already active");
+		session_refuse(sess, true, NULL, NULL, "bad_sequence", "503 5.5.1 TLS already active");
 		return;
 	}
 	if (len != 0) {
-		session_error(sess, "501 5.5.4 Syntax: STARTTLS");
+		session_refuse(sess, true, NULL, NULL, "starttls_syntax", "501 5.5.4 Syntax: STARTTLS");
 		return;
 	}
 	session_reply(sess, "220 2.0.0 Ready to start TLS");
@@ -652,6 +822,25 @@ static const struct command commands[] = {
 	{ SMTP_VERB_ETRN, ~0u, true, cmd_not_implemented },
 };
 
+/* HELP lists what the table implements, so it cannot drift from it:
+ * every verb with a real handler, STARTTLS only when it is offered. */
+static void
+cmd_help(struct session *sess, const char *args, size_t len)
+{
+	char verbs[256] = "";
+	size_t n = 0;
+
+	for (size_t i = 0; i < N_ELEMENTS(commands); i++) {
+		const struct command *c = &commands[i];
+		if (c->handler == cmd_not_implemented)
+			continue;
+		if (c->verb == SMTP_VERB_STARTTLS && !session_starttls_offered(sess))
+			continue;
+		n += (size_t)snprintf(verbs + n, sizeof(verbs) - n, " %s", smtp_verb_name(c->verb));
+	}
+	session_reply(sess, "214 2.0.0 Commands:%s", verbs);
+}
+
 static const struct command *
 command_find(enum smtp_verb verb)
 {
@@ -686,7 +875,7 @@ session_bad_sequence(struct session *sess, enum smtp_verb verb)
 		why = "Bad sequence of commands";
 		break;
 	}
-	session_error(sess, "503 5.5.1 %s", why);
+	session_refuse(sess, true, NULL, NULL, "bad_sequence", "503 5.5.1 %s", why);
 }
 
 static void
@@ -699,16 +888,18 @@ session_command(struct session *sess, const char *line, size_t len)
 	if (log_enabled(LOG_LEVEL_DEBUG))
 		log_msg(LOG_LEVEL_DEBUG, "%s smtp command=\"%.*s\"", sess->id, (int)(len > 200 ? 200 : len), line);
 	if (smtp_parse_command(line, len, &cmd) < 0) {
-		session_error(sess, "500 5.5.2 Error: bad syntax");
+		session_refuse(sess, true, NULL, NULL, memchr(line, '\0', len) != NULL ? "nul" : "bad_syntax",
+			       "500 5.5.2 Error: bad syntax");
 		return;
 	}
 	c = command_find(cmd.verb);
 	if (c == NULL) {
-		session_error(sess, "500 5.5.1 Error: command not recognized");
+		session_refuse(sess, true, NULL, NULL, "unknown_command", "500 5.5.1 Error: command not recognized");
 		return;
 	}
 	if (c->counts && ++sess->commands > cfg->limits.commands_max) {
-		session_reply(sess, "421 4.7.0 %s Error: too many commands", cfg->hostname);
+		session_refuse(sess, false, NULL, NULL, "too_many_commands",
+			       "421 4.7.0 %s Error: too many commands", cfg->hostname);
 		session_close(sess, "too_many_commands");
 		return;
 	}
@@ -721,6 +912,16 @@ session_command(struct session *sess, const char *line, size_t len)
 
 /* ------------------------------------------------------------ delivery */
 
+/* Recipients named in full on the tx line; the rest are counted, so that
+ * a 100-recipient message stays well inside a syslog line. */
+#define TX_LOG_RCPTS 10
+
+/*
+ * The one line per message. action= says what was done with it (reject
+ * and tempfail too, whoever decided), reason= why it was refused or
+ * deferred ("-" otherwise), size= the octets the client sent, msgid= its
+ * Message-ID header.
+ */
 static void
 tx_log(struct tx *tx, const char *session_id, const char *client, const char *helo,
        const char *result, const char *dsn)
@@ -728,31 +929,77 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 	struct timespec now;
 	char *stages = filter_tx_format_stages(tx->fx);
 	char *hits = filter_tx_format_hits(tx->fx);
-	size_t tolen = 0;
+	size_t shown = tx->n_rcpts < TX_LOG_RCPTS ? tx->n_rcpts : TX_LOG_RCPTS;
+	size_t tolen = 32;
 	char *to;
 
-	for (size_t i = 0; i < tx->n_rcpts; i++)
+	for (size_t i = 0; i < shown; i++)
 		tolen += strlen(tx->rcpts[i]) + 3;
 	to = xcalloc(1, tolen + 1);
-	for (size_t i = 0; i < tx->n_rcpts; i++) {
+	for (size_t i = 0; i < shown; i++) {
 		strcat(to, i == 0 ? "<" : ",<");
 		strcat(to, tx->rcpts[i]);
 		strcat(to, ">");
 	}
+	if (shown < tx->n_rcpts)
+		snprintf(to + strlen(to), tolen + 1 - strlen(to), ",...(+%zu more)", tx->n_rcpts - shown);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double delay = (double)(now.tv_sec - tx->start.tv_sec) +
 		       (double)(now.tv_nsec - tx->start.tv_nsec) / 1e9;
 	log_msg(LOG_LEVEL_INFO,
 		"%s smtp tx session=%s client=%s helo=%s from=<%s> to=%s nrcpt=%zu size=%llu "
-		"verdict=%s action=%s score=%.1f stages=%s hits=%s result=%s dsn=%s delay=%.3f",
+		"msgid=%s verdict=%s action=%s score=%.1f stages=%s hits=%s result=%s dsn=%s "
+		"reason=%s delay=%.3f",
 		tx->id, session_id, client, helo[0] ? helo : "-", tx->from, to[0] ? to : "-",
-		tx->n_rcpts, (unsigned long long)(tx->body ? msgbody_size(tx->body) : 0),
+		tx->n_rcpts, (unsigned long long)tx->smtp_size, tx->msgid,
 		verdict_name(tx->outcome.verdict), action_name(tx->outcome.action),
 		tx->outcome.score, stages && stages[0] ? stages : "-", hits && hits[0] ? hits : "-",
-		result, dsn, delay);
+		result, dsn, tx->reason[0] ? tx->reason : "-", delay);
 	free(stages);
 	free(hits);
 	free(to);
+}
+
+/* The Message-ID header of the sealed body, for the log: unfolded, only
+ * printable non-space ASCII, "-" when there is none. Only the header block
+ * is looked at (and at most its first 64 KiB). */
+static void
+tx_find_msgid(struct tx *tx)
+{
+	static const char name[] = "Message-ID:";
+	const size_t nlen = sizeof(name) - 1;
+	size_t len, pos = 0, o = 0;
+	const char *s;
+	bool in_value = false;
+
+	str_copy(tx->msgid, "-", sizeof(tx->msgid));
+	if (tx->body == NULL || (s = msgbody_contents(tx->body, &len)) == NULL)
+		return;
+	if (len > 65536)
+		len = 65536;
+	while (pos < len) {
+		const char *eol = memchr(s + pos, '\n', len - pos);
+		size_t end = eol != NULL ? (size_t)(eol - s) : len, start = pos;
+
+		if (end == pos || (end == pos + 1 && s[pos] == '\r'))
+			break; /* the empty line: end of the header block */
+		if (in_value && s[pos] != ' ' && s[pos] != '\t')
+			break; /* the header ended */
+		if (!in_value && end - pos > nlen && strncasecmp(s + pos, name, nlen) == 0) {
+			in_value = true;
+			start = pos + nlen;
+		}
+		if (in_value) {
+			for (size_t i = start; i < end; i++) {
+				unsigned char c = (unsigned char)s[i];
+				if (c > 32 && c < 127 && o + 1 < sizeof(tx->msgid))
+					tx->msgid[o++] = (char)c;
+			}
+		}
+		pos = end + 1;
+	}
+	if (o > 0)
+		tx->msgid[o] = '\0';
 }
 
 static void
@@ -780,6 +1027,8 @@ delivery_done(void *arg)
 	struct session *sess = handle_lookup(tx->session_handle);
 
 	core_loop_job_done(tx->loop);
+	if (tx->job.error != 0)
+		str_copy(tx->reason, "delivery_error", sizeof(tx->reason));
 	if (sess == NULL) {
 		/* the client went away before the reply: not acknowledged, so the
 		 * sender will retry; the copy on disk may become a duplicate,
@@ -833,8 +1082,15 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 		proto = (sess->flags & SESSION_F_TLS) ? "ESMTPS" : "ESMTP";
 	else
 		proto = (sess->flags & SESSION_F_TLS) ? "SMTPS" : "SMTP";
-	fprintf(f, "Received: from %s (%s [%s])\n\tby %s (mxguard) with %s id %s",
-		sess->helo, sess->helo, sess->client_addr, sess->st->cfg->hostname, proto, tx->id);
+	/* "from HELO (RDNS [ADDR])": the reverse name is not looked up (yet),
+	 * so it says "unknown" as Postfix does, rather than repeating the
+	 * client's own claim where readers expect the DNS; an IPv6 address is
+	 * an RFC 5321 address literal. A transaction needs a successful
+	 * HELO/EHLO, so the name is never empty. */
+	fprintf(f, "Received: from %s (unknown [%s%s])\n\tby %s (mxguard) with %s id %s",
+		sess->helo[0] != '\0' ? sess->helo : "unknown",
+		strchr(sess->client_addr, ':') != NULL ? "IPv6:" : "", sess->client_addr,
+		sess->st->cfg->hostname, proto, tx->id);
 	if (tx->n_rcpts == 1)
 		fprintf(f, "\n\tfor <%s>", tx->rcpts[0]);
 	fprintf(f, "; %s\n", date);
@@ -874,14 +1130,21 @@ session_deliver(struct session *sess)
 		tx->job.targets[0].root = xstrdup(cfg->quarantine_dir);
 		tx->job.targets[0].headers = hdr;
 	} else {
-		tx->job.n_targets = tx->n_rcpts;
 		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
 		for (size_t i = 0; i < tx->n_rcpts; i++) {
-			struct maildir_target *t = &tx->job.targets[i];
+			struct maildir_target *t;
+			bool seen = false;
+			/* one copy per mailbox: postmaster@a and postmaster@b
+			 * (and the postmaster's own address) are one mailbox */
+			for (size_t k = 0; k < i && !seen; k++)
+				seen = strcmp(tx->rcpt_boxes[k], tx->rcpt_boxes[i]) == 0;
+			if (seen)
+				continue;
+			t = &tx->job.targets[tx->job.n_targets++];
 			t->root = xstrdup(tx->rcpt_roots[i]);
 			t->folder = action == ACTION_JUNK ? xstrdup(cfg->junk_folder) : NULL;
 			t->headers = xasprintf("Return-Path: <%s>\nDelivered-To: %s\n", tx->from,
-					       tx->rcpts[i]);
+					       tx->rcpt_boxes[i]);
 		}
 	}
 	size_t plen;
@@ -934,6 +1197,10 @@ data_phase_cont(struct session *sess, const struct pipeline_outcome *out)
 		const char *enh = r->enhanced[0] ? r->enhanced : (temp ? "4.7.1" : "5.7.1");
 		const char *text = r->text[0] ? r->text : (temp ? "Try again later" : "Message rejected");
 		char dsn[32];
+		if (out->verdict == VERDICT_REJECT || out->verdict == VERDICT_TEMPFAIL)
+			session_stage_reason(tx->fx, PHASE_DATA, tx->reason, sizeof(tx->reason));
+		else
+			str_copy(tx->reason, "score", sizeof(tx->reason));
 		session_reply(sess, "%u %s %s", code, enh, text);
 		snprintf(dsn, sizeof(dsn), "%s", enh);
 		tx_log(tx, sess->id, sess->client_addr, sess->helo, temp ? "tempfailed" : "rejected", dsn);
@@ -951,44 +1218,62 @@ data_phase_cont(struct session *sess, const struct pipeline_outcome *out)
 	}
 }
 
+/* Refuse the message at the end of DATA before any stage sees it. */
+static void
+session_data_refuse(struct session *sess, bool temp, const char *reason, const char *dsn,
+		    const char *reply)
+{
+	struct tx *tx = sess->tx;
+
+	session_reply(sess, "%s", reply);
+	tx->outcome.action = temp ? ACTION_TEMPFAIL : ACTION_REJECT;
+	str_copy(tx->reason, reason, sizeof(tx->reason));
+	tx_log(tx, sess->id, sess->client_addr, sess->helo, temp ? "deferred" : "rejected", dsn);
+	session_tx_done_reply(sess);
+}
+
 static void
 session_data_end(struct session *sess)
 {
 	const struct mx_config *cfg = sess->st->cfg;
 	struct tx *tx = sess->tx;
-	const char *result = NULL, *dsn = NULL;
+	char reply[128];
 
 	if (tx->body_errno == 0 && msgbody_seal(tx->body) < 0)
 		tx->body_errno = errno ? errno : EIO;
+	if (tx->body_errno == 0)
+		tx_find_msgid(tx);
 	if (tx->too_big) {
-		session_reply(sess, "552 5.3.4 Message size exceeds fixed maximum message size");
-		result = "rejected"; dsn = "5.3.4";
+		session_data_refuse(sess, false, "size", "5.3.4",
+				    "552 5.3.4 Message size exceeds fixed maximum message size");
+	} else if (tx->line_too_long) {
+		snprintf(reply, sizeof(reply), "550 5.6.0 Message line too long (limit %ld octets)",
+			 cfg->limits.data_line_max);
+		session_data_refuse(sess, false, "line_too_long", "5.6.0", reply);
 	} else if (tx->body_errno != 0) {
-		if (tx->body_errno == ENOSPC || tx->body_errno == EDQUOT) {
-			session_reply(sess, "452 4.3.1 Insufficient system storage");
-			dsn = "4.3.1";
-		} else {
-			session_reply(sess, "451 4.3.0 Error writing message to spool; try again later");
-			dsn = "4.3.0";
-		}
 		errno = tx->body_errno;
 		log_errno(LOG_LEVEL_ERR, "%s spool write failed", tx->id);
-		result = "deferred";
+		if (tx->body_errno == ENOSPC || tx->body_errno == EDQUOT)
+			session_data_refuse(sess, true, "spool_error", "4.3.1",
+					    "452 4.3.1 Insufficient system storage");
+		else
+			session_data_refuse(sess, true, "spool_error", "4.3.0",
+					    "451 4.3.0 Error writing message to spool; try again later");
 	} else if (tx->dr.bare_lf > 0 && cfg->bare_lf == BARE_LF_REJECT) {
-		session_reply(sess, "550 5.6.0 Message contains bare LF; use CRLF line endings");
-		result = "rejected"; dsn = "5.6.0";
+		session_data_refuse(sess, false, "bare_lf", "5.6.0",
+				    "550 5.6.0 Message contains bare LF; use CRLF line endings");
+	} else {
+		tx->msg.body = tx->body;
+		tx->msg.rcpt = NULL;
+		session_run_phase(sess, PHASE_DATA, &tx->msg, tx->fx, data_phase_cont);
 	}
-	if (result != NULL) {
-		tx_log(tx, sess->id, sess->client_addr, sess->helo, result, dsn);
-		session_tx_done_reply(sess);
-		return;
-	}
-	tx->msg.body = tx->body;
-	tx->msg.rcpt = NULL;
-	session_run_phase(sess, PHASE_DATA, &tx->msg, tx->fx, data_phase_cont);
 }
 
-/* Feed buffered DATA input through the dot reader; true when the message ended. */
+/* Feed buffered DATA input through the dot reader; true when the message
+ * ended. Size and line length are measured on the octets as sent (RFC
+ * 1870: CRLF is two octets, a stuffed dot is one) — the stored copy has
+ * LF line ends and is smaller. Once a limit is passed the rest is read
+ * and dropped, so memory and spool stay bounded. */
 static bool
 session_read_data(struct session *sess, struct evbuffer *in)
 {
@@ -1007,9 +1292,15 @@ session_read_data(struct session *sess, struct evbuffer *in)
 			vec.iov_len = DATA_CHUNK;
 		end = dot_reader_feed(&tx->dr, vec.iov_base, vec.iov_len, &consumed, out, &out_len);
 		evbuffer_drain(in, consumed);
-		if (tx->dr.size > (uint64_t)cfg->limits.message_size_max)
+		tx->smtp_size += consumed;
+		if (end)
+			tx->smtp_size -= 3; /* the ".\r\n" of the end marker is not the message's */
+		/* before the end, up to 2 octets consumed may be a held ".\r" */
+		if (tx->smtp_size > (uint64_t)cfg->limits.message_size_max + (end ? 0 : 2))
 			tx->too_big = true;
-		if (!tx->too_big && tx->body_errno == 0 && out_len > 0 &&
+		if (tx->dr.longest_line > (uint64_t)cfg->limits.data_line_max)
+			tx->line_too_long = true;
+		if (!tx->too_big && !tx->line_too_long && tx->body_errno == 0 && out_len > 0 &&
 		    msgbody_append(tx->body, out, out_len) < 0)
 			tx->body_errno = errno ? errno : EIO;
 		if (end)
@@ -1048,7 +1339,8 @@ session_process(struct session *sess)
 		if (got == CONN_LINE_NONE)
 			break;
 		if (got == CONN_LINE_OVERFLOW) {
-			session_reply(sess, "500 5.5.6 Error: line too long");
+			session_refuse(sess, false, NULL, NULL, "line_too_long",
+				       "500 5.5.6 Error: line too long");
 			session_close(sess, "line_too_long");
 			break;
 		}
@@ -1058,7 +1350,7 @@ session_process(struct session *sess)
 			session_arm_timeouts(sess);
 		}
 		if (got == CONN_LINE_TOO_LONG) {
-			session_error(sess, "500 5.5.6 Error: line too long");
+			session_refuse(sess, true, NULL, NULL, "line_too_long", "500 5.5.6 Error: line too long");
 			continue;
 		}
 		session_command(sess, line, len);
@@ -1132,8 +1424,10 @@ session_gone(void *ctx, const char *reason)
 	if (sess->run != NULL)
 		pipeline_run_cancel(&sess->run);
 	if (sess->tx != NULL && sess->tx->body != NULL && sess->state == STATE_DATA)
-		log_msg(LOG_LEVEL_INFO, "%s smtp lost connection during DATA client=%s",
-			sess->tx->id, sess->client_addr);
+		log_msg(LOG_LEVEL_INFO, "%s smtp lost connection during DATA session=%s client=%s "
+			"helo=%s from=<%s> nrcpt=%zu octets=%llu", sess->tx->id, sess->id,
+			sess->client_addr, sess->helo[0] != '\0' ? sess->helo : "-", sess->tx->from,
+			sess->tx->n_rcpts, (unsigned long long)sess->tx->smtp_size);
 	tx_free(&sess->tx);
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
@@ -1166,7 +1460,7 @@ session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
 			o.reply.code = o.verdict == VERDICT_REJECT ? 554 : 421;
 		else
 			o.reply.code = 421;
-		session_reply_verdict(sess, &o, "connect_reject");
+		session_reply_verdict(sess, &o, sess->connect_fx, PHASE_CONNECT, NULL);
 		session_close(sess, "connect_rejected");
 		return;
 	}

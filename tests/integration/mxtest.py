@@ -143,7 +143,10 @@ class Daemon:
     settings: top-level overrides (name -> value); limits: limits { } overrides;
     tls: configure tls_cert/tls_key; implicit_tls: add a listener
     `listen smtps { tls = "implicit" }` on a second port; users: addresses
-    added with mxguardctl before the start; pre_start: callable(daemon) run
+    added with mxguardctl before the start (without any, `postmaster` is set
+    to postmaster-box@<first domain>, because with no user of a local domain
+    mxguard has nowhere to deliver postmaster@ and refuses to start, unless
+    settings name one); pre_start: callable(daemon) run
     after the config is written and before users are added (e.g. to mount a
     tmpfs on mail_root); binary: the daemon to run (default MXGUARD)."""
 
@@ -155,6 +158,8 @@ class Daemon:
         self.port = free_port()
         self.tls_port = free_port() if implicit_tls else None
         self.settings = dict(settings or {})
+        if not users and "postmaster" not in self.settings:
+            self.settings["postmaster"] = "postmaster-box@" + list(domains)[0]
         self.limits = dict(limits or {})
         self.pipeline = dict(pipeline or {})
         self.tls = tls or implicit_tls
@@ -613,9 +618,11 @@ DATE_RE = (rb"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?\d{1,2} "
 
 
 def received_re(helo, proto, txid=None, rcpt=None):
-    """Regex (bytes) for our Received: header, per the spec."""
+    """Regex (bytes) for our Received: header, per the spec: the HELO name,
+    then where the client's reverse DNS name goes "unknown" (no lookup is
+    made yet; never the HELO name again) and the address."""
     rx = (rb"Received: from " + re.escape(helo.encode()) +
-          rb" \((\S+) \[127\.0\.0\.1\]\)\n"
+          rb" \((unknown) \[127\.0\.0\.1\]\)\n"
           rb"\tby mx\.example\.test \(mxguard\) with " + proto.encode() +
           rb" id " + (re.escape(txid.encode()) if txid else rb"[0-9A-Z]{16}"))
     if rcpt:

@@ -9,7 +9,9 @@ new user without a restart.
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -64,8 +66,62 @@ class ConfigCheck(DaemonTestCase):
         self.assertIn("ok", (r.stdout + r.stderr).lower())
 
     def test_shipped_config(self):
+        # the demo config reads its certificate from ./var/tls (made by
+        # scripts/quickstart): give it one, in a directory of its own
+        top = tempfile.mkdtemp(prefix="mxtest-shipped-", dir=self.d.dir)
+        os.makedirs(os.path.join(top, "var", "tls"))
+        for src, name in zip(mxtest.test_cert(), ("cert.pem", "key.pem")):
+            shutil.copy(src, os.path.join(top, "var", "tls", name))
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
-        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=self.d.dir)
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("2 listener(s)", r.stdout)
+        # without the certificate, the error names the setting's line
+        os.unlink(os.path.join(top, "var", "tls", "cert.pem"))
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
+        self.assertNotEqual(r.returncode, 0)
+        with open(conf) as f:
+            text = f.read()
+        self.assertIn('%s:%d: tls_cert = "%s/var/tls/cert.pem": No such file or directory'
+                      % (conf, line_of(text, "tls_cert ="), os.path.realpath(top)), r.stderr)
+
+    def test_shipped_config_offers_tls(self):
+        # the quickstart demo: STARTTLS on 127.0.0.1:2525, implicit TLS on
+        # 127.0.0.1:4465, with the certificate under ./var/tls
+        conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
+        with open(conf) as f:
+            text = f.read()
+        listeners = re.findall(r'^listen (\w+) \{\n\taddress = "([^"]+)"\n'
+                               r'(?:\tprotocol = "smtp"\n)?\ttls = "(\w+)"\n\}', text, re.M)
+        self.assertEqual(sorted(l[1:] for l in listeners),
+                         [("127.0.0.1:2525", "none"), ("127.0.0.1:4465", "implicit")])
+        self.assertRegex(text, r'(?m)^tls_cert = "\./var/tls/cert\.pem"$')
+        self.assertRegex(text, r'(?m)^tls_key = "\./var/tls/key\.pem"$')
+
+    def test_demo_cert(self):
+        # scripts/demo-cert, as scripts/quickstart runs it: a self-signed
+        # localhost certificate, key 0600, made once
+        script = os.path.join(mxtest.MX_SRCDIR, "scripts", "demo-cert")
+        top = tempfile.mkdtemp(prefix="mxtest-democert-", dir=self.d.dir)
+        r = run(["sh", script], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cert = os.path.join(top, "var", "tls", "cert.pem")
+        key = os.path.join(top, "var", "tls", "key.pem")
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        r = run(["openssl", "x509", "-in", cert, "-noout", "-subject", "-ext", "subjectAltName"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"CN\s*=\s*localhost")
+        self.assertIn("DNS:localhost", r.stdout)
+        self.assertIn("IP Address:127.0.0.1", r.stdout)
+        with open(cert) as f:
+            before = f.read()
+        r = run(["sh", script], cwd=top)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(cert) as f:
+            self.assertEqual(f.read(), before, "a second run replaced the certificate")
+        # and the daemon accepts the pair with the shipped config
+        conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
+        r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_unknown_option(self):
@@ -125,6 +181,66 @@ class ConfigCheck(DaemonTestCase):
         # still point at its own line
         text = ("# a comment\n#\n\n" + self.good.replace("threads = 2\n", "# threads\nthreads = x2 # trailing\n"))
         self.assertBad(text, line=line_of(text, "threads = x2"))
+
+    def test_unclosed_section_named_at_its_brace(self):
+        # comments before and inside the section must not shift the line
+        # named: it is the line of the section's "{"
+        head = "# a comment\n#\n" + self.good + "# before\n// also before\n\n"
+        text = head + "pipeline {\n\t# inside\n\ttag_score = 5.0 # trailing\n\t# more\n"
+        self.assertBad(text, line=len(head.splitlines()) + 1, mention="never closed")
+
+    def test_listeners_on_one_address(self):
+        # the same address twice, and a wildcard over a specific address:
+        # refused at the second listener's address line, before any bind
+        port = self.d.port
+        for first, second in (("127.0.0.1:%d" % port, "127.0.0.1:%d" % port),
+                              ("127.0.0.1:%d" % port, "*:%d" % port),
+                              ("*:%d" % port, "127.0.0.1:%d" % port)):
+            with self.subTest(first=first, second=second):
+                text = re.sub(r'address = "127\.0\.0\.1:\d+"', 'address = "%s"' % first, self.good)
+                text += '# a second one\nlisten other {\n\ttls = "none"\n\taddress = "%s"\n}\n' % second
+                self.assertBad(text, line=line_of(text, 'address = "%s"' % second, start=line_of(text, "listen other")),
+                               mention="overlaps")
+        # another port is fine
+        text = self.good + 'listen other {\n\taddress = "127.0.0.1:%d"\n}\n' % mxtest.free_port()
+        r = self.check(text)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def tls_config(self, cert, key):
+        text = self.good + "# TLS\ntls_cert = %s\n\ntls_key = %s\n" % (mxtest.conf_value(cert),
+                                                                       mxtest.conf_value(key))
+        return text, line_of(text, "tls_cert ="), line_of(text, "tls_key =")
+
+    def test_tls_file_errors(self):
+        cert, key = mxtest.test_cert()
+        other_key = os.path.join(self.d.dir, "other-key.pem")
+        r = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other_key],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        junk = os.path.join(self.d.dir, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("this is not PEM\n")
+        missing = os.path.join(self.d.dir, "missing.pem")
+        cases = [
+            (missing, key, "tls_cert", missing, "No such file or directory"),
+            (self.d.dir, key, "tls_cert", self.d.dir, "is a directory"),
+            (junk, key, "tls_cert", junk, "no PEM certificate"),
+            (cert, missing, "tls_key", missing, "No such file or directory"),
+            (cert, junk, "tls_key", junk, "no PEM private key"),
+            (cert, cert, "tls_key", cert, "no PEM private key"),
+            (cert, other_key, "tls_key", other_key, "does not match the certificate"),
+        ]
+        for c, k, setting, path, reason in cases:
+            with self.subTest(cert=c, key=k):
+                text, cert_line, key_line = self.tls_config(c, k)
+                line = cert_line if setting == "tls_cert" else key_line
+                r = self.assertBad(text, line=line, mention=reason)
+                self.assertIn('%s:%d: %s = "%s": %s' % (self.d.conf, line, setting, path, reason),
+                              r.stderr)
+        # the good pair passes
+        text, _, _ = self.tls_config(cert, key)
+        r = self.check(text)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_missing_file(self):
         missing = os.path.join(self.d.dir, "nope.conf")

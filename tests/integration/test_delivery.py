@@ -27,6 +27,116 @@ def send_one(test, d, rcpts, message, helo="client.example.org"):
     return c, rr, fr
 
 
+def run_mxguard(d, *args):
+    import subprocess
+    return subprocess.run([mxtest.MXGUARD] + list(args) + ["-c", d.conf], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=30, cwd=d.dir)
+
+
+class PostmasterDefault(DaemonTestCase):
+    """postmaster@ every local domain (RFC 5321 4.5.1), with no postmaster
+    setting: the first passwd-file user of a local domain receives it."""
+    daemon_args = dict(domains=("example.test", "second.test"),
+                       users=("demo@example.test", "alice@second.test"))
+
+    def test_postmaster_of_every_domain(self):
+        before = {u: set(self.d.files("new", u, dom))
+                  for u, dom in (("demo", "example.test"), ("alice", "second.test"))}
+        c = self.client()
+        self.assertEqual(c.ehlo().code, 250)
+        off = self.d.log_size()
+        rcpts = ["postmaster@example.test", "POSTMASTER@second.test", "PostMaster@example.test",
+                 '"postmaster"@second.test']
+        mr, rr, dr, fr = c.transaction("a@b.test", rcpts, smtp_data(b"Subject: pm\n\nhello\n"))
+        for r in rr:
+            self.assertEqual((r.code, r.enhanced), (250, "2.1.5"), r)
+        txid = queued_id(fr)
+        self.assertIsNotNone(txid, fr)
+        # one mailbox, one copy, and the copy says which mailbox it is
+        new = set(self.d.files("new", "demo", "example.test")) - before["demo"]
+        self.assertEqual(len(new), 1)
+        with open(new.pop(), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"Return-Path: <a@b.test>\nDelivered-To: demo@example.test\n"),
+                        data[:200])
+        self.assertEqual(set(self.d.files("new", "alice", "second.test")), before["alice"])
+        # no Maildir for a "postmaster" user was made anywhere
+        for dom in ("example.test", "second.test"):
+            self.assertFalse(os.path.exists(os.path.join(self.d.mail_root, dom, "postmaster")))
+        # the log names what the client asked for
+        m = self.d.wait_log(r"(?m)^.*%s smtp tx .*$" % txid, off)
+        self.assertIsNotNone(m)
+        self.assertIn(" to=<postmaster@example.test>,<postmaster@second.test> nrcpt=2 ", m.group(0))
+
+    def test_postmaster_refused_elsewhere(self):
+        c = self.client()
+        self.assertEqual(c.ehlo().code, 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
+        r = c.cmd("RCPT TO:<postmaster@other.test>")
+        self.assertEqual((r.code, r.enhanced), (550, "5.7.1"), r)
+        r = c.cmd("RCPT TO:<postmaster.x@example.test>")
+        self.assertEqual((r.code, r.enhanced), (550, "5.1.1"), r)
+
+
+class PostmasterSetting(DaemonTestCase):
+    daemon_args = dict(domains=("example.test", "second.test"),
+                       users=("demo@example.test", "alice@second.test"),
+                       settings={"postmaster": "Alice@Second.test"})
+
+    def test_postmaster_goes_to_the_setting(self):
+        before = set(self.d.files("new", "alice", "second.test"))
+        c = self.client()
+        self.assertEqual(c.ehlo().code, 250)
+        mr, rr, dr, fr = c.transaction("a@b.test", ["postmaster@example.test"],
+                                       smtp_data(b"Subject: pm\n\nto alice\n"))
+        txid = queued_id(fr)
+        self.assertIsNotNone(txid, fr)
+        new = set(self.d.files("new", "alice", "second.test")) - before
+        self.assertEqual(len(new), 1)
+        with open(new.pop(), "rb") as f:
+            data = f.read()
+        # Delivered-To: the mailbox; Received: ... for <what the client said>
+        self.assertTrue(data.startswith(b"Return-Path: <a@b.test>\nDelivered-To: alice@second.test\n"),
+                        data[:200])
+        self.assertRegex(data, mxtest.received_re("client.example.org", "ESMTP", txid,
+                                                  "postmaster@example.test"))
+        self.assertTrue(data.endswith(b"\nSubject: pm\n\nto alice\n"), data)
+        self.assertEqual(self.d.files("new", "demo", "example.test"), [])
+
+
+class PostmasterMissing(DaemonTestCase):
+    """Neither a setting nor a user of a local domain: refused loudly."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = mxtest.Daemon(users=(), settings={"postmaster": ""}, start=False)
+
+    def setUp(self):
+        pass
+
+    def test_check_and_start_refuse(self):
+        r = run_mxguard(self.d, "-t")
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("postmaster: no mailbox for postmaster@example.test", r.stderr)
+        self.assertIn('set postmaster = "', r.stderr)
+        r = run_mxguard(self.d, "-f")
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("postmaster: no mailbox for postmaster@example.test", r.stderr)
+
+    def test_setting_must_be_local(self):
+        for value in ("admin@elsewhere.test", "no-at-sign", "@example.test", '"a b"@example.test'):
+            with self.subTest(value=value):
+                self.d.settings["postmaster"] = value
+                self.d.write_config()
+                r = run_mxguard(self.d, "-t")
+                self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertIn("postmaster", r.stderr)
+        self.d.settings["postmaster"] = "admin@example.test"
+        self.d.write_config()
+        r = run_mxguard(self.d, "-t")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
 class DiskFull(DaemonTestCase):
     @classmethod
     def setUpClass(cls):

@@ -106,6 +106,17 @@ class StageTestCase(DaemonTestCase):
         self.assertIsNotNone(m, "no tx log line for %s; log:\n%s" % (txid, self.d.log_tail()))
         return m.group(0)
 
+    def reject_line(self, offset, needle=""):
+        """The first "smtp reject" log line after offset containing needle."""
+        m = self.d.wait_log(r"(?m)^.* smtp reject .*%s.*$" % needle, offset)
+        self.assertIsNotNone(m, "no smtp reject line; log:\n%s" % self.d.log_since(offset))
+        return m.group(0)
+
+    def next_tx_line(self, offset):
+        m = self.d.wait_log(r"(?m)^.* smtp tx .*$", offset)
+        self.assertIsNotNone(m, "no tx log line; log:\n%s" % self.d.log_since(offset))
+        return m.group(0)
+
     def assertNothingStored(self):
         self.assertEqual(self.d.all_files("new"), [])
         self.assertEqual(self.d.all_files("tmp"), [])
@@ -212,11 +223,35 @@ class DataScoreReject(StageTestCase):
 
     def test_rejected_and_nothing_stored(self):
         c = self.ehlo_client()
-        subject, mr, rr, dr, fr = self.send(c)
+        off = self.d.log_size()
+        fr = c.transaction(SENDER, [RCPT], smtp_data(
+            b"Message-ID: <score.1@remote.test>\nSubject: spam\n\nbuy\n"))[3]
         self.assertEqual((fr.code, fr.enhanced), (550, "5.7.1"), fr)
         self.assertNothingStored()
+        # the tx line does not read as delivered, and says why
+        line = self.next_tx_line(off)
+        for want in (" action=reject ", " result=rejected ", " dsn=5.7.1 ", " reason=score ",
+                     " msgid=<score.1@remote.test> ", " from=<%s> " % SENDER):
+            self.assertIn(want, line)
         # the session goes on
         self.assertEqual(c.cmd("NOOP").code, 250)
+
+
+class RejectAtData(StageTestCase):
+    stage = dict(phase="data", verdict="reject", code=554, enhanced="5.7.9",
+                 text="Content refused by test stage")
+
+    def test_tx_line_names_the_stage(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        fr = c.transaction(SENDER, [RCPT], smtp_data(b"Subject: no id\n\nbody\n"))[3]
+        self.assertEqual(fr.raw, ["554 5.7.9 Content refused by test stage"])
+        self.assertNothingStored()
+        line = self.next_tx_line(off)
+        for want in (" action=reject ", " result=rejected ", " dsn=5.7.9 ",
+                     " reason=stage:teststage ", " msgid=- "):
+            self.assertIn(want, line)
+        self.assertNotIn("action=deliver", line)
 
 
 # ---------------------------------------------- hard verdicts, own replies
@@ -227,10 +262,44 @@ class RejectAtRcpt(StageTestCase):
     def test_custom_reply(self):
         c = self.ehlo_client()
         self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        off = self.d.log_size()
         r = c.cmd("RCPT TO:<%s>" % RCPT)
         self.assertEqual(r.raw, ["553 5.7.9 Recipient refused by test stage"])
+        self.assertRegex(self.reject_line(off), r" smtp reject client=127\.0\.0\.1 "
+                         r"helo=client\.example\.org from=<%s> rcpt=<%s> "
+                         r'reply="553 5\.7\.9 Recipient refused by test stage" '
+                         r"reason=stage:teststage$" % (SENDER, RCPT))
         # the recipient was not added
         self.assertEqual(c.cmd("DATA").code, 503)
+        self.assertNothingStored()
+
+
+class HeloRejectedOnSecondEhlo(StageTestCase):
+    """A stage that refuses the second EHLO of a session leaves it not
+    greeted: MAIL gets 503 until a HELO/EHLO succeeds, and no message can
+    be received under an empty HELO name. The first EHLO must pass, so the
+    stage starts idle (acting at DATA) and a reload makes it refuse every
+    HELO; the session's MAIL picks up the reloaded state."""
+    stage = dict(phase="data")
+
+    def test_mail_needs_a_new_helo(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        self.d.extra_conf = stage_section("teststage", dict(
+            phase="helo", verdict="reject", code=550, enhanced="5.7.9", text="Bad HELO"))
+        self.d.write_config()
+        self.d.signal(signal.SIGHUP)
+        self.assertIsNotNone(self.d.wait_log(r"reloaded configuration", off))
+        self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<%s>" % RCPT).code, 250)
+        off = self.d.log_size()
+        r = c.cmd("EHLO second.example.org")
+        self.assertEqual(r.raw, ["550 5.7.9 Bad HELO"])
+        self.assertRegex(self.reject_line(off), r" helo=second\.example\.org from=- "
+                         r'reply="550 5\.7\.9 Bad HELO" reason=stage:teststage$')
+        for cmd in ("MAIL FROM:<%s>" % SENDER, "RCPT TO:<%s>" % RCPT, "DATA"):
+            r = c.cmd(cmd)
+            self.assertEqual((r.code, r.enhanced), (503, "5.5.1"), (cmd, r))
         self.assertNothingStored()
 
 
@@ -265,8 +334,11 @@ class TempfailAtMail(StageTestCase):
 
     def test_custom_reply(self):
         c = self.ehlo_client()
+        off = self.d.log_size()
         r = c.cmd("MAIL FROM:<%s>" % SENDER)
         self.assertEqual(r.raw, ["451 4.7.9 Slow down please"])
+        self.assertRegex(self.reject_line(off), r" from=<%s> reply=\"451 4\.7\.9 Slow down please\" "
+                         r"reason=stage:teststage$" % SENDER)
         # no transaction was started
         self.assertEqual(c.cmd("RCPT TO:<%s>" % RCPT).code, 503)
         self.assertNothingStored()
@@ -356,8 +428,11 @@ class TimeoutTempfail(StageTestCase):
 
     def test_451_at_mail(self):
         c = self.ehlo_client()
+        off = self.d.log_size()
         r = c.cmd("MAIL FROM:<%s>" % SENDER)
         self.assertEqual((r.code, r.enhanced), (451, "4.7.1"), r)
+        # a stage that timed out is named too
+        self.assertIn(" reason=stage:teststage", self.reject_line(off, "from=<%s>" % SENDER))
         self.assertEqual(c.cmd("NOOP").code, 250)
         self.assertNothingStored()
 

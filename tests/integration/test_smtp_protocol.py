@@ -115,6 +115,87 @@ class Protocol(DaemonTestCase):
         r = c.cmd("HELP")
         self.assertEqual(r.code, 214, r)
         self.assertTrue(r.all_enhanced(), r)
+        # exactly the verbs that are implemented; no certificate, so no
+        # STARTTLS (AUTH, EXPN, BDAT... answer 502 and are not listed)
+        self.assertEqual(r.raw, ["214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT "
+                                 "HELP VRFY"])
+        for verb in r.text.split(":", 1)[1].split():
+            with self.subTest(verb=verb):
+                v = c.cmd(verb)
+                self.assertNotIn(v.code, (500, 502), v)
+                if verb == "QUIT":
+                    break
+                c.cmd("RSET")
+
+    def test_helo_without_name_says_it_once(self):
+        c = self.client()
+        self.assertEqual(c.cmd("HELO").raw, ["501 5.5.4 Syntax: HELO hostname"])
+        self.assertEqual(c.cmd("EHLO  ").raw, ["501 5.5.4 Syntax: EHLO hostname"])
+        r = c.cmd("EHLO two names")
+        self.assertReply(r, 501, "5.5.4")
+        self.assertEqual(r.text.count("Syntax"), 0, r)
+        self.assertNotIn("(", r.text, r)
+
+    def test_refused_second_ehlo_leaves_no_helo(self):
+        # like a refused first one: not greeted, so MAIL needs a new HELO
+        # (and nothing can ever be received under an empty name)
+        for bad in ("EHLO", "EHLO bad\x01name", "HELO two names"):
+            with self.subTest(bad=bad):
+                c = self.ehlo_client()
+                self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
+                self.assertReply(c.cmd(bad), 501, "5.5.4")
+                # the transaction went with the old HELO
+                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 503, "5.5.1")
+                r = c.cmd("MAIL FROM:<a@b.test>")
+                self.assertReply(r, 503, "5.5.1")
+                self.assertIn("HELO/EHLO", r.text)
+                before = set(self.d.files())
+                self.assertEqual(c.ehlo("again.example.org").code, 250)
+                fr = c.transaction("a@b.test", ["demo@example.test"],
+                                   smtp_data(b"Subject: after a refused EHLO\n\nok\n"))[3]
+                self.assertIsNotNone(queued_id(fr), fr)
+                new = set(self.d.files()) - before
+                self.assertEqual(len(new), 1)
+                with open(new.pop(), "rb") as f:
+                    data = f.read()
+                self.assertRegex(data, mxtest.received_re("again.example.org", "ESMTP", queued_id(fr),
+                                                         "demo@example.test"))
+                self.assertNotIn(b"Received: from  (", data)
+                c.close()
+
+    def test_quoted_local_part(self):
+        c = self.ehlo_client()
+        before = set(self.d.files())
+        self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
+        # "demo" needs no quotes: it is demo
+        self.assertReply(c.cmd('RCPT TO:<"demo"@example.test>'), 250, "2.1.5")
+        # quotes that are needed are refused for what they are, not as relaying
+        for addr in ('"de mo"@example.test', '"a\\"b"@example.test', '"x@y"@example.test'):
+            with self.subTest(addr=addr):
+                r = c.cmd("RCPT TO:<%s>" % addr)
+                self.assertReply(r, 553, "5.1.3")
+                self.assertEqual(r.text, "5.1.3 <%s>: quoted local parts are not accepted" % addr)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        off = self.d.log_size()
+        c.send(smtp_data(b"Subject: quoted\n\nok\n"))
+        txid = queued_id(c.reply())
+        self.assertIsNotNone(txid)
+        new = set(self.d.files()) - before
+        self.assertEqual(len(new), 1)
+        with open(new.pop(), "rb") as f:
+            self.assertIn(b"\nDelivered-To: demo@example.test\n", f.read())
+        m = self.d.wait_log(r"(?m)^.*%s smtp tx .*$" % txid, off)
+        self.assertIsNotNone(m)
+        self.assertIn(" to=<demo@example.test> nrcpt=1 ", m.group(0))
+
+    def test_starttls_without_certificate(self):
+        # not advertised, so not implemented here: 502 5.5.1, and the
+        # session goes on in plaintext
+        c = self.ehlo_client()
+        r = c.cmd("STARTTLS")
+        self.assertEqual(r.raw, ["502 5.5.1 Command not implemented"])
+        self.assertEqual(c.pending(), b"")
+        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
 
     def test_vrfy_reveals_nothing(self):
         c = self.ehlo_client()
@@ -137,15 +218,6 @@ class Protocol(DaemonTestCase):
         self.assertReply(c.cmd("BDAT 0 LAST"), 502, re.compile(r"^5\.5\.\d$"))
         self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
 
-    def test_starttls_without_certificate(self):
-        # not advertised, so not available: refused, and the session goes on
-        # in plaintext
-        c = self.ehlo_client()
-        r = c.cmd("STARTTLS")
-        self.assertIn(r.code, (454, 502, 503), r)
-        self.assertTrue(r.all_enhanced(), r)
-        self.assertEqual(c.pending(), b"")
-        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
 
     def test_quit(self):
         c = self.ehlo_client()
@@ -171,6 +243,8 @@ class Protocol(DaemonTestCase):
         self.assertIn(len(replies), (10, 11), codes)
         self.assertTrue(all(code == 500 for code in codes[:-1]), codes)
         self.assertTrue(c.closed(), "connection still open after 421")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject .* reply="421 4\.7\.0 .*too many errors" '
+                                             r'reason=too_many_errors'))
 
     def test_pipelining_replies_in_order(self):
         c = self.ehlo_client()
@@ -247,10 +321,187 @@ class Protocol(DaemonTestCase):
         self.assertIsNotNone(queued_id(c.reply()))
         self.assertEqual(len(set(self.d.files()) - before_new), 1)
 
+    def sized_message(self, octets, line=998):
+        """DATA bytes whose message part (before the final ".\\r\\n") is
+        exactly `octets` long as sent: CRLF line ends, lines of `line`
+        octets plus CRLF. Stored with LF ends it is one octet per line
+        smaller."""
+        head = b"Subject: sized\r\n\r\n"
+        full = line + 2
+        n, rest = divmod(octets - len(head), full)
+        body = (b"x" * line + b"\r\n") * n
+        if rest:
+            assert rest >= 3, rest
+            body += b"y" * (rest - 2) + b"\r\n"
+        data = head + body
+        assert len(data) == octets
+        return data + b".\r\n"
+
+    def test_size_counts_octets_as_sent(self):
+        # SIZE_MAX octets as sent pass; one more does not, although the
+        # stored copy (LF line ends) would be ~200 octets under the limit
+        c = self.ehlo_client()
+        for octets, ok in ((SIZE_MAX, True), (SIZE_MAX + 1, False)):
+            with self.subTest(octets=octets):
+                off = self.d.log_size()
+                self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
+                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 250)
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(self.sized_message(octets))
+                r = c.reply()
+                if ok:
+                    txid = queued_id(r)
+                    self.assertIsNotNone(txid, r)
+                else:
+                    self.assertReply(r, 552, "5.3.4")
+                    txid = None
+                m = self.d.wait_log(r"(?m)^.* smtp tx .*$", off)
+                self.assertIsNotNone(m)
+                line = m.group(0)
+                if txid:
+                    self.assertIn(txid, line)
+                self.assertIn(" size=%d " % octets, line)
+                if not ok:
+                    self.assertIn(" action=reject ", line)
+                    self.assertIn(" result=rejected ", line)
+                    self.assertIn(" reason=size ", line)
+
+    def test_dot_stuffing_counts_as_sent(self):
+        # a stuffed dot is an octet on the wire: the last line of an
+        # exactly SIZE_MAX message turned into ".yyy" and stuffed ("..yyy")
+        # is one octet too many; with one "y" less it fits again
+        c = self.ehlo_client()
+        base = self.sized_message(SIZE_MAX)[:-3]
+        last = base.rfind(b"\r\n", 0, len(base) - 2) + 2
+        line = base[last:-2]
+        for stuffed, ok in ((b"." + b"." + line[1:], False), (b"." + b"." + line[2:], True)):
+            with self.subTest(ok=ok):
+                msg = base[:last] + stuffed + b"\r\n"
+                self.assertEqual(len(msg), SIZE_MAX + (0 if ok else 1))
+                self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
+                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 250)
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(msg + b".\r\n")
+                r = c.reply()
+                if ok:
+                    self.assertIsNotNone(queued_id(r), r)
+                else:
+                    self.assertReply(r, 552, "5.3.4")
+
+    def test_data_line_max(self):
+        # default limits.data_line_max = 65536 octets, CRLF included: the
+        # longest allowed line passes, one octet more is read to the end
+        # and refused; the session goes on
+        c = self.ehlo_client()
+        for length, ok in ((65536, True), (65537, False)):
+            with self.subTest(length=length):
+                before = set(self.d.files())
+                off = self.d.log_size()
+                self.assertReply(c.cmd("MAIL FROM:<a@b.test>"), 250)
+                self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 250)
+                self.assertEqual(c.cmd("DATA").code, 354)
+                c.send(b"Subject: long line\r\nMessage-ID: <long.%d@b.test>\r\n\r\n" % length +
+                       b"L" * (length - 2) + b"\r\nshort\r\n.\r\nNOOP\r\n")
+                r = c.reply()
+                if ok:
+                    self.assertIsNotNone(queued_id(r), r)
+                    self.assertEqual(len(set(self.d.files()) - before), 1)
+                else:
+                    self.assertReply(r, 550, "5.6.0")
+                    self.assertIn("line too long", r.text)
+                    self.assertEqual(set(self.d.files()), before)
+                    m = self.d.wait_log(r"(?m)^.* smtp tx .*$", off)
+                    self.assertIsNotNone(m)
+                    for want in (" action=reject ", " result=rejected ", " dsn=5.6.0 ",
+                                 " reason=line_too_long ", " msgid=<long.%d@b.test> " % length):
+                        self.assertIn(want, m.group(0))
+                # the pipelined NOOP after the message is answered: nothing
+                # of the message leaked into the command stream
+                self.assertReply(c.reply(), 250, "2.0.0")
+
+    def test_duplicates_count_towards_recipients_max(self):
+        # recipients_max (default 100) counts accepted RCPT commands, as
+        # Postfix does: 150 times the same address, the 101st gets 452;
+        # the message is still delivered once
+        c = self.ehlo_client()
+        before = set(self.d.files())
+        c.send("MAIL FROM:<a@b.test>\r\n" + "RCPT TO:<demo@example.test>\r\n" * 150)
+        self.assertReply(c.reply(), 250)
+        codes = [c.reply() for _ in range(150)]
+        self.assertEqual([r.code for r in codes[:100]], [250] * 100)
+        for r in codes[100:]:
+            self.assertReply(r, 452, "4.5.3")
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(smtp_data(b"Subject: dup\n\nonce\n"))
+        self.assertIsNotNone(queued_id(c.reply()))
+        self.assertEqual(len(set(self.d.files()) - before), 1)
+
+    def test_refusals_logged(self):
+        # every refusal has one greppable line with client, helo, sender,
+        # recipient, reply and reason — also when no recipient was accepted
+        c = self.client()
+        off = self.d.log_size()
+        sid = None
+        c.cmd("MAIL FROM:<early@b.test>")            # bad sequence, no HELO yet
+        c.ehlo("logged.example.org")
+        c.cmd("XYZZY")
+        c.send(b"NO\0OP\r\n")
+        c.reply()
+        c.cmd("MAIL FROM:<big@b.test> SIZE=%d" % (SIZE_MAX + 1))
+        c.cmd("MAIL FROM:<a@b.test> FROB=1")
+        c.cmd("MAIL FROM:<sender@b.test>")
+        c.cmd("RCPT TO:<nobody@example.test>")
+        c.cmd("RCPT TO:<x@elsewhere.test>")
+        c.cmd('RCPT TO:<"a b"@example.test>')
+        c.cmd("RCPT TO:<broken")
+        c.cmd("QUIT")
+        self.assertTrue(c.closed())
+        self.assertIsNotNone(self.d.wait_log(r"smtp disconnected .*reason=quit", off))
+        lines = [l for l in self.d.log_since(off).splitlines() if " smtp reject " in l]
+        base = r"^.* smtp reject client=127\.0\.0\.1 "
+        want = [
+            r'helo=- from=- reply="503 5\.5\.1 Error: send HELO/EHLO first" reason=bad_sequence$',
+            r'helo=logged\.example\.org from=- reply="500 5\.5\.1 .*" reason=unknown_command$',
+            r'helo=logged\.example\.org from=- reply="500 5\.5\.2 .*" reason=nul$',
+            r'helo=logged\.example\.org from=<big@b\.test> reply="552 5\.3\.4 .*" reason=size$',
+            r'helo=logged\.example\.org from=<a@b\.test> reply="555 5\.5\.4 .*FROB" reason=bad_param$',
+            r'helo=logged\.example\.org from=<sender@b\.test> rcpt=<nobody@example\.test> '
+            r'reply="550 5\.1\.1 <nobody@example\.test>: .*" reason=unknown_user$',
+            r'helo=logged\.example\.org from=<sender@b\.test> rcpt=<x@elsewhere\.test> '
+            r'reply="550 5\.7\.1 .*" reason=relay$',
+            r'helo=logged\.example\.org from=<sender@b\.test> rcpt=<\"a b\"@example\.test> '
+            r'reply="553 5\.1\.3 <\\"a b\\"@example\.test>: quoted local parts are not accepted" '
+            r'reason=quoted_local$',
+            r'helo=logged\.example\.org from=<sender@b\.test> reply="501 5\.1\.3 .*" reason=rcpt_syntax$',
+        ]
+        self.assertEqual(len(lines), len(want), "\n".join(lines))
+        session_ids = set()
+        for line, rx in zip(lines, want):
+            self.assertRegex(line, base + rx)
+            session_ids.add(line.split(" smtp reject ")[0].split()[-1])
+        self.assertEqual(len(session_ids), 1, lines)
+
+    def test_lost_connection_during_data_logged(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        self.assertReply(c.cmd("MAIL FROM:<leaver@b.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<demo@example.test>"), 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(b"Subject: gone\r\n\r\n" + b"z" * 4981 + b"\r\n")   # 5000 octets
+        c.close()
+        m = self.d.wait_log(r"(?m)^.* smtp lost connection during DATA .*$", off)
+        self.assertIsNotNone(m, self.d.log_since(off))
+        self.assertRegex(m.group(0), r" client=127\.0\.0\.1 helo=client\.example\.org "
+                                     r"from=<leaver@b\.test> nrcpt=1 octets=5000$")
+
     def test_command_line_too_long(self):
         c = self.ehlo_client()
+        off = self.d.log_size()
         r = c.cmd("NOOP " + "x" * 1100)
         self.assertReply(r, 500, "5.5.6")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject client=127\.0\.0\.1 helo=client\.example\.org '
+                                             r'from=- reply="500 5\.5\.6 Error: line too long" '
+                                             r'reason=line_too_long', off))
         r = c.cmd("MAIL FROM:<" + "a" * 1100 + "@b.test>")
         self.assertReply(r, 500, "5.5.6")
 
@@ -294,12 +545,50 @@ class RecipientsMax(DaemonTestCase):
             self.assertEqual(r.code, 452, r)
             self.assertEqual(r.enhanced, "4.5.3", r)
         self.assertEqual(c.cmd("DATA").code, 354)
+        off = self.d.log_size()
         c.send(smtp_data(b"Subject: many\n\nto many\n"))
-        self.assertIsNotNone(queued_id(c.reply()))
+        txid = queued_id(c.reply())
+        self.assertIsNotNone(txid)
+        # the tx line stays well inside a syslog line: the first ten
+        # recipients by name, the rest counted, nrcpt= all of them
+        m = self.d.wait_log(r"(?m)^.*%s smtp tx .*$" % txid, off)
+        self.assertIsNotNone(m)
+        line = m.group(0)
+        self.assertLess(len(line.encode()), 2000, line)
+        self.assertIn(" nrcpt=%d " % self.N, line)
+        self.assertIn(" to=" + ",".join("<u%03d@example.test>" % i for i in range(10)) +
+                      ",...(+%d more) " % (self.N - 10), line)
         for i in range(self.N):
             self.assertEqual(len(self.d.files("new", "u%03d" % i)), 1, "u%03d" % i)
         for i in (self.N, self.N + 1):
             self.assertEqual(self.d.files("new", "u%03d" % i), [], "u%03d" % i)
+
+
+class SizeTenMiB(DaemonTestCase):
+    """The issue's numbers: 10,488,019 octets sent against a 10,485,760
+    limit. Stored with LF line ends the message would be 10,477,528
+    octets, under the limit; what counts is what the client sent."""
+    daemon_args = dict(limits={"message_size_max": 10485760})
+
+    def test_sent_octets_over_the_limit_refused(self):
+        c = self.ehlo_client()
+        head = b"Subject: ten MiB\r\n\r\n"
+        n, rest = divmod(10488019 - len(head), 1000)
+        data = head + (b"x" * 998 + b"\r\n") * n + b"y" * (rest - 2) + b"\r\n"
+        self.assertEqual(len(data), 10488019)
+        self.assertLess(len(data.replace(b"\r\n", b"\n")), 10485760)
+        off = self.d.log_size()
+        self.assertEqual(c.cmd("MAIL FROM:<a@b.test>").code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<demo@example.test>").code, 250)
+        self.assertEqual(c.cmd("DATA").code, 354)
+        c.send(data + b".\r\n")
+        r = c.reply()
+        self.assertEqual((r.code, r.enhanced), (552, "5.3.4"), r)
+        self.assertEqual(self.d.all_files("new"), [])
+        m = self.d.wait_log(r"(?m)^.* smtp tx .*$", off)
+        self.assertIsNotNone(m)
+        self.assertIn(" size=10488019 ", m.group(0))
+        self.assertIn(" reason=size ", m.group(0))
 
 
 class CommandsMax(DaemonTestCase):
@@ -314,6 +603,8 @@ class CommandsMax(DaemonTestCase):
         r = c.cmd("NOOP")
         self.assertEqual((r.code, r.enhanced), (421, "4.7.0"), r)
         self.assertTrue(c.closed(), "connection left open after 421")
+        self.assertIsNotNone(self.d.wait_log(r'smtp reject .* reply="421 4\.7\.0 .*too many commands" '
+                                             r'reason=too_many_commands'))
 
     def test_count_restarts_at_each_mail(self):
         c = self.ehlo_client()            # EHLO is the first counted command

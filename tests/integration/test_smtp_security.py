@@ -47,7 +47,8 @@ class Relay(DaemonTestCase):
             ("@other.test:demo@example.test", (501, 550)),
             ("@other.test,@third.test:demo@example.test", (501, 550)),
             ("demo%other.test@example.test", (550,)),
-            ('"demo@other.test"@example.test', (550,)),
+            # a quoted local part that needs its quotes: 553, not relaying
+            ('"demo@other.test"@example.test', (553,)),
             ("demo@other.test@example.test", (501, 550, 553)),
             ("demo!other@example.test", (550,)),
             ("other.test!demo@example.test", (550,)),
@@ -144,9 +145,17 @@ class BareLFReject(SmugglingMixin, DaemonTestCase):
 
     def test_bare_lf_rejected(self):
         before = set(self.d.all_files("new"))
-        c, replies = self.send_bare(b"Subject: bare\r\n\r\nline one\nline two\r\n.\r\n")
+        off = self.d.log_size()
+        c, replies = self.send_bare(b"Subject: bare\r\nMessage-ID: <bare.1@b.test>\r\n\r\n"
+                                    b"line one\nline two\r\n.\r\n")
         self.assertEqual(len(replies), 1, replies)
         self.assertEqual((replies[0].code, replies[0].enhanced), (550, "5.6.0"), replies[0])
+        # the tx line says it was refused, why, and which message it was
+        m = self.d.wait_log(r"(?m)^.* smtp tx .*$", off)
+        self.assertIsNotNone(m)
+        for want in (" action=reject ", " result=rejected ", " dsn=5.6.0 ", " reason=bare_lf ",
+                     " msgid=<bare.1@b.test> "):
+            self.assertIn(want, m.group(0))
         self.assertEqual(set(self.d.all_files("new")), before)
         self.assertEqual(self.d.all_files("tmp"), [])
         # the session goes on
@@ -197,6 +206,17 @@ class StartTLS(DaemonTestCase):
             data = f.read()
         self.assertRegex(data, mxtest.received_re("client.example.org", "ESMTPS", None,
                                                    "demo@example.test"))
+
+    def test_help_lists_starttls_only_when_offered(self):
+        c = self.ehlo_client()
+        verbs = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"
+        self.assertEqual(c.cmd("HELP").raw, ["214 2.0.0 Commands: %s STARTTLS" % verbs])
+        r, leftover = c.starttls()
+        self.assertEqual(r.code, 220, r)
+        self.assertEqual(leftover, b"")
+        # inside TLS STARTTLS is no longer offered: neither by EHLO nor HELP
+        self.assertNotIn("STARTTLS", c.ehlo().lines)
+        self.assertEqual(c.cmd("HELP").raw, ["214 2.0.0 Commands: %s" % verbs])
 
     def test_starttls_injection_noop(self):
         c = self.ehlo_client()

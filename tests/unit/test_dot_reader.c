@@ -344,6 +344,59 @@ static void test_smuggle_other_variants(void **state)
 	CHECK("a\n.\n\r\n.\r\nX", "a\n.\n\r\n", true, 9, 2, 0);
 }
 
+/* ------------------------------------------------------ line lengths */
+
+/* longest_line of `in` fed whole, byte by byte and split at every offset:
+ * all must agree (the session refuses on it at end of DATA). */
+static uint64_t longest_all_ways(const char *in, size_t len)
+{
+	struct dot_reader r;
+	char out[4096];
+	size_t consumed, out_len, pos;
+	uint64_t whole;
+
+	assert_true(len < sizeof(out));
+	dot_reader_init(&r);
+	dot_reader_feed(&r, in, len, &consumed, out, &out_len);
+	whole = r.longest_line;
+	dot_reader_init(&r);
+	for (pos = 0; pos < len && !r.done; pos += consumed)
+		dot_reader_feed(&r, in + pos, 1, &consumed, out, &out_len);
+	assert_int_equal(r.longest_line, whole);
+	for (size_t cut = 0; cut <= len; cut++) {
+		dot_reader_init(&r);
+		dot_reader_feed(&r, in, cut, &consumed, out, &out_len);
+		if (!r.done)
+			dot_reader_feed(&r, in + cut, len - cut, &consumed, out, &out_len);
+		assert_int_equal(r.longest_line, whole);
+	}
+	return whole;
+}
+
+#define LONGEST(lit) longest_all_ways(lit, sizeof(lit) - 1)
+
+static void test_longest_line(void **state)
+{
+	char big[3000];
+
+	/* CRLF counted, as sent; the end marker's ".\r\n" is a line of 3 */
+	assert_int_equal(LONGEST("ab\r\nabcd\r\n.\r\n"), 6);
+	assert_int_equal(LONGEST(".\r\n"), 3);
+	/* a stuffed dot is an octet that was sent */
+	assert_int_equal(LONGEST("..abc\r\n.\r\n"), 7);
+	/* a bare LF ends a line too, a bare CR does not */
+	assert_int_equal(LONGEST("abc\ndefgh\r\n.\r\n"), 7);
+	assert_int_equal(LONGEST("abc\rdefgh\r\n.\r\n"), 11);
+	/* bytes after the end marker are the next command, not content */
+	assert_int_equal(LONGEST("a\r\n.\r\nQUIT-QUIT-QUIT\r\n"), 3);
+	/* a line without an end yet still counts: it can be refused
+	 * without ever being held anywhere */
+	memset(big, 'x', sizeof(big));
+	assert_int_equal(longest_all_ways(big, sizeof(big) - 1), sizeof(big) - 1);
+	memcpy(big + 2000, "\r\n.\r\n", 5);
+	assert_int_equal(longest_all_ways(big, 2005), 2002);
+}
+
 /* ------------------------------------------------ exhaustive model */
 
 static void test_exhaustive_against_model(void **state)
@@ -424,6 +477,7 @@ int main(void)
 		cmocka_unit_test(test_smuggle_crlf_dot_cr),
 		cmocka_unit_test(test_smuggle_crlf_dot_cr_crlf),
 		cmocka_unit_test(test_smuggle_other_variants),
+		cmocka_unit_test(test_longest_line),
 		cmocka_unit_test(test_exhaustive_against_model),
 	};
 

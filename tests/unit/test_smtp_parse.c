@@ -261,6 +261,31 @@ static void test_quoted_local(void **state)
 	mail_ok("TO:<\"\"@x.org>", "TO:", false, &path);
 	assert_string_equal(path.local, "\"\"");
 
+	/* a quoted string that needs no quotes is its dot-atom: "alice" is
+	 * alice, quoted-pairs resolved; what really needs quotes stays */
+	mail_ok("TO:<\"alice\"@X.org>", "TO:", false, &path);
+	assert_false(path.quoted_local);
+	assert_string_equal(path.local, "alice");
+	assert_true(smtp_path_is_simple_local(&path));
+	smtp_path_format(&path, buf, sizeof(buf));
+	assert_string_equal(buf, "alice@x.org");
+	mail_ok("TO:<\"first.last\"@x.org>", "TO:", false, &path);
+	assert_false(path.quoted_local);
+	assert_string_equal(path.local, "first.last");
+	mail_ok("TO:<\"al\\ice\"@x.org>", "TO:", false, &path);
+	assert_false(path.quoted_local);
+	assert_string_equal(path.local, "alice");
+	static const char *const need_quotes[] = {
+		"TO:<\"a b\"@x.org>", "TO:<\"a..b\"@x.org>", "TO:<\".a\"@x.org>",
+		"TO:<\"a.\"@x.org>", "TO:<\"a@b\"@x.org>", "TO:<\"a\\\"b\"@x.org>",
+		"TO:<\"a,b\"@x.org>",
+	};
+	for (size_t i = 0; i < N_ELEMENTS(need_quotes); i++) {
+		mail_ok(need_quotes[i], "TO:", false, &path);
+		if (!path.quoted_local || path.local[0] != '"')
+			fail_msg("%s: quotes dropped (%s)", need_quotes[i], path.local);
+	}
+
 	mail_err_s("TO:<\"abc@x.org>", "TO:", NULL);
 	mail_err_s("TO:<\"a\tb\"@x.org>", "TO:", NULL);
 	mail_err_s("TO:<\"a\x01\"@x.org>", "TO:", NULL);
@@ -496,8 +521,9 @@ static void test_lengths(void **state)
 	assert_string_equal(path.local, local);
 	snprintf(args, sizeof(args), "TO:<%sl@b.example>", local);
 	mail_err_s(args, "TO:", "local part too long");
-	/* quoted: the quotes count */
+	/* quoted: the quotes count (a space keeps the quotes needed) */
 	memset(local + 1, 'q', 62);
+	local[1] = ' ';
 	local[0] = '"';
 	local[63] = '"';
 	local[64] = '\0';
@@ -653,6 +679,12 @@ static void test_helo(void **state)
 			fail_msg("HELO \"%s\" accepted", bad[i]);
 		assert_non_null(error);
 	}
+	/* the error says what is wrong with the name, without the verb (the
+	 * session adds "Syntax: HELO hostname" only when there is none) */
+	assert_int_equal(smtp_parse_helo("", 0, &error), -1);
+	assert_string_equal(error, "Missing hostname");
+	assert_int_equal(smtp_parse_helo("a b", 3, &error), -1);
+	assert_null(strstr(error, "HELO"));
 	error = NULL;
 	assert_int_equal(smtp_parse_helo("a\0b", 3, &error), -1);
 	assert_non_null(error);
