@@ -174,7 +174,9 @@ enum check_status { CHECK_DONE, CHECK_PENDING, CHECK_FAILED };
 enum on_error { ON_ERROR_ACCEPT, ON_ERROR_TEMPFAIL };
 
 /* The loop a stage runs on: handed to loop_init() and reachable from every
- * call (call->env). Owned by the pipeline; valid while the loop uses it. */
+ * call (call->env). Owned by the pipeline: the one given to loop_init() is
+ * valid until that loop's pipeline_loop_stop(), call->env until the call
+ * is completed or cancelled. Keep the fields, not the pointer. */
 struct stage_env {
 	unsigned loop_index;      /* 0..N-1, the daemon's loop number */
 	struct event_base *base;  /* that loop's event base */
