@@ -462,6 +462,37 @@ static int maildir_writev_all(int fd, struct iovec *iov, int iovcnt)
 	return 0;
 }
 
+/* Octets of LF-converted body written per write() call. */
+#define MAILDIR_LF_CHUNK 65536
+
+/*
+ * Write the body with each CRLF turned into LF. The body keeps the line
+ * endings it arrived with (lib/dot_reader.c); files in the store have LF
+ * endings, as mail clients reading a Maildir expect. A bare LF stays LF and
+ * a bare CR stays CR, so the file is byte for byte what the reader made
+ * before it started keeping CRLF. The file's size is body_len minus the
+ * number of CRLF pairs in it.
+ */
+static int maildir_write_body_lf(int fd, const char *body, size_t body_len)
+{
+	char buf[MAILDIR_LF_CHUNK];
+	size_t n = 0;
+
+	for (size_t i = 0; i < body_len; i++) {
+		if (body[i] == '\r' && i + 1 < body_len && body[i + 1] == '\n')
+			continue; /* the LF comes next */
+		buf[n++] = body[i];
+		if (n == sizeof(buf) || i + 1 == body_len) {
+			struct iovec iov = { .iov_base = buf, .iov_len = n };
+
+			if (maildir_writev_all(fd, &iov, 1) < 0)
+				return -1;
+			n = 0;
+		}
+	}
+	return 0;
+}
+
 /* A fresh unique name (the test hook's, when a test set one). */
 static void maildir_next_name(char *out, size_t outsz)
 {
@@ -506,13 +537,13 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 	}
 	copy->in_tmp = true;
 
-	struct iovec iov[3] = {
+	struct iovec iov[2] = {
 		{ .iov_base = target->headers, .iov_len = target->headers ? strlen(target->headers) : 0 },
 		{ .iov_base = (void *)job->prefix, .iov_len = job->prefix ? job->prefix_len : 0 },
-		{ .iov_base = (void *)body, .iov_len = body_len },
 	};
 
-	if (maildir_writev_all(fd, iov, N_ELEMENTS(iov)) < 0) {
+	if (maildir_writev_all(fd, iov, N_ELEMENTS(iov)) < 0 ||
+	    maildir_write_body_lf(fd, body, body_len) < 0) {
 		maildir_job_fail(job, errno, "write", copy->tmp_path);
 		close(fd);
 		return -1;

@@ -896,7 +896,7 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 	}
 	core_write_pid(pidfd);
 
-	core.workers = workers_create((unsigned)cfg->workers);
+	core.workers = workers_create((unsigned)cfg->workers, 0, 0);
 	for (unsigned i = 0; i < core.n_loops; i++) {
 		struct core_loop *loop = &core.loops[i];
 		loop->core = &core;

@@ -22,9 +22,22 @@
  * Both return "" (malloc'd) when there is nothing to report. Stage and rule
  * names come from config and rule files; any ',', ':', '=' or whitespace in
  * them is replaced by '_' so the fields stay parseable in a key=value line.
+ *
+ * Headers are checked before they are kept, because their values often come
+ * from the network (a DNS TXT record, a scanner's virus name) and the
+ * session writes them into the message verbatim: a name outside RFC 5322
+ * ftext or a value with CR, LF or another control character could inject a
+ * header or end the header block and start a body. Such a header is
+ * refused whole — never "repaired", which would put text in the message the
+ * stage did not ask for — and recorded with the name of the stage the
+ * pipeline says is running. Accepted values are folded (RFC 5322 2.2.3: a
+ * line break inserted before existing whitespace, so unfolding gives the
+ * value back exactly) to keep lines within 78 columns where a break exists,
+ * and a value that would need a line over 998 octets is refused too.
  */
 #include "config.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +52,16 @@ struct filter_tx {
 	size_t n_headers, cap_headers;
 	struct filter_stage_log *log;
 	size_t n_log, cap_log;
+	struct filter_refusal *refusals;
+	size_t n_refusals, cap_refusals;
+	const char *stage_now; /* whose side effects these are; NULL: pipeline */
 };
+
+/* RFC 5322 2.1.1: at most 998 octets per line, 78 recommended. */
+#define HEADER_LINE_MAX 998
+#define HEADER_LINE_SOFT 78
+/* Longest name: "Name: " plus a word must fit in a recommended line. */
+#define HEADER_NAME_MAX 76
 
 /* Grow *arr (of elem-sized items) so that it holds at least n+1 items. */
 static void filter_tx_reserve(void **arr, size_t *cap, size_t n, size_t elem)
@@ -77,8 +99,25 @@ struct filter_tx *filter_tx_clone(const struct filter_tx *src)
 			.desc = filter_tx_strdup_or_null(h->desc),
 		};
 	}
-	for (size_t i = 0; i < src->n_headers; i++)
-		filter_tx_add_header(fx, src->headers[i].name, src->headers[i].value);
+	/* already checked and folded: copied as they are */
+	for (size_t i = 0; i < src->n_headers; i++) {
+		filter_tx_reserve((void **)&fx->headers, &fx->cap_headers, fx->n_headers,
+				  sizeof(*fx->headers));
+		fx->headers[fx->n_headers++] = (struct filter_header){
+			.name = xstrdup(src->headers[i].name),
+			.value = xstrdup(src->headers[i].value),
+		};
+	}
+	for (size_t i = 0; i < src->n_refusals; i++) {
+		const struct filter_refusal *r = &src->refusals[i];
+
+		filter_tx_reserve((void **)&fx->refusals, &fx->cap_refusals,
+				  fx->n_refusals, sizeof(*fx->refusals));
+		fx->refusals[fx->n_refusals++] = (struct filter_refusal){
+			.stage = xstrdup(r->stage), .name = xstrdup(r->name),
+			.reason = r->reason,
+		};
+	}
 	for (size_t i = 0; i < src->n_log; i++) {
 		const struct filter_stage_log *l = &src->log[i];
 
@@ -107,6 +146,11 @@ void filter_tx_free(struct filter_tx **fxp)
 		free((char *)fx->log[i].stage);
 		free((char *)fx->log[i].result);
 	}
+	for (size_t i = 0; i < fx->n_refusals; i++) {
+		free((char *)fx->refusals[i].stage);
+		free((char *)fx->refusals[i].name);
+	}
+	free(fx->refusals);
 	free(fx->hits);
 	free(fx->headers);
 	free(fx->log);
@@ -131,14 +175,158 @@ void filter_tx_add_score(struct filter_tx *fx, const char *stage, const char *ru
 	};
 }
 
-void filter_tx_add_header(struct filter_tx *fx, const char *name, const char *value)
+void filter_tx_set_stage(struct filter_tx *fx, const char *stage)
 {
+	fx->stage_now = stage;
+}
+
+size_t filter_tx_refusals(const struct filter_tx *fx, const struct filter_refusal **r)
+{
+	if (r != NULL)
+		*r = fx->refusals;
+	return fx->n_refusals;
+}
+
+static bool header_is_wsp(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/* NULL when the name is RFC 5322 ftext of a sane length, else why not. */
+static const char *header_check_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0)
+		return "empty name";
+	if (len > HEADER_NAME_MAX)
+		return "name too long";
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)name[i];
+
+		if (c < 33 || c > 126 || c == ':')
+			return "name not ftext";
+	}
+	return NULL;
+}
+
+/* NULL when the value has no CR, LF or other control characters but HTAB
+ * (8-bit octets, UTF-8 text, are fine), else why not. */
+static const char *header_check_value(const char *value)
+{
+	for (const char *p = value; *p != '\0'; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c == '\r' || c == '\n')
+			return "CR or LF in value";
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return "control character in value";
+	}
+	return NULL;
+}
+
+/*
+ * Fold value for a header named name_len octets (written as "Name: value").
+ * The value is cut into segments, each a run of whitespace followed by the
+ * word after it; a line break may go before any segment that has a word
+ * and is not the first of its line. A segment is moved to a new line when
+ * it would end past column 78 and the line already holds something. NULL
+ * when some line still ends up longer than 998 octets (a word that long).
+ */
+static char *header_fold(size_t name_len, const char *value)
+{
+	size_t len = strlen(value);
+	/* at worst one "\n" per whitespace octet */
+	char *out = xmalloc(len * 2 + 1);
+	size_t o = 0, col = name_len + 2, i = 0;
+	bool first = true;
+
+	while (i < len) {
+		size_t start = i, word;
+
+		while (i < len && header_is_wsp(value[i]))
+			i++;
+		word = i;
+		while (i < len && !header_is_wsp(value[i]))
+			i++;
+		/* [start, i) is the segment; [word, i) its word */
+		if (!first && i > word && start < word &&
+		    col + (i - start) > HEADER_LINE_SOFT) {
+			out[o++] = '\n';
+			col = 0;
+		}
+		memcpy(out + o, value + start, i - start);
+		o += i - start;
+		col += i - start;
+		if (col > HEADER_LINE_MAX) {
+			free(out);
+			return NULL;
+		}
+		first = false;
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* Keep a printable copy of a refused name for the log and the record. */
+static char *header_printable(const char *s)
+{
+	size_t len = strnlen(s, 64);
+	char *out = xmalloc(len + 1);
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		out[i] = c >= 33 && c <= 126 ? (char)c : '?';
+	}
+	out[len] = '\0';
+	return out;
+}
+
+static void filter_tx_refuse(struct filter_tx *fx, const char *name, const char *reason)
+{
+	const char *stage = fx->stage_now != NULL ? fx->stage_now : "pipeline";
+	char *printable = header_printable(name);
+
+	log_msg(LOG_LEVEL_WARN, "filters header refused stage=%s name=%s reason=\"%s\"",
+		stage, printable, reason);
+	filter_tx_reserve((void **)&fx->refusals, &fx->cap_refusals, fx->n_refusals,
+			  sizeof(*fx->refusals));
+	fx->refusals[fx->n_refusals++] = (struct filter_refusal){
+		.stage = xstrdup(stage),
+		.name = printable,
+		.reason = reason,
+	};
+}
+
+int filter_tx_add_header(struct filter_tx *fx, const char *name, const char *value)
+{
+	const char *why;
+	char *folded;
+
+	if (name == NULL || value == NULL) {
+		filter_tx_refuse(fx, name != NULL ? name : "", "missing name or value");
+		return -1;
+	}
+	why = header_check_name(name);
+	if (why == NULL)
+		why = header_check_value(value);
+	if (why != NULL) {
+		filter_tx_refuse(fx, name, why);
+		return -1;
+	}
+	folded = header_fold(strlen(name), value);
+	if (folded == NULL) {
+		filter_tx_refuse(fx, name, "line longer than 998 octets");
+		return -1;
+	}
 	filter_tx_reserve((void **)&fx->headers, &fx->cap_headers, fx->n_headers,
 			  sizeof(*fx->headers));
 	fx->headers[fx->n_headers++] = (struct filter_header){
 		.name = xstrdup(name),
-		.value = xstrdup(value),
+		.value = folded,
 	};
+	return 0;
 }
 
 void filter_tx_add_stage_log(struct filter_tx *fx, const char *stage,

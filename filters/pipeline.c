@@ -31,6 +31,22 @@
  * X-Spam-Status ("Yes, score=6.2 tests=RULE_A,RULE_B", "tests=none" when
  * only unnamed scores were added).
  *
+ * Loops: the daemon's loop threads share the pipeline. Each loop that uses
+ * it first calls pipeline_loop_start() on its own thread, which runs the
+ * stages' loop_init() there and keeps their loop_data in the loop's slot
+ * (pl->loops[loop_index]); runs on that loop hand it to the stages as
+ * call->loop_data, and pipeline_loop_stop() tears it down on the same
+ * thread. The slot table grows under a mutex (loops start in any order);
+ * a slot itself is only ever touched by its own loop thread.
+ *
+ * Jobs: stage_submit_job() puts a stage's blocking work on the worker
+ * pool's scan lane. The job holds a reference to the pipeline (so the
+ * stage instance outlives it) and to the body, and carries the call's id,
+ * not the call: when the work is over, the completion on the loop looks the
+ * id up, so a call that timed out or was cancelled meanwhile gets its
+ * result dropped (done(NULL, arg) only frees), and the references go after
+ * that.
+ *
  * A stage's reply text is used as given except that control characters
  * become spaces (it may come from the network, e.g. a DNS TXT record); a
  * code or enhanced code of the wrong class for the verdict is replaced by
@@ -40,7 +56,9 @@
 
 #include <assert.h>
 #include <confuse.h>
+#include <errno.h>
 #include <event2/event.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,12 +75,24 @@
 #define PIPELINE_TEMPFAIL_ENHANCED "4.7.1"
 #define PIPELINE_TEMPFAIL_TEXT "Try again later"
 
+/* One loop's use of a pipeline, from pipeline_loop_start() to _stop(). */
+struct pipeline_loop {
+	struct stage_env env;
+	pthread_t thread;   /* the loop thread that started it */
+	void **loop_data;   /* per stage, in pipeline order */
+};
+
 struct pipeline {
 	atomic_int refcount;
 	struct stage **stages;
 	size_t n_stages;
 	unsigned phases; /* union of the stages' PHASE_BIT()s */
 	double tag_score, junk_score, reject_score;
+
+	/* started loops, indexed by loop_index; NULL = not started */
+	pthread_mutex_t loops_lock;
+	struct pipeline_loop **loops;
+	size_t n_loops;
 };
 
 /* A stage call as the pipeline keeps it; stages only see `call`. */
@@ -80,7 +110,8 @@ struct pipeline_call {
 struct pipeline_run {
 	struct pipeline *pl;
 	enum phase phase;
-	struct event_base *base;
+	struct stage_env env;            /* the caller's loop */
+	struct pipeline_loop *loop;      /* its slot; NULL if never started */
 	const struct filter_msg *msg;
 	struct filter_tx *fx;
 	pipeline_done_cb *done;
@@ -139,6 +170,18 @@ const char *action_name(enum action a)
 
 static void pipeline_free(struct pipeline *pl)
 {
+	for (size_t i = 0; i < pl->n_loops; i++) {
+		if (pl->loops[i] == NULL)
+			continue;
+		/* the core forgot pipeline_loop_stop(): tearing down here would
+		 * free another loop's objects on the wrong thread, so leak them */
+		log_msg(LOG_LEVEL_ERR, "pipeline: freed while loop %zu still uses it "
+			"(pipeline_loop_stop not called)", i);
+		free(pl->loops[i]->loop_data);
+		free(pl->loops[i]);
+	}
+	free(pl->loops);
+	pthread_mutex_destroy(&pl->loops_lock);
 	for (size_t i = 0; i < pl->n_stages; i++) {
 		struct stage *st = pl->stages[i];
 
@@ -208,6 +251,7 @@ int pipeline_create(const struct mx_config *cfg, struct pipeline **pl_r, char **
 	size_t n = cfg->pipeline.n_stages;
 
 	atomic_init(&pl->refcount, 1);
+	pthread_mutex_init(&pl->loops_lock, NULL);
 	pl->tag_score = cfg->pipeline.tag_score;
 	pl->junk_score = cfg->pipeline.junk_score;
 	pl->reject_score = cfg->pipeline.reject_score;
@@ -257,6 +301,92 @@ void pipeline_unref(struct pipeline **plp)
 bool pipeline_has_phase(const struct pipeline *pl, enum phase phase)
 {
 	return (pl->phases & PHASE_BIT(phase)) != 0;
+}
+
+/* ------------------------------------------------------------- loops */
+
+/* The loop's slot, or NULL when that loop has not started the pipeline. */
+static struct pipeline_loop *pipeline_loop_get(struct pipeline *pl, unsigned loop_index)
+{
+	struct pipeline_loop *lp = NULL;
+
+	pthread_mutex_lock(&pl->loops_lock);
+	if (loop_index < pl->n_loops)
+		lp = pl->loops[loop_index];
+	pthread_mutex_unlock(&pl->loops_lock);
+	return lp;
+}
+
+/* Tear down stages [0, n) of a loop, last first. */
+static void pipeline_loop_teardown(struct pipeline *pl, struct pipeline_loop *lp, size_t n)
+{
+	while (n-- > 0) {
+		struct stage *st = pl->stages[n];
+
+		if (st->ops->loop_teardown != NULL)
+			st->ops->loop_teardown(st, lp->loop_data[n]);
+	}
+	free(lp->loop_data);
+	free(lp);
+}
+
+int pipeline_loop_start(struct pipeline *pl, const struct stage_env *env, char **error_r)
+{
+	struct pipeline_loop *lp;
+	unsigned idx = env->loop_index;
+
+	if (pipeline_loop_get(pl, idx) != NULL) {
+		*error_r = xasprintf("pipeline: loop %u started twice", idx);
+		return -1;
+	}
+	lp = xcalloc(1, sizeof(*lp));
+	lp->env = *env;
+	lp->thread = pthread_self();
+	lp->loop_data = xcalloc(pl->n_stages + 1, sizeof(*lp->loop_data));
+	for (size_t i = 0; i < pl->n_stages; i++) {
+		struct stage *st = pl->stages[i];
+		char *error = NULL;
+
+		if (st->ops->loop_init == NULL)
+			continue;
+		if (st->ops->loop_init(st, &lp->env, &lp->loop_data[i], &error) < 0) {
+			*error_r = xasprintf("pipeline: stage '%s': loop %u: %s", st->name, idx,
+					     error != NULL ? error : "cannot be initialised");
+			free(error);
+			pipeline_loop_teardown(pl, lp, i);
+			return -1;
+		}
+	}
+	/* published only when complete; only this thread reads it anyway */
+	pthread_mutex_lock(&pl->loops_lock);
+	if (idx >= pl->n_loops) {
+		size_t n = (size_t)idx + 1;
+
+		pl->loops = xrealloc(pl->loops, n * sizeof(*pl->loops));
+		for (size_t i = pl->n_loops; i < n; i++)
+			pl->loops[i] = NULL;
+		pl->n_loops = n;
+	}
+	pl->loops[idx] = lp;
+	pthread_mutex_unlock(&pl->loops_lock);
+	return 0;
+}
+
+void pipeline_loop_stop(struct pipeline *pl, unsigned loop_index)
+{
+	struct pipeline_loop *lp = NULL;
+
+	pthread_mutex_lock(&pl->loops_lock);
+	if (loop_index < pl->n_loops) {
+		lp = pl->loops[loop_index];
+		pl->loops[loop_index] = NULL;
+	}
+	pthread_mutex_unlock(&pl->loops_lock);
+	if (lp == NULL)
+		return;
+	/* loop_data belongs to the loop that made it */
+	assert(pthread_equal(lp->thread, pthread_self()));
+	pipeline_loop_teardown(pl, lp, pl->n_stages);
 }
 
 /* ----------------------------------------------------------- running */
@@ -370,6 +500,7 @@ static void pipeline_run_apply(struct pipeline_run *run, struct pipeline_call *p
 		}
 	}
 	filter_tx_add_stage_log(run->fx, st->name, run->phase, word, usec);
+	filter_tx_set_stage(run->fx, NULL);
 }
 
 static void pipeline_call_free(struct pipeline_call *pc)
@@ -385,6 +516,7 @@ static void pipeline_run_outcome(struct pipeline_run *run)
 	const struct pipeline *pl = run->pl;
 	char value[64];
 
+	filter_tx_set_stage(run->fx, NULL);
 	out->score = filter_tx_score(run->fx);
 	switch (out->verdict) {
 	case VERDICT_REJECT: out->action = ACTION_REJECT; break;
@@ -461,14 +593,26 @@ static bool pipeline_run_stages(struct pipeline_run *run)
 		pc->call.stage = st;
 		pc->call.msg = run->msg;
 		pc->call.fx = run->fx;
-		pc->call.base = run->base;
+		pc->call.base = run->env.base;
+		pc->call.env = &run->env;
+		pc->call.loop_data = run->loop != NULL ? run->loop->loop_data[run->next - 1] : NULL;
 		pc->call.id = handle_register(&pc->call);
 		pc->n_hits_before = filter_tx_hits(run->fx, NULL);
 		clock_gettime(CLOCK_MONOTONIC, &pc->start);
 
-		pc->in_check = true;
-		status = st->ops->check(st, &pc->call);
-		pc->in_check = false;
+		filter_tx_set_stage(run->fx, st->name);
+		if (st->ops->loop_init != NULL && run->loop == NULL) {
+			/* its per-loop resources were never made: a core bug,
+			 * failed safe through the stage's on_error */
+			log_msg(LOG_LEVEL_ERR, "pipeline: stage '%s' called on loop %u "
+				"that did not pipeline_loop_start()", st->name,
+				run->env.loop_index);
+			status = CHECK_FAILED;
+		} else {
+			pc->in_check = true;
+			status = st->ops->check(st, &pc->call);
+			pc->in_check = false;
+		}
 
 		if (status == CHECK_PENDING) {
 			run->call = pc;
@@ -479,7 +623,7 @@ static bool pipeline_run_stages(struct pipeline_run *run)
 				};
 
 				if (run->timer == NULL)
-					run->timer = evtimer_new(run->base,
+					run->timer = evtimer_new(run->env.base,
 								 pipeline_timeout_cb, run);
 				evtimer_add(run->timer, &tv);
 			}
@@ -542,7 +686,7 @@ static void pipeline_timeout_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 enum pipeline_status pipeline_run(struct pipeline *pl, enum phase phase,
-				  struct event_base *base,
+				  const struct stage_env *env,
 				  const struct filter_msg *msg, struct filter_tx *fx,
 				  pipeline_done_cb *done, void *ctx,
 				  struct pipeline_outcome *out,
@@ -552,7 +696,8 @@ enum pipeline_status pipeline_run(struct pipeline *pl, enum phase phase,
 
 	run->pl = pipeline_ref(pl);
 	run->phase = phase;
-	run->base = base;
+	run->env = *env;
+	run->loop = pipeline_loop_get(pl, env->loop_index);
 	run->msg = msg;
 	run->fx = fx;
 	run->done = done;
@@ -587,6 +732,7 @@ void pipeline_run_cancel(struct pipeline_run **runp)
 		if (st->ops->cancel != NULL)
 			st->ops->cancel(st, &pc->call);
 	}
+	filter_tx_set_stage(run->fx, NULL);
 	pipeline_run_free(run);
 }
 
@@ -619,6 +765,66 @@ void stage_call_done(struct stage_call *call, enum check_status status)
 	if (run->timer != NULL)
 		evtimer_del(run->timer);
 	if (run->resume == NULL)
-		run->resume = event_new(run->base, -1, 0, pipeline_resume_cb, run);
+		run->resume = event_new(run->env.base, -1, 0, pipeline_resume_cb, run);
 	event_active(run->resume, 0, 0);
+}
+
+/* ------------------------------------------------------------ jobs */
+
+struct stage_job {
+	uint64_t call_id;
+	struct pipeline *pl;  /* keeps the stage instance alive */
+	struct msgbody *body; /* NULL before DATA */
+	stage_job_work_fn *work;
+	stage_job_done_fn *done;
+	void *arg;
+};
+
+static void stage_job_work(void *p)
+{
+	struct stage_job *job = p;
+
+	job->work(job->arg);
+}
+
+/* On the call's loop: the call, if it still waits, gets the result. */
+static void stage_job_done(void *p)
+{
+	struct stage_job *job = p;
+
+	job->done(stage_call_find(job->call_id), job->arg);
+	msgbody_unref(&job->body);
+	pipeline_unref(&job->pl);
+	free(job);
+}
+
+int stage_submit_job(struct stage_call *call, stage_job_work_fn *work,
+		     stage_job_done_fn *done, void *arg)
+{
+	struct pipeline_call *pc = (struct pipeline_call *)call;
+	struct stage_job *job;
+
+	if (call->env == NULL || call->env->workers == NULL || work == NULL || done == NULL) {
+		errno = EINVAL;
+		return -1;
+	}
+	job = xcalloc(1, sizeof(*job));
+	job->call_id = call->id;
+	job->pl = pipeline_ref(pc->run->pl);
+	job->body = call->msg != NULL && call->msg->body != NULL ?
+		msgbody_ref(call->msg->body) : NULL;
+	job->work = work;
+	job->done = done;
+	job->arg = arg;
+	if (workers_submit(call->env->workers, WORKER_LANE_SCAN, call->env->base,
+			   stage_job_work, stage_job_done, job) < 0) {
+		int saved = errno;
+
+		msgbody_unref(&job->body);
+		pipeline_unref(&job->pl);
+		free(job);
+		errno = saved;
+		return -1;
+	}
+	return 0;
 }

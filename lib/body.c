@@ -11,6 +11,13 @@
  * error is sticky: a body that lost bytes must never be delivered, so every
  * later append and the seal fail with the same errno (ENOSPC lets the session
  * answer 452 4.3.1).
+ *
+ * The body is reference-counted (see lib.h): jobs on the worker pool hold
+ * their own reference, so the last of the session, a delivery and a scan to
+ * let go frees it. It also carries one lazily built view for lib/mime.c (the
+ * parsed MIME tree), made once under view_lock and freed with the body;
+ * body.c only knows it as a pointer and a free function, so the body itself
+ * does not depend on GMime.
  */
 #include "config.h"
 
@@ -18,6 +25,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +38,7 @@
 #define BODY_INITIAL_CAP 4096
 
 struct msgbody {
+	atomic_int refcount;
 	char *spool_dir;
 	size_t threshold;
 
@@ -46,6 +55,12 @@ struct msgbody {
 	pthread_mutex_t map_lock;
 	const char *map;
 	size_t map_len;
+
+	/* the lazily built view (lib/mime.c), made once under view_lock */
+	pthread_mutex_t view_lock;
+	bool view_built;
+	void *view;
+	void (*free_view)(void *view);
 };
 
 struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold)
@@ -56,7 +71,15 @@ struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold)
 	b->spool_dir = xstrdup(spool_dir != NULL && *spool_dir != '\0' ? spool_dir : "/tmp");
 	b->threshold = spill_threshold;
 	b->fd = -1;
+	atomic_init(&b->refcount, 1);
 	pthread_mutex_init(&b->map_lock, NULL);
+	pthread_mutex_init(&b->view_lock, NULL);
+	return b;
+}
+
+struct msgbody *msgbody_ref(struct msgbody *b)
+{
+	atomic_fetch_add_explicit(&b->refcount, 1, memory_order_relaxed);
 	return b;
 }
 
@@ -261,19 +284,65 @@ const char *msgbody_contents(struct msgbody *b, size_t *len_r)
 	return map;
 }
 
-void msgbody_free(struct msgbody **bp)
+void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
+		   void (*free_view)(void *view))
+{
+	void *view;
+
+	/* the view is of the finished message: asking early builds nothing
+	 * (and remembers nothing) */
+	if (!b->sealed || b->error != 0)
+		return NULL;
+	pthread_mutex_lock(&b->view_lock);
+	if (!b->view_built) {
+		b->view = build(b);
+		b->free_view = free_view;
+		b->view_built = true;
+	}
+	view = b->view;
+	pthread_mutex_unlock(&b->view_lock);
+	return view;
+}
+
+bool msgbody_view_built(struct msgbody *b)
+{
+	bool built;
+
+	pthread_mutex_lock(&b->view_lock);
+	built = b->view_built;
+	pthread_mutex_unlock(&b->view_lock);
+	return built;
+}
+
+static void body_destroy(struct msgbody *b)
+{
+	if (b->view != NULL && b->free_view != NULL)
+		b->free_view(b->view);
+	if (b->map != NULL)
+		munmap((void *)b->map, b->map_len);
+	if (b->fd >= 0)
+		close(b->fd);
+	pthread_mutex_destroy(&b->map_lock);
+	pthread_mutex_destroy(&b->view_lock);
+	free(b->buf);
+	free(b->spool_dir);
+	free(b);
+}
+
+void msgbody_unref(struct msgbody **bp)
 {
 	struct msgbody *b = *bp;
 
 	if (b == NULL)
 		return;
 	*bp = NULL;
-	if (b->map != NULL)
-		munmap((void *)b->map, b->map_len);
-	if (b->fd >= 0)
-		close(b->fd);
-	pthread_mutex_destroy(&b->map_lock);
-	free(b->buf);
-	free(b->spool_dir);
-	free(b);
+	/* acq_rel: the thread that frees must see every other thread's last
+	 * use of the body (a worker's read, the view it built) */
+	if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1)
+		body_destroy(b);
+}
+
+void msgbody_free(struct msgbody **bp)
+{
+	msgbody_unref(bp);
 }

@@ -1,6 +1,6 @@
 /*
- * dot_reader.c — the DATA phase byte stream: un-dot-stuffing, CRLF to LF,
- * and finding the end of the message.
+ * dot_reader.c — the DATA phase byte stream: un-dot-stuffing and finding the
+ * end of the message, keeping the line endings exactly as received.
  *
  * This is where SMTP smuggling is won or lost. Only CRLF "." CRLF ends a
  * message (RFC 5321 4.1.1.4); the upstream server we relay to, or the one
@@ -15,6 +15,13 @@
  * marker split across any number of reads is handled the same as one in a
  * single read; a CR or ".\r" whose meaning depends on the next byte is held
  * in the state (not emitted) until that byte arrives.
+ *
+ * Line endings pass through: CRLF comes out as CRLF, a bare LF as a bare LF
+ * and a bare CR as a bare CR, so the body is what the client sent minus the
+ * stuffed dots and the end marker, and whoever needs LF (the Maildir
+ * writer) or CRLF (a relay) converts knowing which was which. Only the
+ * marker's CRLF "." CRLF is dropped; the CRLF ending the last line is
+ * content.
  */
 #include "config.h"
 
@@ -98,7 +105,10 @@ bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
 			continue;
 		case DOT_STATE_MID_CR:
 			if (c == '\n') {
+				/* the held CR comes out with its LF: at most one
+				 * byte more than this feed's input */
 				i++;
+				out[o++] = '\r';
 				out[o++] = '\n';
 				state = DOT_STATE_BOL;
 				continue;

@@ -152,14 +152,29 @@ struct cfg_opt_t;
 void config_register_section(const char *name, struct cfg_opt_t *opts);
 
 /* --------------------------------------------------------------- workers */
-/* A fixed pool of threads for blocking work (fsync, scans). work() runs on a
- * pool thread; done() then runs on the event loop `base` that submitted it.
- * Both get `arg`. The pool never drops a job: workers_destroy() drains. */
+/* A fixed pool of threads for blocking work, in two lanes with their own
+ * threads and queues, so that scans can never starve delivery fsyncs:
+ *   WORKER_LANE_DELIVERY  Maildir deliveries; unbounded queue (never drops)
+ *   WORKER_LANE_SCAN      CPU-heavy stage work (ClamAV, body regexes); its
+ *                         queue holds at most scan_queue_max waiting jobs
+ * work() runs on a pool thread of the lane; done() (may be NULL) then runs
+ * on the event loop `base` that submitted it. Both get `arg`. A job counts
+ * in workers_pending() from submit until its done() returned (or its work()
+ * returned, without done): the daemon's shutdown waits for 0 while its
+ * loops still run. workers_destroy() drains both queues. */
 struct event_base;
 struct workers;
-struct workers *workers_create(unsigned n_threads);
-void workers_submit(struct workers *w, struct event_base *base,
-		    void (*work)(void *arg), void (*done)(void *arg), void *arg);
+enum worker_lane { WORKER_LANE_DELIVERY = 0, WORKER_LANE_SCAN, WORKER_LANE_COUNT };
+/* n_delivery threads (0 = 1), n_scan threads (0 = as many as delivery),
+ * scan_queue_max queued scan jobs (0 = 16 per scan thread). */
+struct workers *workers_create(unsigned n_delivery, unsigned n_scan, size_t scan_queue_max);
+/* 0, or -1 with errno EAGAIN when the lane's queue is full (only the scan
+ * lane is bounded; a delivery submit never fails) or EINVAL for a bad
+ * lane. On failure nothing was queued and neither callback will run. */
+int workers_submit(struct workers *w, enum worker_lane lane, struct event_base *base,
+		   void (*work)(void *arg), void (*done)(void *arg), void *arg);
+/* Jobs submitted whose done() has not returned yet (any thread). */
+size_t workers_pending(const struct workers *w);
 void workers_destroy(struct workers **w);
 
 /* --------------------------------------------------------------- handles */
@@ -230,14 +245,18 @@ void smtp_path_format(const struct smtp_path *path, char *out, size_t outsz);
 
 /* ------------------------------------------------------------ DATA reader */
 /*
- * Incremental reader for the DATA phase: un-dot-stuffs, turns CRLF into LF
- * and finds the end marker. Only CRLF "." CRLF ends the message; a "." next
- * to a bare CR or bare LF is message content. Bare LF and bare CR are
- * counted so the session can apply its policy.
+ * Incremental reader for the DATA phase: un-dot-stuffs and finds the end
+ * marker, and otherwise keeps the bytes as received — CRLF stays CRLF, a
+ * bare LF stays a bare LF, a bare CR a bare CR — so a relay can reproduce
+ * the message and a consumer that wants LF (the Maildir writer) can tell
+ * the two apart. Only CRLF "." CRLF ends the message (its CRLF "." CRLF is
+ * not content; the CRLF ending the last line is); a "." next to a bare CR
+ * or bare LF is message content. Bare LF and bare CR are counted so the
+ * session can apply its policy.
  */
 struct dot_reader {
 	int state;
-	uint64_t size;        /* octets of content emitted so far */
+	uint64_t size;        /* octets of content emitted so far (as received) */
 	uint64_t bare_lf;     /* LF not preceded by CR */
 	uint64_t bare_cr;     /* CR not followed by LF */
 	uint64_t line_len;    /* octets of the current line so far, as sent */
@@ -246,7 +265,8 @@ struct dot_reader {
 };
 void dot_reader_init(struct dot_reader *r);
 /* Consume up to in_len bytes; writes content to out (capacity out_cap,
- * which must be >= in_len + 1). Sets *consumed and *out_len. Returns true
+ * which must be >= in_len + 1: a CR held back from the previous feed may
+ * come out with this one). Sets *consumed and *out_len. Returns true
  * when the end marker was consumed (bytes after it are left unconsumed:
  * they are the next pipelined command). */
 bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
@@ -257,10 +277,25 @@ bool dot_reader_feed(struct dot_reader *r, const char *in, size_t in_len,
  * A message body being received: kept in memory up to a threshold, then
  * spilled to an unlinked temp file in the spool directory. Appends happen on
  * the session's loop; once sealed, the body is immutable and may be read
- * from any thread (worker pool, stages).
+ * from any thread (worker pool, stages). The bytes are the message as
+ * received after un-dot-stuffing: CRLF line endings (bare LF/CR kept as
+ * they came).
+ *
+ * Reference-counted: the session holds one reference, and every job that
+ * reads the body on another thread (a delivery, a scan) holds its own, so
+ * a transaction that goes away never frees what a running job still reads.
+ * msgbody_new() returns the first reference; msgbody_free() is
+ * msgbody_unref() (a single owner's free); the last unref frees the body,
+ * its spill file and mapping, and its parsed MIME view, on whichever
+ * thread drops it.
  */
 struct msgbody;
 struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold);
+/* Another reference (any thread); returns b. */
+struct msgbody *msgbody_ref(struct msgbody *b);
+/* Drop a reference and set *b to NULL; NULL is fine. */
+void msgbody_unref(struct msgbody **b);
+void msgbody_free(struct msgbody **b);
 /* Returns 0 or -1 (errno set: a spill write failed, e.g. ENOSPC). */
 int msgbody_append(struct msgbody *b, const void *data, size_t len);
 /* Finish writing. Returns 0 or -1 (errno). */
@@ -270,7 +305,36 @@ bool msgbody_spilled(const struct msgbody *b);
 /* Whole sealed contents as one read-only region (memory, or an mmap of the
  * spill file made once). NULL with errno on failure; *len_r set. */
 const char *msgbody_contents(struct msgbody *b, size_t *len_r);
-void msgbody_free(struct msgbody **b);
+
+/* For lib/mime.c: one lazily built view of a sealed body (NULL, and nothing
+ * built, while the body is not sealed or failed). The first call
+ * runs build(b) under the body's view lock — so callers on several threads
+ * at once build it once — and later calls return what it returned (NULL
+ * included); free_view(view) runs when the body is freed. */
+void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
+		   void (*free_view)(void *view));
+/* True once the view was built (for tests and metrics). */
+bool msgbody_view_built(struct msgbody *b);
+
+/* ------------------------------------------------------------ MIME view */
+/*
+ * The parsed-MIME view of a sealed body that rules and the virus scanner
+ * share (lib/mime.c, GMime 3): parsed on first use, once, however many
+ * threads ask at once; owned by the body and freed with it (callers must
+ * not unref it, and must hold a body reference while they use it). NULL
+ * when the body is not sealed, cannot be read or does not parse as a
+ * message. GMime objects are not locked: the view is read-only by contract,
+ * so threads may walk it at once but nobody may change it.
+ */
+struct _GMimeMessage;
+struct _GMimeMessage *msgbody_mime(struct msgbody *b);
+/* True once the body's view was parsed (a body never asked is never parsed). */
+bool msgbody_mime_parsed(struct msgbody *b);
+/* How many bodies this process has parsed (tests: "parsed once"). */
+unsigned long msgbody_mime_parse_count(void);
+/* g_mime_init() runs once per process on first use; mime_shutdown() is for
+ * tests that want a clean leak report at exit (no view may be alive). */
+void mime_shutdown(void);
 
 /* ------------------------------------------------------------------ net */
 /* "host:port", "[v6]:port", "*:port". Returns 0 or -1 with *error_r. */

@@ -385,13 +385,19 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 {
 	struct pipeline_outcome out;
 	struct pipeline *pl = sess->st->pipeline;
+	struct core_loop *loop = conn_loop(sess->conn);
+	const struct stage_env env = {
+		.loop_index = core_loop_index(loop),
+		.base = conn_base(sess->conn),
+		.workers = core_loop_workers(loop),
+	};
 
 	if (!pipeline_has_phase(pl, phase) && phase != PHASE_DATA) {
 		memset(&out, 0, sizeof(out));
 		cont(sess, &out);
 		return;
 	}
-	if (pipeline_run(pl, phase, conn_base(sess->conn), msg, fx, session_phase_done,
+	if (pipeline_run(pl, phase, &env, msg, fx, session_phase_done,
 			 sess, &out, &sess->run) == PIPELINE_DONE) {
 		cont(sess, &out);
 		return;
@@ -1174,8 +1180,8 @@ session_deliver(struct session *sess)
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
 	core_loop_job_start(tx->loop);
-	workers_submit(core_loop_workers(tx->loop), conn_base(sess->conn), delivery_work,
-		       delivery_done, tx);
+	workers_submit(core_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
+		       delivery_work, delivery_done, tx);
 }
 
 static void

@@ -3,6 +3,9 @@
  * second, independent way: as look-ahead over the whole input, the way a
  * reader of RFC 5321 would put them. The unit test compares the reader with
  * it exhaustively over short inputs, the fuzz target over random ones.
+ *
+ * The content is the input as received minus the stuffed dots and the end
+ * marker: CRLF stays CRLF, bare CR and bare LF stay as they are.
  */
 #ifndef MXGUARD_TESTS_DOT_MODEL_H
 #define MXGUARD_TESTS_DOT_MODEL_H
@@ -50,6 +53,7 @@ dot_model_run(const char *in, size_t n, char *out, size_t *out_len, uint64_t *ba
 			if (i + 1 >= n)
 				break;
 			if (in[i + 1] == '\n') {
+				out[(*out_len)++] = '\r';
 				out[(*out_len)++] = '\n';
 				i += 2;
 				bol = true;

@@ -11,7 +11,9 @@
  * CRLF "." CRLF of the stream (counting the DATA line's CRLF) and never
  * otherwise, nothing is consumed once done, and the chunked run produces
  * the same bytes and counters as a single feed and as an independent
- * look-ahead model of the rules.
+ * look-ahead model of the rules. Line endings pass through as received:
+ * every LF consumed is emitted (but the end marker's), and an input
+ * without a "." comes out byte for byte (less a CR still held back).
  */
 #include "config.h"
 
@@ -142,6 +144,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	model.consumed = end != 0 ? end : len;
 	check_same(&chunked, &whole);
 	check_same(&chunked, &model);
+
+	/* line endings are kept: LFs in = LFs out, the marker's aside */
+	{
+		size_t lf_in = 0, lf_out = 0;
+
+		for (size_t i = 0; i < chunked.consumed; i++)
+			lf_in += msg[i] == '\n';
+		for (size_t i = 0; i < chunked.out_len; i++)
+			lf_out += chunked.out[i] == '\n';
+		CHECK(lf_out + (chunked.done ? 1 : 0) == lf_in);
+	}
+	if (memchr(msg, '.', len) == NULL) {
+		size_t keep = len > 0 && msg[len - 1] == '\r' ? len - 1 : len;
+
+		CHECK(!chunked.done);
+		CHECK(chunked.out_len == keep && memcmp(chunked.out, msg, keep) == 0);
+	}
 
 	/* the end is the first CRLF.CRLF of the stream, DATA's CRLF included */
 	framed[0] = '\r';

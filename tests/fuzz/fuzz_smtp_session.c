@@ -91,7 +91,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	free(path);
 	base = event_base_new();
-	workers = workers_create(1);
+	workers = workers_create(1, 0, 0);
 	loop = core_loop_standalone(&mxguard_app, state, base, workers);
 	if (loop == NULL)
 		abort();

@@ -6,6 +6,10 @@
  * variants get one test each; an exhaustive run over short strings of
  * "\r", "\n", "." and "a" compares the reader with a straightforward
  * look-ahead model of the same rules.
+ *
+ * The reader keeps line endings as received (CRLF stays CRLF, a bare LF or
+ * bare CR stays bare), so every expected output below is the input minus
+ * stuffed dots and the end marker.
  */
 #include "config.h"
 
@@ -146,11 +150,11 @@ static void check(const char *in, size_t len, const char *want_out,
 static void test_simple_message(void **state)
 {
 	CHECK_END("Subject: hi\r\n\r\nhello world\r\n.\r\n",
-		  "Subject: hi\n\nhello world\n", 0, 0);
-	CHECK_END("a\r\n.\r\n", "a\n", 0, 0);
+		  "Subject: hi\r\n\r\nhello world\r\n", 0, 0);
+	CHECK_END("a\r\n.\r\n", "a\r\n", 0, 0);
 	/* the DATA line's CRLF counts: a leading blank line is content */
-	CHECK_END("\r\n.\r\n", "\n", 0, 0);
-	CHECK_END("a\0b\r\n.\r\n", "a\0b\n", 0, 0);
+	CHECK_END("\r\n.\r\n", "\r\n", 0, 0);
+	CHECK_END("a\0b\r\n.\r\n", "a\0b\r\n", 0, 0);
 }
 
 static void test_empty_message(void **state)
@@ -162,11 +166,11 @@ static void test_unterminated(void **state)
 {
 	CHECK_OPEN("", "", 0, 0);
 	CHECK_OPEN("hello", "hello", 0, 0);
-	CHECK_OPEN("hello\r\n", "hello\n", 0, 0);
+	CHECK_OPEN("hello\r\n", "hello\r\n", 0, 0);
 	/* a pending CR / ".\r" is consumed but not yet emitted */
 	CHECK_OPEN("hello\r", "hello", 0, 0);
-	CHECK_OPEN("hello\r\n.", "hello\n", 0, 0);
-	CHECK_OPEN("hello\r\n.\r", "hello\n", 0, 0);
+	CHECK_OPEN("hello\r\n.", "hello\r\n", 0, 0);
+	CHECK_OPEN("hello\r\n.\r", "hello\r\n", 0, 0);
 	CHECK_OPEN(".", "", 0, 0);
 	CHECK_OPEN(".\r", "", 0, 0);
 }
@@ -175,10 +179,10 @@ static void test_pipelined_rest_unconsumed(void **state)
 {
 	static const char in[] = "hi\r\n.\r\nQUIT\r\n";
 
-	CHECK(in, "hi\n", true, 7, 0, 0);
+	CHECK(in, "hi\r\n", true, 7, 0, 0);
 	CHECK(".\r\nMAIL FROM:<a@b>\r\n", "", true, 3, 0, 0);
 	/* a second marker right after the first belongs to the next command */
-	CHECK("x\r\n.\r\n.\r\n", "x\n", true, 6, 0, 0);
+	CHECK("x\r\n.\r\n.\r\n", "x\r\n", true, 6, 0, 0);
 }
 
 static void test_done_consumes_nothing(void **state)
@@ -209,11 +213,11 @@ static void test_done_consumes_nothing(void **state)
 static void test_dot_stuffing(void **state)
 {
 	CHECK_END("..leading dot\r\n...\r\n.x\r\n. \r\n..\r\n.\r\n",
-		  ".leading dot\n..\nx\n \n.\n", 0, 0);
+		  ".leading dot\r\n..\r\nx\r\n \r\n.\r\n", 0, 0);
 	/* dots elsewhere in a line are untouched */
-	CHECK_END("a.b\r\n a.\r\nend.\r\n.\r\n", "a.b\n a.\nend.\n", 0, 0);
+	CHECK_END("a.b\r\n a.\r\nend.\r\n.\r\n", "a.b\r\n a.\r\nend.\r\n", 0, 0);
 	/* a stuffed line right at the start */
-	CHECK_END("..\r\n.\r\n", ".\n", 0, 0);
+	CHECK_END("..\r\n.\r\n", ".\r\n", 0, 0);
 }
 
 /* The held-back CR is what needs out capacity in_len + 1. */
@@ -251,6 +255,30 @@ static void test_pending_cr_across_feeds(void **state)
 	assert_int_equal(out_len, 0);
 }
 
+/* Line endings come out as they went in, and the two kinds stay apart. */
+static void test_line_endings_as_received(void **state)
+{
+	struct dot_reader r;
+	char out[2];
+	size_t consumed, out_len;
+
+	CHECK_END("crlf\r\nlf\nboth\r\n\n\r\n.\r\n",
+		  "crlf\r\nlf\nboth\r\n\n\r\n", 2, 0);
+	CHECK_OPEN("no dots here\r\n\r\rx\n\n", "no dots here\r\n\r\rx\n\n", 2, 2);
+
+	/* a CR held from the last feed comes out with its LF: two bytes for
+	 * a one-byte feed, the documented in_len + 1 */
+	dot_reader_init(&r);
+	assert_false(dot_reader_feed(&r, "\r", 1, &consumed, out, &out_len));
+	assert_int_equal(out_len, 0);
+	assert_false(dot_reader_feed(&r, "\n", 1, &consumed, out, &out_len));
+	assert_int_equal(out_len, 2);
+	assert_memory_equal(out, "\r\n", 2);
+	assert_int_equal(r.size, 2);
+	assert_int_equal(r.bare_cr, 0);
+	assert_int_equal(r.bare_lf, 0);
+}
+
 /* ---------------------------------------------------- smuggling */
 
 static void test_smuggle_lf_dot_lf(void **state)
@@ -258,62 +286,62 @@ static void test_smuggle_lf_dot_lf(void **state)
 	CHECK_OPEN("a\n.\n", "a\n.\n", 2, 0);
 	CHECK_OPEN("\n.\n", "\n.\n", 2, 0);
 	CHECK_END("a\n.\nMAIL FROM:<x@y>\r\n.\r\n",
-		  "a\n.\nMAIL FROM:<x@y>\n", 2, 0);
+		  "a\n.\nMAIL FROM:<x@y>\r\n", 2, 0);
 }
 
 static void test_smuggle_lf_dot_crlf(void **state)
 {
 	/* a bare LF does not start a line: the dot is content, not stuffing */
-	CHECK_OPEN("a\n.\r\n", "a\n.\n", 1, 0);
-	CHECK_OPEN("\n.\r\n", "\n.\n", 1, 0);
-	CHECK_OPEN("a\n..\r\n", "a\n..\n", 1, 0);
-	CHECK_END("a\n.\r\nRSET\r\n.\r\n", "a\n.\nRSET\n", 1, 0);
+	CHECK_OPEN("a\n.\r\n", "a\n.\r\n", 1, 0);
+	CHECK_OPEN("\n.\r\n", "\n.\r\n", 1, 0);
+	CHECK_OPEN("a\n..\r\n", "a\n..\r\n", 1, 0);
+	CHECK_END("a\n.\r\nRSET\r\n.\r\n", "a\n.\r\nRSET\r\n", 1, 0);
 }
 
 static void test_smuggle_crlf_dot_lf(void **state)
 {
 	/* at BOL the dot is removed as stuffing; the LF stays bare */
-	CHECK_OPEN("a\r\n.\n", "a\n\n", 1, 0);
-	CHECK_OPEN("a\r\n.\nb\r\n", "a\n\nb\n", 1, 0);
+	CHECK_OPEN("a\r\n.\n", "a\r\n\n", 1, 0);
+	CHECK_OPEN("a\r\n.\nb\r\n", "a\r\n\nb\r\n", 1, 0);
 	CHECK_OPEN(".\n", "\n", 1, 0);
-	CHECK_END("a\r\n.\nb\r\n.\r\n", "a\n\nb\n", 1, 0);
+	CHECK_END("a\r\n.\nb\r\n.\r\n", "a\r\n\nb\r\n", 1, 0);
 }
 
 static void test_smuggle_cr_dot_crlf(void **state)
 {
-	CHECK_OPEN("a\r.\r\n", "a\r.\n", 0, 1);
-	CHECK_OPEN("\r.\r\n", "\r.\n", 0, 1);
-	CHECK_END("a\r.\r\nb\r\n.\r\n", "a\r.\nb\n", 0, 1);
+	CHECK_OPEN("a\r.\r\n", "a\r.\r\n", 0, 1);
+	CHECK_OPEN("\r.\r\n", "\r.\r\n", 0, 1);
+	CHECK_END("a\r.\r\nb\r\n.\r\n", "a\r.\r\nb\r\n", 0, 1);
 }
 
 static void test_smuggle_crlf_dot_cr(void **state)
 {
-	CHECK_OPEN("a\r\n.\rb", "a\n\rb", 0, 1);
-	CHECK_OPEN("a\r\n.\r.", "a\n\r.", 0, 1);
-	CHECK_END("a\r\n.\rb\r\n.\r\n", "a\n\rb\n", 0, 1);
+	CHECK_OPEN("a\r\n.\rb", "a\r\n\rb", 0, 1);
+	CHECK_OPEN("a\r\n.\r.", "a\r\n\r.", 0, 1);
+	CHECK_END("a\r\n.\rb\r\n.\r\n", "a\r\n\rb\r\n", 0, 1);
 }
 
 static void test_smuggle_crlf_dot_cr_crlf(void **state)
 {
 	/* ".\r" then CR: dot dropped, bare CR, then a real CRLF */
-	CHECK_OPEN("a\r\n.\r\r\n", "a\n\r\n", 0, 1);
-	CHECK_END("a\r\n.\r\r\nb\r\n.\r\n", "a\n\r\nb\n", 0, 1);
+	CHECK_OPEN("a\r\n.\r\r\n", "a\r\n\r\r\n", 0, 1);
+	CHECK_END("a\r\n.\r\r\nb\r\n.\r\n", "a\r\n\r\r\nb\r\n", 0, 1);
 	/* the real CRLF does reach BOL, so a marker right after it ends */
-	CHECK(".\r\r\n.\r\nX", "\r\n", true, 7, 0, 1);
+	CHECK(".\r\r\n.\r\nX", "\r\r\n", true, 7, 0, 1);
 }
 
 static void test_smuggle_other_variants(void **state)
 {
 	CHECK_OPEN("a\r\r.\r\r", "a\r\r.\r", 0, 3);
 	CHECK_OPEN("a\n\r.\n", "a\n\r.\n", 2, 1);
-	CHECK_OPEN("a\r\n.\n\r\n", "a\n\n\n", 1, 0);
-	CHECK_OPEN("a\r\n\n.\r\n", "a\n\n.\n", 1, 0);
-	CHECK_OPEN("a\n\r\n", "a\n\n", 1, 0);
-	CHECK_OPEN("a\r\n .\r\n", "a\n .\n", 0, 0);
+	CHECK_OPEN("a\r\n.\n\r\n", "a\r\n\n\r\n", 1, 0);
+	CHECK_OPEN("a\r\n\n.\r\n", "a\r\n\n.\r\n", 1, 0);
+	CHECK_OPEN("a\n\r\n", "a\n\r\n", 1, 0);
+	CHECK_OPEN("a\r\n .\r\n", "a\r\n .\r\n", 0, 0);
 	/* only the real CRLF "." CRLF ends, wherever it hides */
-	CHECK("a\r\r\n.\r\nX", "a\r\n", true, 7, 0, 1);
-	CHECK("a\n\r\n.\r\nX", "a\n\n", true, 7, 1, 0);
-	CHECK("a\n.\n\r\n.\r\nX", "a\n.\n\n", true, 9, 2, 0);
+	CHECK("a\r\r\n.\r\nX", "a\r\r\n", true, 7, 0, 1);
+	CHECK("a\n\r\n.\r\nX", "a\n\r\n", true, 7, 1, 0);
+	CHECK("a\n.\n\r\n.\r\nX", "a\n.\n\r\n", true, 9, 2, 0);
 }
 
 /* ------------------------------------------------------ line lengths */
@@ -414,6 +442,14 @@ static void test_exhaustive_against_model(void **state)
 			else
 				assert_int_equal(got.consumed,
 						 (size_t)(hit - framed) + 5 - 2);
+			/* without a dot there is nothing to drop: the content
+			 * is the input, less a final CR still held back */
+			if (memchr(in, '.', len) == NULL) {
+				size_t keep = len > 0 && in[len - 1] == '\r' ? len - 1 : len;
+
+				assert_int_equal(got.out_len, keep);
+				assert_memory_equal(got.out, in, keep);
+			}
 			ended += got.done;
 			total++;
 		}
@@ -433,6 +469,7 @@ int main(void)
 		cmocka_unit_test(test_done_consumes_nothing),
 		cmocka_unit_test(test_dot_stuffing),
 		cmocka_unit_test(test_pending_cr_across_feeds),
+		cmocka_unit_test(test_line_endings_as_received),
 		cmocka_unit_test(test_smuggle_lf_dot_lf),
 		cmocka_unit_test(test_smuggle_lf_dot_crlf),
 		cmocka_unit_test(test_smuggle_crlf_dot_lf),

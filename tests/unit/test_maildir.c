@@ -176,6 +176,8 @@ static struct msgbody *body_from(const char *spool, size_t threshold, const char
 	return b;
 }
 
+/* Pseudo-random bytes without CR: stored unchanged (the writer only turns
+ * CRLF into LF, see test_crlf_stored_as_lf). */
 static char *make_data(size_t len, unsigned seed)
 {
 	char *p = malloc(len > 0 ? len : 1);
@@ -185,6 +187,8 @@ static char *make_data(size_t len, unsigned seed)
 	for (size_t i = 0; i < len; i++) {
 		x = x * 1103515245u + 12345u;
 		p[i] = (char)(x >> 16);
+		if (p[i] == '\r')
+			p[i] = 'r';
 	}
 	return p;
 }
@@ -350,6 +354,45 @@ static void test_empty_body_and_no_headers(void **state)
 	assert_int_equal(assert_size_field(job.paths[0]), 0);
 	maildir_job_free_results(&job);
 	msgbody_free(&job.body);
+	free(root);
+}
+
+/* The body keeps the CRLF it arrived with; the file has LF endings, and a
+ * bare LF or bare CR is stored as it is — in memory, and spilled with CRLF
+ * pairs straddling the writer's 64 KiB chunks. */
+static void test_crlf_stored_as_lf(void **state)
+{
+	struct fixture *f = *state;
+	static const char body[] = "Subject: x\r\n\r\ncrlf\r\nlf\ncr\rcrcrlf\r\r\n\r\nend\r\n";
+	static const char want[] = "Subject: x\n\ncrlf\nlf\ncr\rcrcrlf\r\n\nend\n";
+	char *root = user_root(f->dir, "dave", "example.test");
+	struct maildir_target t = { .root = root };
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1, .prefix = prefix, .prefix_len = strlen(prefix),
+		.body = body_from(f->dir, 1 << 20, body, sizeof(body) - 1), .fsync = false,
+	};
+	const size_t lines = 70000; /* "x\r\n" each: crosses 64 KiB many times */
+	char *big = malloc(lines * 3), *big_want = malloc(lines * 2);
+
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_file_is(job.paths[0], NULL, prefix, want, sizeof(want) - 1);
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+
+	assert_non_null(big);
+	assert_non_null(big_want);
+	for (size_t i = 0; i < lines; i++) {
+		memcpy(big + 3 * i, "x\r\n", 3);
+		memcpy(big_want + 2 * i, "x\n", 2);
+	}
+	job.body = body_from(f->dir, 4096, big, lines * 3);
+	assert_true(msgbody_spilled(job.body));
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_file_is(job.paths[0], NULL, prefix, big_want, lines * 2);
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+	free(big);
+	free(big_want);
 	free(root);
 }
 
@@ -956,6 +999,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deliver_several_with_folder, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_empty_body_and_no_headers, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_spilled_body_identical, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_crlf_stored_as_lf, setup_dir, teardown_dir),
 		cmocka_unit_test(test_unique_names_threads),
 		cmocka_unit_test(test_unique_name_escapes_host),
 		cmocka_unit_test(test_user_path),

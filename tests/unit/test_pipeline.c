@@ -9,12 +9,24 @@
  * each reads from its own config section what to do (answer at once, later,
  * fail, never answer) and what to answer (score, rule, header, verdict,
  * reply), so every test states its scenario in the config it writes.
+ *
+ * Stage interface v2 has its own test stages: "perloop" (loop_init and
+ * loop_teardown, run from two real loop threads, each with its own
+ * event_base) and "scanner" (work on the worker pool's scan lane through
+ * stage_submit_job, held on barriers so a test decides when it runs). The
+ * worker pool's lanes are tested here too, by ordering rather than timing:
+ * a delivery job completes while every scan worker is blocked. Built with
+ * --enable-sanitizers, the cancelled-while-scanning test is what proves a
+ * job never touches a freed body or stage.
  */
 #include "config.h"
 
 #include <confuse.h>
+#include <errno.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -302,6 +314,7 @@ static const struct stage_ops ts_strict = TS_OPS("strict", ALL_PHASES, ON_ERROR_
 
 struct fixture {
 	struct event_base *base;
+	struct stage_env env; /* loop 0: base, no workers unless a test adds them */
 	struct mx_config *cfg;
 	struct pipeline *pl;
 	struct filter_tx *fx;
@@ -324,6 +337,7 @@ static int setup(void **state)
 	ts_reset();
 	f->base = event_base_new();
 	assert_non_null(f->base);
+	f->env = (struct stage_env){ .loop_index = 0, .base = f->base };
 	f->fx = filter_tx_new();
 	f->msg = (struct filter_msg){
 		.txid = "TESTTX0000000001",
@@ -439,7 +453,7 @@ static enum pipeline_status run_phase(struct fixture *f, enum phase phase,
 
 	memset(out, 0xa5, sizeof(*out)); /* no field survives by accident */
 	f->in_run = true;
-	ps = pipeline_run(f->pl, phase, f->base, &f->msg, f->fx,
+	ps = pipeline_run(f->pl, phase, &f->env, &f->msg, f->fx,
 			  test_done_cb, f, out, &run);
 	f->in_run = false;
 	if (ps == PIPELINE_DONE) {
@@ -902,7 +916,7 @@ static void test_run_cancel(void **state)
 		      "alpha { score = 1.0 }\n"
 		      "beta { mode = \"deferred\" score = 2.0 }\n"
 		      "gamma { score = 4.0 }\n");
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	assert_non_null(run);
 	assert_int_equal(handle_count(), 1);
@@ -931,7 +945,7 @@ static void test_run_cancel_after_completion(void **state)
 		      "alpha { mode = \"deferred\" score = 1.0 }\n"
 		      "beta { score = 1.0 }\n");
 	ts_break_after_done = true;
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	assert_int_equal(event_base_dispatch(f->base), 0);
 	assert_true(event_base_got_break(f->base));
@@ -962,7 +976,7 @@ static void test_refcount(void **state)
 
 	/* a run in flight keeps the pipeline (and its stages) alive after
 	 * the owner lets go, as after a reload */
-	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, f->base, &f->msg, f->fx,
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
 				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
 	pipeline_unref(&f->pl);
 	assert_null(f->pl);
@@ -1244,6 +1258,863 @@ static void test_handles_threads(void **state)
 	assert_int_equal(handle_count(), 0);
 }
 
+
+/* ------------------------------------------------- header validation */
+
+/* Unfold a folded value: drop each "\n" (the WSP after it stays). */
+static char *unfold(const char *v)
+{
+	char *out = xstrdup(v), *o = out;
+
+	for (const char *p = v; *p != '\0'; p++) {
+		if (*p != '\n')
+			*o++ = *p;
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Every physical line of "Name: value" fits in max columns. */
+static void assert_lines_within(const char *name, const char *value, size_t max)
+{
+	size_t col = strlen(name) + 2;
+
+	for (const char *p = value; *p != '\0'; p++) {
+		if (*p == '\n') {
+			assert_true(col <= max);
+			assert_true(p[1] == ' ' || p[1] == '\t'); /* a fold, not a new header */
+			col = 0;
+			continue;
+		}
+		col++;
+	}
+	assert_true(col <= max);
+}
+
+static void test_header_injection_refused(void **state)
+{
+	struct filter_tx *fx = filter_tx_new();
+	const struct filter_refusal *r;
+	static const char *const bad_values[] = {
+		"x\r\nBcc: victim@example.org",  /* a second header */
+		"x\nBcc: victim@example.org",    /* the same with a bare LF */
+		"x\rBcc: victim@example.org",    /* a bare CR */
+		"x\r\n\r\nbody text",            /* end of headers, then a body */
+		"ends with CRLF\r\n",
+		"\n",
+		"bell\a", "esc\x1b[0m", "del\x7f", "nul-ish\x01",
+	};
+	static const char *const bad_names[] = {
+		"", "X-A:B", "X A", "X-A\t", "X-\r\nBcc", "X-\nB", "Caf\xc3\xa9",
+		"X-\x7f", ":",
+		"X-Very-Long-Name-0123456789-0123456789-0123456789-0123456789-0123456789-01234",
+	};
+
+	filter_tx_set_stage(fx, "evil");
+	for (size_t i = 0; i < N_ELEMENTS(bad_values); i++)
+		assert_int_equal(filter_tx_add_header(fx, "X-Evil", bad_values[i]), -1);
+	for (size_t i = 0; i < N_ELEMENTS(bad_names); i++)
+		assert_int_equal(filter_tx_add_header(fx, bad_names[i], "v"), -1);
+	assert_int_equal(filter_tx_add_header(fx, NULL, "v"), -1);
+	assert_int_equal(filter_tx_add_header(fx, "X-Evil", NULL), -1);
+	/* nothing got in, not even a "repaired" copy */
+	assert_int_equal(filter_tx_headers(fx, NULL), 0);
+	assert_int_equal(filter_tx_refusals(fx, &r),
+			 N_ELEMENTS(bad_values) + N_ELEMENTS(bad_names) + 2);
+	/* each refusal names the stage and says why, printably */
+	assert_string_equal(r[0].stage, "evil");
+	assert_string_equal(r[0].name, "X-Evil");
+	assert_string_equal(r[0].reason, "CR or LF in value");
+	assert_string_equal(r[6].reason, "control character in value");
+	assert_string_equal(r[N_ELEMENTS(bad_values) + 4].name, "X-??Bcc");
+	for (size_t i = 0; i < filter_tx_refusals(fx, NULL); i++) {
+		for (const char *p = r[i].name; *p != '\0'; p++)
+			assert_true(*p > 32 && *p < 127);
+	}
+
+	/* the pipeline's own headers are logged as "pipeline" */
+	filter_tx_set_stage(fx, NULL);
+	assert_int_equal(filter_tx_add_header(fx, "X-Spam-Score", "1\r\n"), -1);
+	assert_int_equal(filter_tx_refusals(fx, &r),
+			 N_ELEMENTS(bad_values) + N_ELEMENTS(bad_names) + 3);
+	assert_string_equal(r[filter_tx_refusals(fx, NULL) - 1].stage, "pipeline");
+
+	/* fine: tabs, 8-bit UTF-8 text, an empty value, every ftext octet */
+	assert_int_equal(filter_tx_add_header(fx, "X-Tab", "a\tb"), 0);
+	assert_int_equal(filter_tx_add_header(fx, "X-Utf8", "Gr\xc3\xbc\xc3\x9f" "e"), 0);
+	assert_int_equal(filter_tx_add_header(fx, "X-Empty", ""), 0);
+	assert_int_equal(filter_tx_add_header(fx, "!#$%&'*+-.^_`|~09AZaz", "x"), 0);
+	assert_int_equal(filter_tx_headers(fx, NULL), 4);
+
+	/* a clone keeps headers and refusals */
+	{
+		struct filter_tx *copy = filter_tx_clone(fx);
+
+		assert_int_equal(filter_tx_headers(copy, NULL), 4);
+		assert_int_equal(filter_tx_refusals(copy, NULL), filter_tx_refusals(fx, NULL));
+		filter_tx_free(&copy);
+	}
+	filter_tx_free(&fx);
+}
+
+static void test_header_folding(void **state)
+{
+	struct filter_tx *fx = filter_tx_new();
+	const struct filter_header *h;
+	char value[2048], *plain;
+	size_t n = 0;
+
+	/* short values are kept as they are */
+	assert_int_equal(filter_tx_add_header(fx, "X-Short", "a b  c"), 0);
+	/* many words: folded before whitespace, each line within 78 */
+	for (int i = 0; i < 40; i++)
+		n += (size_t)snprintf(value + n, sizeof(value) - n, "%sRULE_%02d", i ? " " : "", i);
+	assert_int_equal(filter_tx_add_header(fx, "X-Spam-Status", value), 0);
+	/* one word of 900 octets cannot be folded but fits in 998 */
+	memset(value, 'w', 900);
+	value[900] = '\0';
+	assert_int_equal(filter_tx_add_header(fx, "X-Long-Word", value), 0);
+	/* a word of 990 octets with the name in front does not: refused */
+	memset(value, 'w', 990);
+	value[990] = '\0';
+	assert_int_equal(filter_tx_add_header(fx, "X-Too-Long", value), -1);
+	/* ... but the same after a space can go on a line of its own */
+	value[0] = 'a';
+	value[1] = ' ';
+	assert_int_equal(filter_tx_add_header(fx, "X-Folded-Long", value), 0);
+
+	assert_int_equal(filter_tx_headers(fx, &h), 4);
+	assert_string_equal(h[0].value, "a b  c");
+	assert_non_null(strchr(h[1].value, '\n'));
+	assert_lines_within(h[1].name, h[1].value, 78);
+	plain = unfold(h[1].value);
+	for (int i = 0, off = 0; i < 40; i++) {
+		char want[16];
+
+		snprintf(want, sizeof(want), "%sRULE_%02d", i ? " " : "", i);
+		assert_memory_equal(plain + off, want, strlen(want));
+		off += (int)strlen(want);
+	}
+	free(plain);
+	assert_null(strchr(h[2].value, '\n'));
+	assert_lines_within(h[2].name, h[2].value, 998);
+	assert_true(strncmp(h[3].value, "a\n ", 3) == 0);
+	assert_lines_within(h[3].name, h[3].value, 998);
+	/* trailing whitespace is never a line of its own */
+	assert_int_equal(filter_tx_add_header(fx, "X-Trailing",
+		"0123456789012345678901234567890123456789012345678901234567890123456789    "), 0);
+	assert_int_equal(filter_tx_headers(fx, &h), 5);
+	assert_null(strchr(h[4].value, '\n'));
+	filter_tx_free(&fx);
+}
+
+static void test_header_refused_in_pipeline(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	const struct filter_refusal *r;
+
+	/* a stage (here: a deferred one) tries to smuggle a Bcc header in */
+	make_pipeline(f, "\"alpha\", \"beta\"",
+		      "alpha { mode = \"deferred\" header = \"X-Alpha: ok\\r\\nBcc: victim@example.org\" }\n"
+		      "beta { header = \"X-Beta: fine\" }\n");
+	assert_int_equal(run_phase(f, PHASE_DATA, &out), PIPELINE_PENDING);
+	assert_int_equal(out.verdict, VERDICT_CONTINUE);
+	assert_null(find_header(f->fx, "X-Alpha"));
+	assert_null(find_header(f->fx, "Bcc"));
+	assert_string_equal(find_header(f->fx, "X-Beta"), "fine");
+	assert_non_null(find_header(f->fx, "X-Spam-Score"));
+	assert_int_equal(filter_tx_refusals(f->fx, &r), 1);
+	assert_string_equal(r[0].stage, "alpha");
+	assert_string_equal(r[0].name, "X-Alpha");
+}
+
+/* ----------------------------------------------------------- workers */
+
+/* Jobs for the lane tests: a blocking job waits on `release` after
+ * meeting everyone at `started`. */
+struct lane_test {
+	pthread_barrier_t started, release;
+	struct event_base *base;
+	atomic_int scan_finished;
+	int scan_done, delivery_done, scan_expected;
+	bool delivery_worked;
+	bool scans_blocked_when_delivered;
+};
+
+struct lane_job {
+	struct lane_test *t;
+	bool block;
+};
+
+static void lane_scan_work(void *arg)
+{
+	struct lane_job *j = arg;
+
+	if (j->block) {
+		pthread_barrier_wait(&j->t->started);
+		pthread_barrier_wait(&j->t->release);
+	}
+	atomic_fetch_add(&j->t->scan_finished, 1);
+}
+
+static void lane_scan_done(void *arg)
+{
+	struct lane_job *j = arg;
+
+	if (++j->t->scan_done == j->t->scan_expected)
+		event_base_loopbreak(j->t->base);
+	free(j);
+}
+
+static void lane_delivery_work(void *arg)
+{
+	struct lane_test *t = arg;
+
+	t->delivery_worked = true;
+}
+
+static void lane_delivery_done(void *arg)
+{
+	struct lane_test *t = arg;
+
+	t->delivery_done++;
+	/* no scan job got past its barrier: the delivery did not wait */
+	t->scans_blocked_when_delivered = atomic_load(&t->scan_finished) == 0;
+	event_base_loopbreak(t->base);
+}
+
+static struct lane_job *lane_job_new(struct lane_test *t, bool block)
+{
+	struct lane_job *j = xcalloc(1, sizeof(*j));
+
+	j->t = t;
+	j->block = block;
+	return j;
+}
+
+static void test_workers_lanes(void **state)
+{
+	struct lane_test t = { 0 };
+	struct workers *w = workers_create(1, 2, 2);
+	struct lane_job *extra;
+
+	t.base = event_base_new();
+	t.scan_expected = 4;
+	/* 2 scan workers + this thread */
+	assert_int_equal(pthread_barrier_init(&t.started, NULL, 3), 0);
+	assert_int_equal(pthread_barrier_init(&t.release, NULL, 3), 0);
+	assert_int_equal(workers_submit(w, WORKER_LANE_SCAN, t.base, lane_scan_work,
+					lane_scan_done, lane_job_new(&t, true)), 0);
+	assert_int_equal(workers_submit(w, WORKER_LANE_SCAN, t.base, lane_scan_work,
+					lane_scan_done, lane_job_new(&t, true)), 0);
+	pthread_barrier_wait(&t.started); /* both scan workers are busy now */
+	/* the scan queue holds two more, then it is full */
+	assert_int_equal(workers_submit(w, WORKER_LANE_SCAN, t.base, lane_scan_work,
+					lane_scan_done, lane_job_new(&t, false)), 0);
+	assert_int_equal(workers_submit(w, WORKER_LANE_SCAN, t.base, lane_scan_work,
+					lane_scan_done, lane_job_new(&t, false)), 0);
+	extra = lane_job_new(&t, false);
+	errno = 0;
+	assert_int_equal(workers_submit(w, WORKER_LANE_SCAN, t.base, lane_scan_work,
+					lane_scan_done, extra), -1);
+	assert_int_equal(errno, EAGAIN);
+	free(extra);
+	assert_int_equal(workers_pending(w), 4);
+	errno = 0;
+	assert_int_equal(workers_submit(w, WORKER_LANE_COUNT, t.base, lane_scan_work,
+					lane_scan_done, NULL), -1);
+	assert_int_equal(errno, EINVAL);
+
+	/* a delivery completes, start to done(), while every scan worker is
+	 * blocked and the scan queue is full */
+	assert_int_equal(workers_submit(w, WORKER_LANE_DELIVERY, t.base, lane_delivery_work,
+					lane_delivery_done, &t), 0);
+	assert_int_equal(event_base_loop(t.base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(t.delivery_done, 1);
+	assert_true(t.delivery_worked);
+	assert_true(t.scans_blocked_when_delivered);
+	assert_int_equal(atomic_load(&t.scan_finished), 0);
+	assert_int_equal(workers_pending(w), 4);
+
+	/* let the scans go: all four finish and are counted out */
+	pthread_barrier_wait(&t.release);
+	assert_int_equal(event_base_loop(t.base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(t.scan_done, 4);
+	assert_int_equal(workers_pending(w), 0);
+
+	workers_destroy(&w);
+	assert_null(w);
+	pthread_barrier_destroy(&t.started);
+	pthread_barrier_destroy(&t.release);
+	event_base_free(t.base);
+}
+
+/* ----------------------------------------------------- scanner stage */
+
+/* A stage whose check hands its work to the scan lane. The work reads the
+ * whole body and a field of the stage instance — exactly what must stay
+ * alive after a cancel — and may be held on the two barriers. */
+#define SCANNER_MAGIC 0x5ca11e5u
+
+struct scanner_stage {
+	struct stage hdr; /* must be first */
+	unsigned magic;
+	double score;
+};
+
+struct scanner_stats {
+	int created, destroyed, submitted, submit_failed;
+	int done_live, done_dropped;
+	size_t bytes_seen;
+	unsigned magic_seen;
+	bool block;                 /* jobs wait on the barriers */
+	pthread_barrier_t started, release;
+	struct event_base *break_base; /* done() breaks this loop */
+};
+static struct scanner_stats scanner_stats;
+
+struct scanner_job {
+	struct scanner_stage *st;
+	struct msgbody *body; /* not a reference: the job helper holds one */
+	size_t bytes;
+	unsigned magic;
+};
+
+static cfg_opt_t scanner_opts[] = {
+	CFG_FLOAT("score", 1.0, CFGF_NONE),
+	CFG_END()
+};
+
+static int scanner_create(cfg_t *section, const struct mx_config *cfg,
+			  struct stage **st_r, char **error_r)
+{
+	struct scanner_stage *st = xcalloc(1, sizeof(*st));
+
+	st->magic = SCANNER_MAGIC;
+	st->score = cfg_getfloat(section, "score");
+	scanner_stats.created++;
+	*st_r = &st->hdr;
+	return 0;
+}
+
+static void scanner_destroy(struct stage *stage)
+{
+	struct scanner_stage *st = (struct scanner_stage *)stage;
+
+	scanner_stats.destroyed++;
+	st->magic = 0;
+	free(st);
+}
+
+static void scanner_work(void *arg)
+{
+	struct scanner_job *job = arg;
+	const char *data;
+	size_t len;
+
+	if (scanner_stats.block) {
+		pthread_barrier_wait(&scanner_stats.started);
+		pthread_barrier_wait(&scanner_stats.release);
+	}
+	/* after a cancel and the owners letting go: still valid memory */
+	data = msgbody_contents(job->body, &len);
+	for (size_t i = 0; data != NULL && i < len; i++)
+		job->bytes += data[i] != '\0';
+	job->magic = job->st->magic;
+}
+
+static void scanner_done(struct stage_call *call, void *arg)
+{
+	struct scanner_job *job = arg;
+
+	scanner_stats.bytes_seen = job->bytes;
+	scanner_stats.magic_seen = job->magic;
+	if (call == NULL) {
+		scanner_stats.done_dropped++;
+	} else {
+		scanner_stats.done_live++;
+		filter_tx_add_score(call->fx, call->stage->name, "SCANNED", job->st->score, NULL);
+		call->result.verdict = VERDICT_CONTINUE;
+		stage_call_done(call, CHECK_DONE);
+	}
+	if (scanner_stats.break_base != NULL)
+		event_base_loopbreak(scanner_stats.break_base);
+	free(job);
+}
+
+static enum check_status scanner_check(struct stage *stage, struct stage_call *call)
+{
+	struct scanner_stage *st = (struct scanner_stage *)stage;
+	struct scanner_job *job;
+
+	if (call->phase != PHASE_DATA)
+		return CHECK_DONE;
+	job = xcalloc(1, sizeof(*job));
+	job->st = st;
+	job->body = call->msg->body;
+	if (stage_submit_job(call, scanner_work, scanner_done, job) < 0) {
+		scanner_stats.submit_failed++;
+		free(job);
+		return CHECK_FAILED;
+	}
+	scanner_stats.submitted++;
+	return CHECK_PENDING;
+}
+
+static const struct stage_ops ts_scanner = {
+	.name = "scanner", .phases = PHASE_BIT(PHASE_DATA),
+	.default_on_error = ON_ERROR_TEMPFAIL, .opts = scanner_opts,
+	.create = scanner_create, .check = scanner_check, .destroy = scanner_destroy,
+};
+
+static struct msgbody *sealed_body(const char *text)
+{
+	struct msgbody *b = msgbody_new("/tmp", 1 << 20);
+
+	assert_int_equal(msgbody_append(b, text, strlen(text)), 0);
+	assert_int_equal(msgbody_seal(b), 0);
+	return b;
+}
+
+static const char scan_text[] = "Subject: scan me\r\n\r\nsome body\r\n";
+
+static void scanner_reset(struct fixture *f)
+{
+	memset(&scanner_stats, 0, sizeof(scanner_stats));
+	scanner_stats.break_base = f->base;
+	f->env.workers = workers_create(1, 1, 1);
+	f->msg.body = sealed_body(scan_text);
+}
+
+static void scanner_finish(struct fixture *f)
+{
+	assert_int_equal(workers_pending(f->env.workers), 0);
+	workers_destroy(&f->env.workers);
+	msgbody_free(&f->msg.body);
+}
+
+static void test_job_completes(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	struct pipeline_run *run = NULL;
+
+	scanner_reset(f);
+	make_pipeline(f, "\"scanner\"", "scanner { score = 2.5 }\n");
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
+				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
+	/* the job's done() runs on the loop, then the run resumes */
+	assert_int_equal(event_base_loop(f->base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(event_base_dispatch(f->base), 1);
+	assert_int_equal(f->done_calls, 1);
+	assert_int_equal(scanner_stats.done_live, 1);
+	assert_int_equal(scanner_stats.bytes_seen, strlen(scan_text));
+	assert_int_equal(scanner_stats.magic_seen, SCANNER_MAGIC);
+	assert_true(f->done_out.score == 2.5);
+	scanner_finish(f);
+}
+
+/* The call is cancelled, the session lets go of the body and the pipeline
+ * is dropped while the scan still runs: the job's references keep both
+ * alive, done() goes to nobody, and everything is freed after it. */
+static void test_job_cancelled_while_running(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	struct pipeline_run *run = NULL;
+
+	scanner_reset(f);
+	scanner_stats.block = true;
+	assert_int_equal(pthread_barrier_init(&scanner_stats.started, NULL, 2), 0);
+	assert_int_equal(pthread_barrier_init(&scanner_stats.release, NULL, 2), 0);
+	make_pipeline(f, "\"scanner\"", "scanner { }\n");
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
+				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
+	pthread_barrier_wait(&scanner_stats.started); /* the scan is running */
+
+	pipeline_run_cancel(&run);
+	msgbody_free(&f->msg.body);   /* the session's reference */
+	pipeline_unref(&f->pl);       /* the owner's reference, as after a reload */
+	assert_int_equal(scanner_stats.destroyed, 0);
+	assert_int_equal(handle_count(), 0);
+
+	pthread_barrier_wait(&scanner_stats.release);
+	assert_int_equal(event_base_loop(f->base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(scanner_stats.done_dropped, 1);
+	assert_int_equal(scanner_stats.done_live, 0);
+	assert_int_equal(scanner_stats.bytes_seen, strlen(scan_text));
+	assert_int_equal(scanner_stats.magic_seen, SCANNER_MAGIC);
+	/* the job's pipeline reference was the last one */
+	assert_int_equal(scanner_stats.destroyed, 1);
+	assert_int_equal(f->done_calls, 0);
+	pthread_barrier_destroy(&scanner_stats.started);
+	pthread_barrier_destroy(&scanner_stats.release);
+	scanner_finish(f);
+}
+
+/* A timeout while the scan runs: on_error applies at once, the session is
+ * answered, and the late result is dropped. */
+static void test_job_timeout_while_running(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	struct pipeline_run *run = NULL;
+
+	scanner_reset(f);
+	scanner_stats.block = true;
+	scanner_stats.break_base = NULL;
+	assert_int_equal(pthread_barrier_init(&scanner_stats.started, NULL, 2), 0);
+	assert_int_equal(pthread_barrier_init(&scanner_stats.release, NULL, 2), 0);
+	make_pipeline(f, "\"scanner\"", "scanner { timeout = 10 }\n");
+	assert_int_equal(pipeline_run(f->pl, PHASE_DATA, &f->env, &f->msg, f->fx,
+				      test_done_cb, f, &out, &run), PIPELINE_PENDING);
+	pthread_barrier_wait(&scanner_stats.started);
+	/* only the timer is on the loop: dispatch returns after it fired */
+	assert_int_equal(event_base_dispatch(f->base), 1);
+	assert_int_equal(f->done_calls, 1);
+	assert_int_equal(f->done_out.verdict, VERDICT_TEMPFAIL);
+	assert_int_equal(scanner_stats.done_dropped + scanner_stats.done_live, 0);
+
+	scanner_stats.break_base = f->base;
+	pthread_barrier_wait(&scanner_stats.release);
+	assert_int_equal(event_base_loop(f->base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(scanner_stats.done_dropped, 1);
+	assert_true(filter_tx_score(f->fx) == 0);
+	pthread_barrier_destroy(&scanner_stats.started);
+	pthread_barrier_destroy(&scanner_stats.release);
+	scanner_finish(f);
+}
+
+/* A full scan lane makes the stage fail; its on_error decides. */
+static void test_job_scan_lane_full(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	struct lane_test t = { 0 };
+
+	scanner_reset(f); /* 1 scan worker, queue of 1 */
+	t.base = f->base;
+	t.scan_expected = 2;
+	assert_int_equal(pthread_barrier_init(&t.started, NULL, 2), 0);
+	assert_int_equal(pthread_barrier_init(&t.release, NULL, 2), 0);
+	assert_int_equal(workers_submit(f->env.workers, WORKER_LANE_SCAN, f->base,
+					lane_scan_work, lane_scan_done, lane_job_new(&t, true)), 0);
+	pthread_barrier_wait(&t.started);
+	assert_int_equal(workers_submit(f->env.workers, WORKER_LANE_SCAN, f->base,
+					lane_scan_work, lane_scan_done, lane_job_new(&t, false)), 0);
+
+	make_pipeline(f, "\"scanner\"", "scanner { }\n"); /* on_error: tempfail */
+	assert_int_equal(run_phase(f, PHASE_DATA, &out), PIPELINE_DONE);
+	assert_int_equal(out.verdict, VERDICT_TEMPFAIL);
+	assert_string_equal(out.reply.text, "scanner temporarily unavailable, try again later");
+	assert_int_equal(scanner_stats.submit_failed, 1);
+	assert_int_equal(scanner_stats.submitted, 0);
+
+	pthread_barrier_wait(&t.release);
+	assert_int_equal(event_base_loop(f->base, EVLOOP_NO_EXIT_ON_EMPTY), 0);
+	assert_int_equal(t.scan_done, 2);
+	pthread_barrier_destroy(&t.started);
+	pthread_barrier_destroy(&t.release);
+	scanner_finish(f);
+}
+
+/* ----------------------------------------------------- perloop stage */
+
+/* A stage with per-loop state, run from real loop threads. Each loop's
+ * loop_data records the loop it was made for and the thread that made it;
+ * check() verifies it is handed the right one and answers later from a
+ * timer on its loop. */
+#define PERLOOP_LOOPS 2
+
+struct perloop_data {
+	unsigned index;
+	pthread_t thread;
+	struct event *ev; /* the pending answer */
+	uint64_t call_id;
+};
+
+struct perloop_loop_stats {
+	int inits, teardowns, checks, wrong;
+	pthread_t init_thread, teardown_thread;
+	int teardown_seq, last_done_seq;
+};
+static struct perloop_loop_stats perloop_stats[PERLOOP_LOOPS + 1];
+static atomic_int perloop_seq;
+static int perloop_created, perloop_destroyed;
+static bool perloop_fail_init_on_1;
+
+struct perloop_stage {
+	struct stage hdr;
+};
+
+static int perloop_create(cfg_t *section, const struct mx_config *cfg,
+			  struct stage **st_r, char **error_r)
+{
+	perloop_created++;
+	*st_r = xcalloc(1, sizeof(struct perloop_stage));
+	return 0;
+}
+
+static void perloop_destroy(struct stage *st)
+{
+	perloop_destroyed++;
+	free(st);
+}
+
+static int perloop_loop_init(struct stage *st, const struct stage_env *env,
+			     void **loop_data_r, char **error_r)
+{
+	struct perloop_data *d;
+
+	if (env->loop_index > PERLOOP_LOOPS) {
+		*error_r = xstrdup("loop index out of range");
+		return -1;
+	}
+	if (perloop_fail_init_on_1 && env->loop_index == 1) {
+		*error_r = xstrdup("no resolver on this loop");
+		return -1;
+	}
+	d = xcalloc(1, sizeof(*d));
+	d->index = env->loop_index;
+	d->thread = pthread_self();
+	d->ev = NULL;
+	perloop_stats[env->loop_index].inits++;
+	perloop_stats[env->loop_index].init_thread = pthread_self();
+	*loop_data_r = d;
+	return 0;
+}
+
+static void perloop_loop_teardown(struct stage *st, void *loop_data)
+{
+	struct perloop_data *d = loop_data;
+	struct perloop_loop_stats *ls = &perloop_stats[d->index];
+
+	ls->teardowns++;
+	ls->teardown_thread = pthread_self();
+	ls->teardown_seq = atomic_fetch_add(&perloop_seq, 1) + 1;
+	if (d->ev != NULL)
+		ls->wrong++; /* torn down under a pending call */
+	free(d);
+}
+
+static void perloop_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct perloop_data *d = arg;
+	struct stage_call *call = stage_call_find(d->call_id);
+
+	event_free(d->ev);
+	d->ev = NULL;
+	if (call == NULL) {
+		perloop_stats[d->index].wrong++;
+		return;
+	}
+	filter_tx_add_score(call->fx, "perloop", "LOOP", 1.0, NULL);
+	call->result.verdict = VERDICT_CONTINUE;
+	stage_call_done(call, CHECK_DONE);
+}
+
+static enum check_status perloop_check(struct stage *st, struct stage_call *call)
+{
+	struct perloop_data *d = call->loop_data;
+	struct perloop_loop_stats *ls = &perloop_stats[call->env->loop_index];
+	struct timeval tv = { 0, 1000 };
+
+	ls->checks++;
+	if (d == NULL || d->index != call->env->loop_index ||
+	    !pthread_equal(d->thread, pthread_self()) || call->base != call->env->base ||
+	    d->ev != NULL) {
+		ls->wrong++;
+		return CHECK_FAILED;
+	}
+	d->call_id = call->id;
+	d->ev = evtimer_new(call->base, perloop_timer_cb, d);
+	evtimer_add(d->ev, &tv);
+	return CHECK_PENDING;
+}
+
+static void perloop_cancel(struct stage *st, struct stage_call *call)
+{
+	struct perloop_data *d = call->loop_data;
+
+	if (d != NULL && d->ev != NULL) {
+		event_free(d->ev);
+		d->ev = NULL;
+	}
+}
+
+static const struct stage_ops ts_perloop = {
+	.name = "perloop", .phases = ALL_PHASES, .default_on_error = ON_ERROR_TEMPFAIL,
+	.create = perloop_create, .loop_init = perloop_loop_init,
+	.loop_teardown = perloop_loop_teardown, .check = perloop_check,
+	.cancel = perloop_cancel, .destroy = perloop_destroy,
+};
+
+/* One loop thread: start, run every phase (each pends on the loop's own
+ * timer), stop. Failures are recorded, not asserted: cmocka's asserts
+ * belong to the main thread. */
+struct loop_thread {
+	struct pipeline *pl;
+	unsigned index;
+	pthread_t self;
+	pthread_barrier_t *all_started;
+	int failed_line;
+	int runs, done_calls;
+	double score;
+	size_t handles_left;
+};
+
+#define LT_CHECK(lt, cond) do { if (!(cond) && (lt)->failed_line == 0) (lt)->failed_line = __LINE__; } while (0)
+
+static void loop_thread_done(void *ctx, const struct pipeline_outcome *out)
+{
+	struct loop_thread *lt = ctx;
+
+	lt->done_calls++;
+	lt->score = out->score;
+	perloop_stats[lt->index].last_done_seq = atomic_fetch_add(&perloop_seq, 1) + 1;
+}
+
+static void *loop_thread_main(void *arg)
+{
+	struct loop_thread *lt = arg;
+	struct event_base *base = event_base_new();
+	struct stage_env env = { .loop_index = lt->index, .base = base };
+	struct filter_tx *fx = filter_tx_new();
+	struct filter_msg msg = { .txid = "T", .session_id = "S", .client_addr = "192.0.2.9" };
+	char *error = NULL;
+
+	lt->self = pthread_self();
+	LT_CHECK(lt, base != NULL);
+	LT_CHECK(lt, pipeline_loop_start(lt->pl, &env, &error) == 0);
+	free(error);
+	error = NULL;
+	/* the second start of the same loop is refused */
+	LT_CHECK(lt, pipeline_loop_start(lt->pl, &env, &error) == -1);
+	LT_CHECK(lt, error != NULL && strstr(error, "started twice") != NULL);
+	free(error);
+	/* both loops run at the same time */
+	pthread_barrier_wait(lt->all_started);
+	for (enum phase p = PHASE_CONNECT; p < PHASE_COUNT; p++) {
+		struct pipeline_run *run = NULL;
+		struct pipeline_outcome out;
+
+		LT_CHECK(lt, pipeline_run(lt->pl, p, &env, &msg, fx, loop_thread_done, lt,
+					  &out, &run) == PIPELINE_PENDING);
+		lt->runs++;
+		LT_CHECK(lt, event_base_dispatch(base) == 1);
+	}
+	/* one more, cancelled before its answer: teardown must still be clean */
+	{
+		struct pipeline_run *run = NULL;
+		struct pipeline_outcome out;
+
+		LT_CHECK(lt, pipeline_run(lt->pl, PHASE_DATA, &env, &msg, fx, loop_thread_done,
+					  lt, &out, &run) == PIPELINE_PENDING);
+		pipeline_run_cancel(&run);
+	}
+	lt->handles_left = handle_count();
+	pipeline_loop_stop(lt->pl, lt->index);
+	pipeline_loop_stop(lt->pl, lt->index); /* twice: nothing */
+	filter_tx_free(&fx);
+	event_base_free(base);
+	return NULL;
+}
+
+static void perloop_reset(void)
+{
+	memset(perloop_stats, 0, sizeof(perloop_stats));
+	atomic_store(&perloop_seq, 0);
+	perloop_created = perloop_destroyed = 0;
+	perloop_fail_init_on_1 = false;
+}
+
+static void test_loop_init_teardown_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct loop_thread lt[PERLOOP_LOOPS];
+	pthread_t threads[PERLOOP_LOOPS];
+	pthread_barrier_t all_started;
+
+	perloop_reset();
+	/* perloop only: the scripted stages keep unlocked statistics */
+	make_pipeline(f, "\"perloop\"", "");
+	assert_int_equal(perloop_created, 1);
+	assert_int_equal(pthread_barrier_init(&all_started, NULL, PERLOOP_LOOPS), 0);
+	for (unsigned i = 0; i < PERLOOP_LOOPS; i++) {
+		lt[i] = (struct loop_thread){ .pl = f->pl, .index = i, .all_started = &all_started };
+		assert_int_equal(pthread_create(&threads[i], NULL, loop_thread_main, &lt[i]), 0);
+	}
+	for (unsigned i = 0; i < PERLOOP_LOOPS; i++)
+		assert_int_equal(pthread_join(threads[i], NULL), 0);
+	pthread_barrier_destroy(&all_started);
+
+	for (unsigned i = 0; i < PERLOOP_LOOPS; i++) {
+		struct perloop_loop_stats *ls = &perloop_stats[i];
+
+		if (lt[i].failed_line != 0)
+			fail_msg("loop thread %u failed at line %d", i, lt[i].failed_line);
+		assert_int_equal(lt[i].runs, PHASE_COUNT);
+		assert_int_equal(lt[i].done_calls, PHASE_COUNT);
+		assert_true(lt[i].score == PHASE_COUNT * 1.0);
+		assert_int_equal(lt[i].handles_left, 0);
+		/* exactly once each, on the loop's own thread */
+		assert_int_equal(ls->inits, 1);
+		assert_int_equal(ls->teardowns, 1);
+		assert_true(pthread_equal(ls->init_thread, lt[i].self));
+		assert_true(pthread_equal(ls->teardown_thread, lt[i].self));
+		/* each check saw its own loop's data, never the other's */
+		assert_int_equal(ls->checks, PHASE_COUNT + 1);
+		assert_int_equal(ls->wrong, 0);
+		/* teardown after the last run on that loop */
+		assert_true(ls->last_done_seq > 0);
+		assert_true(ls->teardown_seq > ls->last_done_seq);
+	}
+	assert_false(pthread_equal(lt[0].self, lt[1].self));
+	assert_int_equal(perloop_destroyed, 0);
+	pipeline_unref(&f->pl);
+	assert_int_equal(perloop_destroyed, 1);
+}
+
+static void test_loop_init_failure_and_unstarted_loop(void **state)
+{
+	struct fixture *f = *state;
+	struct pipeline_outcome out;
+	struct stage_env env1 = { .loop_index = 1, .base = f->base };
+	char *error = NULL;
+
+	perloop_reset();
+	perloop_fail_init_on_1 = true;
+	make_pipeline(f, "\"perloop\", \"strict\"", "strict { }\n");
+	/* loop 1 cannot start: the error names stage and loop, nothing is left */
+	assert_int_equal(pipeline_loop_start(f->pl, &env1, &error), -1);
+	assert_string_equal(error, "pipeline: stage 'perloop': loop 1: no resolver on this loop");
+	free(error);
+	assert_int_equal(perloop_stats[1].inits, 0);
+	pipeline_loop_stop(f->pl, 1); /* not started: nothing */
+	assert_int_equal(perloop_stats[1].teardowns, 0);
+
+	/* a run on a loop that never started: the per-loop stage is not
+	 * called and fails safe through its on_error (tempfail) */
+	assert_int_equal(run_phase(f, PHASE_RCPT, &out), PIPELINE_DONE);
+	assert_int_equal(out.verdict, VERDICT_TEMPFAIL);
+	assert_string_equal(out.reply.text, "perloop temporarily unavailable, try again later");
+	assert_int_equal(perloop_stats[0].checks, 0);
+	assert_int_equal(ts_stats_find("strict")->checks, 0);
+
+	/* started on loop 0 (this thread): the stage runs */
+	assert_int_equal(pipeline_loop_start(f->pl, &f->env, &error), 0);
+	filter_tx_free(&f->fx);
+	f->fx = filter_tx_new();
+	assert_int_equal(run_phase(f, PHASE_RCPT, &out), PIPELINE_PENDING);
+	assert_int_equal(out.verdict, VERDICT_CONTINUE);
+	assert_int_equal(perloop_stats[0].checks, 1);
+	assert_int_equal(ts_stats_find("strict")->checks, 1);
+	pipeline_loop_stop(f->pl, 0);
+	assert_int_equal(perloop_stats[0].inits, 1);
+	assert_int_equal(perloop_stats[0].teardowns, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1279,12 +2150,27 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_create_error_and_duplicate, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_config_options, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_register_replaces, setup, teardown),
+		cmocka_unit_test(test_header_injection_refused),
+		cmocka_unit_test(test_header_folding),
+		cmocka_unit_test_setup_teardown(test_header_refused_in_pipeline, setup, teardown),
+		cmocka_unit_test(test_workers_lanes),
+		cmocka_unit_test_setup_teardown(test_job_completes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_job_cancelled_while_running, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_job_timeout_while_running, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_job_scan_lane_full, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_loop_init_teardown_threads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_loop_init_failure_and_unstarted_loop, setup, teardown),
 	};
+
+	/* workers post completions across threads */
+	evthread_use_pthreads();
 
 	filters_register_stage(&ts_alpha);
 	filters_register_stage(&ts_beta);
 	filters_register_stage(&ts_gamma);
 	filters_register_stage(&ts_rcptonly);
 	filters_register_stage(&ts_strict);
+	filters_register_stage(&ts_scanner);
+	filters_register_stage(&ts_perloop);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,7 +111,7 @@ harness_start(struct harness *h)
 		fail_msg("state: %s", error);
 	free(conf);
 	h->base = event_base_new();
-	h->workers = workers_create(2);
+	h->workers = workers_create(2, 0, 0);
 	h->loop = core_loop_standalone(&mxguard_app, h->st, h->base, h->workers);
 	assert_non_null(h->loop);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
