@@ -540,9 +540,9 @@ conn_begin(struct conn *conn)
 	const char *refusal = NULL;
 	bool implicit = conn->listener->implicit_tls;
 
-	log_msg(LOG_LEVEL_INFO, "%s %s connect client=%s port=%u listener=%s tls=%s", conn->id,
-		conn->listener->service->name, conn->addr, conn->port, conn->listener->name,
-		implicit ? "implicit" : "no");
+	log_msg(LOG_LEVEL_INFO, "%s %s connect client=%s port=%u listener=%s tls=%s loop=%u",
+		conn->id, conn->listener->service->name, conn->addr, conn->port,
+		conn->listener->name, implicit ? "implicit" : "no", loop->index);
 	conn->line_max = (size_t)cfg->limits.line_max;
 	if (implicit && ctx == NULL) {
 		/* a reload removed the certificate: never speak plaintext on a

@@ -48,7 +48,11 @@ struct core {
 	struct core_loop *loops;
 	unsigned n_loops;
 	atomic_int n_conns;
-	atomic_int n_jobs;
+	/* the loops report their first state installed */
+	pthread_mutex_t start_lock;
+	pthread_cond_t start_cond;
+	unsigned n_started;
+	bool start_failed;
 	/* connection counting per client address */
 	pthread_mutex_t conn_lock;
 	struct conn_count *conn_counts;

@@ -114,14 +114,11 @@ size_t core_loop_conn_count(const struct core_loop *loop);
 void core_loop_standalone_free(struct core_loop **loop);
 
 /* --------------------------------------------------------------- loops */
-/* The event base, index, worker pool and current state of a loop. Only on
- * that loop's thread. */
+/* The event base, index and worker pool of a loop (only on that loop's
+ * thread). Shutdown waits for every job of the pool (workers_pending). */
 struct event_base *core_loop_base(const struct core_loop *loop);
 unsigned core_loop_index(const struct core_loop *loop);
 struct workers *core_loop_workers(const struct core_loop *loop);
-/* Count a blocking job (a delivery) so shutdown waits for it. */
-void core_loop_job_start(struct core_loop *loop);
-void core_loop_job_done(struct core_loop *loop);
 
 /* ---------------------------------------------------------- connections */
 

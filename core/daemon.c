@@ -44,18 +44,6 @@ struct event_base *core_loop_base(const struct core_loop *loop) { return loop->b
 unsigned core_loop_index(const struct core_loop *loop) { return loop->index; }
 struct workers *core_loop_workers(const struct core_loop *loop) { return loop->core->workers; }
 
-void
-core_loop_job_start(struct core_loop *loop)
-{
-	atomic_fetch_add(&loop->core->n_jobs, 1);
-}
-
-void
-core_loop_job_done(struct core_loop *loop)
-{
-	atomic_fetch_sub(&loop->core->n_jobs, 1);
-}
-
 struct loop_state *
 core_loop_state_take(struct core_loop *loop)
 {
@@ -254,8 +242,18 @@ static void *
 loop_main(void *arg)
 {
 	struct core_loop *loop = arg;
+	struct core *core = loop->core;
+	/* the first state starts on this thread, like every later one, so
+	 * per-loop resources are made and freed on the loop that owns them */
+	bool ok = loop_install(loop, core->app->state_ref(core->state)) == 0;
 
-	event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	pthread_mutex_lock(&core->start_lock);
+	core->n_started++;
+	core->start_failed = core->start_failed || !ok;
+	pthread_cond_signal(&core->start_cond);
+	pthread_mutex_unlock(&core->start_lock);
+	if (ok)
+		event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	return NULL;
 }
 
@@ -370,12 +368,13 @@ main_wait_cb(evutil_socket_t fd, short what, void *arg)
 	struct main_ctx *m = arg;
 	struct timespec now;
 	int conns = atomic_load(&m->core->n_conns);
-	int jobs = atomic_load(&m->core->n_jobs);
+	/* the pool counts every job until its completion ran on its loop */
+	size_t jobs = workers_pending(m->core->workers);
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if ((conns == 0 && jobs == 0) || now.tv_sec >= m->deadline.tv_sec) {
 		if (conns != 0 || jobs != 0)
-			log_msg(LOG_LEVEL_WARN, "shutdown: timeout with %d sessions and %d deliveries "
+			log_msg(LOG_LEVEL_WARN, "shutdown: timeout with %d sessions and %zu jobs "
 				"in flight (none of them acknowledged)", conns, jobs);
 		event_base_loopbreak(m->base);
 	}
@@ -703,9 +702,6 @@ core_start_loops(struct core *core)
 			}
 			evconnlistener_set_error_cb(loop->evl[j], loop_accept_error_cb);
 		}
-		/* the first state is installed before the thread runs */
-		if (loop_install(loop, core->app->state_ref(core->state)) < 0)
-			return -1;
 	}
 	for (unsigned i = 0; i < core->n_loops; i++) {
 		if (pthread_create(&core->loops[i].thread, NULL, loop_main, &core->loops[i]) != 0) {
@@ -713,7 +709,13 @@ core_start_loops(struct core *core)
 			return -1;
 		}
 	}
-	return 0;
+	/* every loop has made its first state current (or failed to) */
+	pthread_mutex_lock(&core->start_lock);
+	while (core->n_started < core->n_loops)
+		pthread_cond_wait(&core->start_cond, &core->start_lock);
+	bool failed = core->start_failed;
+	pthread_mutex_unlock(&core->start_lock);
+	return failed ? -1 : 0;
 }
 
 static void
@@ -852,6 +854,8 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 	core.foreground = foreground;
 	pthread_mutex_init(&core.state_lock, NULL);
 	pthread_mutex_init(&core.conn_lock, NULL);
+	pthread_mutex_init(&core.start_lock, NULL);
+	pthread_cond_init(&core.start_cond, NULL);
 
 	/* errors up to the detach go to stderr (log_open comes after) */
 	if (evthread_use_pthreads() != 0) {
@@ -936,7 +940,7 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 		(void)unlink(pidpath);
 		free(pidpath);
 	}
-	if (atomic_load(&core.n_jobs) != 0) {
+	if (workers_pending(core.workers) != 0) {
 		/* deliveries still running own their transactions: leave without
 		 * tearing anything down; nothing unacknowledged is lost by this */
 		log_msg(LOG_LEVEL_INFO, "stopped (forced)");

@@ -1047,7 +1047,6 @@ delivery_done(void *arg)
 	struct tx *tx = arg;
 	struct session *sess = handle_lookup(tx->session_handle);
 
-	core_loop_job_done(tx->loop);
 	if (tx->job.error != 0)
 		str_copy(tx->reason, "delivery_error", sizeof(tx->reason));
 	if (sess == NULL) {
@@ -1179,7 +1178,6 @@ session_deliver(struct session *sess)
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
-	core_loop_job_start(tx->loop);
 	workers_submit(core_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
 		       delivery_work, delivery_done, tx);
 }

@@ -116,6 +116,27 @@ state_tls(const struct server_state *st)
 	return st->ssl_ctx;
 }
 
+/* A loop starts using st: the pipeline's stages set up what they keep per
+ * loop (an evdns base, a Redis context) on this loop's thread. */
+static int
+state_loop_start(struct server_state *st, struct core_loop *loop, char **error_r)
+{
+	const struct stage_env env = {
+		.loop_index = core_loop_index(loop),
+		.base = core_loop_base(loop),
+		.workers = core_loop_workers(loop),
+	};
+
+	return pipeline_loop_start(st->pipeline, &env, error_r);
+}
+
+/* ... and its last session on this loop let go of st: torn down here. */
+static void
+state_loop_stop(struct server_state *st, struct core_loop *loop)
+{
+	pipeline_loop_stop(st->pipeline, core_loop_index(loop));
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ "smtp", smtp_service_accept },
@@ -130,4 +151,6 @@ const struct core_app mxguard_app = {
 	.state_unref = server_state_unref,
 	.state_config = state_config,
 	.state_tls = state_tls,
+	.state_loop_start = state_loop_start,
+	.state_loop_stop = state_loop_stop,
 };

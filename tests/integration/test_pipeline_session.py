@@ -21,9 +21,11 @@ MXGUARDCTL.
 """
 
 import os
+import re
 import signal
 import smtplib
 import subprocess
+import time
 import uuid
 
 import mxtest
@@ -309,6 +311,66 @@ class HeloRejectedOnSecondEhlo(StageTestCase):
             data = f.read()
         self.assertIn(b"Received: from client.example.org (", data)
         self.assertNotIn(b"second.example.org", data)
+
+
+class PerLoopLifecycle(StageTestCase):
+    """The daemon core gives every stage per-loop state on each loop thread
+    (loop_init) and frees it there (loop_teardown) once that loop's last
+    session let go of the pipeline: at a reload an idle loop switches at
+    once; a loop with a session still on the old pipeline tears it down
+    only after that session ended. (teststage logs both, with the
+    instance's generation: gen=1 is the first config, one more per
+    reload.)"""
+    stage = dict(phase="data")
+
+    def events(self, off=0):
+        return re.findall(r"teststage (loop_init|loop_teardown) gen=(\d+) loop=(\d+)",
+                          self.d.log_since(off))
+
+    def reload(self):
+        off = self.d.log_size()
+        self.d.signal(signal.SIGHUP)
+        self.assertIsNotNone(self.d.wait_log(r"reloaded configuration", off))
+        return off
+
+    def test_init_and_teardown_follow_the_sessions(self):
+        # at start: each of the two loops set up generation 1 once
+        start = sorted(self.events())
+        self.assertEqual(start, [("loop_init", "1", "0"), ("loop_init", "1", "1")])
+        gen = 1
+        # a session holds the pipeline on its loop across a reload
+        c = self.ehlo_client()
+        m = re.search(r"connect client=127\.0\.0\.1 port=%d .*loop=(\d+)"
+                      % c.sock.getsockname()[1], self.d.log())
+        busy = m.group(1)
+        idle = "1" if busy == "0" else "0"
+        off = self.reload()
+        gen += 1
+        want = ("loop_init", str(gen), busy)
+        self.assertTrue(mxtest_wait(lambda: want in self.events(off)), self.events(off))
+        self.assertTrue(mxtest_wait(lambda: ("loop_teardown", "1", idle) in self.events(off)),
+                        self.events(off))
+        # the busy loop keeps generation 1 while its session lives
+        self.assertNotIn(("loop_teardown", "1", busy), self.events(off))
+        self.assertEqual(c.cmd("NOOP").code, 250)
+        self.assertNotIn(("loop_teardown", "1", busy), self.events(off))
+        c.cmd("QUIT")
+        self.assertTrue(c.closed())
+        self.assertTrue(mxtest_wait(lambda: ("loop_teardown", "1", busy) in self.events(off)),
+                        self.events(off))
+        # exactly once each, on both loops
+        ev = self.events()
+        for e in set(ev):
+            self.assertEqual(ev.count(e), 1, e)
+
+
+def mxtest_wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class RejectAtConnect(StageTestCase):

@@ -26,6 +26,7 @@
 
 #include <confuse.h>
 #include <event2/event.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,7 +45,12 @@ struct teststage {
 	char *rule;
 	char *header_name, *header_value; /* NULL: no header */
 	char *only_rcpt;                  /* NULL: every recipient */
+	unsigned gen;                     /* which instance (one per pipeline built) */
 };
+
+/* Instances are numbered so the logs tell which pipeline a loop sets up
+ * and tears down (the first config is gen=1, each reload one more). */
+static atomic_uint teststage_gens;
 
 /* A delayed answer: owned by the call (call->stage_data) until the timer
  * fires or the pipeline cancels the call. */
@@ -110,6 +116,8 @@ static int teststage_create(cfg_t *section, const struct mx_config *cfg,
 {
 	struct teststage *st = xcalloc(1, sizeof(*st));
 	const char *phase = cfg_getstr(section, "phase");
+
+	st->gen = atomic_fetch_add(&teststage_gens, 1) + 1;
 	const char *verdict = cfg_getstr(section, "verdict");
 	const char *header = cfg_getstr(section, "header");
 	const char *only_rcpt = cfg_getstr(section, "only_rcpt");
@@ -243,6 +251,45 @@ static void teststage_cancel(struct stage *stage, struct stage_call *call)
 	}
 }
 
+/*
+ * Per-loop state, as a DNS or Redis stage keeps it: a timer event on the
+ * loop's own event base, made on that loop's thread when the loop starts
+ * using this pipeline and freed there when the loop's last session let go.
+ * Both log, so the integration tests can follow the daemon's per-loop
+ * lifecycle across reloads.
+ */
+struct teststage_loop {
+	struct event *ev;
+	unsigned index;
+};
+
+static void teststage_loop_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+static int teststage_loop_init(struct stage *stage, const struct stage_env *env,
+			       void **loop_data_r, char **error_r)
+{
+	struct teststage *st = (struct teststage *)stage;
+	struct teststage_loop *l = xcalloc(1, sizeof(*l));
+
+	l->index = env->loop_index;
+	l->ev = evtimer_new(env->base, teststage_loop_tick, l);
+	*loop_data_r = l;
+	log_msg(LOG_LEVEL_INFO, "teststage loop_init gen=%u loop=%u", st->gen, l->index);
+	return 0;
+}
+
+static void teststage_loop_teardown(struct stage *stage, void *loop_data)
+{
+	struct teststage *st = (struct teststage *)stage;
+	struct teststage_loop *l = loop_data;
+
+	log_msg(LOG_LEVEL_INFO, "teststage loop_teardown gen=%u loop=%u", st->gen, l->index);
+	event_free(l->ev);
+	free(l);
+}
+
 #define TESTSTAGE_ALL_PHASES (PHASE_BIT(PHASE_CONNECT) | PHASE_BIT(PHASE_HELO) | \
 			      PHASE_BIT(PHASE_MAIL) | PHASE_BIT(PHASE_RCPT) | \
 			      PHASE_BIT(PHASE_DATA))
@@ -252,7 +299,13 @@ static void teststage_cancel(struct stage *stage, struct stage_call *call)
 	.create = teststage_create, .check = teststage_check, \
 	.cancel = teststage_cancel, .destroy = teststage_destroy }
 
-static const struct stage_ops teststage_ops = TESTSTAGE_OPS("teststage");
+static const struct stage_ops teststage_ops = {
+	.name = "teststage", .phases = TESTSTAGE_ALL_PHASES,
+	.default_on_error = ON_ERROR_TEMPFAIL, .opts = teststage_opts,
+	.create = teststage_create, .check = teststage_check,
+	.cancel = teststage_cancel, .destroy = teststage_destroy,
+	.loop_init = teststage_loop_init, .loop_teardown = teststage_loop_teardown,
+};
 static const struct stage_ops teststage2_ops = TESTSTAGE_OPS("teststage2");
 
 /* Before main(): main() calls filters_register_config(), which gives every
