@@ -95,6 +95,6 @@ main(int argc, char **argv)
 	/* to the terminal until the core detaches (then syslog) */
 	log_open("mxguard", true, LOG_LEVEL_INFO);
 	if (test)
-		return core_check(&mxguard_app, config_path);
-	return core_run(&mxguard_app, config_path, foreground);
+		return daemon_check(&mxguard_app, config_path);
+	return daemon_run(&mxguard_app, config_path, foreground);
 }

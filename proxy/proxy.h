@@ -1,7 +1,7 @@
 /*
  * proxy.h — the mxguard daemon: its shared state and the SMTP service.
  *
- * The daemon core (core/) runs loops, listeners, signals and reloads; this
+ * The daemon core (daemon/) runs loops, listeners, signals and reloads; this
  * folder gives it what is mxguard's own: the shared state every session
  * uses (config, pipeline, user database, TLS context — struct server_state,
  * built whole and swapped whole on reload, see state.c) and the services
@@ -14,7 +14,7 @@
 #include <stdbool.h>
 
 #include "backends/backends.h"
-#include "core/core.h"
+#include "daemon/daemon.h"
 #include "filters/filters.h"
 #include "lib/lib.h"
 
@@ -34,7 +34,7 @@ struct server_state *server_state_ref(struct server_state *st);
 void server_state_unref(struct server_state **st);
 
 /* The daemon as the core runs it: state functions and the service table. */
-extern const struct core_app mxguard_app;
+extern const struct daemon_app mxguard_app;
 
 /* session.c: the SMTP service's accept (a row of the service table). */
 void smtp_service_accept(struct conn *conn, const char *refusal);

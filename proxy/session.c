@@ -2,7 +2,7 @@
  * session.c — the SMTP session state machine (RFC 5321 receiving side).
  *
  * A session lives on one loop thread from accept to close, on top of the
- * core's connection layer (core/conn.c: line caps, timeouts, TLS, lingering
+ * core's connection layer (daemon/conn.c: line caps, timeouts, TLS, lingering
  * close). Input is taken one command line at a time (or, in DATA, through
  * the dot reader); each verb is looked up in the command table, which says in
  * which states it is allowed. Anything asynchronous — a pipeline phase whose
@@ -85,7 +85,7 @@ struct tx {
 	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
 	/* delivery */
 	struct maildir_job job;
-	struct core_loop *loop;         /* where the delivery job reports back */
+	struct daemon_loop *loop;         /* where the delivery job reports back */
 	struct server_state *st;
 	char *log_summary;
 };
@@ -385,11 +385,11 @@ session_run_phase(struct session *sess, enum phase phase, struct filter_msg *msg
 {
 	struct pipeline_outcome out;
 	struct pipeline *pl = sess->st->pipeline;
-	struct core_loop *loop = conn_loop(sess->conn);
+	struct daemon_loop *loop = conn_loop(sess->conn);
 	const struct stage_env env = {
-		.loop_index = core_loop_index(loop),
+		.loop_index = daemon_loop_index(loop),
 		.base = conn_base(sess->conn),
-		.workers = core_loop_workers(loop),
+		.workers = daemon_loop_workers(loop),
 	};
 
 	if (!pipeline_has_phase(pl, phase) && phase != PHASE_DATA) {
@@ -1178,7 +1178,7 @@ session_deliver(struct session *sess)
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
-	workers_submit(core_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
+	workers_submit(daemon_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
 		       delivery_work, delivery_done, tx);
 }
 
@@ -1519,7 +1519,7 @@ smtp_service_accept(struct conn *conn, const char *refusal)
 	session_arm_timeouts(sess);
 	if (refusal != NULL) {
 		const char *host = sess->st->cfg->hostname;
-		if (strcmp(refusal, CORE_REFUSAL_SHUTDOWN) == 0) {
+		if (strcmp(refusal, DAEMON_REFUSAL_SHUTDOWN) == 0) {
 			session_reply(sess, "421 4.3.2 %s Service shutting down", host);
 			session_close(sess, "shutdown");
 		} else {

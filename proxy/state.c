@@ -119,12 +119,12 @@ state_tls(const struct server_state *st)
 /* A loop starts using st: the pipeline's stages set up what they keep per
  * loop (an evdns base, a Redis context) on this loop's thread. */
 static int
-state_loop_start(struct server_state *st, struct core_loop *loop, char **error_r)
+state_loop_start(struct server_state *st, struct daemon_loop *loop, char **error_r)
 {
 	const struct stage_env env = {
-		.loop_index = core_loop_index(loop),
-		.base = core_loop_base(loop),
-		.workers = core_loop_workers(loop),
+		.loop_index = daemon_loop_index(loop),
+		.base = daemon_loop_base(loop),
+		.workers = daemon_loop_workers(loop),
 	};
 
 	return pipeline_loop_start(st->pipeline, &env, error_r);
@@ -132,9 +132,9 @@ state_loop_start(struct server_state *st, struct core_loop *loop, char **error_r
 
 /* ... and its last session on this loop let go of st: torn down here. */
 static void
-state_loop_stop(struct server_state *st, struct core_loop *loop)
+state_loop_stop(struct server_state *st, struct daemon_loop *loop)
 {
-	pipeline_loop_stop(st->pipeline, core_loop_index(loop));
+	pipeline_loop_stop(st->pipeline, daemon_loop_index(loop));
 }
 
 /* The services listeners can name with `protocol = ...`: one row each. */
@@ -142,7 +142,7 @@ static const struct service services[] = {
 	{ "smtp", smtp_service_accept },
 };
 
-const struct core_app mxguard_app = {
+const struct daemon_app mxguard_app = {
 	.ident = "mxguard",
 	.services = services,
 	.n_services = N_ELEMENTS(services),

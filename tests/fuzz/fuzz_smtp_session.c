@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static struct event_base *base;
 static struct workers *workers;
 static struct server_state *state;
-static struct core_loop *loop;
+static struct daemon_loop *loop;
 static char *topdir;
 
 static void
@@ -92,7 +92,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	free(path);
 	base = event_base_new();
 	workers = workers_create(1, 0, 0);
-	loop = core_loop_standalone(&mxguard_app, state, base, workers);
+	loop = daemon_loop_standalone(&mxguard_app, state, base, workers);
 	if (loop == NULL)
 		abort();
 	return 0;
@@ -109,10 +109,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		abort();
 	fcntl(sv[0], F_SETFL, O_NONBLOCK);
-	if (core_loop_adopt(loop, sv[1], "smtp") < 0)
+	if (daemon_loop_adopt(loop, sv[1], "smtp") < 0)
 		abort();
 	/* bounded: every round either moves bytes or runs the loop once */
-	for (int round = 0; round < 200000 && core_loop_conn_count(loop) > 0; round++) {
+	for (int round = 0; round < 200000 && daemon_loop_conn_count(loop) > 0; round++) {
 		if (off < size) {
 			ssize_t w = write(sv[0], data + off, size - off);
 			if (w > 0)
@@ -129,7 +129,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (round > 1000)
 			usleep(100); /* a delivery on the worker pool */
 	}
-	if (core_loop_conn_count(loop) > 0)
+	if (daemon_loop_conn_count(loop) > 0)
 		abort(); /* the session never ended: a hang */
 	close(sv[0]);
 	return 0;

@@ -15,7 +15,7 @@
  *
  * Consecutive C lines are sent together before the next S line is read, so
  * a transcript pipelines exactly as a client would. The session runs inside
- * a standalone core loop (core_loop_standalone) on one end of a socketpair,
+ * a standalone core loop (daemon_loop_standalone) on one end of a socketpair,
  * with the real state (config, pipeline, user database) built from a temp
  * config and the real worker pool for deliveries; the test runs the event
  * loop until the expected bytes arrive (bounded by a generous deadline that
@@ -51,7 +51,7 @@ struct harness {
 	struct event_base *base;
 	struct workers *workers;
 	struct server_state *st;
-	struct core_loop *loop;
+	struct daemon_loop *loop;
 	int client;         /* our end of the socketpair */
 	char in[65536];     /* what the server sent, not yet matched */
 	size_t in_len;
@@ -112,12 +112,12 @@ harness_start(struct harness *h)
 	free(conf);
 	h->base = event_base_new();
 	h->workers = workers_create(2, 0, 0);
-	h->loop = core_loop_standalone(&mxguard_app, h->st, h->base, h->workers);
+	h->loop = daemon_loop_standalone(&mxguard_app, h->st, h->base, h->workers);
 	assert_non_null(h->loop);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	h->client = sv[0];
 	fcntl(h->client, F_SETFL, O_NONBLOCK);
-	assert_int_equal(core_loop_adopt(h->loop, sv[1], "smtp"), 0);
+	assert_int_equal(daemon_loop_adopt(h->loop, sv[1], "smtp"), 0);
 }
 
 static void
@@ -125,9 +125,9 @@ harness_stop(struct harness *h)
 {
 	close(h->client);
 	/* let the server notice the close and finish what it has */
-	for (int i = 0; i < 200 && core_loop_conn_count(h->loop) > 0; i++)
+	for (int i = 0; i < 200 && daemon_loop_conn_count(h->loop) > 0; i++)
 		event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-	core_loop_standalone_free(&h->loop);
+	daemon_loop_standalone_free(&h->loop);
 	workers_destroy(&h->workers);
 	/* completions the pool posted after the loop let go */
 	event_base_loop(h->base, EVLOOP_NONBLOCK);

@@ -1,9 +1,9 @@
 /*
- * core.h — the daemon core: loop threads, listeners, signals, reload, the
+ * daemon.h — the daemon core: loop threads, listeners, signals, reload, the
  * service table and the connection layer.
  *
  * The core knows nothing of SMTP, stages or mailboxes. A program (the
- * mxguard daemon in proxy/main.c) hands core_run() a struct core_app: how to
+ * mxguard daemon in proxy/main.c) hands daemon_run() a struct daemon_app: how to
  * build its shared state from a config file, and its table of services. A
  * service is one protocol (SMTP today; POP3, IMAP, HTTP later): a name that
  * listeners refer to with `protocol = ...`, and an accept function that
@@ -44,7 +44,7 @@
 
 struct event_base;
 struct evbuffer;
-struct core_loop;
+struct daemon_loop;
 struct conn;
 struct server_state; /* the program's shared state, defined by the program */
 
@@ -60,7 +60,7 @@ struct server_state; /* the program's shared state, defined by the program */
  * conn_settle() (or leave the conn closing).
  */
 /* The refusal text while the daemon stops (a service may word it its own way). */
-#define CORE_REFUSAL_SHUTDOWN "Service shutting down"
+#define DAEMON_REFUSAL_SHUTDOWN "Service shutting down"
 
 struct service {
 	const char *name; /* what `listen X { protocol = NAME }` says */
@@ -69,7 +69,7 @@ struct service {
 
 /* What a program gives the core. The state functions are called from any
  * thread; ref/unref must be thread-safe. */
-struct core_app {
+struct daemon_app {
 	const char *ident;                /* "mxguard": syslog ident, log lines */
 	const struct service *services;   /* table */
 	size_t n_services;
@@ -85,8 +85,8 @@ struct core_app {
 	/* Optional: on loop thread `loop`, before its first session uses st /
 	 * after its last one let go. A failing loop_start on a reload keeps that
 	 * loop on its old state (logged). */
-	int (*state_loop_start)(struct server_state *st, struct core_loop *loop, char **error_r);
-	void (*state_loop_stop)(struct server_state *st, struct core_loop *loop);
+	int (*state_loop_start)(struct server_state *st, struct daemon_loop *loop, char **error_r);
+	void (*state_loop_stop)(struct server_state *st, struct daemon_loop *loop);
 };
 
 /*
@@ -95,30 +95,30 @@ struct core_app {
  * SIGTERM/SIGINT. Errors before detaching go to stderr; returns the exit
  * status.
  */
-int core_run(const struct core_app *app, const char *config_path, bool foreground);
+int daemon_run(const struct daemon_app *app, const char *config_path, bool foreground);
 /* `mxguard -t`: every check start-up makes short of binding. 0 or 1. */
-int core_check(const struct core_app *app, const char *config_path);
+int daemon_check(const struct daemon_app *app, const char *config_path);
 
 /*
  * A loop without threads, listeners or signals, for transcript tests and
  * fuzz targets: the caller runs `base` itself, hands connected sockets (one
- * end of a socketpair) to core_loop_adopt(), and they are served by the
+ * end of a socketpair) to daemon_loop_adopt(), and they are served by the
  * named service with state st (referenced here) as if a client at
  * 192.0.2.1 had connected to a listener of that name. Freeing drops every
  * connection left (each logs its end).
  */
-struct core_loop *core_loop_standalone(const struct core_app *app, struct server_state *st,
+struct daemon_loop *daemon_loop_standalone(const struct daemon_app *app, struct server_state *st,
 				       struct event_base *base, struct workers *workers);
-int core_loop_adopt(struct core_loop *loop, int fd, const char *protocol);
-size_t core_loop_conn_count(const struct core_loop *loop);
-void core_loop_standalone_free(struct core_loop **loop);
+int daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol);
+size_t daemon_loop_conn_count(const struct daemon_loop *loop);
+void daemon_loop_standalone_free(struct daemon_loop **loop);
 
 /* --------------------------------------------------------------- loops */
 /* The event base, index and worker pool of a loop (only on that loop's
  * thread). Shutdown waits for every job of the pool (workers_pending). */
-struct event_base *core_loop_base(const struct core_loop *loop);
-unsigned core_loop_index(const struct core_loop *loop);
-struct workers *core_loop_workers(const struct core_loop *loop);
+struct event_base *daemon_loop_base(const struct daemon_loop *loop);
+unsigned daemon_loop_index(const struct daemon_loop *loop);
+struct workers *daemon_loop_workers(const struct daemon_loop *loop);
 
 /* ---------------------------------------------------------- connections */
 
@@ -161,7 +161,7 @@ bool conn_implicit_tls(const struct conn *conn);       /* accepted on a TLS port
 bool conn_tls(const struct conn *conn);                /* TLS is (being) spoken */
 bool conn_closing(const struct conn *conn);
 bool conn_eof(const struct conn *conn);
-struct core_loop *conn_loop(const struct conn *conn);
+struct daemon_loop *conn_loop(const struct conn *conn);
 struct event_base *conn_base(const struct conn *conn);
 /* The state the connection was accepted with, and the loop's newest state
  * (a session switches at a transaction boundary with conn_state_update). */

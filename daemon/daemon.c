@@ -36,16 +36,16 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 
-#include "core/core-internal.h"
+#include "daemon/daemon-internal.h"
 
 /* ---------------------------------------------------------- loop states */
 
-struct event_base *core_loop_base(const struct core_loop *loop) { return loop->base; }
-unsigned core_loop_index(const struct core_loop *loop) { return loop->index; }
-struct workers *core_loop_workers(const struct core_loop *loop) { return loop->core->workers; }
+struct event_base *daemon_loop_base(const struct daemon_loop *loop) { return loop->base; }
+unsigned daemon_loop_index(const struct daemon_loop *loop) { return loop->index; }
+struct workers *daemon_loop_workers(const struct daemon_loop *loop) { return loop->core->workers; }
 
 struct loop_state *
-core_loop_state_take(struct core_loop *loop)
+daemon_loop_state_take(struct daemon_loop *loop)
 {
 	loop->current->users++;
 	return loop->current;
@@ -54,9 +54,9 @@ core_loop_state_take(struct core_loop *loop)
 /* Drop one user; a state nobody on this loop uses any more (and that is
  * not the current one) is stopped on this loop and let go. */
 static void
-loop_state_maybe_free(struct core_loop *loop, struct loop_state *ls)
+loop_state_maybe_free(struct daemon_loop *loop, struct loop_state *ls)
 {
-	const struct core_app *app = loop->core->app;
+	const struct daemon_app *app = loop->core->app;
 	struct loop_state **pp;
 
 	if (ls->users > 0 || ls == loop->current)
@@ -74,7 +74,7 @@ loop_state_maybe_free(struct core_loop *loop, struct loop_state *ls)
 }
 
 void
-core_loop_state_release(struct core_loop *loop, struct loop_state **lsp)
+daemon_loop_state_release(struct daemon_loop *loop, struct loop_state **lsp)
 {
 	struct loop_state *ls = *lsp;
 
@@ -87,9 +87,9 @@ core_loop_state_release(struct core_loop *loop, struct loop_state **lsp)
 
 /* On the loop thread: make st (one reference, handed over) current. */
 static int
-loop_install(struct core_loop *loop, struct server_state *st)
+loop_install(struct daemon_loop *loop, struct server_state *st)
 {
-	const struct core_app *app = loop->core->app;
+	const struct daemon_app *app = loop->core->app;
 	struct loop_state *ls, *old = loop->current;
 	char *error = NULL;
 
@@ -113,7 +113,7 @@ loop_install(struct core_loop *loop, struct server_state *st)
 static void
 loop_push_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct core_loop *loop = arg;
+	struct daemon_loop *loop = arg;
 	struct server_state *st;
 
 	pthread_mutex_lock(&loop->push_lock);
@@ -126,9 +126,9 @@ loop_push_cb(evutil_socket_t fd, short what, void *arg)
 
 /* From the main thread: hand st to a loop (one reference, taken here). */
 static void
-loop_push(struct core_loop *loop, struct server_state *st)
+loop_push(struct daemon_loop *loop, struct server_state *st)
 {
-	const struct core_app *app = loop->core->app;
+	const struct daemon_app *app = loop->core->app;
 	struct server_state *prev;
 
 	st = app->state_ref(st);
@@ -147,8 +147,8 @@ static void
 loop_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
 	       int salen, void *arg)
 {
-	struct core_loop *loop = arg;
-	struct core *core = loop->core;
+	struct daemon_loop *loop = arg;
+	struct daemon *core = loop->core;
 
 	for (size_t i = 0; i < core->n_listeners; i++) {
 		if (loop->evl[i] == lev) {
@@ -162,7 +162,7 @@ loop_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *
 static void
 loop_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct core_loop *loop = arg;
+	struct daemon_loop *loop = arg;
 
 	loop->accept_paused = false;
 	if (loop->shutting_down)
@@ -182,7 +182,7 @@ loop_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 static void
 loop_accept_error_cb(struct evconnlistener *lev, void *arg)
 {
-	struct core_loop *loop = arg;
+	struct daemon_loop *loop = arg;
 	int err = EVUTIL_SOCKET_ERROR();
 	static const struct timeval pause = { 0, 250000 };
 
@@ -199,7 +199,7 @@ loop_accept_error_cb(struct evconnlistener *lev, void *arg)
 }
 
 static void
-loop_close_listeners(struct core_loop *loop)
+loop_close_listeners(struct daemon_loop *loop)
 {
 	for (size_t i = 0; i < loop->core->n_listeners; i++) {
 		if (loop->evl[i] != NULL) {
@@ -213,7 +213,7 @@ loop_close_listeners(struct core_loop *loop)
 static void
 loop_shutdown_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct core_loop *loop = arg;
+	struct daemon_loop *loop = arg;
 
 	loop->shutting_down = true;
 	loop_close_listeners(loop);
@@ -223,7 +223,7 @@ loop_shutdown_cb(evutil_socket_t fd, short what, void *arg)
 static void
 loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct core_loop *loop = arg;
+	struct daemon_loop *loop = arg;
 
 	if (loop->conns != NULL) {
 		/* the shutdown timeout passed: every session still logs its end */
@@ -241,8 +241,8 @@ loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 static void *
 loop_main(void *arg)
 {
-	struct core_loop *loop = arg;
-	struct core *core = loop->core;
+	struct daemon_loop *loop = arg;
+	struct daemon *core = loop->core;
 	/* the first state starts on this thread, like every later one, so
 	 * per-loop resources are made and freed on the loop that owns them */
 	bool ok = loop_install(loop, core->app->state_ref(core->state)) == 0;
@@ -260,7 +260,7 @@ loop_main(void *arg)
 /* ------------------------------------------------------------ signals */
 
 struct main_ctx {
-	struct core *core;
+	struct daemon *core;
 	struct event_base *base;
 	struct event *ev_term, *ev_int, *ev_hup, *ev_wait;
 	struct timespec deadline;
@@ -268,7 +268,7 @@ struct main_ctx {
 };
 
 static const struct service *
-core_find_service(const struct core_app *app, const char *name)
+daemon_find_service(const struct daemon_app *app, const char *name)
 {
 	for (size_t i = 0; i < app->n_services; i++) {
 		if (strcmp(app->services[i].name, name) == 0)
@@ -279,11 +279,11 @@ core_find_service(const struct core_app *app, const char *name)
 
 /* Every listener must name a service this program has. */
 static int
-core_check_services(const struct core_app *app, const struct mx_config *cfg, char **error_r)
+daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg, char **error_r)
 {
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct listen_config *lc = &cfg->listeners[i];
-		if (core_find_service(app, lc->protocol) == NULL) {
+		if (daemon_find_service(app, lc->protocol) == NULL) {
 			*error_r = xasprintf("%s: listen %s: protocol = \"%s\": no such service "
 					     "(this build has: smtp)", cfg->path, lc->name, lc->protocol);
 			return -1;
@@ -293,20 +293,20 @@ core_check_services(const struct core_app *app, const struct mx_config *cfg, cha
 }
 
 static struct server_state *
-core_build_state(const struct core_app *app, const char *path, char **error_r)
+daemon_build_state(const struct daemon_app *app, const char *path, char **error_r)
 {
 	struct server_state *st = app->state_build(path, error_r);
 
-	if (st != NULL && core_check_services(app, app->state_config(st), error_r) < 0)
+	if (st != NULL && daemon_check_services(app, app->state_config(st), error_r) < 0)
 		app->state_unref(&st);
 	return st;
 }
 
-static int core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only);
+static int daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only);
 
 /* What a reload cannot change in a running process, said out loud. */
 static void
-core_log_restart_changes(struct core *core, const struct mx_config *old, const struct mx_config *new)
+daemon_log_restart_changes(struct daemon *core, const struct mx_config *old, const struct mx_config *new)
 {
 	bool same = old->n_listeners == new->n_listeners;
 
@@ -333,11 +333,11 @@ core_log_restart_changes(struct core *core, const struct mx_config *old, const s
 }
 
 static void
-core_reload(struct core *core)
+daemon_reload(struct daemon *core)
 {
-	const struct core_app *app = core->app;
+	const struct daemon_app *app = core->app;
 	char *error = NULL;
-	struct server_state *st = core_build_state(app, core->config_path, &error);
+	struct server_state *st = daemon_build_state(app, core->config_path, &error);
 
 	if (st == NULL) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
@@ -345,7 +345,7 @@ core_reload(struct core *core)
 		return;
 	}
 	const struct mx_config *cfg = app->state_config(st);
-	if (core_make_dirs(cfg, false, false) < 0) {
+	if (daemon_make_dirs(cfg, false, false) < 0) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
 		app->state_unref(&st);
 		return;
@@ -355,7 +355,7 @@ core_reload(struct core *core)
 	struct server_state *old = core->state;
 	core->state = st;
 	pthread_mutex_unlock(&core->state_lock);
-	core_log_restart_changes(core, app->state_config(old), cfg);
+	daemon_log_restart_changes(core, app->state_config(old), cfg);
 	for (unsigned i = 0; i < core->n_loops; i++)
 		loop_push(&core->loops[i], st);
 	app->state_unref(&old);
@@ -384,11 +384,11 @@ static void
 main_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct main_ctx *m = arg;
-	struct core *core = m->core;
+	struct daemon *core = m->core;
 	static const struct timeval tick = { 0, 50000 };
 
 	if (sig == SIGHUP) {
-		core_reload(core);
+		daemon_reload(core);
 		return;
 	}
 	if (m->stopping)
@@ -410,13 +410,13 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* Bind every listener once per loop. */
 static int
-core_bind(struct core *core, const struct mx_config *cfg)
+daemon_bind(struct daemon *core, const struct mx_config *cfg)
 {
 	core->n_listeners = cfg->n_listeners;
 	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
 	for (size_t i = 0; i < cfg->n_listeners; i++) {
 		const struct listen_config *lc = &cfg->listeners[i];
-		struct core_listener *l = &core->listeners[i];
+		struct daemon_listener *l = &core->listeners[i];
 		struct sockaddr_storage ss;
 		socklen_t len;
 		const char *err;
@@ -424,7 +424,7 @@ core_bind(struct core *core, const struct mx_config *cfg)
 		l->name = xstrdup(lc->name);
 		l->address = xstrdup(lc->address);
 		l->implicit_tls = lc->implicit_tls;
-		l->service = core_find_service(core->app, lc->protocol);
+		l->service = daemon_find_service(core->app, lc->protocol);
 		l->fds = xcalloc(core->n_loops, sizeof(*l->fds));
 		for (unsigned j = 0; j < core->n_loops; j++)
 			l->fds[j] = -1;
@@ -448,7 +448,7 @@ core_bind(struct core *core, const struct mx_config *cfg)
 }
 
 static int
-core_drop_privileges(const char *user)
+daemon_drop_privileges(const char *user)
 {
 	struct passwd *pw;
 
@@ -473,7 +473,7 @@ core_drop_privileges(const char *user)
  * run user. An existing directory is never changed.
  */
 static int
-core_mkdir_owned(const char *path, const struct passwd *pw)
+daemon_mkdir_owned(const char *path, const struct passwd *pw)
 {
 	char *p = xstrdup(path);
 	int ret = 0;
@@ -511,7 +511,7 @@ core_mkdir_owned(const char *path, const struct passwd *pw)
  * check_only (`-t`) creates nothing.
  */
 static int
-core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
+daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
 {
 	const struct { const char *name, *path; } dirs[] = {
 		{ "mail_root", cfg->mail_root }, { "spool_dir", cfg->spool_dir },
@@ -537,7 +537,7 @@ core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
 				log_errno(LOG_LEVEL_ERR, "%s %s", dirs[i].name, dirs[i].path);
 				ret = -1;
 			} else if (!check_only &&
-				   core_mkdir_owned(dirs[i].path, at_start ? pw : NULL) < 0) {
+				   daemon_mkdir_owned(dirs[i].path, at_start ? pw : NULL) < 0) {
 				ret = -1;
 			}
 			continue;
@@ -573,7 +573,7 @@ core_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
  * changes) would fail long after start. Run after dropping privileges.
  */
 static int
-core_check_readable(const struct mx_config *cfg)
+daemon_check_readable(const struct mx_config *cfg)
 {
 	const char *const files[] = { cfg->path, cfg->passwd_file, cfg->tls_cert, cfg->tls_key };
 	int ret = 0;
@@ -591,7 +591,7 @@ core_check_readable(const struct mx_config *cfg)
 /* `-t` as root with a run user: the readability check in a child that has
  * dropped privileges like the daemon will. */
 static int
-core_check_readable_as_user(const struct mx_config *cfg)
+daemon_check_readable_as_user(const struct mx_config *cfg)
 {
 	pid_t pid;
 	int status;
@@ -608,7 +608,7 @@ core_check_readable_as_user(const struct mx_config *cfg)
 		if (pw == NULL || initgroups(pw->pw_name, pw->pw_gid) < 0 ||
 		    setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
 			_exit(2);
-		_exit(core_check_readable(cfg) < 0 ? 1 : 0);
+		_exit(daemon_check_readable(cfg) < 0 ? 1 : 0);
 	}
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR)
@@ -621,7 +621,7 @@ core_check_readable_as_user(const struct mx_config *cfg)
  * the same state_dir refuses to start (SO_REUSEPORT would otherwise let it
  * share our ports). Returns the locked fd, -1 on error, -2 without one. */
 static int
-core_lock_pidfile(const struct mx_config *cfg, char **path_r)
+daemon_lock_pidfile(const struct mx_config *cfg, char **path_r)
 {
 	char *path;
 	int fd;
@@ -652,7 +652,7 @@ core_lock_pidfile(const struct mx_config *cfg, char **path_r)
 }
 
 static void
-core_write_pid(int fd)
+daemon_write_pid(int fd)
 {
 	char buf[32];
 	int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
@@ -664,10 +664,10 @@ core_write_pid(int fd)
 }
 
 int
-core_check(const struct core_app *app, const char *config_path)
+daemon_check(const struct daemon_app *app, const char *config_path)
 {
 	char *error = NULL;
-	struct server_state *st = core_build_state(app, config_path, &error);
+	struct server_state *st = daemon_build_state(app, config_path, &error);
 	int ret = 0;
 
 	if (st == NULL) {
@@ -677,7 +677,7 @@ core_check(const struct core_app *app, const char *config_path)
 	}
 	const struct mx_config *cfg = app->state_config(st);
 	/* the same checks start-up makes, short of binding and creating */
-	if (core_make_dirs(cfg, true, true) < 0 || core_check_readable_as_user(cfg) < 0)
+	if (daemon_make_dirs(cfg, true, true) < 0 || daemon_check_readable_as_user(cfg) < 0)
 		ret = 1;
 	if (ret == 0)
 		printf("%s: ok (%zu listener(s), %zu local domain(s), %zu stage(s))\n", config_path,
@@ -687,10 +687,10 @@ core_check(const struct core_app *app, const char *config_path)
 }
 
 static int
-core_start_loops(struct core *core)
+daemon_start_loops(struct daemon *core)
 {
 	for (unsigned i = 0; i < core->n_loops; i++) {
-		struct core_loop *loop = &core->loops[i];
+		struct daemon_loop *loop = &core->loops[i];
 
 		for (size_t j = 0; j < core->n_listeners; j++) {
 			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
@@ -719,10 +719,10 @@ core_start_loops(struct core *core)
 }
 
 static void
-core_free(struct core *core)
+daemon_free(struct daemon *core)
 {
 	for (unsigned i = 0; core->loops != NULL && i < core->n_loops; i++) {
-		struct core_loop *loop = &core->loops[i];
+		struct daemon_loop *loop = &core->loops[i];
 		for (size_t j = 0; j < core->n_listeners; j++) {
 			if (loop->evl != NULL && loop->evl[j] != NULL)
 				evconnlistener_free(loop->evl[j]);
@@ -758,12 +758,12 @@ core_free(struct core *core)
 
 /* ------------------------------------------------------- standalone */
 
-struct core_loop *
-core_loop_standalone(const struct core_app *app, struct server_state *st,
+struct daemon_loop *
+daemon_loop_standalone(const struct daemon_app *app, struct server_state *st,
 		     struct event_base *base, struct workers *workers)
 {
-	struct core *core = xcalloc(1, sizeof(*core));
-	struct core_loop *loop;
+	struct daemon *core = xcalloc(1, sizeof(*core));
+	struct daemon_loop *loop;
 
 	core->app = app;
 	core->workers = workers;
@@ -785,7 +785,7 @@ core_loop_standalone(const struct core_app *app, struct server_state *st,
 	if (loop_install(loop, app->state_ref(st)) < 0) {
 		core->loops = NULL;
 		free(loop);
-		core_free(core);
+		daemon_free(core);
 		free(core);
 		return NULL;
 	}
@@ -793,9 +793,9 @@ core_loop_standalone(const struct core_app *app, struct server_state *st,
 }
 
 int
-core_loop_adopt(struct core_loop *loop, int fd, const char *protocol)
+daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol)
 {
-	struct core *core = loop->core;
+	struct daemon *core = loop->core;
 	struct sockaddr_in sin;
 
 	memset(&sin, 0, sizeof(sin));
@@ -813,16 +813,16 @@ core_loop_adopt(struct core_loop *loop, int fd, const char *protocol)
 }
 
 size_t
-core_loop_conn_count(const struct core_loop *loop)
+daemon_loop_conn_count(const struct daemon_loop *loop)
 {
 	return (size_t)atomic_load(&loop->core->n_conns);
 }
 
 void
-core_loop_standalone_free(struct core_loop **loopp)
+daemon_loop_standalone_free(struct daemon_loop **loopp)
 {
-	struct core_loop *loop = *loopp;
-	struct core *core;
+	struct daemon_loop *loop = *loopp;
+	struct daemon *core;
 
 	*loopp = NULL;
 	if (loop == NULL)
@@ -835,14 +835,14 @@ core_loop_standalone_free(struct core_loop **loopp)
 		loop_state_maybe_free(loop, loop->states);
 	loop->base = NULL;      /* the caller's */
 	core->workers = NULL;   /* the caller's */
-	core_free(core);
+	daemon_free(core);
 	free(core);
 }
 
 int
-core_run(const struct core_app *app, const char *config_path, bool foreground)
+daemon_run(const struct daemon_app *app, const char *config_path, bool foreground)
 {
-	struct core core;
+	struct daemon core;
 	struct main_ctx m;
 	char *error = NULL, *pidpath = NULL;
 	int pidfd;
@@ -862,7 +862,7 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 		log_msg(LOG_LEVEL_ERR, "libevent threading support missing");
 		return 1;
 	}
-	core.state = core_build_state(app, config_path, &error);
+	core.state = daemon_build_state(app, config_path, &error);
 	if (core.state == NULL) {
 		log_msg(LOG_LEVEL_ERR, "%s", error);
 		free(error);
@@ -880,16 +880,16 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 	core.n_loops = (unsigned)n;
 	core.loops = xcalloc(core.n_loops, sizeof(*core.loops));
 
-	if (core_make_dirs(cfg, true, false) < 0)
+	if (daemon_make_dirs(cfg, true, false) < 0)
 		return 1;
-	pidfd = core_lock_pidfile(cfg, &pidpath);
+	pidfd = daemon_lock_pidfile(cfg, &pidpath);
 	if (pidfd == -1)
 		return 1;
-	if (core_bind(&core, cfg) < 0)
+	if (daemon_bind(&core, cfg) < 0)
 		return 1;
-	if (core_drop_privileges(cfg->run_user) < 0)
+	if (daemon_drop_privileges(cfg->run_user) < 0)
 		return 1;
-	if (cfg->run_user[0] != '\0' && core_check_readable(cfg) < 0)
+	if (cfg->run_user[0] != '\0' && daemon_check_readable(cfg) < 0)
 		return 1;
 	if (!foreground) {
 		if (daemon(1, 0) < 0) {
@@ -898,11 +898,11 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 		}
 		log_open(app->ident, false, cfg->log_level);
 	}
-	core_write_pid(pidfd);
+	daemon_write_pid(pidfd);
 
 	core.workers = workers_create((unsigned)cfg->workers, 0, 0);
 	for (unsigned i = 0; i < core.n_loops; i++) {
-		struct core_loop *loop = &core.loops[i];
+		struct daemon_loop *loop = &core.loops[i];
 		loop->core = &core;
 		loop->index = i;
 		pthread_mutex_init(&loop->push_lock, NULL);
@@ -916,7 +916,7 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 		loop->ev_shutdown = event_new(loop->base, -1, 0, loop_shutdown_cb, loop);
 		loop->ev_exit = event_new(loop->base, -1, 0, loop_exit_cb, loop);
 	}
-	if (core_start_loops(&core) < 0)
+	if (daemon_start_loops(&core) < 0)
 		return 1;
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, cfg->workers, config_path);
@@ -952,7 +952,7 @@ core_run(const struct core_app *app, const char *config_path, bool foreground)
 	if (m.ev_wait != NULL)
 		event_free(m.ev_wait);
 	event_base_free(m.base);
-	core_free(&core);
+	daemon_free(&core);
 	if (pidfd >= 0)
 		close(pidfd);
 	log_msg(LOG_LEVEL_INFO, "stopped");

@@ -36,7 +36,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
-#include "core/core-internal.h"
+#include "daemon/daemon-internal.h"
 
 /* Input buffered while the service is busy (pipelined commands) before
  * reads pause. */
@@ -58,8 +58,8 @@ enum conn_flags {
 struct conn {
 	struct conn *next, *prev; /* the loop's list */
 	char id[MX_ID_LEN];
-	struct core_loop *loop;
-	const struct core_listener *listener;
+	struct daemon_loop *loop;
+	const struct daemon_listener *listener;
 	struct loop_state *ls;
 	struct bufferevent *bev;
 	int fd;
@@ -79,7 +79,7 @@ struct conn {
 static bool
 conn_slot_acquire(struct conn *conn, long per_client, long total, const char **reason_r)
 {
-	struct core *core = conn->loop->core;
+	struct daemon *core = conn->loop->core;
 	struct conn_count *c;
 	bool ok = false;
 
@@ -114,7 +114,7 @@ conn_slot_acquire(struct conn *conn, long per_client, long total, const char **r
 static void
 conn_slot_release(struct conn *conn)
 {
-	struct core *core = conn->loop->core;
+	struct daemon *core = conn->loop->core;
 	struct conn_count **cp, *c;
 
 	if (!(conn->flags & CONN_F_SLOT))
@@ -144,7 +144,7 @@ bool conn_implicit_tls(const struct conn *conn) { return conn->listener->implici
 bool conn_tls(const struct conn *conn) { return (conn->flags & CONN_F_TLS) != 0; }
 bool conn_closing(const struct conn *conn) { return (conn->flags & CONN_F_CLOSING) != 0; }
 bool conn_eof(const struct conn *conn) { return (conn->flags & CONN_F_EOF) != 0; }
-struct core_loop *conn_loop(const struct conn *conn) { return conn->loop; }
+struct daemon_loop *conn_loop(const struct conn *conn) { return conn->loop; }
 struct event_base *conn_base(const struct conn *conn) { return conn->loop->base; }
 struct server_state *conn_state(const struct conn *conn) { return conn->ls->st; }
 
@@ -152,8 +152,8 @@ struct server_state *
 conn_state_update(struct conn *conn)
 {
 	if (conn->ls != conn->loop->current) {
-		core_loop_state_release(conn->loop, &conn->ls);
-		conn->ls = core_loop_state_take(conn->loop);
+		daemon_loop_state_release(conn->loop, &conn->ls);
+		conn->ls = daemon_loop_state_take(conn->loop);
 	}
 	return conn->ls->st;
 }
@@ -287,7 +287,7 @@ conn_setup_bev(struct conn *conn)
 }
 
 struct conn *
-conn_new(struct core_loop *loop, const struct core_listener *l, int fd, const struct sockaddr *sa)
+conn_new(struct daemon_loop *loop, const struct daemon_listener *l, int fd, const struct sockaddr *sa)
 {
 	struct conn *conn = xcalloc(1, sizeof(*conn));
 
@@ -295,7 +295,7 @@ conn_new(struct core_loop *loop, const struct core_listener *l, int fd, const st
 	conn->loop = loop;
 	conn->listener = l;
 	conn->fd = fd;
-	conn->ls = core_loop_state_take(loop);
+	conn->ls = daemon_loop_state_take(loop);
 	net_addr_str(sa, conn->addr, sizeof(conn->addr));
 	conn->port = sa->sa_family == AF_INET
 		? ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port)
@@ -312,7 +312,7 @@ conn_new(struct core_loop *loop, const struct core_listener *l, int fd, const st
 static void
 conn_free(struct conn *conn)
 {
-	struct core_loop *loop = conn->loop;
+	struct daemon_loop *loop = conn->loop;
 
 	conn->flags |= CONN_F_FREED;
 	conn_slot_release(conn);
@@ -340,7 +340,7 @@ conn_free(struct conn *conn)
 		loop->conns = conn->next;
 	if (conn->next != NULL)
 		conn->next->prev = conn->prev;
-	core_loop_state_release(loop, &conn->ls);
+	daemon_loop_state_release(loop, &conn->ls);
 	free(conn->reason);
 	free(conn);
 	atomic_fetch_sub(&loop->core->n_conns, 1);
@@ -533,8 +533,8 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 void
 conn_begin(struct conn *conn)
 {
-	struct core_loop *loop = conn->loop;
-	const struct core_app *app = loop->core->app;
+	struct daemon_loop *loop = conn->loop;
+	const struct daemon_app *app = loop->core->app;
 	const struct mx_config *cfg = app->state_config(conn->ls->st);
 	SSL_CTX *ctx = app->state_tls(conn->ls->st);
 	const char *refusal = NULL;
@@ -552,7 +552,7 @@ conn_begin(struct conn *conn)
 		return;
 	}
 	if (loop->shutting_down)
-		refusal = CORE_REFUSAL_SHUTDOWN;
+		refusal = DAEMON_REFUSAL_SHUTDOWN;
 	else
 		(void)conn_slot_acquire(conn, cfg->limits.connections_per_client,
 					cfg->limits.connections_max, &refusal);
@@ -580,7 +580,7 @@ conn_begin(struct conn *conn)
 }
 
 void
-conn_shutdown_all(struct core_loop *loop)
+conn_shutdown_all(struct daemon_loop *loop)
 {
 	struct conn *conn, *next;
 
@@ -598,7 +598,7 @@ conn_shutdown_all(struct core_loop *loop)
 }
 
 void
-conn_drop_all(struct core_loop *loop, const char *reason)
+conn_drop_all(struct daemon_loop *loop, const char *reason)
 {
 	while (loop->conns != NULL) {
 		struct conn *conn = loop->conns;

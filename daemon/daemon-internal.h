@@ -1,6 +1,6 @@
 /*
- * core-internal.h — what daemon.c and conn.c share inside core/. Nothing
- * outside core/ includes this file; services use core.h.
+ * daemon-internal.h — what daemon.c and conn.c share inside daemon/. Nothing
+ * outside daemon/ includes this file; services use daemon.h.
  */
 #ifndef MXGUARD_CORE_INTERNAL_H
 #define MXGUARD_CORE_INTERNAL_H
@@ -8,13 +8,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#include "core/core.h"
+#include "daemon/daemon.h"
 
 struct event;
 struct evconnlistener;
 
 /* One `listen` section: its socket on every loop (SO_REUSEPORT). */
-struct core_listener {
+struct daemon_listener {
 	char *name;
 	char *address;
 	bool implicit_tls;
@@ -36,16 +36,16 @@ struct loop_state {
 	long users;
 };
 
-struct core {
-	const struct core_app *app;
+struct daemon {
+	const struct daemon_app *app;
 	char *config_path;
 	bool foreground;
 	pthread_mutex_t state_lock;
 	struct server_state *state; /* newest; under state_lock */
 	struct workers *workers;
-	struct core_listener *listeners;
+	struct daemon_listener *listeners;
 	size_t n_listeners;
-	struct core_loop *loops;
+	struct daemon_loop *loops;
 	unsigned n_loops;
 	atomic_int n_conns;
 	/* the loops report their first state installed */
@@ -59,8 +59,8 @@ struct core {
 	long conn_total;
 };
 
-struct core_loop {
-	struct core *core;
+struct daemon_loop {
+	struct daemon *core;
 	unsigned index;
 	pthread_t thread;
 	struct event_base *base;
@@ -78,17 +78,17 @@ struct core_loop {
 };
 
 /* conn.c */
-struct conn *conn_new(struct core_loop *loop, const struct core_listener *l, int fd,
+struct conn *conn_new(struct daemon_loop *loop, const struct daemon_listener *l, int fd,
 		      const struct sockaddr *sa);
 /* Accept sequence after conn_new: slot, TLS, then the service. */
 void conn_begin(struct conn *conn);
 /* Shutdown: tell every connection of the loop. */
-void conn_shutdown_all(struct core_loop *loop);
+void conn_shutdown_all(struct daemon_loop *loop);
 /* Forced exit: drop every connection now (each still logs). */
-void conn_drop_all(struct core_loop *loop, const char *reason);
+void conn_drop_all(struct daemon_loop *loop, const char *reason);
 
 /* daemon.c */
-struct loop_state *core_loop_state_take(struct core_loop *loop);
-void core_loop_state_release(struct core_loop *loop, struct loop_state **ls);
+struct loop_state *daemon_loop_state_take(struct daemon_loop *loop);
+void daemon_loop_state_release(struct daemon_loop *loop, struct loop_state **ls);
 
 #endif
