@@ -16,6 +16,28 @@
 
 #include "lib/lib.h"
 
+/* ------------------------------------------------------------- settings */
+/* The backends' rows (backends/settings.c), registered by
+ * backends_register_config() before config_load(). */
+struct backends_settings {
+	char *mail_root;
+	char *passwd_file;
+	char **local_domains; /* lower-case, NULL-terminated */
+	size_t n_local_domains;
+	char *junk_folder;    /* Maildir++ folder name, e.g. "Junk" */
+	char *quarantine_dir; /* Maildir holding quarantined mail */
+	char *postmaster;     /* "" or a lower-case mailbox "local@<local domain>" */
+};
+
+void backends_register_config(void);
+const struct backends_settings *backends_settings(const struct mx_config *cfg);
+bool backends_is_local_domain(const struct mx_config *cfg, const char *domain);
+/* Who gets postmaster@<local domain> (RFC 5321 4.5.1 requires it to work):
+ * the configured mailbox, else the first passwd-file user of a local
+ * domain, else -1 with *error_r (the configuration is refused). *mailbox_r
+ * is malloc'd. */
+int backends_postmaster(const struct mx_config *cfg, char **mailbox_r, char **error_r);
+
 /* --------------------------------------------------------------- userdb */
 /*
  * A loaded passwd-file. userdb_* lookups are thread-safe; the file is

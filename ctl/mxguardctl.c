@@ -33,6 +33,7 @@
 #include "backends/backends.h"
 #include "filters/filters.h"
 #include "lib/lib.h"
+#include "proxy/proxy.h" /* mxguard_register_config: the daemon's settings */
 
 #define CTL_EXIT_OK 0
 #define CTL_EXIT_FAIL 1
@@ -280,7 +281,7 @@ static int ctl_cmd_add(struct ctl *ctl)
 {
 	int exists;
 
-	if (!config_is_local_domain(ctl->cfg, ctl->domain)) {
+	if (!backends_is_local_domain(ctl->cfg, ctl->domain)) {
 		ctl_error("%s is not one of the local_domains in %s", ctl->domain,
 			  ctl->config_path);
 		return CTL_EXIT_FAIL;
@@ -458,9 +459,10 @@ int main(int argc, char **argv)
 		ctl.domain = xstrdup(at + 1);
 	}
 
-	/* the daemon's own loader, with every stage's section known, so any
-	 * file the daemon accepts is accepted here too */
-	filters_register_config();
+	/* the daemon's own loader, with every module's settings and every
+	 * stage's section known, so any file the daemon accepts is accepted
+	 * here too */
+	mxguard_register_config();
 	if (config_load(ctl.config_path, &ctl.cfg, &error) < 0) {
 		ctl_error("%s", error != NULL ? error : ctl.config_path);
 		free(error);
@@ -468,7 +470,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (ctl.passwd_file == NULL)
-		ctl.passwd_file = ctl.cfg->passwd_file;
+		ctl.passwd_file = backends_settings(ctl.cfg)->passwd_file;
 
 	ret = cmd->run(&ctl);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

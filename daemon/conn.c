@@ -67,6 +67,7 @@ struct conn {
 	char addr[64];
 	unsigned port;
 	size_t line_max;
+	long timeout_greeting;
 	long timeout;
 	const struct conn_handler *h;
 	void *ctx;
@@ -202,6 +203,12 @@ size_t
 conn_input_len(const struct conn *conn)
 {
 	return conn->bev != NULL ? evbuffer_get_length(bufferevent_get_input(conn->bev)) : 0;
+}
+
+long
+conn_timeout_greeting(const struct conn *conn)
+{
+	return conn->timeout_greeting;
 }
 
 enum conn_line
@@ -535,7 +542,7 @@ conn_begin(struct conn *conn)
 {
 	struct daemon_loop *loop = conn->loop;
 	const struct daemon_app *app = loop->core->app;
-	const struct mx_config *cfg = app->state_config(conn->ls->st);
+	const struct daemon_settings *ds = daemon_settings(app->state_config(conn->ls->st));
 	SSL_CTX *ctx = app->state_tls(conn->ls->st);
 	const char *refusal = NULL;
 	bool implicit = conn->listener->implicit_tls;
@@ -543,7 +550,6 @@ conn_begin(struct conn *conn)
 	log_msg(LOG_LEVEL_INFO, "%s %s connect client=%s port=%u listener=%s tls=%s loop=%u",
 		conn->id, conn->listener->service->name, conn->addr, conn->port,
 		conn->listener->name, implicit ? "implicit" : "no", loop->index);
-	conn->line_max = (size_t)cfg->limits.line_max;
 	if (implicit && ctx == NULL) {
 		/* a reload removed the certificate: never speak plaintext on a
 		 * port that clients trust to be TLS */
@@ -554,8 +560,8 @@ conn_begin(struct conn *conn)
 	if (loop->shutting_down)
 		refusal = DAEMON_REFUSAL_SHUTDOWN;
 	else
-		(void)conn_slot_acquire(conn, cfg->limits.connections_per_client,
-					cfg->limits.connections_max, &refusal);
+		(void)conn_slot_acquire(conn, ds->connections_per_client, ds->connections_max,
+					&refusal);
 	if (refusal != NULL && implicit) {
 		/* a refusal can only be said inside TLS; do not spend a handshake */
 		log_msg(LOG_LEVEL_INFO, "%s %s refused client=%s reason=\"%s\"", conn->id,
@@ -565,7 +571,8 @@ conn_begin(struct conn *conn)
 		return;
 	}
 	/* the handshake (or the first command) must come within this */
-	conn->timeout = cfg->limits.timeout_greeting;
+	conn->timeout = ds->timeout_greeting;
+	conn->timeout_greeting = ds->timeout_greeting;
 	if (implicit) {
 		if (conn_tls_wrap(conn, ctx) < 0) {
 			conn_set_reason(conn, "tls_error");

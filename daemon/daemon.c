@@ -281,8 +281,10 @@ daemon_find_service(const struct daemon_app *app, const char *name)
 static int
 daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg, char **error_r)
 {
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		const struct listen_config *lc = &cfg->listeners[i];
+	const struct daemon_settings *ds = daemon_settings(cfg);
+
+	for (size_t i = 0; i < ds->n_listeners; i++) {
+		const struct listen_config *lc = &ds->listeners[i];
 		if (daemon_find_service(app, lc->protocol) == NULL) {
 			*error_r = xasprintf("%s: listen %s: protocol = \"%s\": no such service "
 					     "(this build has: smtp)", cfg->path, lc->name, lc->protocol);
@@ -302,12 +304,15 @@ daemon_build_state(const struct daemon_app *app, const char *path, char **error_
 	return st;
 }
 
-static int daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only);
+static int daemon_make_dirs(const struct daemon_app *app, const struct server_state *st,
+			    bool at_start, bool check_only);
 
 /* What a reload cannot change in a running process, said out loud. */
 static void
-daemon_log_restart_changes(struct daemon *core, const struct mx_config *old, const struct mx_config *new)
+daemon_log_restart_changes(struct daemon *core, const struct mx_config *old_cfg,
+			   const struct mx_config *new_cfg)
 {
+	const struct daemon_settings *old = daemon_settings(old_cfg), *new = daemon_settings(new_cfg);
 	bool same = old->n_listeners == new->n_listeners;
 
 	for (size_t i = 0; same && i < old->n_listeners; i++) {
@@ -345,12 +350,12 @@ daemon_reload(struct daemon *core)
 		return;
 	}
 	const struct mx_config *cfg = app->state_config(st);
-	if (daemon_make_dirs(cfg, false, false) < 0) {
+	if (daemon_make_dirs(app, st, false, false) < 0) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
 		app->state_unref(&st);
 		return;
 	}
-	log_set_level(cfg->log_level);
+	log_set_level((enum log_level)daemon_settings(cfg)->log_level);
 	pthread_mutex_lock(&core->state_lock);
 	struct server_state *old = core->state;
 	core->state = st;
@@ -398,7 +403,7 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 	for (unsigned i = 0; i < core->n_loops; i++)
 		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
 	pthread_mutex_lock(&core->state_lock);
-	long timeout = core->app->state_config(core->state)->limits.timeout_shutdown;
+	long timeout = daemon_settings(core->app->state_config(core->state))->timeout_shutdown;
 	pthread_mutex_unlock(&core->state_lock);
 	clock_gettime(CLOCK_MONOTONIC, &m->deadline);
 	m->deadline.tv_sec += timeout;
@@ -412,10 +417,12 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 static int
 daemon_bind(struct daemon *core, const struct mx_config *cfg)
 {
-	core->n_listeners = cfg->n_listeners;
+	const struct daemon_settings *ds = daemon_settings(cfg);
+
+	core->n_listeners = ds->n_listeners;
 	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
-	for (size_t i = 0; i < cfg->n_listeners; i++) {
-		const struct listen_config *lc = &cfg->listeners[i];
+	for (size_t i = 0; i < ds->n_listeners; i++) {
+		const struct listen_config *lc = &ds->listeners[i];
 		struct daemon_listener *l = &core->listeners[i];
 		struct sockaddr_storage ss;
 		socklen_t len;
@@ -442,7 +449,7 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		}
 		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s", lc->name,
 			lc->protocol, lc->address,
-			lc->implicit_tls ? "implicit" : cfg->tls_cert[0] != '\0' ? "starttls" : "none");
+			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' ? "starttls" : "none");
 	}
 	return 0;
 }
@@ -511,30 +518,39 @@ daemon_mkdir_owned(const char *path, const struct passwd *pw)
  * check_only (`-t`) creates nothing.
  */
 static int
-daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
+daemon_make_dirs(const struct daemon_app *app, const struct server_state *state, bool at_start,
+		 bool check_only)
 {
-	const struct { const char *name, *path; } dirs[] = {
-		{ "mail_root", cfg->mail_root }, { "spool_dir", cfg->spool_dir },
-		{ "state_dir", cfg->state_dir }, { "quarantine_dir", cfg->quarantine_dir },
-	};
+	const struct mx_config *cfg = app->state_config(state);
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	const struct daemon_path *theirs = app->state_dirs != NULL ? app->state_dirs(state) : NULL;
+	struct daemon_path *dirs;
+	size_t n_dirs = 0;
 	struct passwd *pw = NULL;
 	int ret = 0;
 
-	if (cfg->run_user[0] != '\0') {
-		pw = getpwnam(cfg->run_user);
+	if (ds->run_user[0] != '\0') {
+		pw = getpwnam(ds->run_user);
 		if (pw == NULL) {
-			log_msg(LOG_LEVEL_ERR, "%s: user = \"%s\": no such user", cfg->path, cfg->run_user);
+			log_msg(LOG_LEVEL_ERR, "%s: user = \"%s\": no such user", cfg->path, ds->run_user);
 			return -1;
 		}
 	}
-	for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
+	/* the program's directories, and the core's own state_dir */
+	while (theirs != NULL && theirs[n_dirs].setting != NULL)
+		n_dirs++;
+	dirs = xcalloc(n_dirs + 1, sizeof(*dirs));
+	if (n_dirs > 0)
+		memcpy(dirs, theirs, n_dirs * sizeof(*dirs));
+	dirs[n_dirs++] = (struct daemon_path){ "state_dir", ds->state_dir };
+	for (size_t i = 0; i < n_dirs; i++) {
 		struct stat st;
 
 		if (dirs[i].path[0] == '\0')
 			continue;
 		if (stat(dirs[i].path, &st) < 0) {
 			if (errno != ENOENT) {
-				log_errno(LOG_LEVEL_ERR, "%s %s", dirs[i].name, dirs[i].path);
+				log_errno(LOG_LEVEL_ERR, "%s %s", dirs[i].setting, dirs[i].path);
 				ret = -1;
 			} else if (!check_only &&
 				   daemon_mkdir_owned(dirs[i].path, at_start ? pw : NULL) < 0) {
@@ -543,27 +559,28 @@ daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
 			continue;
 		}
 		if (!S_ISDIR(st.st_mode)) {
-			log_msg(LOG_LEVEL_ERR, "%s %s is not a directory", dirs[i].name, dirs[i].path);
+			log_msg(LOG_LEVEL_ERR, "%s %s is not a directory", dirs[i].setting, dirs[i].path);
 			ret = -1;
 			continue;
 		}
 		uid_t want = pw != NULL ? pw->pw_uid : geteuid();
 		if (st.st_uid != want) {
 			log_msg(LOG_LEVEL_ERR, "%s %s belongs to uid %u, not to %s (uid %u): chown it, or "
-				"choose a directory of its own", dirs[i].name, dirs[i].path,
+				"choose a directory of its own", dirs[i].setting, dirs[i].path,
 				(unsigned)st.st_uid, pw != NULL ? pw->pw_name : "the daemon's user",
 				(unsigned)want);
 			ret = -1;
 		} else if (st.st_mode & S_IWOTH) {
 			log_msg(LOG_LEVEL_ERR, "%s %s is writable by everyone (mode %04o): chmod o-w",
-				dirs[i].name, dirs[i].path, (unsigned)(st.st_mode & 07777));
+				dirs[i].setting, dirs[i].path, (unsigned)(st.st_mode & 07777));
 			ret = -1;
 		} else if (st.st_mode & S_IROTH) {
 			log_msg(LOG_LEVEL_WARN, "%s %s is readable by everyone (mode %04o); mail is "
-				"private: chmod o-rwx", dirs[i].name, dirs[i].path,
+				"private: chmod o-rwx", dirs[i].setting, dirs[i].path,
 				(unsigned)(st.st_mode & 07777));
 		}
 	}
+	free(dirs);
 	return ret;
 }
 
@@ -573,15 +590,19 @@ daemon_make_dirs(const struct mx_config *cfg, bool at_start, bool check_only)
  * changes) would fail long after start. Run after dropping privileges.
  */
 static int
-daemon_check_readable(const struct mx_config *cfg)
+daemon_check_readable(const struct daemon_app *app, const struct server_state *state)
 {
-	const char *const files[] = { cfg->path, cfg->passwd_file, cfg->tls_cert, cfg->tls_key };
+	const struct mx_config *cfg = app->state_config(state);
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	const struct daemon_path *theirs = app->state_files != NULL ? app->state_files(state) : NULL;
+	const char *const own[] = { cfg->path, ds->tls_cert, ds->tls_key };
 	int ret = 0;
 
-	for (size_t i = 0; i < N_ELEMENTS(files); i++) {
-		if (files[i][0] != '\0' && access(files[i], R_OK) < 0 && errno != ENOENT) {
+	for (size_t i = 0; i < N_ELEMENTS(own) || (theirs != NULL && theirs->setting != NULL); i++) {
+		const char *file = i < N_ELEMENTS(own) ? own[i] : (theirs++)->path;
+		if (file[0] != '\0' && access(file, R_OK) < 0 && errno != ENOENT) {
 			log_errno(LOG_LEVEL_ERR, "%s is not readable as user \"%s\" (needed for "
-				  "reloads and user lookups)", files[i], cfg->run_user);
+				  "reloads and user lookups)", file, ds->run_user);
 			ret = -1;
 		}
 	}
@@ -591,12 +612,13 @@ daemon_check_readable(const struct mx_config *cfg)
 /* `-t` as root with a run user: the readability check in a child that has
  * dropped privileges like the daemon will. */
 static int
-daemon_check_readable_as_user(const struct mx_config *cfg)
+daemon_check_readable_as_user(const struct daemon_app *app, const struct server_state *state)
 {
+	const struct daemon_settings *ds = daemon_settings(app->state_config(state));
 	pid_t pid;
 	int status;
 
-	if (cfg->run_user[0] == '\0' || geteuid() != 0)
+	if (ds->run_user[0] == '\0' || geteuid() != 0)
 		return 0;
 	pid = fork();
 	if (pid < 0) {
@@ -604,11 +626,11 @@ daemon_check_readable_as_user(const struct mx_config *cfg)
 		return -1;
 	}
 	if (pid == 0) {
-		struct passwd *pw = getpwnam(cfg->run_user);
+		struct passwd *pw = getpwnam(ds->run_user);
 		if (pw == NULL || initgroups(pw->pw_name, pw->pw_gid) < 0 ||
 		    setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
 			_exit(2);
-		_exit(daemon_check_readable(cfg) < 0 ? 1 : 0);
+		_exit(daemon_check_readable(app, state) < 0 ? 1 : 0);
 	}
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR)
@@ -621,15 +643,15 @@ daemon_check_readable_as_user(const struct mx_config *cfg)
  * the same state_dir refuses to start (SO_REUSEPORT would otherwise let it
  * share our ports). Returns the locked fd, -1 on error, -2 without one. */
 static int
-daemon_lock_pidfile(const struct mx_config *cfg, char **path_r)
+daemon_lock_pidfile(const struct daemon_settings *ds, char **path_r)
 {
 	char *path;
 	int fd;
 
 	*path_r = NULL;
-	if (cfg->state_dir[0] == '\0')
+	if (ds->state_dir[0] == '\0')
 		return -2;
-	path = xasprintf("%s/mxguard.pid", cfg->state_dir);
+	path = xasprintf("%s/mxguard.pid", ds->state_dir);
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		log_errno(LOG_LEVEL_ERR, "cannot open pid file %s", path);
@@ -642,7 +664,7 @@ daemon_lock_pidfile(const struct mx_config *cfg, char **path_r)
 		buf[n > 0 ? n : 0] = '\0';
 		buf[strcspn(buf, "\n")] = '\0';
 		log_msg(LOG_LEVEL_ERR, "another mxguard is running with state_dir %s (pid %s)",
-			cfg->state_dir, buf[0] ? buf : "?");
+			ds->state_dir, buf[0] ? buf : "?");
 		close(fd);
 		free(path);
 		return -1;
@@ -675,13 +697,16 @@ daemon_check(const struct daemon_app *app, const char *config_path)
 		free(error);
 		return 1;
 	}
-	const struct mx_config *cfg = app->state_config(st);
+	const struct daemon_settings *ds = daemon_settings(app->state_config(st));
 	/* the same checks start-up makes, short of binding and creating */
-	if (daemon_make_dirs(cfg, true, true) < 0 || daemon_check_readable_as_user(cfg) < 0)
+	if (daemon_make_dirs(app, st, true, true) < 0 || daemon_check_readable_as_user(app, st) < 0)
 		ret = 1;
-	if (ret == 0)
-		printf("%s: ok (%zu listener(s), %zu local domain(s), %zu stage(s))\n", config_path,
-		       cfg->n_listeners, cfg->n_local_domains, cfg->pipeline.n_stages);
+	if (ret == 0) {
+		char *more = app->state_summary != NULL ? app->state_summary(st) : NULL;
+		printf("%s: ok (%zu listener(s)%s%s)\n", config_path, ds->n_listeners,
+		       more != NULL ? ", " : "", more != NULL ? more : "");
+		free(more);
+	}
 	app->state_unref(&st);
 	return ret;
 }
@@ -869,10 +894,11 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		return 1;
 	}
 	const struct mx_config *cfg = app->state_config(core.state);
-	log_set_level(cfg->log_level);
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	log_set_level((enum log_level)ds->log_level);
 	signal(SIGPIPE, SIG_IGN);
 
-	long n = cfg->threads;
+	long n = ds->threads;
 	if (n == 0) {
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);
 		n = cores > 0 ? cores : 1;
@@ -880,27 +906,27 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	core.n_loops = (unsigned)n;
 	core.loops = xcalloc(core.n_loops, sizeof(*core.loops));
 
-	if (daemon_make_dirs(cfg, true, false) < 0)
+	if (daemon_make_dirs(app, core.state, true, false) < 0)
 		return 1;
-	pidfd = daemon_lock_pidfile(cfg, &pidpath);
+	pidfd = daemon_lock_pidfile(ds, &pidpath);
 	if (pidfd == -1)
 		return 1;
 	if (daemon_bind(&core, cfg) < 0)
 		return 1;
-	if (daemon_drop_privileges(cfg->run_user) < 0)
+	if (daemon_drop_privileges(ds->run_user) < 0)
 		return 1;
-	if (cfg->run_user[0] != '\0' && daemon_check_readable(cfg) < 0)
+	if (ds->run_user[0] != '\0' && daemon_check_readable(app, core.state) < 0)
 		return 1;
 	if (!foreground) {
 		if (daemon(1, 0) < 0) {
 			log_errno(LOG_LEVEL_ERR, "daemon");
 			return 1;
 		}
-		log_open(app->ident, false, cfg->log_level);
+		log_open(app->ident, false, (enum log_level)ds->log_level);
 	}
 	daemon_write_pid(pidfd);
 
-	core.workers = workers_create((unsigned)cfg->workers, 0, 0);
+	core.workers = workers_create((unsigned)ds->workers, 0, 0);
 	for (unsigned i = 0; i < core.n_loops; i++) {
 		struct daemon_loop *loop = &core.loops[i];
 		loop->core = &core;
@@ -919,7 +945,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	if (daemon_start_loops(&core) < 0)
 		return 1;
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
-		PACKAGE_VERSION, core.n_loops, cfg->workers, config_path);
+		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
 
 	m.core = &core;
 	m.base = event_base_new();

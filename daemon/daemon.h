@@ -48,6 +48,50 @@ struct daemon_loop;
 struct conn;
 struct server_state; /* the program's shared state, defined by the program */
 
+/* ------------------------------------------------------------ settings */
+/*
+ * The daemon's own rows (daemon/settings.c): threads, workers, user,
+ * log_level, state_dir, the TLS certificate (tls_cert, tls_key: every
+ * listener's — implicit TLS is the conn layer's, STARTTLS any service's),
+ * the `listen` sections and the connection limits (limits.connections_max,
+ * connections_per_client, timeout_greeting — which also bounds the TLS
+ * handshake —, timeout_shutdown). Registered by daemon_register_config().
+ */
+
+/* One listener: "listen smtp { address = ...; protocol = smtp; tls = implicit|none }" */
+struct listen_config {
+	char *name;     /* the section's title */
+	char *address;  /* "127.0.0.1:2525", "[::1]:2525" */
+	char *protocol; /* the service that speaks on it ("smtp") */
+	int implicit_tls; /* the "tls" choice: 0 = none, 1 = implicit */
+	int line;       /* line of its address (or of its end, when left at the default) */
+};
+
+struct daemon_settings {
+	long threads;   /* 0 = number of cores */
+	long workers;
+	char *run_user; /* drop privileges to this user, "" = stay */
+	int log_level;  /* enum log_level (the choices are in its order) */
+	char *state_dir;
+	char *tls_cert; /* "" = no TLS */
+	char *tls_key;
+	struct listen_config *listeners;
+	size_t n_listeners;
+	long connections_max;        /* whole process */
+	long connections_per_client;
+	long timeout_greeting;       /* seconds: TLS handshake and first command */
+	long timeout_shutdown;       /* seconds SIGTERM waits */
+};
+
+/* Register the daemon's settings module; before config_load(). Idempotent. */
+void daemon_register_config(void);
+const struct daemon_settings *daemon_settings(const struct mx_config *cfg);
+/* The server TLS context for tls_cert and tls_key: 0 with *ctx_r NULL when
+ * no certificate is configured, 0 with the context, or -1 with *error_r
+ * (malloc'd, "file:line: tls_cert = ...: why"). For the program's
+ * state_build; the state owns what it returns (state_tls). */
+int daemon_tls_context(const struct mx_config *cfg, struct ssl_ctx_st **ctx_r, char **error_r);
+
 /* ------------------------------------------------------------ services */
 
 /*
@@ -67,6 +111,12 @@ struct service {
 	void (*accept)(struct conn *conn, const char *refusal);
 };
 
+/* A setting that names a path, for the core's checks and messages. */
+struct daemon_path {
+	const char *setting; /* "mail_root" */
+	const char *path;    /* absolute; "" = not set (skipped) */
+};
+
 /* What a program gives the core. The state functions are called from any
  * thread; ref/unref must be thread-safe. */
 struct daemon_app {
@@ -82,6 +132,17 @@ struct daemon_app {
 	const struct mx_config *(*state_config)(const struct server_state *st);
 	/* NULL when no certificate is configured */
 	struct ssl_ctx_st *(*state_tls)(const struct server_state *st);
+	/* Optional: settings of the program's own folders the core acts on,
+	 * each list ended by { NULL, NULL } and valid while st is. state_dirs:
+	 * the directories the state writes to — created when missing (at start
+	 * handed to the run user, at a reload as the run user), refused when
+	 * owned by someone else; state_files: what reloads and lookups read
+	 * later, checked readable as the run user at start and by `-t`. */
+	const struct daemon_path *(*state_dirs)(const struct server_state *st);
+	const struct daemon_path *(*state_files)(const struct server_state *st);
+	/* Optional: a few words for `-t`'s "FILE: ok (N listener(s), ...)"
+	 * line ("1 local domain(s), 0 stage(s)"), malloc'd. */
+	char *(*state_summary)(const struct server_state *st);
 	/* Optional: on loop thread `loop`, before its first session uses st /
 	 * after its last one let go. A failing loop_start on a reload keeps that
 	 * loop on its old state (logged). */
@@ -177,9 +238,15 @@ size_t conn_output_len(const struct conn *conn);
  * by a bare LF unless the connection is strict (conn_set_lines). Lines
  * longer than line_max octets (line end included) are never buffered whole:
  * a complete one is discarded (CONN_LINE_TOO_LONG); more than line_max
- * octets without a line end is CONN_LINE_OVERFLOW.
+ * octets without a line end is CONN_LINE_OVERFLOW. The cap is the
+ * service's (its own line_max setting): set it before the first read; until
+ * then there is none.
  */
 void conn_set_lines(struct conn *conn, size_t line_max, bool strict_crlf);
+/* limits.timeout_greeting of the state the connection was accepted with:
+ * the core waits that long for the TLS handshake, a service for its first
+ * command. */
+long conn_timeout_greeting(const struct conn *conn);
 enum conn_line conn_read_line(struct conn *conn, char **line_r, size_t *len_r);
 /* Raw input, for message bodies read with their own parser. */
 struct evbuffer *conn_input(struct conn *conn);

@@ -269,9 +269,19 @@ int stage_submit_job(struct stage_call *call, stage_job_work_fn *work,
 const struct stage_ops *filters_find_stage(const char *name);
 /* Tests add their own stages before loading a config. */
 void filters_register_stage(const struct stage_ops *ops);
-/* Register every known stage's section with the config loader. Call once,
- * before config_load(). Idempotent. */
+/* Register the filters' settings module (the pipeline section) and every
+ * known stage's section with the config loader. Call once, before
+ * config_load(). Idempotent. */
 void filters_register_config(void);
+
+/* The pipeline section's values (registry.c). */
+struct pipeline_settings {
+	char **stages; /* ordered stage names, NULL-terminated */
+	size_t n_stages;
+	double tag_score, junk_score, reject_score;
+	long stage_timeout; /* milliseconds */
+};
+const struct pipeline_settings *pipeline_settings(const struct mx_config *cfg);
 
 /* ----------------------------------------------------------- pipeline */
 struct pipeline;

@@ -240,29 +240,30 @@ static int pipeline_create_stage(const struct mx_config *cfg, const char *name,
 	st->ops = ops;
 	st->name = ops->name;
 	st->on_error = on_error;
-	st->timeout_ms = timeout > 0 ? timeout : cfg->pipeline.stage_timeout;
+	st->timeout_ms = timeout > 0 ? timeout : pipeline_settings(cfg)->stage_timeout;
 	*st_r = st;
 	return 0;
 }
 
 int pipeline_create(const struct mx_config *cfg, struct pipeline **pl_r, char **error_r)
 {
+	const struct pipeline_settings *ps = pipeline_settings(cfg);
 	struct pipeline *pl = xcalloc(1, sizeof(*pl));
-	size_t n = cfg->pipeline.n_stages;
+	size_t n = ps->n_stages;
 
 	atomic_init(&pl->refcount, 1);
 	pthread_mutex_init(&pl->loops_lock, NULL);
-	pl->tag_score = cfg->pipeline.tag_score;
-	pl->junk_score = cfg->pipeline.junk_score;
-	pl->reject_score = cfg->pipeline.reject_score;
+	pl->tag_score = ps->tag_score;
+	pl->junk_score = ps->junk_score;
+	pl->reject_score = ps->reject_score;
 	pl->stages = xcalloc(n + 1, sizeof(*pl->stages));
 	for (size_t i = 0; i < n; i++) {
-		const char *name = cfg->pipeline.stages[i];
+		const char *name = ps->stages[i];
 
 		/* one section per stage name: a second instance would share
 		 * it, which is never what the admin meant */
 		for (size_t j = 0; j < i; j++) {
-			if (strcmp(cfg->pipeline.stages[j], name) == 0) {
+			if (strcmp(ps->stages[j], name) == 0) {
 				*error_r = xasprintf("pipeline: stage '%s' listed twice", name);
 				pipeline_free(pl);
 				return -1;

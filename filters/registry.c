@@ -15,6 +15,9 @@
  * they are kept for the life of the process; calling it again reuses the
  * array of a stage that did not change, which makes it idempotent.
  *
+ * It also registers the filters' settings module: the pipeline section
+ * (stages, the score thresholds, stage_timeout).
+ *
  * Registration happens at start-up, before any loop thread runs, so the
  * registry takes no locks.
  */
@@ -123,8 +126,64 @@ static void registry_register_section(const struct stage_ops *ops)
 	config_register_section(ops->name, opts);
 }
 
+/* While parsing: every stage one that exists, none listed twice. */
+static char *registry_valid_stages(const char *const *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (filters_find_stage(v[i]) == NULL)
+			return xasprintf("pipeline.stages: unknown stage '%s'", v[i]);
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(v[j], v[i]) == 0)
+				return xasprintf("pipeline.stages: stage '%s' listed twice", v[i]);
+		}
+	}
+	return NULL;
+}
+
+#define OFF(field) offsetof(struct pipeline_settings, field)
+
+static const struct setting_def pipeline_rows[] = {
+	{ "pipeline", "stages", SETTING_STRLIST, "{}", 0, 0, OFF(stages), 0,
+	  "filter stages in the order they run; each has a section named after it",
+	  .valid = registry_valid_stages },
+	{ "pipeline", "tag_score", SETTING_FLOAT, "5.0", 0, 0, OFF(tag_score), 0,
+	  "score at which mail is tagged (X-Spam-Flag: YES)", NULL, NULL },
+	{ "pipeline", "junk_score", SETTING_FLOAT, "8.0", 0, 0, OFF(junk_score), 0,
+	  "score at which mail goes to the junk folder", NULL, NULL },
+	{ "pipeline", "reject_score", SETTING_FLOAT, "15.0", 0, 0, OFF(reject_score), 0,
+	  "score at which mail is refused (550 5.7.1)", NULL, NULL },
+	{ "pipeline", "stage_timeout", SETTING_INT, "30000", 10, 600000, OFF(stage_timeout), 0,
+	  "default time limit of one stage check in milliseconds", NULL, NULL },
+};
+
+static int registry_settings_check(void *values, const struct mx_config *cfg, char **error_r)
+{
+	const struct pipeline_settings *ps = values;
+
+	if (!(ps->tag_score <= ps->junk_score && ps->junk_score <= ps->reject_score)) {
+		*error_r = xasprintf("%s: pipeline: need tag_score <= junk_score <= reject_score",
+				     cfg->path);
+		return -1;
+	}
+	return 0;
+}
+
+static const struct settings_module pipeline_module = {
+	.name = "filters",
+	.rows = pipeline_rows,
+	.n_rows = N_ELEMENTS(pipeline_rows),
+	.size = sizeof(struct pipeline_settings),
+	.check = registry_settings_check,
+};
+
+const struct pipeline_settings *pipeline_settings(const struct mx_config *cfg)
+{
+	return config_module_values(cfg, &pipeline_module);
+}
+
 void filters_register_config(void)
 {
+	config_register_module(&pipeline_module);
 	for (size_t i = 0; stage_table[i] != NULL; i++) {
 		/* shadowed by a runtime stage: that one is registered below */
 		if (filters_find_stage(stage_table[i]->name) == stage_table[i])

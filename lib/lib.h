@@ -11,6 +11,7 @@
 #define MXGUARD_LIB_H
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,102 +50,111 @@ int log_level_parse(const char *s, enum log_level *level_r);
 void id_new(char out[MX_ID_LEN]);
 
 /* ----------------------------------------------------------------- config */
+/*
+ * The generic settings machinery. lib/ knows no application setting: each
+ * folder owns a settings module — a table of rows (section, name, type,
+ * default, bounds, where the value lands in the module's own value struct,
+ * one line of doc) and an optional cross-check — and registers it once at
+ * start (config_register_module), before any config_load(). A loaded
+ * struct mx_config holds one value block per module registered by then;
+ * each folder reads its own through a typed accessor built on
+ * config_module_values().
+ */
 struct cfg_t; /* libconfuse */
 
-/* One listener: "listen smtp { address = ...; protocol = smtp; tls = implicit|none }" */
-struct listen_config {
-	char *name;
-	char *address; /* "127.0.0.1:2525", "[::1]:2525" */
-	char *protocol; /* the service that speaks on it ("smtp") */
-	bool implicit_tls;
-	int line; /* line of its address (or of its end, when left at the default) */
+enum setting_type {
+	SETTING_INT,     /* long */
+	SETTING_STR,     /* char * (malloc'd, "" when empty) */
+	SETTING_BOOL,    /* bool */
+	SETTING_FLOAT,   /* double */
+	SETTING_STRLIST, /* char ** (NULL-terminated) followed by a size_t count */
+	SETTING_CHOICE,  /* int: the index of the value in the row's choices */
 };
+#define SETTING_F_PATH 0x1u    /* STR: a path, made absolute (relative to the cwd) */
+#define SETTING_F_ANYCASE 0x2u /* CHOICE: the words match in any case */
 
-enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
-
-/* Every limit with its default and floor lives in the settings table in
- * config.c; this struct is where the values land. */
-struct limits_config {
-	long line_max;             /* octets incl. CRLF */
-	long message_size_max;     /* octets */
-	long recipients_max;
-	long commands_max;         /* non-transaction commands per session */
-	long errors_max;           /* protocol errors before disconnect */
-	long connections_max;      /* whole process */
-	long connections_per_client;
-	long timeout_greeting;     /* seconds */
-	long timeout_command;
-	long timeout_data;
-	long timeout_shutdown;
-	long spill_threshold;      /* octets of body kept in memory */
-	long data_line_max;        /* longest message line, octets incl. CRLF */
-};
-
-struct pipeline_config {
-	char **stages; /* ordered stage names, NULL-terminated */
-	size_t n_stages;
-	double tag_score, junk_score, reject_score;
-	long stage_timeout; /* milliseconds */
-};
-
-struct mx_config {
-	int refcount;
-	char *path;
-	char *hostname;
-	long threads;  /* 0 = number of cores */
-	long workers;
-	char *run_user; /* drop privileges to this user, "" = stay */
-	enum log_level log_level;
-	char *mail_root;
-	char *spool_dir;
-	char *state_dir;
-	char *passwd_file;
-	char **local_domains; /* lower-case, NULL-terminated */
-	size_t n_local_domains;
-	char *tls_cert;
-	char *tls_key;
-	enum bare_lf_policy bare_lf;
-	char *junk_folder;      /* Maildir++ folder name, e.g. "Junk" */
-	char *quarantine_dir;   /* Maildir holding quarantined mail */
-	char *postmaster;       /* mailbox "local@domain" for postmaster@<each
-				 * local domain>; "" = the first passwd-file
-				 * user of a local domain (proxy/server.c) */
-	struct listen_config *listeners;
-	size_t n_listeners;
-	struct limits_config limits;
-	struct pipeline_config pipeline;
-	/* the parsed libconfuse tree: stages read their own sections from it */
-	struct cfg_t *cfg;
-};
-
-/* One row of the typed settings table: drives parsing, defaults, bounds and
- * `mxguard --settings` (which the docs are checked against). */
-enum setting_type { SETTING_INT, SETTING_STR, SETTING_BOOL, SETTING_FLOAT, SETTING_STRLIST };
-#define SETTING_F_PATH 0x1u  /* a path: made absolute (relative to the cwd) */
 struct setting_def {
-	const char *section; /* NULL = top level, else "listen", "limits", "pipeline" */
+	const char *section; /* NULL = top level, else the section's name */
 	const char *name;
 	enum setting_type type;
 	const char *def;     /* default, as text */
 	long min, max;       /* bounds for SETTING_INT (0,0 = none) */
-	size_t offset;       /* where the value lands: in struct mx_config, or in
-			      * struct listen_config for the "listen" section; a
-			      * STRLIST lands as char ** followed by a size_t count */
+	size_t offset;       /* where the value lands in the module's value struct
+			      * (in the element struct, for its multi section) */
 	unsigned flags;
 	const char *doc;     /* one line */
+	/* SETTING_CHOICE: the words allowed, NULL-terminated; a value outside
+	 * them is an error "name = "v": expected a, b or c" at file:line */
+	const char *const *choices;
+	/* Optional, for STR and STRLIST rows: called while the value is parsed
+	 * (n = 1 for a STR); NULL when it is fine, else a malloc'd message
+	 * without file:line, which the loader adds. */
+	char *(*valid)(const char *const *values, size_t n);
 };
-extern const struct setting_def settings_table[];
-extern const size_t settings_table_count;
+
+struct mx_config;
+
+/* A repeatable, titled section ("listen NAME { ... }") owned by a module:
+ * its rows (those with .section = section) land in an array of elements
+ * of `size` bytes, one per section in the file, in file order. */
+struct settings_multi {
+	const char *section;
+	size_t size;          /* of one element */
+	size_t array_offset;  /* in the module's struct: the element array (void *,
+			       * one spare zeroed element at the end) followed by
+			       * a size_t count */
+	size_t title_offset;  /* char * in the element: the section's title */
+	size_t line_offset;   /* int in the element: the line line_row was set on,
+			       * else the line the section ends on */
+	const char *line_row;
+};
+
+struct settings_module {
+	const char *name;                 /* for messages: "daemon", "smtp"... */
+	const struct setting_def *rows;
+	size_t n_rows;
+	size_t size;                      /* of the module's value struct */
+	const struct settings_multi *multi; /* may be NULL */
+	/* Optional: after every module's values landed, in registration
+	 * order. May adjust its own values (lower-case, fill in a default);
+	 * cfg->path and config_setting_line() are there for the message.
+	 * 0, or -1 with *error_r malloc'd ("file[:line]: message"). */
+	int (*check)(void *values, const struct mx_config *cfg, char **error_r);
+};
+
+/* Add a module (a pointer to a static table; kept). Registering the same
+ * module again does nothing; a row whose section and name another module
+ * already has aborts (a programming error). Call at start, before any
+ * thread runs and before config_load(). */
+void config_register_module(const struct settings_module *m);
+
+struct mx_config {
+	int refcount;
+	char *path;
+	/* the parsed libconfuse tree: stages read their own sections from it */
+	struct cfg_t *cfg;
+};
 
 /* Parse and validate FILE completely. On error returns -1 and sets *error_r
  * to a malloc'd "file:line: message" (caller frees). */
 int config_load(const char *path, struct mx_config **cfg_r, char **error_r);
 struct mx_config *config_ref(struct mx_config *cfg);
 void config_unref(struct mx_config **cfg);
-bool config_is_local_domain(const struct mx_config *cfg, const char *domain);
+/* The value block of module m in cfg. m must have been registered before
+ * cfg was loaded (aborts otherwise: a program that forgot to register). */
+void *config_module_values(const struct mx_config *cfg, const struct settings_module *m);
 /* The line of cfg->path a top-level setting (e.g. "tls_cert") was set on;
  * 0 when it was left at its default or is not a top-level setting. */
 int config_setting_line(const struct mx_config *cfg, const char *name);
+
+/* Every registered row as `mxguard --settings` lists it: top-level rows
+ * first, then section by section (in the order sections first appear),
+ * module registration order within each. Returns a malloc'd array of *n_r
+ * pointers to the modules' rows (caller frees the array only); module_r,
+ * if not NULL, gets a parallel malloc'd array of each row's module. */
+const struct setting_def **config_settings(size_t *n_r, const struct settings_module ***module_r);
+/* `mxguard --settings`: one line per row, in config_settings() order. */
+void config_print_settings(FILE *f);
 
 /* Stages add their own section options before config_load() runs; the
  * filters registry calls this once at start. opts is copied by reference. */
@@ -349,16 +359,17 @@ void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
 
 /* ------------------------------------------------------------------ tls */
 typedef struct ssl_ctx_st SSL_CTX;
-/* A server context for cfg's tls_cert and tls_key (both set; config_load
- * has checked that they come together). On failure returns NULL and sets
- * *error_r (malloc'd, caller frees) to
- *   "file:line: tls_cert = \"/path\": reason (OpenSSL: detail)"
+/* A server context for a certificate chain and its key, given by the
+ * top-level settings cert_setting and key_setting of cfg (both set). On
+ * failure returns NULL and sets *error_r (malloc'd, caller frees) to
+ *   "file:line: <cert_setting> = \"/path\": reason (OpenSSL: detail)"
  * naming the setting, the line it was set on, and why: the file cannot be
  * opened (strerror), holds no PEM certificate / key, the key is encrypted,
- * or the key does not match the certificate. */
-SSL_CTX *tls_server_ctx_from_config(const struct mx_config *cfg, char **error_r);
-/* The same for two paths outside any config; errors start "tls_cert \"/path\": ". */
-SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char **error_r);
+ * or the key does not match the certificate. With cfg NULL (paths outside
+ * any config) errors start "<cert_setting> \"/path\": ". */
+SSL_CTX *tls_server_ctx_new(const struct mx_config *cfg, const char *cert_setting,
+			    const char *cert, const char *key_setting, const char *key,
+			    char **error_r);
 
 /* ------------------------------------------------------------------- fs */
 /* mkdir -p: 0, or -1 with errno. */

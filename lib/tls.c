@@ -1,11 +1,12 @@
 /*
  * tls.c — OpenSSL server contexts.
  *
- * A context is built from the tls_cert and tls_key settings. What goes
- * wrong is said in the admin's terms first — which setting, on which line,
- * which file, and why ("No such file or directory", "no PEM certificate in
- * the file", "does not match tls_cert") — with OpenSSL's own text after it
- * when it adds something.
+ * A context is built from a certificate and a key setting (the caller
+ * names them: this file knows no setting of its own). What goes wrong is
+ * said in the admin's terms first — which setting, on which line, which
+ * file, and why ("No such file or directory", "no PEM certificate in the
+ * file", "does not match the certificate in tls_cert") — with OpenSSL's own
+ * text after it when it adds something.
  */
 #include "config.h"
 
@@ -101,8 +102,9 @@ tls_no_passphrase(char *buf, int size, int rwflag, void *userdata)
 	return 0;
 }
 
-static SSL_CTX *
-tls_ctx_build(const struct mx_config *cfg, const char *cert, const char *key, char **error_r)
+SSL_CTX *
+tls_server_ctx_new(const struct mx_config *cfg, const char *cert_setting, const char *cert,
+		   const char *key_setting, const char *key, char **error_r)
 {
 	SSL_CTX *ctx;
 	const char *problem;
@@ -110,16 +112,16 @@ tls_ctx_build(const struct mx_config *cfg, const char *cert, const char *key, ch
 
 	ERR_clear_error();
 	if ((problem = tls_file_problem(cert, PEM_CERT)) != NULL) {
-		*error_r = tls_error(cfg, "tls_cert", cert, problem);
+		*error_r = tls_error(cfg, cert_setting, cert, problem);
 		return NULL;
 	}
 	if ((problem = tls_file_problem(key, PEM_KEY)) != NULL) {
-		*error_r = tls_error(cfg, "tls_key", key, problem);
+		*error_r = tls_error(cfg, key_setting, key, problem);
 		return NULL;
 	}
 	ctx = SSL_CTX_new(TLS_server_method());
 	if (ctx == NULL) {
-		*error_r = tls_error(cfg, "tls_cert", cert, "cannot create a TLS context");
+		*error_r = tls_error(cfg, cert_setting, cert, "cannot create a TLS context");
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -130,35 +132,26 @@ tls_ctx_build(const struct mx_config *cfg, const char *cert, const char *key, ch
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_default_passwd_cb(ctx, tls_no_passphrase);
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-		*error_r = tls_error(cfg, "tls_cert", cert, "not a valid PEM certificate chain");
+		*error_r = tls_error(cfg, cert_setting, cert, "not a valid PEM certificate chain");
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
 	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
 		e = ERR_peek_last_error();
-		*error_r = tls_error(cfg, "tls_key", key,
-				     ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH
-					     ? "does not match the certificate in tls_cert"
-					     : "not a valid PEM private key");
+		char *why = ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH
+				    ? xasprintf("does not match the certificate in %s", cert_setting)
+				    : xstrdup("not a valid PEM private key");
+		*error_r = tls_error(cfg, key_setting, key, why);
+		free(why);
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
-		*error_r = tls_error(cfg, "tls_key", key, "does not match the certificate in tls_cert");
+		char *why = xasprintf("does not match the certificate in %s", cert_setting);
+		*error_r = tls_error(cfg, key_setting, key, why);
+		free(why);
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
 	return ctx;
-}
-
-SSL_CTX *
-tls_server_ctx_new(const char *cert, const char *key, char **error_r)
-{
-	return tls_ctx_build(NULL, cert, key, error_r);
-}
-
-SSL_CTX *
-tls_server_ctx_from_config(const struct mx_config *cfg, char **error_r)
-{
-	return tls_ctx_build(cfg, cfg->tls_cert, cfg->tls_key, error_r);
 }

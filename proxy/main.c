@@ -28,24 +28,6 @@ usage(FILE *f)
 		"default FILE: %s\n", DEFAULT_CONFIG);
 }
 
-static void
-print_settings(void)
-{
-	static const char *const types[] = { "int", "string", "bool", "float", "list" };
-
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
-		char name[96];
-
-		snprintf(name, sizeof(name), "%s%s%s", s->section ? s->section : "",
-			 s->section ? "." : "", s->name);
-		printf("%-32s %-6s default=%s", name, types[s->type], s->def[0] ? s->def : "\"\"");
-		if (s->min != 0 || s->max != 0)
-			printf(" min=%ld max=%ld", s->min, s->max);
-		printf("  # %s\n", s->doc);
-	}
-}
-
 int
 main(int argc, char **argv)
 {
@@ -74,7 +56,8 @@ main(int argc, char **argv)
 			test = true;
 			break;
 		case 'S':
-			print_settings();
+			mxguard_register_config();
+			config_print_settings(stdout);
 			return 0;
 		case 'V':
 			printf("mxguard %s\n", PACKAGE_VERSION);
@@ -91,7 +74,7 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	filters_register_config();
+	mxguard_register_config();
 	/* to the terminal until the core detaches (then syslog) */
 	log_open("mxguard", true, LOG_LEVEL_INFO);
 	if (test)

@@ -18,6 +18,31 @@
 #include "filters/filters.h"
 #include "lib/lib.h"
 
+/* The SMTP service's settings (settings.c). */
+enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
+
+struct smtp_settings {
+	char *hostname;            /* the system host name when set to "" */
+	char *spool_dir;
+	int bare_lf;               /* enum bare_lf_policy */
+	long line_max;             /* octets incl. CRLF */
+	long message_size_max;     /* octets */
+	long recipients_max;
+	long commands_max;         /* non-transaction commands per session */
+	long errors_max;           /* protocol errors before disconnect */
+	long timeout_command;      /* seconds */
+	long timeout_data;
+	long spill_threshold;      /* octets of body kept in memory */
+	long data_line_max;        /* longest message line, octets incl. CRLF */
+};
+
+void smtp_register_config(void);
+const struct smtp_settings *smtp_settings(const struct mx_config *cfg);
+/* Every settings module of the daemon's config file: the daemon core's,
+ * the SMTP service's, the backends' and the filters' (with every stage's
+ * section). Call once before config_load(); idempotent. */
+void mxguard_register_config(void);
+
 /* Everything a session needs from the outside, swapped whole on reload. */
 struct server_state {
 	atomic_int refcount;
@@ -25,8 +50,11 @@ struct server_state {
 	struct pipeline *pipeline;
 	struct userdb *userdb;
 	SSL_CTX *ssl_ctx; /* NULL without tls_cert */
-	char *postmaster; /* mailbox for postmaster@<local domain>: cfg->postmaster,
-			   * or the first passwd-file user of a local domain */
+	char *postmaster; /* mailbox for postmaster@<local domain>: the postmaster
+			   * setting, or the first passwd-file user of a local domain */
+	/* for the core (daemon_app.state_dirs/state_files), { NULL, NULL }-ended */
+	struct daemon_path dirs[4];
+	struct daemon_path files[2];
 };
 
 struct server_state *server_state_build(const char *config_path, char **error_r);

@@ -169,8 +169,9 @@ session_error(struct session *sess, const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	session_reply(sess, "%s", line);
-	if (++sess->errors >= sess->st->cfg->limits.errors_max) {
-		snprintf(line, sizeof(line), "421 4.7.0 %s Error: too many errors", sess->st->cfg->hostname);
+	if (++sess->errors >= smtp_settings(sess->st->cfg)->errors_max) {
+		snprintf(line, sizeof(line), "421 4.7.0 %s Error: too many errors",
+			 smtp_settings(sess->st->cfg)->hostname);
 		session_reply(sess, "%s", line);
 		session_log_reject(sess, NULL, NULL, line, "too_many_errors");
 		session_close(sess, "too_many_errors");
@@ -351,14 +352,14 @@ verdict_stick(enum verdict *sticky, enum verdict v)
 static void
 session_arm_timeouts(struct session *sess)
 {
-	const struct limits_config *l = &sess->st->cfg->limits;
+	const struct smtp_settings *l = smtp_settings(sess->st->cfg);
 
 	if (sess->flags & SESSION_F_BUSY)
 		conn_set_timeout(sess->conn, 0);
 	else if (sess->state == STATE_DATA)
 		conn_set_timeout(sess->conn, l->timeout_data);
 	else if (!(sess->flags & SESSION_F_FIRST_CMD))
-		conn_set_timeout(sess->conn, l->timeout_greeting);
+		conn_set_timeout(sess->conn, conn_timeout_greeting(sess->conn));
 	else
 		conn_set_timeout(sess->conn, l->timeout_command);
 }
@@ -480,12 +481,12 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 	session_tx_reset(sess);
 	sess->state = STATE_HELO;
 	if (!(sess->flags & SESSION_F_ESMTP)) {
-		session_reply(sess, "250 %s", cfg->hostname);
+		session_reply(sess, "250 %s", smtp_settings(cfg)->hostname);
 		return;
 	}
-	session_reply(sess, "250-%s", cfg->hostname);
+	session_reply(sess, "250-%s", smtp_settings(cfg)->hostname);
 	session_reply(sess, "250-PIPELINING");
-	session_reply(sess, "250-SIZE %ld", cfg->limits.message_size_max);
+	session_reply(sess, "250-SIZE %ld", smtp_settings(cfg)->message_size_max);
 	if (session_starttls_offered(sess))
 		session_reply(sess, "250-STARTTLS");
 	session_reply(sess, "250-ENHANCEDSTATUSCODES");
@@ -601,7 +602,7 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 			return;
 		}
 	}
-	if (declared > (uint64_t)cfg->limits.message_size_max) {
+	if (declared > (uint64_t)smtp_settings(cfg)->message_size_max) {
 		session_refuse(sess, true, from, NULL, "size",
 			       "552 5.3.4 Message size exceeds fixed maximum message size");
 		return;
@@ -649,7 +650,8 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 		local[at - box] = '\0';
 	}
 	if (local[0] == '\0' ||
-	    maildir_user_path(sess->st->cfg->mail_root, local, at + 1, root, sizeof(root)) < 0) {
+	    maildir_user_path(backends_settings(sess->st->cfg)->mail_root, local, at + 1, root,
+			      sizeof(root)) < 0) {
 		session_refuse(sess, true, NULL, sess->pending_arg, "bad_mailbox",
 			       "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
 		return;
@@ -694,12 +696,12 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 	}
 	/* RCPT commands, not addresses, as Postfix counts: a client cannot
 	 * make us answer without bound by repeating one address */
-	if (tx->n_rcpt_cmds >= (size_t)cfg->limits.recipients_max) {
+	if (tx->n_rcpt_cmds >= (size_t)smtp_settings(cfg)->recipients_max) {
 		session_refuse(sess, false, NULL, addr, "too_many_recipients",
 			       "452 4.5.3 Too many recipients");
 		return;
 	}
-	if (path->address_literal || !config_is_local_domain(cfg, path->domain)) {
+	if (path->address_literal || !backends_is_local_domain(cfg, path->domain)) {
 		session_refuse(sess, true, NULL, addr, "relay", "550 5.7.1 <%s>: Relay access denied", addr);
 		return;
 	}
@@ -753,7 +755,7 @@ cmd_data(struct session *sess, const char *args, size_t len)
 		session_refuse(sess, true, NULL, NULL, "data_syntax", "501 5.5.4 Syntax: DATA");
 		return;
 	}
-	tx->body = msgbody_new(cfg->spool_dir, (size_t)cfg->limits.spill_threshold);
+	tx->body = msgbody_new(smtp_settings(cfg)->spool_dir, (size_t)smtp_settings(cfg)->spill_threshold);
 	dot_reader_init(&tx->dr);
 	sess->state = STATE_DATA;
 	session_arm_timeouts(sess);
@@ -918,9 +920,9 @@ session_command(struct session *sess, const char *line, size_t len)
 		session_refuse(sess, true, NULL, NULL, "unknown_command", "500 5.5.1 Error: command not recognized");
 		return;
 	}
-	if (c->counts && ++sess->commands > cfg->limits.commands_max) {
+	if (c->counts && ++sess->commands > smtp_settings(cfg)->commands_max) {
 		session_refuse(sess, false, NULL, NULL, "too_many_commands",
-			       "421 4.7.0 %s Error: too many commands", cfg->hostname);
+			       "421 4.7.0 %s Error: too many commands", smtp_settings(cfg)->hostname);
 		session_close(sess, "too_many_commands");
 		return;
 	}
@@ -1110,7 +1112,7 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 	fprintf(f, "Received: from %s (unknown [%s%s])\n\tby %s (mxguard) with %s id %s",
 		sess->helo[0] != '\0' ? sess->helo : "unknown",
 		strchr(sess->client_addr, ':') != NULL ? "IPv6:" : "", sess->client_addr,
-		sess->st->cfg->hostname, proto, tx->id);
+		smtp_settings(sess->st->cfg)->hostname, proto, tx->id);
 	if (tx->n_rcpts == 1)
 		fprintf(f, "\n\tfor <%s>", tx->rcpts[0]);
 	fprintf(f, "; %s\n", date);
@@ -1147,7 +1149,7 @@ session_deliver(struct session *sess)
 			abort();
 		tx->job.n_targets = 1;
 		tx->job.targets = xcalloc(1, sizeof(*tx->job.targets));
-		tx->job.targets[0].root = xstrdup(cfg->quarantine_dir);
+		tx->job.targets[0].root = xstrdup(backends_settings(cfg)->quarantine_dir);
 		tx->job.targets[0].headers = hdr;
 	} else {
 		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
@@ -1162,7 +1164,7 @@ session_deliver(struct session *sess)
 				continue;
 			t = &tx->job.targets[tx->job.n_targets++];
 			t->root = xstrdup(tx->rcpt_roots[i]);
-			t->folder = action == ACTION_JUNK ? xstrdup(cfg->junk_folder) : NULL;
+			t->folder = action == ACTION_JUNK ? xstrdup(backends_settings(cfg)->junk_folder) : NULL;
 			t->headers = xasprintf("Return-Path: <%s>\nDelivered-To: %s\n", tx->from,
 					       tx->rcpt_boxes[i]);
 		}
@@ -1267,7 +1269,7 @@ session_data_end(struct session *sess)
 				    "552 5.3.4 Message size exceeds fixed maximum message size");
 	} else if (tx->line_too_long) {
 		snprintf(reply, sizeof(reply), "550 5.6.0 Message line too long (limit %ld octets)",
-			 cfg->limits.data_line_max);
+			 smtp_settings(cfg)->data_line_max);
 		session_data_refuse(sess, false, "line_too_long", "5.6.0", reply);
 	} else if (tx->body_errno != 0) {
 		errno = tx->body_errno;
@@ -1278,7 +1280,7 @@ session_data_end(struct session *sess)
 		else
 			session_data_refuse(sess, true, "spool_error", "4.3.0",
 					    "451 4.3.0 Error writing message to spool; try again later");
-	} else if (tx->dr.bare_lf > 0 && cfg->bare_lf == BARE_LF_REJECT) {
+	} else if (tx->dr.bare_lf > 0 && smtp_settings(cfg)->bare_lf == BARE_LF_REJECT) {
 		session_data_refuse(sess, false, "bare_lf", "5.6.0",
 				    "550 5.6.0 Message contains bare LF; use CRLF line endings");
 	} else {
@@ -1315,9 +1317,9 @@ session_read_data(struct session *sess, struct evbuffer *in)
 		if (end)
 			tx->smtp_size -= 3; /* the ".\r\n" of the end marker is not the message's */
 		/* before the end, up to 2 octets consumed may be a held ".\r" */
-		if (tx->smtp_size > (uint64_t)cfg->limits.message_size_max + (end ? 0 : 2))
+		if (tx->smtp_size > (uint64_t)smtp_settings(cfg)->message_size_max + (end ? 0 : 2))
 			tx->too_big = true;
-		if (tx->dr.longest_line > (uint64_t)cfg->limits.data_line_max)
+		if (tx->dr.longest_line > (uint64_t)smtp_settings(cfg)->data_line_max)
 			tx->line_too_long = true;
 		if (!tx->too_big && !tx->line_too_long && tx->body_errno == 0 && out_len > 0 &&
 		    msgbody_append(tx->body, out, out_len) < 0)
@@ -1341,7 +1343,7 @@ session_process(struct session *sess)
 
 		if ((sess->flags & SESSION_F_SHUTDOWN) && sess->tx == NULL) {
 			/* stopping: no new transaction starts */
-			session_reply(sess, "421 4.3.2 %s Service shutting down", cfg->hostname);
+			session_reply(sess, "421 4.3.2 %s Service shutting down", smtp_settings(cfg)->hostname);
 			session_close(sess, "shutdown");
 			break;
 		}
@@ -1353,7 +1355,7 @@ session_process(struct session *sess)
 			session_data_end(sess);
 			continue;
 		}
-		conn_set_lines(sess->conn, (size_t)cfg->limits.line_max, false);
+		conn_set_lines(sess->conn, (size_t)smtp_settings(cfg)->line_max, false);
 		enum conn_line got = conn_read_line(sess->conn, &line, &len);
 		if (got == CONN_LINE_NONE)
 			break;
@@ -1407,7 +1409,8 @@ session_timeout(void *ctx)
 {
 	struct session *sess = ctx;
 
-	session_reply(sess, "421 4.4.2 %s Error: timeout exceeded", sess->st->cfg->hostname);
+	session_reply(sess, "421 4.4.2 %s Error: timeout exceeded",
+		      smtp_settings(sess->st->cfg)->hostname);
 	session_close(sess, "timeout");
 }
 
@@ -1427,7 +1430,7 @@ session_shutdown(void *ctx)
 
 	sess->flags |= SESSION_F_SHUTDOWN;
 	if (sess->tx == NULL && !(sess->flags & SESSION_F_BUSY)) {
-		session_reply(sess, "421 4.3.2 %s Service shutting down", sess->st->cfg->hostname);
+		session_reply(sess, "421 4.3.2 %s Service shutting down", smtp_settings(sess->st->cfg)->hostname);
 		session_close(sess, "shutdown");
 	}
 }
@@ -1487,7 +1490,7 @@ session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
 	verdict_stick(&sess->sticky_connect, out->verdict);
 	filter_tx_free(&sess->fx);
 	sess->fx = filter_tx_clone(sess->connect_fx);
-	session_reply(sess, "220 %s ESMTP mxguard", cfg->hostname);
+	session_reply(sess, "220 %s ESMTP mxguard", smtp_settings(cfg)->hostname);
 }
 
 /* The connect phase, then the greeting. */
@@ -1518,7 +1521,7 @@ smtp_service_accept(struct conn *conn, const char *refusal)
 	conn_attach(conn, &session_handler, sess);
 	session_arm_timeouts(sess);
 	if (refusal != NULL) {
-		const char *host = sess->st->cfg->hostname;
+		const char *host = smtp_settings(sess->st->cfg)->hostname;
 		if (strcmp(refusal, DAEMON_REFUSAL_SHUTDOWN) == 0) {
 			session_reply(sess, "421 4.3.2 %s Service shutting down", host);
 			session_close(sess, "shutdown");

@@ -2,7 +2,9 @@
  * state.c — the daemon's shared state and what the core is told about it.
  *
  * A server_state bundles the config, the pipeline built from it, the user
- * database and the TLS context. It is built completely (or not at all) at
+ * database, the TLS context and the postmaster mailbox, and names the
+ * directories and files of the other folders' settings that the core
+ * creates and checks (state_dirs, state_files). It is built completely (or not at all) at
  * start, at every reload and by `mxguard -t`, and is reference-counted:
  * sessions and deliveries finish with the state they started with.
  */
@@ -15,46 +17,6 @@
 
 #include "proxy/proxy.h"
 
-struct postmaster_find {
-	const struct mx_config *cfg;
-	char *found;
-};
-
-static void
-postmaster_find_cb(const char *user, void *ctx)
-{
-	struct postmaster_find *pf = ctx;
-	const char *at = strrchr(user, '@');
-
-	if (pf->found == NULL && at != NULL && config_is_local_domain(pf->cfg, at + 1))
-		pf->found = xstrdup(user);
-}
-
-/* Who gets postmaster@<local domain> (RFC 5321 4.5.1 requires it to work):
- * the configured mailbox, else the first passwd-file user of a local
- * domain, else the configuration is refused. */
-static int
-server_state_postmaster(struct server_state *st, char **error_r)
-{
-	struct postmaster_find pf = { st->cfg, NULL };
-
-	if (st->cfg->postmaster[0] != '\0') {
-		st->postmaster = xstrdup(st->cfg->postmaster);
-		return 0;
-	}
-	if (userdb_file_list(st->cfg->passwd_file, postmaster_find_cb, &pf, error_r) < 0)
-		return -1;
-	if (pf.found == NULL) {
-		*error_r = xasprintf("%s: postmaster: no mailbox for postmaster@%s (%s has no user "
-				     "of a local domain); set postmaster = \"user@%s\"",
-				     st->cfg->path, st->cfg->local_domains[0], st->cfg->passwd_file,
-				     st->cfg->local_domains[0]);
-		return -1;
-	}
-	st->postmaster = pf.found;
-	return 0;
-}
-
 struct server_state *
 server_state_build(const char *config_path, char **error_r)
 {
@@ -65,15 +27,18 @@ server_state_build(const char *config_path, char **error_r)
 		goto fail;
 	if (pipeline_create(st->cfg, &st->pipeline, error_r) < 0)
 		goto fail;
-	if (userdb_open(st->cfg->passwd_file, &st->userdb, error_r) < 0)
+	const struct backends_settings *bs = backends_settings(st->cfg);
+	if (userdb_open(bs->passwd_file, &st->userdb, error_r) < 0)
 		goto fail;
-	if (server_state_postmaster(st, error_r) < 0)
+	if (backends_postmaster(st->cfg, &st->postmaster, error_r) < 0)
 		goto fail;
-	if (st->cfg->tls_cert[0] != '\0') {
-		st->ssl_ctx = tls_server_ctx_from_config(st->cfg, error_r);
-		if (st->ssl_ctx == NULL)
-			goto fail;
-	}
+	if (daemon_tls_context(st->cfg, &st->ssl_ctx, error_r) < 0)
+		goto fail;
+	/* what the core creates and checks for us */
+	st->dirs[0] = (struct daemon_path){ "mail_root", bs->mail_root };
+	st->dirs[1] = (struct daemon_path){ "spool_dir", smtp_settings(st->cfg)->spool_dir };
+	st->dirs[2] = (struct daemon_path){ "quarantine_dir", bs->quarantine_dir };
+	st->files[0] = (struct daemon_path){ "passwd_file", bs->passwd_file };
 	return st;
 fail:
 	server_state_unref(&st);
@@ -116,6 +81,26 @@ state_tls(const struct server_state *st)
 	return st->ssl_ctx;
 }
 
+static const struct daemon_path *
+state_dirs(const struct server_state *st)
+{
+	return st->dirs;
+}
+
+static const struct daemon_path *
+state_files(const struct server_state *st)
+{
+	return st->files;
+}
+
+static char *
+state_summary(const struct server_state *st)
+{
+	return xasprintf("%zu local domain(s), %zu stage(s)",
+			 backends_settings(st->cfg)->n_local_domains,
+			 pipeline_settings(st->cfg)->n_stages);
+}
+
 /* A loop starts using st: the pipeline's stages set up what they keep per
  * loop (an evdns base, a Redis context) on this loop's thread. */
 static int
@@ -151,6 +136,9 @@ const struct daemon_app mxguard_app = {
 	.state_unref = server_state_unref,
 	.state_config = state_config,
 	.state_tls = state_tls,
+	.state_dirs = state_dirs,
+	.state_files = state_files,
+	.state_summary = state_summary,
 	.state_loop_start = state_loop_start,
 	.state_loop_stop = state_loop_stop,
 };

@@ -82,7 +82,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	write_file(pw, "demo@example.test:{CRYPT}$6$salt$x\n");
 	free(pw);
 	evthread_use_pthreads();
-	filters_register_config();
+	mxguard_register_config();
 	log_open("fuzz_smtp_session", true, LOG_LEVEL_ERR);
 	state = server_state_build(path, &error);
 	if (state == NULL) {

@@ -1,14 +1,17 @@
 /*
- * test_config.c — unit tests for the settings table and the config loader
- * (lib/config.c).
+ * test_config.c — unit tests for the settings machinery and the config
+ * loader (lib/config.c), and for the daemon's settings modules loaded
+ * through it (daemon/, proxy/, backends/, filters/ — registered here as
+ * the daemon registers them, mxguard_register_config()).
  *
  * Every test writes a real file into a private temporary directory (which
  * is also the working directory, so relative paths have a known anchor) and
- * runs config_load() on it. Wherever it can, a test walks settings_table[]
- * instead of naming settings: defaults, bounds and the documentation checks
- * then cover a setting added tomorrow without anyone touching this file —
- * and a setting added without docs in doc/mxguard.conf.5 and
- * etc/mxguard.conf makes the suite fail.
+ * runs config_load() on it. Wherever it can, a test walks every registered
+ * row (config_settings()) instead of naming settings: defaults, bounds and
+ * the documentation checks then cover a setting added tomorrow to any
+ * module without anyone touching this file — and a setting added without
+ * docs in doc/mxguard.conf.5 and etc/mxguard.conf makes the suite fail.
+ * test_own_module registers a module lib/ has never heard of.
  *
  * The source tree is found through MX_SRCDIR and the build tree (the man
  * pages are generated there from doc/NAME.in) through MX_BUILDDIR, both set
@@ -26,11 +29,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "lib/lib.h"
+#include "proxy/proxy.h"
 
 /* A minimal valid config: four lines, so text appended to it starts on
  * line 5. */
@@ -45,6 +50,11 @@ static char srcdir[PATH_MAX];   /* absolute */
 static char builddir[PATH_MAX]; /* absolute; where the man pages are generated */
 static char tmpdir[PATH_MAX];   /* absolute; the cwd while tests run */
 static char startdir[PATH_MAX];
+
+/* every registered row, in --settings order, and the module of each */
+static const struct setting_def **rows;
+static const struct settings_module **row_mods;
+static size_t n_rows;
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -168,13 +178,30 @@ load_fail_free(int line, const char *needle, const char *text)
 	free(load_fail(line, needle, "%s", text));
 }
 
-/* Where a table row's value lands. INT/FLOAT/STR rows of the "listen"
- * section land in struct listen_config, all others in struct mx_config. */
+/* Where a row's value lands: in its module's value block (rows of the
+ * "listen" section land in the elements of the daemon's listener array). */
 static void *
 setting_field(struct mx_config *cfg, const struct setting_def *s)
 {
 	assert_true(s->section == NULL || strcmp(s->section, "listen") != 0);
-	return (char *)cfg + s->offset;
+	for (size_t i = 0; i < n_rows; i++) {
+		if (rows[i] == s)
+			return (char *)config_module_values(cfg, row_mods[i]) + s->offset;
+	}
+	fail_msg("row %s is not registered", s->name);
+	return NULL;
+}
+
+/* The index of word in a CHOICE row's choices, -1 if it is none of them. */
+static int
+choice_of(const struct setting_def *s, const char *word)
+{
+	for (int i = 0; s->choices[i] != NULL; i++) {
+		if ((s->flags & SETTING_F_ANYCASE) ? strcasecmp(word, s->choices[i]) == 0
+						   : strcmp(word, s->choices[i]) == 0)
+			return i;
+	}
+	return -1;
 }
 
 static bool
@@ -186,8 +213,8 @@ is_listen_row(const struct setting_def *s)
 static const struct setting_def *
 table_find(const char *section, const char *name)
 {
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *s = rows[i];
 		if (((s->section == NULL && section == NULL) ||
 		     (s->section != NULL && section != NULL && strcmp(s->section, section) == 0)) &&
 		    strcmp(s->name, name) == 0)
@@ -284,6 +311,8 @@ group_setup(void **state)
 	/* the loader anchors relative paths at getcwd(), so must we */
 	if (getcwd(tmpdir, sizeof(tmpdir)) == NULL)
 		return -1;
+	mxguard_register_config();
+	rows = config_settings(&n_rows, &row_mods);
 	return 0;
 }
 
@@ -297,6 +326,8 @@ group_teardown(void **state)
 	if (chdir(startdir) < 0)
 		return -1;
 	rmdir(tmpdir);
+	free(rows);
+	free(row_mods);
 	return 0;
 }
 
@@ -326,11 +357,11 @@ test_shipped_config(void **state)
 		if (strncmp(p, "listen ", 7) == 0)
 			n_listen++;
 	}
-	assert_int_equal(cfg->n_listeners, n_listen);
+	assert_int_equal(daemon_settings(cfg)->n_listeners, n_listen);
 	assert_true(n_listen >= 1);
 
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *s = rows[i];
 		char *v = conf_value(text, s->name);
 
 		if (v == NULL)
@@ -339,9 +370,9 @@ test_shipped_config(void **state)
 		if (is_listen_row(s)) {
 			/* compared against the first listener */
 			if (strcmp(s->name, "address") == 0)
-				assert_string_equal(cfg->listeners[0].address, v);
+				assert_string_equal(daemon_settings(cfg)->listeners[0].address, v);
 			else if (strcmp(s->name, "tls") == 0)
-				assert_int_equal(cfg->listeners[0].implicit_tls, strcmp(v, "implicit") == 0);
+				assert_int_equal(daemon_settings(cfg)->listeners[0].implicit_tls, strcmp(v, "implicit") == 0);
 			free(v);
 			continue;
 		}
@@ -355,19 +386,16 @@ test_shipped_config(void **state)
 		case SETTING_BOOL:
 			assert_int_equal(*(bool *)setting_field(cfg, s), strcmp(v, "true") == 0);
 			break;
+		case SETTING_CHOICE:
+			assert_true(choice_of(s, v) >= 0);
+			assert_int_equal(*(int *)setting_field(cfg, s), choice_of(s, v));
+			break;
 		case SETTING_STR:
-			if (strcmp(s->name, "log_level") == 0) {
-				enum log_level lvl;
-				assert_int_equal(log_level_parse(v, &lvl), 0);
-				assert_int_equal(cfg->log_level, lvl);
-			} else if (strcmp(s->name, "bare_lf") == 0) {
-				assert_int_equal(cfg->bare_lf,
-						 strcmp(v, "accept") == 0 ? BARE_LF_ACCEPT : BARE_LF_REJECT);
-			} else if (s->offset != 0 && (s->flags & SETTING_F_PATH)) {
+			if (s->flags & SETTING_F_PATH) {
 				char *want = expected_abspath(v);
 				assert_string_equal(*(char **)setting_field(cfg, s), want);
 				free(want);
-			} else if (s->offset != 0 && !(strcmp(s->name, "hostname") == 0 && v[0] == '\0')) {
+			} else if (!(strcmp(s->name, "hostname") == 0 && v[0] == '\0')) {
 				assert_string_equal(*(char **)setting_field(cfg, s), v);
 			}
 			break;
@@ -407,8 +435,8 @@ test_defaults(void **state)
 	struct mx_config *cfg = load_ok(BASE_CONF);
 	size_t n_numeric = 0;
 
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *s = rows[i];
 
 		if (is_listen_row(s))
 			continue; /* see test_listen_defaults */
@@ -428,12 +456,14 @@ test_defaults(void **state)
 		case SETTING_BOOL:
 			assert_int_equal(*(bool *)setting_field(cfg, s), strcmp(s->def, "true") == 0);
 			break;
+		case SETTING_CHOICE:
+			assert_true(choice_of(s, s->def) >= 0);
+			assert_int_equal(*(int *)setting_field(cfg, s), choice_of(s, s->def));
+			break;
 		case SETTING_STR:
-			if (s->offset == 0)
-				break; /* enums: below */
 			if (strcmp(s->name, "hostname") == 0 && s->def[0] == '\0') {
 				/* "" means the system host name */
-				assert_true(cfg->hostname[0] != '\0');
+				assert_true(smtp_settings(cfg)->hostname[0] != '\0');
 				break;
 			}
 			if (s->flags & SETTING_F_PATH) {
@@ -455,11 +485,13 @@ test_defaults(void **state)
 	}
 	assert_true(n_numeric > 0);
 
+	/* the choices land in the order of the enums that read them */
 	enum log_level lvl;
 	assert_int_equal(log_level_parse(table_find(NULL, "log_level")->def, &lvl), 0);
-	assert_int_equal(cfg->log_level, lvl);
-	assert_int_equal(cfg->bare_lf, strcmp(table_find(NULL, "bare_lf")->def, "accept") == 0
-					       ? BARE_LF_ACCEPT : BARE_LF_REJECT);
+	assert_int_equal(daemon_settings(cfg)->log_level, lvl);
+	assert_int_equal(smtp_settings(cfg)->bare_lf,
+			 strcmp(table_find(NULL, "bare_lf")->def, "accept") == 0 ? BARE_LF_ACCEPT
+										 : BARE_LF_REJECT);
 	config_unref(&cfg);
 }
 
@@ -499,10 +531,11 @@ test_listen_defaults(void **state)
 
 	assert_non_null(addr);
 	assert_non_null(tls);
-	assert_int_equal(cfg->n_listeners, 1);
-	assert_string_equal(cfg->listeners[0].name, "plain");
-	assert_string_equal(cfg->listeners[0].address, addr->def);
-	assert_int_equal(cfg->listeners[0].implicit_tls, strcmp(tls->def, "implicit") == 0);
+	assert_int_equal(daemon_settings(cfg)->n_listeners, 1);
+	assert_string_equal(daemon_settings(cfg)->listeners[0].name, "plain");
+	assert_string_equal(daemon_settings(cfg)->listeners[0].address, addr->def);
+	assert_int_equal(daemon_settings(cfg)->listeners[0].implicit_tls,
+			 strcmp(tls->def, "implicit") == 0);
 	config_unref(&cfg);
 }
 
@@ -519,8 +552,8 @@ bound_config(const struct setting_def *s, const char *value, char **text_r)
 	}
 	/* another numeric row of the same section, at its default */
 	const struct setting_def *other = NULL;
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *o = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *o = rows[i];
 		if (o != s && o->section != NULL && strcmp(o->section, s->section) == 0 &&
 		    (o->type == SETTING_INT || o->type == SETTING_FLOAT)) {
 			other = o;
@@ -539,8 +572,8 @@ test_int_bounds(void **state)
 {
 	size_t n_bounded = 0;
 
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *s = rows[i];
 		long edges[2], outside[2];
 		char *text, *error, *value;
 		int line;
@@ -610,14 +643,14 @@ test_bad_choices(void **state)
 		enum log_level want;
 		struct mx_config *cfg = load_ok(BASE_CONF "log_level = \"%s\"\n", *lvl);
 		assert_int_equal(log_level_parse(*lvl, &want), 0);
-		assert_int_equal(cfg->log_level, want);
+		assert_int_equal(daemon_settings(cfg)->log_level, want);
 		config_unref(&cfg);
 	}
 	struct mx_config *cfg = load_ok(BASE_CONF "bare_lf = \"accept\"\n");
-	assert_int_equal(cfg->bare_lf, BARE_LF_ACCEPT);
+	assert_int_equal(smtp_settings(cfg)->bare_lf, BARE_LF_ACCEPT);
 	config_unref(&cfg);
 	cfg = load_ok(BASE_CONF "bare_lf = \"reject\"\n");
-	assert_int_equal(cfg->bare_lf, BARE_LF_REJECT);
+	assert_int_equal(smtp_settings(cfg)->bare_lf, BARE_LF_REJECT);
 	config_unref(&cfg);
 }
 
@@ -680,8 +713,8 @@ test_comments(void **state)
 	struct mx_config *cfg = load_ok(BASE_CONF "# hostname = \"commented.example\"\n"
 						  "hostname = \"a#b//c\" # real\n"
 						  "junk_folder = \"Spam\" /* block */\n");
-	assert_string_equal(cfg->hostname, "a#b//c");
-	assert_string_equal(cfg->junk_folder, "Spam");
+	assert_string_equal(smtp_settings(cfg)->hostname, "a#b//c");
+	assert_string_equal(backends_settings(cfg)->junk_folder, "Spam");
 	config_unref(&cfg);
 }
 
@@ -713,20 +746,23 @@ test_required_and_consistency(void **state)
 	load_fail_free(0, "junk_folder", BASE_CONF "junk_folder = \"\"\n");
 	/* the places mail lives cannot be empty */
 	load_fail_free(0, "mail_root", BASE_CONF "mail_root = \"\"\n");
+	load_fail_free(0, "passwd_file", BASE_CONF "passwd_file = \"\"\n");
+	load_fail_free(0, "spool_dir", BASE_CONF "spool_dir = \"\"\n");
 
 	/* equal thresholds are allowed */
 	struct mx_config *cfg = load_ok(BASE_CONF "pipeline {\n\ttag_score = 7\n\tjunk_score = 7\n"
 						  "\treject_score = 7\n}\n");
-	assert_true(cfg->pipeline.tag_score == 7.0 && cfg->pipeline.reject_score == 7.0);
+	assert_true(pipeline_settings(cfg)->tag_score == 7.0 &&
+		    pipeline_settings(cfg)->reject_score == 7.0);
 	config_unref(&cfg);
 	/* a certificate and key (not opened by the loader) with an implicit listener */
 	cfg = load_ok(BASE_CONF "tls_cert = \"/etc/ssl/c.pem\"\ntls_key = \"/etc/ssl/k.pem\"\n"
 				"listen smtps {\n\taddress = \"127.0.0.1:4465\"\n\ttls = \"implicit\"\n}\n");
-	assert_string_equal(cfg->tls_cert, "/etc/ssl/c.pem");
-	assert_string_equal(cfg->tls_key, "/etc/ssl/k.pem");
-	assert_int_equal(cfg->n_listeners, 2);
-	assert_false(cfg->listeners[0].implicit_tls);
-	assert_true(cfg->listeners[1].implicit_tls);
+	assert_string_equal(daemon_settings(cfg)->tls_cert, "/etc/ssl/c.pem");
+	assert_string_equal(daemon_settings(cfg)->tls_key, "/etc/ssl/k.pem");
+	assert_int_equal(daemon_settings(cfg)->n_listeners, 2);
+	assert_false(daemon_settings(cfg)->listeners[0].implicit_tls);
+	assert_true(daemon_settings(cfg)->listeners[1].implicit_tls);
 	config_unref(&cfg);
 }
 
@@ -740,8 +776,8 @@ test_relative_paths(void **state)
 	for (int absolute = 0; absolute < 2; absolute++) {
 		char *text = xstrdup(BASE_CONF);
 
-		for (size_t i = 0; i < settings_table_count; i++) {
-			const struct setting_def *s = &settings_table[i];
+		for (size_t i = 0; i < n_rows; i++) {
+			const struct setting_def *s = rows[i];
 			char *more;
 			if (!(s->flags & SETTING_F_PATH))
 				continue;
@@ -754,8 +790,8 @@ test_relative_paths(void **state)
 			text = more;
 		}
 		struct mx_config *cfg = load_ok("%s", text);
-		for (size_t i = 0; i < settings_table_count; i++) {
-			const struct setting_def *s = &settings_table[i];
+		for (size_t i = 0; i < n_rows; i++) {
+			const struct setting_def *s = rows[i];
 			char *want;
 			if (!(s->flags & SETTING_F_PATH))
 				continue;
@@ -778,17 +814,17 @@ test_local_domains(void **state)
 		"local_domains = {\"Example.TEST\", \"MAIL.Other-Domain.example\", \"x.example\"}\n"
 		"listen smtp {\n\taddress = \"127.0.0.1:2525\"\n}\n");
 
-	assert_int_equal(cfg->n_local_domains, 3);
-	assert_string_equal(cfg->local_domains[0], "example.test");
-	assert_string_equal(cfg->local_domains[1], "mail.other-domain.example");
-	assert_string_equal(cfg->local_domains[2], "x.example");
-	assert_null(cfg->local_domains[3]);
-	assert_true(config_is_local_domain(cfg, "example.test"));
-	assert_true(config_is_local_domain(cfg, "EXAMPLE.test"));
-	assert_true(config_is_local_domain(cfg, "mail.other-domain.EXAMPLE"));
-	assert_false(config_is_local_domain(cfg, "other-domain.example"));
-	assert_false(config_is_local_domain(cfg, "example.test.evil"));
-	assert_false(config_is_local_domain(cfg, ""));
+	assert_int_equal(backends_settings(cfg)->n_local_domains, 3);
+	assert_string_equal(backends_settings(cfg)->local_domains[0], "example.test");
+	assert_string_equal(backends_settings(cfg)->local_domains[1], "mail.other-domain.example");
+	assert_string_equal(backends_settings(cfg)->local_domains[2], "x.example");
+	assert_null(backends_settings(cfg)->local_domains[3]);
+	assert_true(backends_is_local_domain(cfg, "example.test"));
+	assert_true(backends_is_local_domain(cfg, "EXAMPLE.test"));
+	assert_true(backends_is_local_domain(cfg, "mail.other-domain.EXAMPLE"));
+	assert_false(backends_is_local_domain(cfg, "other-domain.example"));
+	assert_false(backends_is_local_domain(cfg, "example.test.evil"));
+	assert_false(backends_is_local_domain(cfg, ""));
 	config_unref(&cfg);
 }
 
@@ -813,15 +849,15 @@ test_several_listeners(void **state)
 		{ "smtps", "0.0.0.0:4465", true },
 	};
 
-	assert_int_equal(cfg->n_listeners, N_ELEMENTS(want));
+	assert_int_equal(daemon_settings(cfg)->n_listeners, N_ELEMENTS(want));
 	for (size_t i = 0; i < N_ELEMENTS(want); i++) {
-		assert_string_equal(cfg->listeners[i].name, want[i].name);
-		assert_string_equal(cfg->listeners[i].address, want[i].address);
-		assert_int_equal(cfg->listeners[i].implicit_tls, want[i].implicit);
+		assert_string_equal(daemon_settings(cfg)->listeners[i].name, want[i].name);
+		assert_string_equal(daemon_settings(cfg)->listeners[i].address, want[i].address);
+		assert_int_equal(daemon_settings(cfg)->listeners[i].implicit_tls, want[i].implicit);
 	}
 	/* relative certificate paths are anchored too */
 	char *cert = expected_abspath("cert.pem");
-	assert_string_equal(cfg->tls_cert, cert);
+	assert_string_equal(daemon_settings(cfg)->tls_cert, cert);
 	free(cert);
 	config_unref(&cfg);
 
@@ -871,9 +907,9 @@ test_listener_overlap(void **state)
 			free(error);
 		} else {
 			struct mx_config *cfg = load_ok("%s", text);
-			assert_int_equal(cfg->n_listeners, 2);
-			assert_int_equal(cfg->listeners[0].line, 3);
-			assert_int_equal(cfg->listeners[1].line, 9);
+			assert_int_equal(daemon_settings(cfg)->n_listeners, 2);
+			assert_int_equal(daemon_settings(cfg)->listeners[0].line, 3);
+			assert_int_equal(daemon_settings(cfg)->listeners[1].line, 9);
 			config_unref(&cfg);
 		}
 		free(text);
@@ -946,7 +982,9 @@ test_tls_context_errors(void **state)
 		int line = strcmp(cases[i].setting, "tls_cert") == 0 ? BASE_LINES + 2 : BASE_LINES + 4;
 		char *want = xasprintf("%s:%d: %s = \"%s\": ", cfg->path, line, cases[i].setting, path);
 
-		assert_null(tls_server_ctx_from_config(cfg, &error));
+		SSL_CTX *ctx = NULL;
+		assert_int_equal(daemon_tls_context(cfg, &ctx, &error), -1);
+		assert_null(ctx);
 		assert_non_null(error);
 		if (strncmp(error, want, strlen(want)) != 0 || strstr(error, cases[i].reason) == NULL)
 			fail_msg("case %zu: error \"%s\" does not start with \"%s\" and say \"%s\"", i,
@@ -1004,8 +1042,8 @@ test_many_sections(void **state)
 	free(text);
 }
 
-/* A section registered by a stage before the load is accepted and
- * readable; re-registering a name replaces its options. */
+/* A section registered before the load is accepted and readable;
+ * re-registering a name replaces its options. */
 static cfg_opt_t teststage_opts[] = {
 	CFG_INT("depth", 3, CFGF_NONE),
 	CFG_STR("mode", "fast", CFGF_NONE),
@@ -1022,26 +1060,16 @@ test_registered_section(void **state)
 	struct mx_config *cfg;
 	cfg_t *sec;
 
-	/* a stage nobody registered cannot be listed */
-	load_fail_free(BASE_LINES + 2, "teststage",
-		       BASE_CONF "pipeline {\n\tstages = {\"teststage\"}\n}\n");
 	/* unknown before it is registered */
 	load_fail_free(BASE_LINES + 1, "teststage", BASE_CONF "teststage {\n\tdepth = 7\n}\n");
 
 	config_register_section("teststage", teststage_opts);
-	cfg = load_ok(BASE_CONF "pipeline {\n\tstages = {\"teststage\"}\n}\n"
-				"teststage {\n\tdepth = 7\n}\n");
+	cfg = load_ok(BASE_CONF "teststage {\n\tdepth = 7\n}\n");
 	sec = cfg_getsec(cfg->cfg, "teststage");
 	assert_non_null(sec);
 	assert_int_equal(cfg_getint(sec, "depth"), 7);
 	assert_string_equal(cfg_getstr(sec, "mode"), "fast");
-	assert_int_equal(cfg->pipeline.n_stages, 1);
-	assert_string_equal(cfg->pipeline.stages[0], "teststage");
-	assert_null(cfg->pipeline.stages[1]);
 	config_unref(&cfg);
-	/* listed twice */
-	load_fail_free(BASE_LINES + 2, "twice",
-		       BASE_CONF "pipeline {\n\tstages = {\"teststage\", \"teststage\"}\n}\n");
 
 	/* left out: the section's defaults */
 	cfg = load_ok(BASE_CONF);
@@ -1063,6 +1091,207 @@ test_registered_section(void **state)
 	config_register_section("teststage", teststage_opts);
 }
 
+/* pipeline.stages (the filters' module) names stages the filters registry
+ * has: one added with filters_register_stage() gets its section from
+ * filters_register_config() and can be listed, once. */
+static cfg_opt_t liststage_opts[] = {
+	CFG_INT("depth", 3, CFGF_NONE),
+	CFG_END()
+};
+static const struct stage_ops liststage_ops = {
+	.name = "liststage",
+	.phases = PHASE_BIT(PHASE_DATA),
+	.opts = liststage_opts,
+};
+
+static void
+test_pipeline_stages(void **state)
+{
+	struct mx_config *cfg;
+
+	/* a stage nobody registered cannot be listed */
+	load_fail_free(BASE_LINES + 2, "liststage",
+		       BASE_CONF "pipeline {\n\tstages = {\"liststage\"}\n}\n");
+	filters_register_stage(&liststage_ops);
+	filters_register_config();
+	cfg = load_ok(BASE_CONF "pipeline {\n\tstages = {\"liststage\"}\n}\n"
+				"liststage {\n\tdepth = 7\n\ton_error = \"tempfail\"\n}\n");
+	assert_int_equal(cfg_getint(cfg_getsec(cfg->cfg, "liststage"), "depth"), 7);
+	assert_int_equal(pipeline_settings(cfg)->n_stages, 1);
+	assert_string_equal(pipeline_settings(cfg)->stages[0], "liststage");
+	assert_null(pipeline_settings(cfg)->stages[1]);
+	config_unref(&cfg);
+	/* listed twice */
+	load_fail_free(BASE_LINES + 2, "twice",
+		       BASE_CONF "pipeline {\n\tstages = {\"liststage\", \"liststage\"}\n}\n");
+}
+
+/*
+ * A module of the test's own — a section and rows lib/ has never heard
+ * of, a multi section, a choice, a checked list and a cross-check — is
+ * registered like any folder's and loaded: values land in its own struct,
+ * bounds and choices fail at file:line, its check runs after the load.
+ */
+struct gizmo {
+	char *name;
+	long teeth;
+	int line;
+};
+struct test_settings {
+	long depth;
+	double ratio;
+	bool loud;
+	int color;
+	char *nest;
+	char **tags;
+	size_t n_tags;
+	char *motto;
+	struct gizmo *gizmos;
+	size_t n_gizmos;
+};
+
+static const char *const colors[] = { "red", "green", "blue", NULL };
+
+static char *
+test_valid_tags(const char *const *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strchr(v[i], ' ') != NULL)
+			return xasprintf("frob.tags: \"%s\" has a space", v[i]);
+	}
+	return NULL;
+}
+
+static int
+test_module_check(void *values, const struct mx_config *cfg, char **error_r)
+{
+	struct test_settings *t = values;
+	int line = config_setting_line(cfg, "motto");
+
+	if (strcmp(t->motto, "forbidden") == 0) {
+		*error_r = xasprintf("%s:%d: motto = \"%s\" is not allowed", cfg->path, line, t->motto);
+		return -1;
+	}
+	str_lower(t->motto);
+	return 0;
+}
+
+#define TOFF(f) offsetof(struct test_settings, f)
+#define GOFF(f) offsetof(struct gizmo, f)
+static const struct setting_def test_rows[] = {
+	{ NULL, "motto", SETTING_STR, "Carpe", 0, 0, TOFF(motto), 0, "a top-level row", NULL, NULL },
+	{ "frob", "depth", SETTING_INT, "5", 1, 10, TOFF(depth), 0, "bounded", NULL, NULL },
+	{ "frob", "ratio", SETTING_FLOAT, "0.5", 0, 0, TOFF(ratio), 0, "a float", NULL, NULL },
+	{ "frob", "loud", SETTING_BOOL, "false", 0, 0, TOFF(loud), 0, "a bool", NULL, NULL },
+	{ "frob", "color", SETTING_CHOICE, "green", 0, 0, TOFF(color), 0, "a choice",
+	  .choices = colors },
+	{ "frob", "nest", SETTING_STR, "nest", 0, 0, TOFF(nest), SETTING_F_PATH, "a path", NULL, NULL },
+	{ "frob", "tags", SETTING_STRLIST, "{}", 0, 0, TOFF(tags), 0, "a checked list",
+	  .valid = test_valid_tags },
+	{ "gizmo", "teeth", SETTING_INT, "12", 2, 99, GOFF(teeth), 0, "per gizmo", NULL, NULL },
+};
+static const struct settings_multi test_gizmos = {
+	.section = "gizmo",
+	.size = sizeof(struct gizmo),
+	.array_offset = TOFF(gizmos),
+	.title_offset = GOFF(name),
+	.line_offset = GOFF(line),
+	.line_row = "teeth",
+};
+static const struct settings_module test_module = {
+	.name = "test",
+	.rows = test_rows,
+	.n_rows = N_ELEMENTS(test_rows),
+	.size = sizeof(struct test_settings),
+	.multi = &test_gizmos,
+	.check = test_module_check,
+};
+
+static void
+test_own_module(void **state)
+{
+	struct mx_config *cfg;
+	const struct test_settings *t;
+
+	/* unknown to the loader until registered */
+	load_fail_free(BASE_LINES + 1, "frob", BASE_CONF "frob {\n\tdepth = 7\n}\n");
+	config_register_module(&test_module);
+	config_register_module(&test_module); /* again: nothing happens */
+
+	/* left out: the rows' defaults, no gizmo */
+	cfg = load_ok(BASE_CONF);
+	t = config_module_values(cfg, &test_module);
+	assert_int_equal(t->depth, 5);
+	assert_true(t->ratio == 0.5);
+	assert_false(t->loud);
+	assert_int_equal(t->color, 1);
+	char *nest = expected_abspath("nest");
+	assert_string_equal(t->nest, nest);
+	free(nest);
+	assert_int_equal(t->n_tags, 0);
+	assert_string_equal(t->motto, "carpe"); /* the check lower-cased it */
+	assert_int_equal(t->n_gizmos, 0);
+	assert_int_equal(config_setting_line(cfg, "motto"), 0);
+	/* the application's modules are there as before */
+	assert_int_equal(daemon_settings(cfg)->n_listeners, 1);
+	config_unref(&cfg);
+
+	cfg = load_ok(BASE_CONF "motto = \"Diem\"\n"
+			      "frob {\n\tdepth = 10\n\tratio = 2.5\n\tloud = true\n"
+			      "\tcolor = \"blue\"\n\tnest = \"/abs/nest\"\n\ttags = {\"a\", \"b\"}\n}\n"
+			      "gizmo one {\n}\n"
+			      "gizmo two {\n\t# x\n\tteeth = 3\n}\n");
+	t = config_module_values(cfg, &test_module);
+	assert_int_equal(config_setting_line(cfg, "motto"), BASE_LINES + 1);
+	assert_string_equal(t->motto, "diem");
+	assert_int_equal(t->depth, 10);
+	assert_true(t->ratio == 2.5);
+	assert_true(t->loud);
+	assert_int_equal(t->color, 2);
+	assert_string_equal(t->nest, "/abs/nest");
+	assert_int_equal(t->n_tags, 2);
+	assert_string_equal(t->tags[1], "b");
+	assert_null(t->tags[2]);
+	assert_int_equal(t->n_gizmos, 2);
+	assert_string_equal(t->gizmos[0].name, "one");
+	assert_int_equal(t->gizmos[0].teeth, 12);
+	assert_int_equal(t->gizmos[0].line, BASE_LINES + 11); /* its end: teeth left out */
+	assert_string_equal(t->gizmos[1].name, "two");
+	assert_int_equal(t->gizmos[1].teeth, 3);
+	assert_int_equal(t->gizmos[1].line, BASE_LINES + 14);
+	assert_null(t->gizmos[2].name); /* the spare element */
+	config_unref(&cfg);
+
+	/* a bound error at file:line, with the section, name and value */
+	char *error = load_fail(BASE_LINES + 3, "frob.depth = 11",
+				BASE_CONF "frob {\n\t# deep\n\tdepth = 11\n\tratio = 1\n}\n");
+	assert_non_null(strstr(error, "[1, 10]"));
+	free(error);
+	load_fail_free(BASE_LINES + 2, "frob.depth = 0", BASE_CONF "frob {\n\tdepth = 0\n}\n");
+	load_fail_free(BASE_LINES + 3, "teeth = 1",
+		       BASE_CONF "gizmo g {\n\n\tteeth = 1\n}\n");
+	/* a choice outside its words, and the list's own check */
+	load_fail_free(BASE_LINES + 2, "color = \"pink\": expected red, green or blue",
+		       BASE_CONF "frob {\n\tcolor = \"pink\"\n}\n");
+	load_fail_free(BASE_LINES + 2, "frob.tags: \"a b\" has a space",
+		       BASE_CONF "frob {\n\ttags = {\"ok\", \"a b\"}\n}\n");
+	/* the module's check, with the line it asked the loader for */
+	load_fail_free(BASE_LINES + 2, "not allowed", BASE_CONF "\nmotto = \"forbidden\"\n");
+	/* gizmo titles are the gizmos' names: two of one name are refused */
+	load_fail_free(0, "one", BASE_CONF "gizmo one {\n}\ngizmo one {\n}\n");
+
+	/* its rows are listed with everyone's (--settings, the docs test) */
+	size_t n;
+	const struct settings_module **mods;
+	const struct setting_def **all = config_settings(&n, &mods);
+	bool seen = false;
+	for (size_t i = 0; i < n; i++)
+		seen = seen || (all[i] == &test_rows[1] && mods[i] == &test_module);
+	assert_true(seen);
+	free(all);
+	free(mods);
+}
+
 static void
 test_refcount(void **state)
 {
@@ -1077,7 +1306,7 @@ test_refcount(void **state)
 	assert_null(second);
 	/* still alive for the other holder */
 	assert_int_equal(cfg->refcount, 1);
-	assert_string_equal(cfg->hostname, "ref.example");
+	assert_string_equal(smtp_settings(cfg)->hostname, "ref.example");
 	config_unref(&cfg);
 	assert_null(cfg);
 	/* unref of NULL is harmless */
@@ -1097,8 +1326,8 @@ test_docs_cover_settings(void **state)
 	char *man = read_whole_file(man_path);
 	char *conf = read_whole_file(conf_path);
 
-	for (size_t i = 0; i < settings_table_count; i++) {
-		const struct setting_def *s = &settings_table[i];
+	for (size_t i = 0; i < n_rows; i++) {
+		const struct setting_def *s = rows[i];
 		char *head = xasprintf("\n.TP\n.B %s\n", s->name);
 		const char *entry, *end;
 		char *para;
@@ -1168,9 +1397,13 @@ main(void)
 		cmocka_unit_test(test_setting_lines),
 		cmocka_unit_test(test_tls_context_errors),
 		cmocka_unit_test(test_registered_section),
+		cmocka_unit_test(test_pipeline_stages),
 		cmocka_unit_test(test_many_sections),
 		cmocka_unit_test(test_refcount),
 		cmocka_unit_test(test_docs_cover_settings),
+		/* last: its module then stays registered, and the docs test
+		 * above covers only the application's rows */
+		cmocka_unit_test(test_own_module),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

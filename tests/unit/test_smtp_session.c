@@ -346,7 +346,7 @@ main(void)
 		return 1;
 	}
 	evthread_use_pthreads();
-	filters_register_config();
+	mxguard_register_config();
 	log_open("test_smtp_session", true, LOG_LEVEL_WARN);
 	setup_config();
 	int ret = _cmocka_run_group_tests("smtp_session", tests, n_tests, NULL, NULL);
