@@ -25,8 +25,7 @@ struct server_state {
 	struct pipeline *pipeline;
 	struct userdb *userdb;
 	SSL_CTX *ssl_ctx; /* NULL without tls_cert */
-	char *postmaster; /* mailbox for postmaster@<local domain>: cfg->postmaster,
-			   * or the first passwd-file user of a local domain */
+	struct backend *backend; /* where accepted mail goes (the store) */
 };
 
 struct server_state *server_state_build(const char *config_path, char **error_r);

@@ -2,7 +2,7 @@
  * state.c — the daemon's shared state and what the core is told about it.
  *
  * A server_state bundles the config, the pipeline built from it, the user
- * database and the TLS context. It is built completely (or not at all) at
+ * database, the backend mail goes to and the TLS context. It is built completely (or not at all) at
  * start, at every reload and by `mxguard -t`, and is reference-counted:
  * sessions and deliveries finish with the state they started with.
  */
@@ -14,46 +14,6 @@
 #include <openssl/ssl.h>
 
 #include "proxy/proxy.h"
-
-struct postmaster_find {
-	const struct mx_config *cfg;
-	char *found;
-};
-
-static void
-postmaster_find_cb(const char *user, void *ctx)
-{
-	struct postmaster_find *pf = ctx;
-	const char *at = strrchr(user, '@');
-
-	if (pf->found == NULL && at != NULL && config_is_local_domain(pf->cfg, at + 1))
-		pf->found = xstrdup(user);
-}
-
-/* Who gets postmaster@<local domain> (RFC 5321 4.5.1 requires it to work):
- * the configured mailbox, else the first passwd-file user of a local
- * domain, else the configuration is refused. */
-static int
-server_state_postmaster(struct server_state *st, char **error_r)
-{
-	struct postmaster_find pf = { st->cfg, NULL };
-
-	if (st->cfg->postmaster[0] != '\0') {
-		st->postmaster = xstrdup(st->cfg->postmaster);
-		return 0;
-	}
-	if (userdb_file_list(st->cfg->passwd_file, postmaster_find_cb, &pf, error_r) < 0)
-		return -1;
-	if (pf.found == NULL) {
-		*error_r = xasprintf("%s: postmaster: no mailbox for postmaster@%s (%s has no user "
-				     "of a local domain); set postmaster = \"user@%s\"",
-				     st->cfg->path, st->cfg->local_domains[0], st->cfg->passwd_file,
-				     st->cfg->local_domains[0]);
-		return -1;
-	}
-	st->postmaster = pf.found;
-	return 0;
-}
 
 struct server_state *
 server_state_build(const char *config_path, char **error_r)
@@ -67,7 +27,8 @@ server_state_build(const char *config_path, char **error_r)
 		goto fail;
 	if (userdb_open(st->cfg->passwd_file, &st->userdb, error_r) < 0)
 		goto fail;
-	if (server_state_postmaster(st, error_r) < 0)
+	/* where accepted mail goes: the Maildir store, for every local domain */
+	if (backend_create("store", st->cfg, st->userdb, &st->backend, error_r) < 0)
 		goto fail;
 	if (st->cfg->tls_cert[0] != '\0') {
 		st->ssl_ctx = tls_server_ctx_from_config(st->cfg, error_r);
@@ -97,7 +58,7 @@ server_state_unref(struct server_state **stp)
 		return;
 	if (st->ssl_ctx != NULL)
 		SSL_CTX_free(st->ssl_ctx);
-	free(st->postmaster);
+	backend_destroy(&st->backend); /* before the user database it reads */
 	userdb_close(&st->userdb);
 	pipeline_unref(&st->pipeline);
 	config_unref(&st->cfg);
