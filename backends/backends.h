@@ -157,6 +157,10 @@ struct backend_env {
 /* data()'s completion: exactly once, on env->base, even when the session
  * that asked is gone by then. detail is for the log ("" when none). */
 typedef void backend_done_cb(void *ctx, const struct backend_reply *reply, const char *detail);
+/* A later RCPT answer: exactly once, on env->base. On 2xx *rcpt is handed
+ * over (the callee owns its strings; clear it when the asker is gone). */
+typedef void backend_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt);
+enum backend_status { BACKEND_DONE, BACKEND_PENDING };
 
 struct backend;
 struct userdb;
@@ -172,14 +176,22 @@ struct backend_ops {
 	 * its own (PIPELINING, STARTTLS, ENHANCEDSTATUSCODES). */
 	const char *const *(*ehlo)(const struct backend *be);
 	/* Does the backend take local@domain (normalised, lower-case, domain
-	 * local)? Fills *reply; on 2xx also *rcpt (freed with
-	 * backend_rcpt_clear). Answers at once. */
-	void (*rcpt)(struct backend *be, const char *local, const char *domain,
-		     struct backend_rcpt *rcpt, struct backend_reply *reply);
+	 * local)? Either BACKEND_DONE with *reply (and on 2xx *rcpt, freed with
+	 * backend_rcpt_clear) filled now, or BACKEND_PENDING and cb(ctx, ...)
+	 * later on env->base — a relay asks its upstream. */
+	enum backend_status (*rcpt)(struct backend *be, const struct backend_env *env,
+				    const char *local, const char *domain,
+				    struct backend_rcpt *rcpt, struct backend_reply *reply,
+				    backend_rcpt_cb *cb, void *ctx);
 	/* Take the message; done() follows on env->base. Everything in msg is
 	 * copied or referenced: the caller may free it when data() returns. */
 	void (*data)(struct backend *be, const struct backend_env *env,
 		     const struct backend_message *msg, backend_done_cb *done, void *ctx);
+	/* Optional: a transaction with recipients this backend took ended
+	 * without data() — RSET, a new HELO, a refusal at DATA, the client gone
+	 * (a relay ends its upstream transaction). NULL: nothing to undo (the
+	 * store). */
+	void (*abort)(struct backend *be, const struct backend_rcpt *rcpts, size_t n);
 };
 
 /* The generic header: the first member of every backend's own struct. */
@@ -188,6 +200,9 @@ struct backend {
 };
 
 const struct backend_ops *backends_find(const char *name);
+/* Tests add backends of their own before building a state; one with the
+ * name of a built-in one shadows it. */
+void backends_register(const struct backend_ops *ops);
 int backend_create(const char *name, const struct mx_config *cfg, struct userdb *db,
 		   struct backend **be_r, char **error_r);
 void backend_destroy(struct backend **be);

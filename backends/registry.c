@@ -15,9 +15,25 @@ static const struct backend_ops *const backend_table[] = {
 	NULL /* end of table */
 };
 
+/* Registered at run time (tests), at start-up before any thread runs. */
+static const struct backend_ops **runtime_backends;
+static size_t n_runtime_backends;
+
+void
+backends_register(const struct backend_ops *ops)
+{
+	runtime_backends = xrealloc(runtime_backends,
+				    (n_runtime_backends + 1) * sizeof(*runtime_backends));
+	runtime_backends[n_runtime_backends++] = ops;
+}
+
 const struct backend_ops *
 backends_find(const char *name)
 {
+	for (size_t i = n_runtime_backends; i-- > 0;) {
+		if (strcmp(runtime_backends[i]->name, name) == 0)
+			return runtime_backends[i];
+	}
 	for (size_t i = 0; backend_table[i] != NULL; i++) {
 		if (strcmp(backend_table[i]->name, name) == 0)
 			return backend_table[i];

@@ -138,9 +138,10 @@ store_ehlo(const struct backend *be)
 
 /* --------------------------------------------------------------- RCPT */
 
-static void
-store_rcpt(struct backend *be, const char *local, const char *domain, struct backend_rcpt *rcpt,
-	   struct backend_reply *reply)
+static enum backend_status
+store_rcpt(struct backend *be, const struct backend_env *env, const char *local,
+	   const char *domain, struct backend_rcpt *rcpt, struct backend_reply *reply,
+	   backend_rcpt_cb *cb, void *ctx)
 {
 	struct store *s = (struct store *)be;
 	char root[4096];
@@ -155,13 +156,13 @@ store_rcpt(struct backend *be, const char *local, const char *domain, struct bac
 			store_reply(reply, 451, "4.3.0", "lookup_failure",
 				    "<%s>: Temporary lookup failure", address);
 			free(address);
-			return;
+			return BACKEND_DONE;
 		}
 		if (found == 0) {
 			store_reply(reply, 550, "5.1.1", "unknown_user",
 				    "<%s>: Recipient address rejected: User unknown", address);
 			free(address);
-			return;
+			return BACKEND_DONE;
 		}
 	}
 	const char *at = strrchr(mailbox, '@');
@@ -173,12 +174,13 @@ store_rcpt(struct backend *be, const char *local, const char *domain, struct bac
 		store_reply(reply, 550, "5.1.3", "bad_mailbox", "<%s>: Recipient address not accepted",
 			    address);
 		free(address);
-		return;
+		return BACKEND_DONE;
 	}
 	rcpt->address = address;
 	rcpt->mailbox = xstrdup(mailbox);
 	rcpt->where = xstrdup(root);
 	store_reply(reply, 250, "2.1.5", "", "Ok");
+	return BACKEND_DONE; /* a passwd-file lookup: never waits */
 }
 
 /* --------------------------------------------------------------- DATA */

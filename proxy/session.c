@@ -82,6 +82,8 @@ struct tx {
 	struct filter_msg msg;
 	struct pipeline_outcome outcome;
 	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
+	struct backend *backend;        /* took the recipients (borrowed from the state) */
+	bool handed;                    /* data() was called: nothing to abort */
 	/* delivery: the backend's answer to DATA */
 	struct backend_reply dreply;
 	char *ddetail;                  /* the backend's detail on a failure, for the log */
@@ -193,6 +195,9 @@ tx_free(struct tx **txp)
 	*txp = NULL;
 	if (tx == NULL)
 		return;
+	/* ended without DATA reaching the backend: let it undo what it began */
+	if (!tx->handed && tx->n_rcpts > 0 && tx->backend != NULL && tx->backend->ops->abort != NULL)
+		tx->backend->ops->abort(tx->backend, tx->brcpts, tx->n_rcpts);
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		free(tx->rcpts[i]);
 		backend_rcpt_clear(&tx->brcpts[i]);
@@ -646,6 +651,7 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	}
 	tx->rcpts[tx->n_rcpts] = xstrdup(sess->pending_arg);
 	tx->brcpts[tx->n_rcpts] = sess->pending_rcpt; /* moved */
+	tx->backend = session_backend(sess, strrchr(sess->pending_arg, '@') + 1);
 	memset(&sess->pending_rcpt, 0, sizeof(sess->pending_rcpt));
 	tx->n_rcpts++;
 	tx->n_rcpt_cmds++;
@@ -654,6 +660,44 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	tx->msg.n_rcpts = tx->n_rcpts;
 	sess->state = STATE_RCPT;
 	session_reply(sess, "250 2.1.5 Ok");
+}
+
+/* The backend's answer for sess->pending_arg (in sess->pending_rcpt). */
+static void
+session_rcpt_answered(struct session *sess, const struct backend_reply *br)
+{
+	struct tx *tx = sess->tx;
+
+	if (br->code / 100 != 2) {
+		backend_rcpt_clear(&sess->pending_rcpt);
+		session_refuse(sess, br->code / 100 == 5, NULL, sess->pending_arg, br->reason,
+			       "%u %s %s", br->code, br->enhanced, br->text);
+		return;
+	}
+	tx->msg.rcpt = sess->pending_arg;
+	session_run_phase(sess, PHASE_RCPT, &tx->msg, tx->fx, cmd_rcpt_cont);
+}
+
+/* A backend that answered RCPT later: find the session by its handle (it
+ * may be gone), then go on as if it had answered at once. */
+static void
+session_rcpt_answer(void *ctx, const struct backend_reply *br, struct backend_rcpt *rcpt)
+{
+	uint64_t *waiter = ctx;
+	struct session *sess = handle_lookup(*waiter);
+
+	free(waiter);
+	if (sess == NULL) {
+		backend_rcpt_clear(rcpt);
+		return;
+	}
+	sess->pending_rcpt = *rcpt; /* moved */
+	memset(rcpt, 0, sizeof(*rcpt));
+	sess->flags &= ~SESSION_F_BUSY;
+	session_rcpt_answered(sess, br);
+	session_arm_timeouts(sess);
+	session_process(sess);
+	conn_settle(sess->conn);
 }
 
 static void
@@ -710,19 +754,26 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 		}
 	}
 	/* the backend of the domain says whether it takes the recipient, in
-	 * its own words; the phase runs only for the ones it takes */
+	 * its own words, now or later; the phase runs only for the ones it
+	 * takes */
 	struct backend *be = session_backend(sess, path->domain);
+	const struct backend_env env = {
+		.base = conn_base(sess->conn),
+		.workers = daemon_loop_workers(conn_loop(sess->conn)),
+	};
 	struct backend_reply br;
+	uint64_t *waiter = xmalloc(sizeof(*waiter));
+	*waiter = sess->handle;
 	memset(&br, 0, sizeof(br));
-	be->ops->rcpt(be, path->local, path->domain, &sess->pending_rcpt, &br);
-	if (br.code / 100 != 2) {
-		session_refuse(sess, br.code / 100 == 5, NULL, addr, br.reason, "%u %s %s", br.code,
-			       br.enhanced, br.text);
+	str_copy(sess->pending_arg, addr, sizeof(sess->pending_arg));
+	if (be->ops->rcpt(be, &env, path->local, path->domain, &sess->pending_rcpt, &br,
+			  session_rcpt_answer, waiter) == BACKEND_PENDING) {
+		sess->flags |= SESSION_F_BUSY;
+		session_arm_timeouts(sess);
 		return;
 	}
-	str_copy(sess->pending_arg, addr, sizeof(sess->pending_arg));
-	tx->msg.rcpt = sess->pending_arg;
-	session_run_phase(sess, PHASE_RCPT, &tx->msg, tx->fx, cmd_rcpt_cont);
+	free(waiter);
+	session_rcpt_answered(sess, &br);
 }
 
 static void
@@ -1119,6 +1170,7 @@ session_deliver(struct session *sess)
 	char *prefix = session_build_prefix(sess, tx, &msg.prefix_len);
 
 	msg.prefix = prefix;
+	tx->handed = true;
 	tx->st = server_state_ref(sess->st);
 	/* the delivery owns the tx until delivery_done */
 	sess->tx = NULL;

@@ -31,6 +31,7 @@ struct fixture {
 	struct backend *be;
 	struct event_base *base;
 	struct workers *workers;
+	struct backend_env env;
 	struct backend_reply reply;
 	int done;
 };
@@ -73,6 +74,8 @@ setup(void **state)
 		fail_msg("%s", error);
 	f->base = event_base_new();
 	f->workers = workers_create(1, 0, 0);
+	f->env.base = f->base;
+	f->env.workers = f->workers;
 	*state = f;
 	return 0;
 }
@@ -156,7 +159,7 @@ test_rcpt_answers(void **state)
 	struct backend_reply br;
 	char *root;
 
-	f->be->ops->rcpt(f->be, "bob", "b.test", &r, &br);
+	f->be->ops->rcpt(f->be, &f->env, "bob", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 250);
 	assert_string_equal(br.enhanced, "2.1.5");
 	assert_string_equal(r.mailbox, "bob@b.test");
@@ -165,7 +168,7 @@ test_rcpt_answers(void **state)
 	free(root);
 	backend_rcpt_clear(&r);
 
-	f->be->ops->rcpt(f->be, "nobody", "b.test", &r, &br);
+	f->be->ops->rcpt(f->be, &f->env, "nobody", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 550);
 	assert_string_equal(br.enhanced, "5.1.1");
 	assert_string_equal(br.reason, "unknown_user");
@@ -173,7 +176,7 @@ test_rcpt_answers(void **state)
 	assert_null(r.mailbox);
 
 	/* postmaster@ every local domain, without a passwd entry */
-	f->be->ops->rcpt(f->be, "postmaster", "b.test", &r, &br);
+	f->be->ops->rcpt(f->be, &f->env, "postmaster", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 250);
 	assert_string_equal(r.address, "postmaster@b.test");
 	assert_string_equal(r.mailbox, "admin@a.test");
@@ -194,7 +197,6 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 {
 	struct backend_rcpt r[8];
 	struct backend_reply br;
-	struct backend_env env = { f->base, f->workers };
 	struct msgbody *body = msgbody_new(f->dir, 65536);
 	static const char text[] = "Subject: s\r\n\r\nbody\r\n";
 
@@ -203,7 +205,7 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 		memset(&r[i], 0, sizeof(r[i]));
 		char *at = strchr(rcpts[i], '@');
 		char *local = xstrndup(rcpts[i], (size_t)(at - rcpts[i]));
-		f->be->ops->rcpt(f->be, local, at + 1, &r[i], &br);
+		f->be->ops->rcpt(f->be, &f->env, local, at + 1, &r[i], &br, NULL, NULL);
 		assert_int_equal(br.code, 250);
 		free(local);
 	}
@@ -214,7 +216,7 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 		.folder = folder, .prefix = "Received: test\n", .prefix_len = 15, .body = body,
 	};
 	f->done = 0;
-	f->be->ops->data(f->be, &env, &msg, done_cb, f);
+	f->be->ops->data(f->be, &f->env, &msg, done_cb, f);
 	/* the caller may free what it passed at once */
 	msgbody_free(&body);
 	for (size_t i = 0; i < n; i++)
