@@ -27,16 +27,12 @@ struct backends_settings {
 	char *junk_folder;    /* Maildir++ folder name, e.g. "Junk" */
 	char *quarantine_dir; /* Maildir holding quarantined mail */
 	char *postmaster;     /* "" or a lower-case mailbox "local@<local domain>" */
+	long message_size_max; /* octets as sent, CRLF counted (SIZE) */
 };
 
 void backends_register_config(void);
 const struct backends_settings *backends_settings(const struct mx_config *cfg);
 bool backends_is_local_domain(const struct mx_config *cfg, const char *domain);
-/* Who gets postmaster@<local domain> (RFC 5321 4.5.1 requires it to work):
- * the configured mailbox, else the first passwd-file user of a local
- * domain, else -1 with *error_r (the configuration is refused). *mailbox_r
- * is malloc'd. */
-int backends_postmaster(const struct mx_config *cfg, char **mailbox_r, char **error_r);
 
 /* --------------------------------------------------------------- userdb */
 /*
@@ -126,5 +122,107 @@ int maildir_rename_noreplace(const char *from, const char *to);
 /* The link()+unlink() fallback of maildir_rename_noreplace, on its own so
  * that it can be tested on file systems that have renameat2. */
 int maildir_link_noreplace(const char *from, const char *to);
+
+/* ------------------------------------------------------------ backends */
+/*
+ * Where accepted mail goes: a const table of backends found by name, like
+ * the stages (backends/registry.c: one line per backend). A backend decides
+ * at RCPT whether it takes a recipient, says which message extensions it
+ * can honour (the session's EHLO lists them), and takes the message at the
+ * end of DATA; its answers are the session's replies, so a backend that
+ * relays can answer with its upstream's words and codes.
+ *
+ * The Maildir store ("store", backends/store.c) is the one row today.
+ */
+struct event_base;
+struct workers;
+
+/* A reply for the client, and one word for the log. */
+struct backend_reply {
+	unsigned code;        /* 250, 451, 550 ... */
+	char enhanced[16];    /* "2.1.5" */
+	char text[256];
+	char reason[32];      /* "" on success, else e.g. "unknown_user", "disk_full" */
+};
+
+/* A recipient a backend accepted: what it needs again at DATA. */
+struct backend_rcpt {
+	char *address;        /* as the client named it, normalised */
+	char *mailbox;        /* whose copy it is (Delivered-To): postmaster@ maps */
+	char *where;          /* the backend's own: the store's Maildir root */
+};
+void backend_rcpt_clear(struct backend_rcpt *r);
+
+enum backend_folder { BACKEND_FOLDER_INBOX, BACKEND_FOLDER_JUNK, BACKEND_FOLDER_QUARANTINE };
+
+struct backend_message {
+	const char *id;                   /* the transaction id (in the 250 text) */
+	const char *from;                 /* "" for <> */
+	const struct backend_rcpt *rcpts; /* accepted by this backend */
+	size_t n_rcpts;
+	enum backend_folder folder;
+	const char *prefix;               /* Received: and filter headers, LF endings */
+	size_t prefix_len;
+	struct msgbody *body;             /* sealed; the backend holds a reference */
+};
+
+/* The loop a transaction lives on: data() reports back there. */
+struct backend_env {
+	struct event_base *base;
+	struct workers *workers;
+};
+
+/* data()'s completion: exactly once, on env->base, even when the session
+ * that asked is gone by then. detail is for the log ("" when none). */
+typedef void backend_done_cb(void *ctx, const struct backend_reply *reply, const char *detail);
+/* A later RCPT answer: exactly once, on env->base. On 2xx *rcpt is handed
+ * over (the callee owns its strings; clear it when the asker is gone). */
+typedef void backend_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt);
+enum backend_status { BACKEND_DONE, BACKEND_PENDING };
+
+struct backend;
+struct userdb;
+struct backend_ops {
+	const char *name;
+	/* Build an instance from the config (users from db, which outlives it).
+	 * 0, or -1 with *error_r malloc'd. */
+	int (*create)(const struct mx_config *cfg, struct userdb *db, struct backend **be_r,
+		      char **error_r);
+	void (*destroy)(struct backend *be);
+	/* The EHLO keywords about messages this backend takes ("SIZE 26214400",
+	 * "8BITMIME"), NULL-terminated, valid until destroy. The session adds
+	 * its own (PIPELINING, STARTTLS, ENHANCEDSTATUSCODES). */
+	const char *const *(*ehlo)(const struct backend *be);
+	/* Does the backend take local@domain (normalised, lower-case, domain
+	 * local)? Either BACKEND_DONE with *reply (and on 2xx *rcpt, freed with
+	 * backend_rcpt_clear) filled now, or BACKEND_PENDING and cb(ctx, ...)
+	 * later on env->base — a relay asks its upstream. */
+	enum backend_status (*rcpt)(struct backend *be, const struct backend_env *env,
+				    const char *local, const char *domain,
+				    struct backend_rcpt *rcpt, struct backend_reply *reply,
+				    backend_rcpt_cb *cb, void *ctx);
+	/* Take the message; done() follows on env->base. Everything in msg is
+	 * copied or referenced: the caller may free it when data() returns. */
+	void (*data)(struct backend *be, const struct backend_env *env,
+		     const struct backend_message *msg, backend_done_cb *done, void *ctx);
+	/* Optional: a transaction with recipients this backend took ended
+	 * without data() — RSET, a new HELO, a refusal at DATA, the client gone
+	 * (a relay ends its upstream transaction). NULL: nothing to undo (the
+	 * store). */
+	void (*abort)(struct backend *be, const struct backend_rcpt *rcpts, size_t n);
+};
+
+/* The generic header: the first member of every backend's own struct. */
+struct backend {
+	const struct backend_ops *ops;
+};
+
+const struct backend_ops *backends_find(const char *name);
+/* Tests add backends of their own before building a state; one with the
+ * name of a built-in one shadows it. */
+void backends_register(const struct backend_ops *ops);
+int backend_create(const char *name, const struct mx_config *cfg, struct userdb *db,
+		   struct backend **be_r, char **error_r);
+void backend_destroy(struct backend **be);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * settings.c — the backends' settings module: where mail is stored
  * (mail_root, junk_folder, quarantine_dir), who it may go to (passwd_file,
- * local_domains) and who gets postmaster@ (postmaster), with the checks
- * that tie them together.
+ * local_domains), who gets postmaster@ (postmaster) and the largest message
+ * taken (limits.message_size_max: the store advertises it as SIZE and the
+ * session enforces it), with the checks that tie them together.
  */
 #include "config.h"
 
@@ -58,6 +59,9 @@ static const struct setting_def backends_rows[] = {
 	  "Maildir that holds quarantined mail", NULL, NULL },
 	{ NULL, "postmaster", SETTING_STR, "", 0, 0, OFF(postmaster), 0,
 	  "mailbox (user@local.domain) that receives postmaster@ every local domain (\"\" = first user of a local domain)", NULL, NULL },
+
+	{ "limits", "message_size_max", SETTING_INT, "26214400", 1024, 2147483647L, OFF(message_size_max), 0,
+	  "largest message in octets as sent, CRLF counted (advertised with SIZE)", NULL, NULL },
 };
 
 static bool
@@ -151,43 +155,4 @@ bool
 backends_is_local_domain(const struct mx_config *cfg, const char *domain)
 {
 	return settings_is_local_domain(backends_settings(cfg), domain);
-}
-
-struct postmaster_find {
-	const struct backends_settings *bs;
-	char *found;
-};
-
-static void
-postmaster_find_cb(const char *user, void *ctx)
-{
-	struct postmaster_find *pf = ctx;
-	const char *at = strrchr(user, '@');
-
-	if (pf->found == NULL && at != NULL && settings_is_local_domain(pf->bs, at + 1))
-		pf->found = xstrdup(user);
-}
-
-int
-backends_postmaster(const struct mx_config *cfg, char **mailbox_r, char **error_r)
-{
-	const struct backends_settings *bs = backends_settings(cfg);
-	struct postmaster_find pf = { bs, NULL };
-
-	*mailbox_r = NULL;
-	if (bs->postmaster[0] != '\0') {
-		*mailbox_r = xstrdup(bs->postmaster);
-		return 0;
-	}
-	if (userdb_file_list(bs->passwd_file, postmaster_find_cb, &pf, error_r) < 0)
-		return -1;
-	if (pf.found == NULL) {
-		*error_r = xasprintf("%s: postmaster: no mailbox for postmaster@%s (%s has no user "
-				     "of a local domain); set postmaster = \"user@%s\"",
-				     cfg->path, bs->local_domains[0], bs->passwd_file,
-				     bs->local_domains[0]);
-		return -1;
-	}
-	*mailbox_r = pf.found;
-	return 0;
 }

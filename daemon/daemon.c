@@ -924,6 +924,16 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		}
 		log_open(app->ident, false, (enum log_level)ds->log_level);
 	}
+	/* signals are caught from before the pid is out: a SIGTERM sent as soon
+	 * as the pid file names us waits for the main loop, never kills */
+	m.core = &core;
+	m.base = event_base_new();
+	m.ev_term = evsignal_new(m.base, SIGTERM, main_signal_cb, &m);
+	m.ev_int = evsignal_new(m.base, SIGINT, main_signal_cb, &m);
+	m.ev_hup = evsignal_new(m.base, SIGHUP, main_signal_cb, &m);
+	event_add(m.ev_term, NULL);
+	event_add(m.ev_int, NULL);
+	event_add(m.ev_hup, NULL);
 	daemon_write_pid(pidfd);
 
 	core.workers = workers_create((unsigned)ds->workers, 0, 0);
@@ -947,14 +957,6 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
 
-	m.core = &core;
-	m.base = event_base_new();
-	m.ev_term = evsignal_new(m.base, SIGTERM, main_signal_cb, &m);
-	m.ev_int = evsignal_new(m.base, SIGINT, main_signal_cb, &m);
-	m.ev_hup = evsignal_new(m.base, SIGHUP, main_signal_cb, &m);
-	event_add(m.ev_term, NULL);
-	event_add(m.ev_int, NULL);
-	event_add(m.ev_hup, NULL);
 	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 
 	/* sessions are done (or the deadline passed): stop the loops */

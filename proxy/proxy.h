@@ -26,7 +26,6 @@ struct smtp_settings {
 	char *spool_dir;
 	int bare_lf;               /* enum bare_lf_policy */
 	long line_max;             /* octets incl. CRLF */
-	long message_size_max;     /* octets */
 	long recipients_max;
 	long commands_max;         /* non-transaction commands per session */
 	long errors_max;           /* protocol errors before disconnect */
@@ -50,8 +49,7 @@ struct server_state {
 	struct pipeline *pipeline;
 	struct userdb *userdb;
 	SSL_CTX *ssl_ctx; /* NULL without tls_cert */
-	char *postmaster; /* mailbox for postmaster@<local domain>: the postmaster
-			   * setting, or the first passwd-file user of a local domain */
+	struct backend *backend; /* where accepted mail goes (the store) */
 	/* for the core (daemon_app.state_dirs/state_files), { NULL, NULL }-ended */
 	struct daemon_path dirs[4];
 	struct daemon_path files[2];

@@ -66,8 +66,7 @@ struct tx {
 	char from[SMTP_PATH_MAX + 1];   /* "" for <> */
 	char **rcpts;                   /* "local@domain", lower-case, as the client
 					 * named them (postmaster@dom), no repeats */
-	char **rcpt_boxes;              /* the mailbox each one goes to (Delivered-To) */
-	char **rcpt_roots;              /* each mailbox's Maildir root */
+	struct backend_rcpt *brcpts;    /* what the backend said of each (mailbox, where) */
 	size_t n_rcpts, n_rcpts_alloc;
 	size_t n_rcpt_cmds;             /* accepted RCPT commands, repeats included */
 	uint64_t declared_size;
@@ -83,9 +82,11 @@ struct tx {
 	struct filter_msg msg;
 	struct pipeline_outcome outcome;
 	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
-	/* delivery */
-	struct maildir_job job;
-	struct daemon_loop *loop;         /* where the delivery job reports back */
+	struct backend *backend;        /* took the recipients (borrowed from the state) */
+	bool handed;                    /* data() was called: nothing to abort */
+	/* delivery: the backend's answer to DATA */
+	struct backend_reply dreply;
+	char *ddetail;                  /* the backend's detail on a failure, for the log */
 	struct server_state *st;
 	char *log_summary;
 };
@@ -121,6 +122,7 @@ struct session {
 	phase_cont_fn *cont;
 	char pending_arg[SMTP_PATH_MAX + 1]; /* argument carried to a continuation */
 	struct smtp_path pending_path;
+	struct backend_rcpt pending_rcpt;    /* the backend's yes, while RCPT's phase runs */
 };
 
 struct command {
@@ -194,24 +196,18 @@ tx_free(struct tx **txp)
 	*txp = NULL;
 	if (tx == NULL)
 		return;
+	/* ended without DATA reaching the backend: let it undo what it began */
+	if (!tx->handed && tx->n_rcpts > 0 && tx->backend != NULL && tx->backend->ops->abort != NULL)
+		tx->backend->ops->abort(tx->backend, tx->brcpts, tx->n_rcpts);
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		free(tx->rcpts[i]);
-		free(tx->rcpt_boxes[i]);
-		free(tx->rcpt_roots[i]);
+		backend_rcpt_clear(&tx->brcpts[i]);
 	}
 	free(tx->rcpts);
-	free(tx->rcpt_boxes);
-	free(tx->rcpt_roots);
+	free(tx->brcpts);
 	msgbody_free(&tx->body);
 	filter_tx_free(&tx->fx);
-	for (size_t i = 0; i < tx->job.n_targets; i++) {
-		free(tx->job.targets[i].root);
-		free(tx->job.targets[i].folder);
-		free(tx->job.targets[i].headers);
-	}
-	free(tx->job.targets);
-	free((char *)tx->job.prefix);
-	maildir_job_free_results(&tx->job);
+	free(tx->ddetail);
 	free(tx->log_summary);
 	if (tx->st != NULL)
 		server_state_unref(&tx->st);
@@ -435,6 +431,16 @@ session_reply_verdict(struct session *sess, const struct pipeline_outcome *out,
 
 /* ----------------------------------------------------------- commands */
 
+/* The backend that takes mail for a local domain: the store, for every
+ * one of them today. */
+static struct backend *
+session_backend(const struct session *sess, const char *domain)
+{
+	(void)domain;
+	return sess->st->backend;
+}
+
+
 /* Back to not greeted, with nothing learned (after STARTTLS, RFC 3207):
  * MAIL gets 503 until a HELO/EHLO succeeds. */
 static void
@@ -484,13 +490,20 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 		session_reply(sess, "250 %s", smtp_settings(cfg)->hostname);
 		return;
 	}
-	session_reply(sess, "250-%s", smtp_settings(cfg)->hostname);
-	session_reply(sess, "250-PIPELINING");
-	session_reply(sess, "250-SIZE %ld", smtp_settings(cfg)->message_size_max);
+	/* the session's own extensions, then what the backend can take in a
+	 * message (SIZE, 8BITMIME): a relay answers with its upstream's */
+	const char *kw[16];
+	size_t n = 0;
+	kw[n++] = "PIPELINING";
 	if (session_starttls_offered(sess))
-		session_reply(sess, "250-STARTTLS");
-	session_reply(sess, "250-ENHANCEDSTATUSCODES");
-	session_reply(sess, "250 8BITMIME");
+		kw[n++] = "STARTTLS";
+	kw[n++] = "ENHANCEDSTATUSCODES";
+	const struct backend *be = session_backend(sess, NULL);
+	for (const char *const *b = be->ops->ehlo(be); *b != NULL && n < N_ELEMENTS(kw); b++)
+		kw[n++] = *b;
+	session_reply(sess, "250-%s", smtp_settings(cfg)->hostname);
+	for (size_t i = 0; i < n; i++)
+		session_reply(sess, "250%c%s", i + 1 < n ? '-' : ' ', kw[i]);
 }
 
 static void
@@ -602,7 +615,7 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 			return;
 		}
 	}
-	if (declared > (uint64_t)smtp_settings(cfg)->message_size_max) {
+	if (declared > (uint64_t)backends_settings(cfg)->message_size_max) {
 		session_refuse(sess, true, from, NULL, "size",
 			       "552 5.3.4 Message size exceeds fixed maximum message size");
 		return;
@@ -622,49 +635,25 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	session_run_phase(sess, PHASE_MAIL, &tx->msg, tx->fx, cmd_mail_cont);
 }
 
-/* The mailbox a recipient goes to: postmaster@<any local domain> is the
- * postmaster mailbox (RFC 5321 4.5.1), everyone else is their own. path is
- * a checked local recipient with a lower-cased local part. */
-static const char *
-session_rcpt_mailbox(const struct session *sess, const struct smtp_path *path, const char *addr)
-{
-	return strcmp(path->local, "postmaster") == 0 ? sess->st->postmaster : addr;
-}
-
 static void
 cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 {
 	struct tx *tx = sess->tx;
-	struct smtp_path *path = &sess->pending_path;
-	const char *box = session_rcpt_mailbox(sess, path, sess->pending_arg);
-	const char *at = strrchr(box, '@');
-	char root[4096], local[SMTP_LOCAL_MAX * 2 + 3];
 
-	if (session_reply_verdict(sess, out, tx->fx, PHASE_RCPT, sess->pending_arg))
+	if (session_reply_verdict(sess, out, tx->fx, PHASE_RCPT, sess->pending_arg)) {
+		backend_rcpt_clear(&sess->pending_rcpt);
 		return;
+	}
 	verdict_stick(&tx->sticky, out->verdict);
-	if (at == NULL || (size_t)(at - box) >= sizeof(local)) {
-		local[0] = '\0';
-	} else {
-		memcpy(local, box, (size_t)(at - box));
-		local[at - box] = '\0';
-	}
-	if (local[0] == '\0' ||
-	    maildir_user_path(backends_settings(sess->st->cfg)->mail_root, local, at + 1, root,
-			      sizeof(root)) < 0) {
-		session_refuse(sess, true, NULL, sess->pending_arg, "bad_mailbox",
-			       "550 5.1.3 <%s>: Recipient address not accepted", sess->pending_arg);
-		return;
-	}
 	if (tx->n_rcpts == tx->n_rcpts_alloc) {
 		tx->n_rcpts_alloc = tx->n_rcpts_alloc == 0 ? 4 : tx->n_rcpts_alloc * 2;
 		tx->rcpts = xrealloc(tx->rcpts, (tx->n_rcpts_alloc + 1) * sizeof(char *));
-		tx->rcpt_boxes = xrealloc(tx->rcpt_boxes, (tx->n_rcpts_alloc + 1) * sizeof(char *));
-		tx->rcpt_roots = xrealloc(tx->rcpt_roots, (tx->n_rcpts_alloc + 1) * sizeof(char *));
+		tx->brcpts = xrealloc(tx->brcpts, tx->n_rcpts_alloc * sizeof(*tx->brcpts));
 	}
 	tx->rcpts[tx->n_rcpts] = xstrdup(sess->pending_arg);
-	tx->rcpt_boxes[tx->n_rcpts] = xstrdup(box);
-	tx->rcpt_roots[tx->n_rcpts] = xstrdup(root);
+	tx->brcpts[tx->n_rcpts] = sess->pending_rcpt; /* moved */
+	tx->backend = session_backend(sess, strrchr(sess->pending_arg, '@') + 1);
+	memset(&sess->pending_rcpt, 0, sizeof(sess->pending_rcpt));
 	tx->n_rcpts++;
 	tx->n_rcpt_cmds++;
 	tx->rcpts[tx->n_rcpts] = NULL;
@@ -672,6 +661,44 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	tx->msg.n_rcpts = tx->n_rcpts;
 	sess->state = STATE_RCPT;
 	session_reply(sess, "250 2.1.5 Ok");
+}
+
+/* The backend's answer for sess->pending_arg (in sess->pending_rcpt). */
+static void
+session_rcpt_answered(struct session *sess, const struct backend_reply *br)
+{
+	struct tx *tx = sess->tx;
+
+	if (br->code / 100 != 2) {
+		backend_rcpt_clear(&sess->pending_rcpt);
+		session_refuse(sess, br->code / 100 == 5, NULL, sess->pending_arg, br->reason,
+			       "%u %s %s", br->code, br->enhanced, br->text);
+		return;
+	}
+	tx->msg.rcpt = sess->pending_arg;
+	session_run_phase(sess, PHASE_RCPT, &tx->msg, tx->fx, cmd_rcpt_cont);
+}
+
+/* A backend that answered RCPT later: find the session by its handle (it
+ * may be gone), then go on as if it had answered at once. */
+static void
+session_rcpt_answer(void *ctx, const struct backend_reply *br, struct backend_rcpt *rcpt)
+{
+	uint64_t *waiter = ctx;
+	struct session *sess = handle_lookup(*waiter);
+
+	free(waiter);
+	if (sess == NULL) {
+		backend_rcpt_clear(rcpt);
+		return;
+	}
+	sess->pending_rcpt = *rcpt; /* moved */
+	memset(rcpt, 0, sizeof(*rcpt));
+	sess->flags &= ~SESSION_F_BUSY;
+	session_rcpt_answered(sess, br);
+	session_arm_timeouts(sess);
+	session_process(sess);
+	conn_settle(sess->conn);
 }
 
 static void
@@ -719,19 +746,6 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 	}
 	str_lower(path->local);
 	smtp_path_format(path, addr, sizeof(addr));
-	if (strcmp(path->local, "postmaster") != 0) {
-		int found = userdb_exists(sess->st->userdb, path->local, path->domain);
-		if (found < 0) {
-			session_refuse(sess, false, NULL, addr, "lookup_failure",
-				       "451 4.3.0 <%s>: Temporary lookup failure", addr);
-			return;
-		}
-		if (found == 0) {
-			session_refuse(sess, true, NULL, addr, "unknown_user",
-				       "550 5.1.1 <%s>: Recipient address rejected: User unknown", addr);
-			return;
-		}
-	}
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		if (strcmp(tx->rcpts[i], addr) == 0) {
 			/* duplicate: accept once, deliver once */
@@ -740,9 +754,27 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 			return;
 		}
 	}
+	/* the backend of the domain says whether it takes the recipient, in
+	 * its own words, now or later; the phase runs only for the ones it
+	 * takes */
+	struct backend *be = session_backend(sess, path->domain);
+	const struct backend_env env = {
+		.base = conn_base(sess->conn),
+		.workers = daemon_loop_workers(conn_loop(sess->conn)),
+	};
+	struct backend_reply br;
+	uint64_t *waiter = xmalloc(sizeof(*waiter));
+	*waiter = sess->handle;
+	memset(&br, 0, sizeof(br));
 	str_copy(sess->pending_arg, addr, sizeof(sess->pending_arg));
-	tx->msg.rcpt = sess->pending_arg;
-	session_run_phase(sess, PHASE_RCPT, &tx->msg, tx->fx, cmd_rcpt_cont);
+	if (be->ops->rcpt(be, &env, path->local, path->domain, &sess->pending_rcpt, &br,
+			  session_rcpt_answer, waiter) == BACKEND_PENDING) {
+		sess->flags |= SESSION_F_BUSY;
+		session_arm_timeouts(sess);
+		return;
+	}
+	free(waiter);
+	session_rcpt_answered(sess, &br);
 }
 
 static void
@@ -1035,47 +1067,39 @@ session_tx_done_reply(struct session *sess)
 	/* during shutdown, session_process answers 421 before the next command */
 }
 
+/* The backend answered the end of DATA (on this loop, exactly once). The
+ * session may have gone meanwhile: the message was then never
+ * acknowledged, so the sender retries — a copy already on disk becomes a
+ * duplicate, never a loss. */
 static void
-delivery_work(void *arg)
-{
-	struct tx *tx = arg;
-
-	maildir_deliver(&tx->job);
-}
-
-static void
-delivery_done(void *arg)
+delivery_done(void *arg, const struct backend_reply *r, const char *detail)
 {
 	struct tx *tx = arg;
 	struct session *sess = handle_lookup(tx->session_handle);
+	bool ok = r->code / 100 == 2;
+	const char *result = ok ? (tx->outcome.action == ACTION_QUARANTINE ? "quarantined"
+								  : "delivered")
+				: r->code / 100 == 4 ? "deferred" : "rejected";
 
-	if (tx->job.error != 0)
-		str_copy(tx->reason, "delivery_error", sizeof(tx->reason));
+	tx->dreply = *r;
+	if (!ok) {
+		str_copy(tx->reason, r->reason[0] ? r->reason : "delivery_error", sizeof(tx->reason));
+		if (detail[0] != '\0')
+			log_msg(LOG_LEVEL_ERR, "%s delivery failed: %s", tx->id, detail);
+	}
 	if (sess == NULL) {
-		/* the client went away before the reply: not acknowledged, so the
-		 * sender will retry; the copy on disk may become a duplicate,
-		 * never a loss */
-		tx_log(tx, "-", "-", "", tx->job.error ? "deferred" : "delivered_unacknowledged",
-		       tx->job.error ? "4.3.0" : "2.0.0");
+		tx_log(tx, "-", "-", "", ok ? "delivered_unacknowledged" : result, r->enhanced);
 		tx_free(&tx);
 		return;
 	}
 	sess->tx = tx;
 	sess->flags &= ~SESSION_F_BUSY;
-	if (tx->job.error == 0 && conn_closing(sess->conn)) {
-		tx_log(tx, sess->id, sess->client_addr, sess->helo, "delivered_unacknowledged", "2.0.0");
-	} else if (tx->job.error == 0) {
-		session_reply(sess, "250 2.0.0 Ok: queued as %s", tx->id);
-		tx_log(tx, sess->id, sess->client_addr, sess->helo,
-		       tx->outcome.action == ACTION_QUARANTINE ? "quarantined" : "delivered", "2.0.0");
-	} else if (tx->job.error == ENOSPC || tx->job.error == EDQUOT) {
-		session_reply(sess, "452 4.3.1 Insufficient system storage");
-		log_msg(LOG_LEVEL_ERR, "%s delivery failed: %s", tx->id, tx->job.error_text);
-		tx_log(tx, sess->id, sess->client_addr, sess->helo, "deferred", "4.3.1");
+	if (ok && conn_closing(sess->conn)) {
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, "delivered_unacknowledged",
+		       r->enhanced);
 	} else {
-		session_reply(sess, "451 4.3.0 Local delivery failed; try again later");
-		log_msg(LOG_LEVEL_ERR, "%s delivery failed: %s", tx->id, tx->job.error_text);
-		tx_log(tx, sess->id, sess->client_addr, sess->helo, "deferred", "4.3.0");
+		session_reply(sess, "%u %s %s", r->code, r->enhanced, r->text);
+		tx_log(tx, sess->id, sess->client_addr, sess->helo, result, r->enhanced);
 	}
 	session_tx_done_reply(sess);
 	session_process(sess);
@@ -1129,59 +1153,32 @@ static void
 session_deliver(struct session *sess)
 {
 	struct tx *tx = sess->tx;
-	const struct mx_config *cfg = sess->st->cfg;
 	enum action action = tx->outcome.action;
+	struct backend *be = session_backend(sess, NULL);
+	const struct backend_env env = {
+		.base = conn_base(sess->conn),
+		.workers = daemon_loop_workers(conn_loop(sess->conn)),
+	};
+	struct backend_message msg = {
+		.id = tx->id,
+		.from = tx->from,
+		.rcpts = tx->brcpts,
+		.n_rcpts = tx->n_rcpts,
+		.folder = action == ACTION_QUARANTINE ? BACKEND_FOLDER_QUARANTINE :
+			  action == ACTION_JUNK ? BACKEND_FOLDER_JUNK : BACKEND_FOLDER_INBOX,
+		.body = tx->body,
+	};
+	char *prefix = session_build_prefix(sess, tx, &msg.prefix_len);
 
-	if (action == ACTION_QUARANTINE) {
-		/* one copy, and every recipient on its own line in it, so that a
-		 * release can deliver to all of them (a folded list would need
-		 * unfolding, and one long address cannot be folded anyway) */
-		char *hdr = NULL;
-		size_t hdr_len = 0;
-		FILE *f = open_memstream(&hdr, &hdr_len);
-
-		if (f == NULL)
-			abort(); /* only fails without memory */
-		fprintf(f, "Return-Path: <%s>\n", tx->from);
-		for (size_t i = 0; i < tx->n_rcpts; i++)
-			fprintf(f, "X-MXGuard-Recipient: %s\n", tx->rcpts[i]);
-		if (fclose(f) != 0)
-			abort();
-		tx->job.n_targets = 1;
-		tx->job.targets = xcalloc(1, sizeof(*tx->job.targets));
-		tx->job.targets[0].root = xstrdup(backends_settings(cfg)->quarantine_dir);
-		tx->job.targets[0].headers = hdr;
-	} else {
-		tx->job.targets = xcalloc(tx->n_rcpts, sizeof(*tx->job.targets));
-		for (size_t i = 0; i < tx->n_rcpts; i++) {
-			struct maildir_target *t;
-			bool seen = false;
-			/* one copy per mailbox: postmaster@a and postmaster@b
-			 * (and the postmaster's own address) are one mailbox */
-			for (size_t k = 0; k < i && !seen; k++)
-				seen = strcmp(tx->rcpt_boxes[k], tx->rcpt_boxes[i]) == 0;
-			if (seen)
-				continue;
-			t = &tx->job.targets[tx->job.n_targets++];
-			t->root = xstrdup(tx->rcpt_roots[i]);
-			t->folder = action == ACTION_JUNK ? xstrdup(backends_settings(cfg)->junk_folder) : NULL;
-			t->headers = xasprintf("Return-Path: <%s>\nDelivered-To: %s\n", tx->from,
-					       tx->rcpt_boxes[i]);
-		}
-	}
-	size_t plen;
-	tx->job.prefix = session_build_prefix(sess, tx, &plen);
-	tx->job.prefix_len = plen;
-	tx->job.body = tx->body;
-	tx->job.fsync = true;
-	tx->loop = conn_loop(sess->conn);
+	msg.prefix = prefix;
+	tx->handed = true;
 	tx->st = server_state_ref(sess->st);
-	/* the job owns the tx until delivery_done */
+	/* the delivery owns the tx until delivery_done */
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
-	workers_submit(daemon_loop_workers(tx->loop), WORKER_LANE_DELIVERY, conn_base(sess->conn),
-		       delivery_work, delivery_done, tx);
+	be->ops->data(be, &env, &msg, delivery_done, tx);
+	free(prefix);
 }
 
 static void
@@ -1317,7 +1314,7 @@ session_read_data(struct session *sess, struct evbuffer *in)
 		if (end)
 			tx->smtp_size -= 3; /* the ".\r\n" of the end marker is not the message's */
 		/* before the end, up to 2 octets consumed may be a held ".\r" */
-		if (tx->smtp_size > (uint64_t)smtp_settings(cfg)->message_size_max + (end ? 0 : 2))
+		if (tx->smtp_size > (uint64_t)backends_settings(cfg)->message_size_max + (end ? 0 : 2))
 			tx->too_big = true;
 		if (tx->dr.longest_line > (uint64_t)smtp_settings(cfg)->data_line_max)
 			tx->line_too_long = true;
@@ -1451,6 +1448,7 @@ session_gone(void *ctx, const char *reason)
 			sess->client_addr, sess->helo[0] != '\0' ? sess->helo : "-", sess->tx->from,
 			sess->tx->n_rcpts, (unsigned long long)sess->tx->smtp_size);
 	tx_free(&sess->tx);
+	backend_rcpt_clear(&sess->pending_rcpt);
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
 	filter_tx_free(&sess->prev_helo.fx);

@@ -32,8 +32,6 @@ static const struct setting_def smtp_rows[] = {
 
 	{ "limits", "line_max", SETTING_INT, "1000", 512, 65536, OFF(line_max), 0,
 	  "SMTP command line length in octets, CRLF included", NULL, NULL },
-	{ "limits", "message_size_max", SETTING_INT, "26214400", 1024, 2147483647L, OFF(message_size_max), 0,
-	  "largest message in octets as sent, CRLF counted (advertised with SIZE)", NULL, NULL },
 	{ "limits", "recipients_max", SETTING_INT, "100", 100, 100000, OFF(recipients_max), 0,
 	  "accepted RCPT commands per message (repeats count); more get 452 4.5.3", NULL, NULL },
 	{ "limits", "commands_max", SETTING_INT, "100", 10, 100000, OFF(commands_max), 0,

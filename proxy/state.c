@@ -2,11 +2,12 @@
  * state.c — the daemon's shared state and what the core is told about it.
  *
  * A server_state bundles the config, the pipeline built from it, the user
- * database, the TLS context and the postmaster mailbox, and names the
+ * database, the backend mail goes to and the TLS context, and names the
  * directories and files of the other folders' settings that the core
- * creates and checks (state_dirs, state_files). It is built completely (or not at all) at
- * start, at every reload and by `mxguard -t`, and is reference-counted:
- * sessions and deliveries finish with the state they started with.
+ * creates and checks (state_dirs, state_files). It is built completely (or
+ * not at all) at start, at every reload and by `mxguard -t`, and is
+ * reference-counted: sessions and deliveries finish with the state they
+ * started with.
  */
 #include "config.h"
 
@@ -30,7 +31,8 @@ server_state_build(const char *config_path, char **error_r)
 	const struct backends_settings *bs = backends_settings(st->cfg);
 	if (userdb_open(bs->passwd_file, &st->userdb, error_r) < 0)
 		goto fail;
-	if (backends_postmaster(st->cfg, &st->postmaster, error_r) < 0)
+	/* where accepted mail goes: the Maildir store, for every local domain */
+	if (backend_create("store", st->cfg, st->userdb, &st->backend, error_r) < 0)
 		goto fail;
 	if (daemon_tls_context(st->cfg, &st->ssl_ctx, error_r) < 0)
 		goto fail;
@@ -62,7 +64,7 @@ server_state_unref(struct server_state **stp)
 		return;
 	if (st->ssl_ctx != NULL)
 		SSL_CTX_free(st->ssl_ctx);
-	free(st->postmaster);
+	backend_destroy(&st->backend); /* before the user database it reads */
 	userdb_close(&st->userdb);
 	pipeline_unref(&st->pipeline);
 	config_unref(&st->cfg);

@@ -24,6 +24,8 @@ import os
 import re
 import signal
 import smtplib
+import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -412,6 +414,78 @@ class TempfailAtMail(StageTestCase):
         # no transaction was started
         self.assertEqual(c.cmd("RCPT TO:<%s>" % RCPT).code, 503)
         self.assertNothingStored()
+
+
+# ------------------------------------------------ the backend's answers
+class BackendAnswersLater(StageTestCase):
+    """The backend table's contract seen from the client: a backend may
+    answer RCPT later (the test daemon's backend wraps the store and waits
+    rcpt_delay_ms, as a relay waits for its upstream); pipelined commands
+    are still answered in order, refusals keep the backend's words, and a
+    transaction that ends without DATA is handed back to the backend
+    (abort) — never one that was delivered."""
+    users = (RCPT, "alice@example.test")
+    stage = dict(phase="data")
+
+    @classmethod
+    def make_daemon(cls):
+        d = super().make_daemon()
+        d.extra_conf += "testbackend {\n\trcpt_delay_ms = 150\n}\n"
+        d.write_config()
+        return d
+
+    def test_pipelined_rcpts_answered_in_order(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        c.send("MAIL FROM:<%s>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<%s>\r\n"
+               "RCPT TO:<alice@example.test>\r\nDATA\r\n" % (SENDER, RCPT))
+        replies = [c.reply() for _ in range(5)]
+        self.assertEqual([r.code for r in replies], [250, 550, 250, 250, 354], replies)
+        self.assertEqual(replies[1].enhanced, "5.1.1")
+        self.assertIn("<nobody@example.test>: Recipient address rejected: User unknown",
+                      replies[1].text)
+        self.assertEqual(len(re.findall(r"testbackend rcpt pending", self.d.log_since(off))), 3)
+        c.sock.sendall(smtp_data(b"Subject: later\n\nbody\n"))
+        fr = c.reply()
+        self.assertIsNotNone(queued_id(fr), fr)
+        self.assertEqual(len(self.d.files("new", "demo")), 1)
+        self.assertEqual(len(self.d.files("new", "alice")), 1)
+        c.cmd("QUIT")
+        self.assertTrue(c.closed())
+        # delivered: nothing to hand back
+        self.assertNotIn("testbackend abort", self.d.log_since(off))
+
+    def test_rset_and_quit_hand_the_transaction_back(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<%s>" % RCPT).code, 250)
+        self.assertEqual(c.cmd("RSET").code, 250)
+        self.assertIsNotNone(self.d.wait_log(r"testbackend abort n=1 rcpts=<%s>" % RCPT, off))
+        off = self.d.log_size()
+        self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<%s>" % RCPT).code, 250)
+        self.assertEqual(c.cmd("RCPT TO:<alice@example.test>").code, 250)
+        c.cmd("QUIT")
+        self.assertTrue(c.closed())
+        self.assertIsNotNone(self.d.wait_log(
+            r"testbackend abort n=2 rcpts=<%s>,<alice@example\.test>" % RCPT, off))
+
+    def test_client_gone_while_the_backend_thinks(self):
+        c = self.ehlo_client()
+        off = self.d.log_size()
+        self.assertEqual(c.cmd("MAIL FROM:<%s>" % SENDER).code, 250)
+        c.send("RCPT TO:<%s>\r\n" % RCPT)
+        self.assertIsNotNone(self.d.wait_log(r"testbackend rcpt pending", off))
+        # an abortive close (RST): the session is gone before the answer
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sock.close()
+        m = self.d.wait_log(r"(?s)smtp disconnected client=127\.0\.0\.1 transactions=0 "
+                            r"reason=\w+.*testbackend rcpt answer code=250", off)
+        # the late answer found no session and was dropped; the daemon serves on
+        self.assertIsNotNone(m, self.d.log_since(off))
+        c2 = self.ehlo_client()
+        self.assertEqual(c2.cmd("NOOP").code, 250)
 
 
 # ------------------------------------------------- quarantine and discard

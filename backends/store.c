@@ -1,0 +1,296 @@
+/*
+ * store.c — the Maildir store as a backend: mxguard's own mailboxes.
+ *
+ * RCPT: postmaster@ every local domain goes to the postmaster mailbox
+ * (RFC 5321 4.5.1); any other recipient must be a user of the passwd-file;
+ * its Maildir root is built from the validated parts only. DATA: one copy
+ * per mailbox (postmaster@a and postmaster@b, or the postmaster's own
+ * address, are one mailbox) into INBOX or the junk folder, or a single copy
+ * into the quarantine Maildir with every recipient on its own
+ * X-MXGuard-Recipient: line so that a release can reach all of them. The
+ * delivery itself (maildir_deliver: write, fsync, rename, fsync the
+ * directories) runs on the worker pool's delivery lane; its result becomes
+ * the reply: 250 only when every copy is on disk.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backends.h"
+
+struct store {
+	struct backend hdr; /* must be first */
+	struct userdb *db;  /* borrowed: outlives the store */
+	char *mail_root;
+	char *junk_folder;
+	char *quarantine_dir;
+	char *postmaster;   /* the mailbox postmaster@ goes to */
+	char size_kw[48];
+	const char *ehlo[3];
+};
+
+/* A delivery in flight: owned by the worker job until its completion. */
+struct store_job {
+	struct maildir_job job;
+	backend_done_cb *done;
+	void *ctx;
+	char id[MX_ID_LEN];
+};
+
+static void
+store_reply(struct backend_reply *r, unsigned code, const char *enh, const char *reason,
+	    const char *fmt, ...) ATTR_PRINTF(5, 6);
+
+static void
+store_reply(struct backend_reply *r, unsigned code, const char *enh, const char *reason,
+	    const char *fmt, ...)
+{
+	va_list ap;
+
+	r->code = code;
+	str_copy(r->enhanced, enh, sizeof(r->enhanced));
+	str_copy(r->reason, reason, sizeof(r->reason));
+	va_start(ap, fmt);
+	vsnprintf(r->text, sizeof(r->text), fmt, ap);
+	va_end(ap);
+}
+
+/* ------------------------------------------------------------- create */
+
+struct postmaster_find {
+	const struct mx_config *cfg;
+	char *found;
+};
+
+static void
+postmaster_find_cb(const char *user, void *ctx)
+{
+	struct postmaster_find *pf = ctx;
+	const char *at = strrchr(user, '@');
+
+	if (pf->found == NULL && at != NULL && backends_is_local_domain(pf->cfg, at + 1))
+		pf->found = xstrdup(user);
+}
+
+/* Who gets postmaster@<local domain>: the configured mailbox, else the
+ * first passwd-file user of a local domain, else the config is refused. */
+static char *
+store_find_postmaster(const struct mx_config *cfg, char **error_r)
+{
+	struct postmaster_find pf = { cfg, NULL };
+
+	const struct backends_settings *bs = backends_settings(cfg);
+
+	if (bs->postmaster[0] != '\0')
+		return xstrdup(bs->postmaster);
+	if (userdb_file_list(bs->passwd_file, postmaster_find_cb, &pf, error_r) < 0)
+		return NULL;
+	if (pf.found == NULL)
+		*error_r = xasprintf("%s: postmaster: no mailbox for postmaster@%s (%s has no user "
+				     "of a local domain); set postmaster = \"user@%s\"",
+				     cfg->path, bs->local_domains[0], bs->passwd_file,
+				     bs->local_domains[0]);
+	return pf.found;
+}
+
+static void
+store_destroy(struct backend *be)
+{
+	struct store *s = (struct store *)be;
+
+	free(s->mail_root);
+	free(s->junk_folder);
+	free(s->quarantine_dir);
+	free(s->postmaster);
+	free(s);
+}
+
+static int
+store_create(const struct mx_config *cfg, struct userdb *db, struct backend **be_r,
+	     char **error_r)
+{
+	struct store *s = xcalloc(1, sizeof(*s));
+
+	s->postmaster = store_find_postmaster(cfg, error_r);
+	if (s->postmaster == NULL) {
+		free(s);
+		return -1;
+	}
+	s->db = db;
+	const struct backends_settings *bs = backends_settings(cfg);
+	s->mail_root = xstrdup(bs->mail_root);
+	s->junk_folder = xstrdup(bs->junk_folder);
+	s->quarantine_dir = xstrdup(bs->quarantine_dir);
+	snprintf(s->size_kw, sizeof(s->size_kw), "SIZE %ld", bs->message_size_max);
+	s->ehlo[0] = s->size_kw;
+	s->ehlo[1] = "8BITMIME";
+	s->ehlo[2] = NULL;
+	*be_r = &s->hdr;
+	return 0;
+}
+
+static const char *const *
+store_ehlo(const struct backend *be)
+{
+	return ((const struct store *)be)->ehlo;
+}
+
+/* --------------------------------------------------------------- RCPT */
+
+static enum backend_status
+store_rcpt(struct backend *be, const struct backend_env *env, const char *local,
+	   const char *domain, struct backend_rcpt *rcpt, struct backend_reply *reply,
+	   backend_rcpt_cb *cb, void *ctx)
+{
+	struct store *s = (struct store *)be;
+	char root[4096];
+	char *address = xasprintf("%s@%s", local, domain);
+	const char *mailbox = address;
+
+	if (strcmp(local, "postmaster") == 0) {
+		mailbox = s->postmaster;
+	} else {
+		int found = userdb_exists(s->db, local, domain);
+		if (found < 0) {
+			store_reply(reply, 451, "4.3.0", "lookup_failure",
+				    "<%s>: Temporary lookup failure", address);
+			free(address);
+			return BACKEND_DONE;
+		}
+		if (found == 0) {
+			store_reply(reply, 550, "5.1.1", "unknown_user",
+				    "<%s>: Recipient address rejected: User unknown", address);
+			free(address);
+			return BACKEND_DONE;
+		}
+	}
+	const char *at = strrchr(mailbox, '@');
+	char *mlocal = at != NULL ? xstrndup(mailbox, (size_t)(at - mailbox)) : NULL;
+	int bad = mlocal == NULL || mlocal[0] == '\0' ||
+		  maildir_user_path(s->mail_root, mlocal, at + 1, root, sizeof(root)) < 0;
+	free(mlocal);
+	if (bad) {
+		store_reply(reply, 550, "5.1.3", "bad_mailbox", "<%s>: Recipient address not accepted",
+			    address);
+		free(address);
+		return BACKEND_DONE;
+	}
+	rcpt->address = address;
+	rcpt->mailbox = xstrdup(mailbox);
+	rcpt->where = xstrdup(root);
+	store_reply(reply, 250, "2.1.5", "", "Ok");
+	return BACKEND_DONE; /* a passwd-file lookup: never waits */
+}
+
+/* --------------------------------------------------------------- DATA */
+
+static void
+store_job_free(struct store_job *sj)
+{
+	for (size_t i = 0; i < sj->job.n_targets; i++) {
+		free(sj->job.targets[i].root);
+		free(sj->job.targets[i].folder);
+		free(sj->job.targets[i].headers);
+	}
+	free(sj->job.targets);
+	free((char *)sj->job.prefix);
+	msgbody_unref(&sj->job.body);
+	maildir_job_free_results(&sj->job);
+	free(sj);
+}
+
+static void
+store_work(void *arg)
+{
+	struct store_job *sj = arg;
+
+	maildir_deliver(&sj->job);
+}
+
+static void
+store_done(void *arg)
+{
+	struct store_job *sj = arg;
+	struct backend_reply r;
+
+	memset(&r, 0, sizeof(r));
+	if (sj->job.error == 0)
+		store_reply(&r, 250, "2.0.0", "", "Ok: queued as %s", sj->id);
+	else if (sj->job.error == ENOSPC || sj->job.error == EDQUOT)
+		store_reply(&r, 452, "4.3.1", "disk_full", "Insufficient system storage");
+	else
+		store_reply(&r, 451, "4.3.0", "delivery_error", "Local delivery failed; try again later");
+	sj->done(sj->ctx, &r, sj->job.error != 0 ? sj->job.error_text : "");
+	store_job_free(sj);
+}
+
+/* One copy, every recipient on its own line. */
+static char *
+store_quarantine_headers(const struct backend_message *msg)
+{
+	char *hdr = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&hdr, &len);
+
+	if (f == NULL)
+		abort(); /* only fails without memory */
+	fprintf(f, "Return-Path: <%s>\n", msg->from);
+	for (size_t i = 0; i < msg->n_rcpts; i++)
+		fprintf(f, "X-MXGuard-Recipient: %s\n", msg->rcpts[i].address);
+	if (fclose(f) != 0)
+		abort();
+	return hdr;
+}
+
+static void
+store_data(struct backend *be, const struct backend_env *env, const struct backend_message *msg,
+	   backend_done_cb *done, void *ctx)
+{
+	struct store *s = (struct store *)be;
+	struct store_job *sj = xcalloc(1, sizeof(*sj));
+	struct maildir_job *job = &sj->job;
+
+	sj->done = done;
+	sj->ctx = ctx;
+	str_copy(sj->id, msg->id, sizeof(sj->id));
+	if (msg->folder == BACKEND_FOLDER_QUARANTINE) {
+		job->n_targets = 1;
+		job->targets = xcalloc(1, sizeof(*job->targets));
+		job->targets[0].root = xstrdup(s->quarantine_dir);
+		job->targets[0].headers = store_quarantine_headers(msg);
+	} else {
+		job->targets = xcalloc(msg->n_rcpts, sizeof(*job->targets));
+		for (size_t i = 0; i < msg->n_rcpts; i++) {
+			bool seen = false;
+			for (size_t k = 0; k < i && !seen; k++)
+				seen = strcmp(msg->rcpts[k].mailbox, msg->rcpts[i].mailbox) == 0;
+			if (seen)
+				continue;
+			struct maildir_target *t = &job->targets[job->n_targets++];
+			t->root = xstrdup(msg->rcpts[i].where);
+			t->folder = msg->folder == BACKEND_FOLDER_JUNK ? xstrdup(s->junk_folder) : NULL;
+			t->headers = xasprintf("Return-Path: <%s>\nDelivered-To: %s\n", msg->from,
+					       msg->rcpts[i].mailbox);
+		}
+	}
+	job->prefix = xstrndup(msg->prefix, msg->prefix_len);
+	job->prefix_len = msg->prefix_len;
+	job->body = msgbody_ref(msg->body);
+	job->fsync = true;
+	/* the delivery lane never refuses a job */
+	(void)workers_submit(env->workers, WORKER_LANE_DELIVERY, env->base, store_work, store_done,
+			     sj);
+}
+
+const struct backend_ops store_backend_ops = {
+	.name = "store",
+	.create = store_create,
+	.destroy = store_destroy,
+	.ehlo = store_ehlo,
+	.rcpt = store_rcpt,
+	.data = store_data,
+};
