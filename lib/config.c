@@ -73,10 +73,7 @@ config_register_module(const struct settings_module *m)
 	}
 	for (size_t r = 0; r < m->n_rows; r++) {
 		const struct setting_def *s = &m->rows[r];
-		const struct settings_module *owner = multi_owner(s->section);
-		bool mine = m->multi != NULL && same_section(m->multi->section, s->section);
-
-		if (owner != NULL || (mine && s->section == NULL))
+		if (multi_owner(s->section) != NULL)
 			config_register_abort(m, s->section, s->name,
 					      "rows of a multi section belong to the module that declares it");
 		if (s->type == SETTING_CHOICE && (s->choices == NULL || s->choices[0] == NULL))
