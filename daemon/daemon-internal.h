@@ -87,8 +87,13 @@ void conn_shutdown_all(struct daemon_loop *loop);
 /* Forced exit: drop every connection now (each still logs). */
 void conn_drop_all(struct daemon_loop *loop, const char *reason);
 
-/* daemon.c */
+/* states.c */
 struct loop_state *daemon_loop_state_take(struct daemon_loop *loop);
 void daemon_loop_state_release(struct daemon_loop *loop, struct loop_state **ls);
+/* A state no connection of the loop uses (and not current): stop, free. */
+void daemon_loop_state_drop(struct daemon_loop *loop, struct loop_state *ls);
+/* On the loop thread: make st (one reference, handed over) current; -1
+ * (st let go, logged) when the program's per-loop start failed. */
+int daemon_loop_install(struct daemon_loop *loop, struct server_state *st);
 
 #endif

@@ -44,72 +44,6 @@ struct event_base *daemon_loop_base(const struct daemon_loop *loop) { return loo
 unsigned daemon_loop_index(const struct daemon_loop *loop) { return loop->index; }
 struct workers *daemon_loop_workers(const struct daemon_loop *loop) { return loop->core->workers; }
 
-struct loop_state *
-daemon_loop_state_take(struct daemon_loop *loop)
-{
-	loop->current->users++;
-	return loop->current;
-}
-
-/* Drop one user; a state nobody on this loop uses any more (and that is
- * not the current one) is stopped on this loop and let go. */
-static void
-loop_state_maybe_free(struct daemon_loop *loop, struct loop_state *ls)
-{
-	const struct daemon_app *app = loop->core->app;
-	struct loop_state **pp;
-
-	if (ls->users > 0 || ls == loop->current)
-		return;
-	for (pp = &loop->states; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == ls) {
-			*pp = ls->next;
-			break;
-		}
-	}
-	if (app->state_loop_stop != NULL)
-		app->state_loop_stop(ls->st, loop);
-	app->state_unref(&ls->st);
-	free(ls);
-}
-
-void
-daemon_loop_state_release(struct daemon_loop *loop, struct loop_state **lsp)
-{
-	struct loop_state *ls = *lsp;
-
-	*lsp = NULL;
-	if (ls == NULL)
-		return;
-	ls->users--;
-	loop_state_maybe_free(loop, ls);
-}
-
-/* On the loop thread: make st (one reference, handed over) current. */
-static int
-loop_install(struct daemon_loop *loop, struct server_state *st)
-{
-	const struct daemon_app *app = loop->core->app;
-	struct loop_state *ls, *old = loop->current;
-	char *error = NULL;
-
-	if (app->state_loop_start != NULL && app->state_loop_start(st, loop, &error) < 0) {
-		log_msg(LOG_LEVEL_ERR, "loop %u keeps its running configuration: %s", loop->index,
-			error);
-		free(error);
-		app->state_unref(&st);
-		return -1;
-	}
-	ls = xcalloc(1, sizeof(*ls));
-	ls->st = st;
-	ls->next = loop->states;
-	loop->states = ls;
-	loop->current = ls;
-	if (old != NULL)
-		loop_state_maybe_free(loop, old);
-	return 0;
-}
-
 static void
 loop_push_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -121,7 +55,7 @@ loop_push_cb(evutil_socket_t fd, short what, void *arg)
 	loop->pushed = NULL;
 	pthread_mutex_unlock(&loop->push_lock);
 	if (st != NULL)
-		(void)loop_install(loop, st);
+		(void)daemon_loop_install(loop, st);
 }
 
 /* From the main thread: hand st to a loop (one reference, taken here). */
@@ -234,7 +168,7 @@ loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 	loop_push_cb(-1, 0, loop);
 	loop->current = NULL;
 	while (loop->states != NULL)
-		loop_state_maybe_free(loop, loop->states);
+		daemon_loop_state_drop(loop, loop->states);
 	event_base_loopbreak(loop->base);
 }
 
@@ -245,7 +179,7 @@ loop_main(void *arg)
 	struct daemon *core = loop->core;
 	/* the first state starts on this thread, like every later one, so
 	 * per-loop resources are made and freed on the loop that owns them */
-	bool ok = loop_install(loop, core->app->state_ref(core->state)) == 0;
+	bool ok = daemon_loop_install(loop, core->app->state_ref(core->state)) == 0;
 
 	pthread_mutex_lock(&core->start_lock);
 	core->n_started++;
@@ -807,7 +741,7 @@ daemon_loop_standalone(const struct daemon_app *app, struct server_state *st,
 	loop->core = core;
 	loop->base = base;
 	pthread_mutex_init(&loop->push_lock, NULL);
-	if (loop_install(loop, app->state_ref(st)) < 0) {
+	if (daemon_loop_install(loop, app->state_ref(st)) < 0) {
 		core->loops = NULL;
 		free(loop);
 		daemon_free(core);
@@ -857,7 +791,7 @@ daemon_loop_standalone_free(struct daemon_loop **loopp)
 	loop_push_cb(-1, 0, loop);
 	loop->current = NULL;
 	while (loop->states != NULL)
-		loop_state_maybe_free(loop, loop->states);
+		daemon_loop_state_drop(loop, loop->states);
 	loop->base = NULL;      /* the caller's */
 	core->workers = NULL;   /* the caller's */
 	daemon_free(core);
