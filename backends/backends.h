@@ -176,8 +176,10 @@ struct backend_env {
  * that asked is gone by then. detail is for the log ("" when none). */
 typedef void backend_done_cb(void *ctx, const struct backend_reply *reply, const char *detail);
 /* A later RCPT answer: exactly once, on env->base. On 2xx *rcpt is handed
- * over (the callee owns its strings; clear it when the asker is gone). */
-typedef void backend_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt);
+ * over: the callback returns true when the asker took the recipient, false
+ * when it has gone meanwhile — the backend then undoes that recipient
+ * itself, as abort() would have (and clears *rcpt). */
+typedef bool backend_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt);
 enum backend_status { BACKEND_DONE, BACKEND_PENDING };
 
 struct backend;
@@ -205,10 +207,11 @@ struct backend_ops {
 	 * copied or referenced: the caller may free it when data() returns. */
 	void (*data)(struct backend *be, const struct backend_env *env,
 		     const struct backend_message *msg, backend_done_cb *done, void *ctx);
-	/* Optional: a transaction with recipients this backend took ended
-	 * without data() — RSET, a new HELO, a refusal at DATA, the client gone
-	 * (a relay ends its upstream transaction). NULL: nothing to undo (the
-	 * store). */
+	/* Optional: recipients this backend took will get no data() — the
+	 * transaction ended (RSET, a new HELO, a refusal at DATA, the client
+	 * gone), or a stage refused the recipient after the backend said yes (a
+	 * relay ends or trims its upstream transaction). NULL: nothing to undo
+	 * (the store). */
 	void (*abort)(struct backend *be, const struct backend_rcpt *rcpts, size_t n);
 };
 

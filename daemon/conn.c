@@ -28,12 +28,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "daemon/daemon-internal.h"
@@ -68,11 +70,12 @@ struct conn {
 	unsigned port;
 	size_t line_max;
 	long timeout_greeting;
+	struct timespec linger_end; /* a lingering close ends by then, whatever the peer sends */
 	long timeout;
 	const struct conn_handler *h;
 	void *ctx;
 	char *reason;
-	SSL_CTX *starttls_ctx; /* held from conn_starttls until the switch */
+	SSL *starttls_ssl;     /* made by conn_starttls, used at the switch */
 };
 
 /* ---------------------------------------------------- connection counts */
@@ -334,13 +337,14 @@ conn_free(struct conn *conn)
 			SSL *ssl = bufferevent_openssl_get_ssl(conn->bev);
 			if (ssl != NULL)
 				(void)SSL_shutdown(ssl); /* best effort close_notify; never blocks */
+			ERR_clear_error(); /* nothing of this one may reach the loop's next SSL call */
 		}
 		bufferevent_free(conn->bev); /* a TLS one frees its SSL and socket */
 	}
 	if (!(conn->flags & CONN_F_OWNS_FD) && conn->fd >= 0)
 		close(conn->fd);
-	if (conn->starttls_ctx != NULL)
-		SSL_CTX_free(conn->starttls_ctx);
+	if (conn->starttls_ssl != NULL)
+		SSL_free(conn->starttls_ssl);
 	if (conn->prev != NULL)
 		conn->prev->next = conn->next;
 	else
@@ -360,8 +364,16 @@ conn_close(struct conn *conn, const char *reason)
 		return;
 	conn->flags |= CONN_F_CLOSING;
 	conn_set_reason(conn, reason);
-	if (conn->bev != NULL)
+	if (conn->bev != NULL) {
 		bufferevent_disable(conn->bev, EV_READ);
+		if (conn->timeout <= 0) {
+			/* closed while busy (no timeouts then): the last reply must
+			 * still drain within a bound, or a peer that stops reading
+			 * would hold the connection forever */
+			struct timeval tv = { conn->timeout_greeting > 0 ? conn->timeout_greeting : 30, 0 };
+			bufferevent_set_timeouts(conn->bev, NULL, &tv);
+		}
+	}
 }
 
 void
@@ -383,6 +395,10 @@ conn_settle(struct conn *conn)
 		static const struct timeval linger = { 2, 0 };
 		struct evbuffer *in = bufferevent_get_input(conn->bev);
 		conn->flags |= CONN_F_LINGER;
+		/* the read timeout restarts with every read: the deadline is
+		 * what stops a peer that trickles bytes to keep us lingering */
+		clock_gettime(CLOCK_MONOTONIC, &conn->linger_end);
+		conn->linger_end.tv_sec += linger.tv_sec;
 		conn_slot_release(conn);
 		shutdown(conn->fd, SHUT_WR);
 		evbuffer_drain(in, evbuffer_get_length(in));
@@ -396,10 +412,8 @@ conn_settle(struct conn *conn)
 
 /* Wrap the socket in a TLS bufferevent that owns it and the SSL object. */
 static int
-conn_tls_wrap(struct conn *conn, SSL_CTX *ctx)
+conn_tls_wrap(struct conn *conn, SSL *ssl)
 {
-	SSL *ssl = SSL_new(ctx);
-
 	if (ssl == NULL)
 		return -1;
 	conn->bev = bufferevent_openssl_socket_new(conn->loop->base, conn->fd, ssl,
@@ -418,7 +432,11 @@ conn_starttls(struct conn *conn, SSL_CTX *ctx)
 {
 	struct evbuffer *in;
 
-	if (ctx == NULL || (conn->flags & CONN_F_TLS))
+	if (ctx == NULL || (conn->flags & (CONN_F_TLS | CONN_F_STARTTLS)))
+		return -1;
+	/* made now, so that a failure changes nothing and can be answered */
+	conn->starttls_ssl = SSL_new(ctx);
+	if (conn->starttls_ssl == NULL)
 		return -1;
 	/* RFC 3207: throw away whatever the client pipelined after the command
 	 * in plaintext, read nothing more until the handshake, and switch once
@@ -427,8 +445,6 @@ conn_starttls(struct conn *conn, SSL_CTX *ctx)
 	evbuffer_drain(in, evbuffer_get_length(in));
 	bufferevent_disable(conn->bev, EV_READ);
 	conn->flags |= CONN_F_STARTTLS;
-	SSL_CTX_up_ref(ctx);
-	conn->starttls_ctx = ctx;
 	return 0;
 }
 
@@ -441,7 +457,12 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 
 	if (conn->flags & CONN_F_LINGER) {
 		struct evbuffer *in = bufferevent_get_input(bev);
+		struct timespec now;
 		evbuffer_drain(in, evbuffer_get_length(in));
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > conn->linger_end.tv_sec ||
+		    (now.tv_sec == conn->linger_end.tv_sec && now.tv_nsec >= conn->linger_end.tv_nsec))
+			conn_free(conn);
 		return;
 	}
 	if (conn->h != NULL && !(conn->flags & CONN_F_CLOSING))
@@ -455,19 +476,16 @@ conn_write_cb(struct bufferevent *bev, void *arg)
 	struct conn *conn = arg;
 
 	if ((conn->flags & CONN_F_STARTTLS) && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-		SSL_CTX *ctx = conn->starttls_ctx;
+		SSL *ssl = conn->starttls_ssl;
 		conn->flags &= ~CONN_F_STARTTLS;
-		conn->starttls_ctx = NULL;
+		conn->starttls_ssl = NULL;
 		bufferevent_free(conn->bev); /* the plaintext one owns nothing */
 		conn->bev = NULL;
-		if (conn_tls_wrap(conn, ctx) < 0) {
+		if (conn_tls_wrap(conn, ssl) < 0) {
 			conn_set_reason(conn, "tls_error");
 			conn->flags |= CONN_F_CLOSING;
-			SSL_CTX_free(ctx);
 			conn_free(conn);
-			return;
 		}
-		SSL_CTX_free(ctx);
 		return;
 	}
 	if (conn->h != NULL && !(conn->flags & CONN_F_CLOSING))
@@ -574,7 +592,7 @@ conn_begin(struct conn *conn)
 	conn->timeout = ds->timeout_greeting;
 	conn->timeout_greeting = ds->timeout_greeting;
 	if (implicit) {
-		if (conn_tls_wrap(conn, ctx) < 0) {
+		if (conn_tls_wrap(conn, SSL_new(ctx)) < 0) {
 			conn_set_reason(conn, "tls_error");
 			conn_free(conn);
 		}
@@ -609,8 +627,10 @@ conn_drop_all(struct daemon_loop *loop, const char *reason)
 {
 	while (loop->conns != NULL) {
 		struct conn *conn = loop->conns;
-		free(conn->reason);
-		conn->reason = xstrdup(reason);
+		if (!(conn->flags & CONN_F_LINGER)) { /* a lingering one had ended already */
+			free(conn->reason);
+			conn->reason = xstrdup(reason);
+		}
 		conn->flags |= CONN_F_CLOSING;
 		conn_free(conn);
 	}

@@ -256,11 +256,12 @@ size_t conn_input_len(const struct conn *conn);
 void conn_set_timeout(struct conn *conn, long seconds);
 
 /*
- * STARTTLS: the caller has queued its "go ahead" reply. Everything the
+ * STARTTLS: call it before queueing the "go ahead" reply. Everything the
  * client pipelined after the command is discarded, nothing more is read,
- * and once the reply is flushed the connection switches to TLS on the same
- * socket; tls_up() follows the handshake. -1 when TLS cannot start (no
- * memory for the SSL object): nothing changed, reply with an error.
+ * and once the output (the reply) is flushed the connection switches to
+ * TLS on the same socket; tls_up() follows the handshake. -1 when TLS
+ * cannot start (no certificate, already TLS, no memory for the SSL object):
+ * nothing changed, so the caller answers with an error instead.
  */
 int conn_starttls(struct conn *conn, struct ssl_ctx_st *ctx);
 

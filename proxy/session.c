@@ -134,6 +134,7 @@ struct command {
 
 static void session_process(struct session *sess);
 static void session_close(struct session *sess, const char *reason);
+static void session_rcpt_abandon(struct session *sess);
 static void session_log_reject(struct session *sess, const char *from, const char *rcpt,
 			       const char *reply, const char *reason);
 
@@ -369,6 +370,7 @@ session_phase_done(void *ctx, const struct pipeline_outcome *out)
 	sess->run = NULL;
 	sess->cont = NULL;
 	sess->flags &= ~SESSION_F_BUSY;
+	session_arm_timeouts(sess); /* before the continuation may close */
 	cont(sess, out);
 	session_arm_timeouts(sess);
 	session_process(sess);
@@ -641,7 +643,8 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	struct tx *tx = sess->tx;
 
 	if (session_reply_verdict(sess, out, tx->fx, PHASE_RCPT, sess->pending_arg)) {
-		backend_rcpt_clear(&sess->pending_rcpt);
+		/* the backend said yes, a stage said no: hand it back */
+		session_rcpt_abandon(sess);
 		return;
 	}
 	verdict_stick(&tx->sticky, out->verdict);
@@ -663,6 +666,17 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	session_reply(sess, "250 2.1.5 Ok");
 }
 
+/* A recipient the backend took that the transaction will not keep. */
+static void
+session_rcpt_abandon(struct session *sess)
+{
+	struct backend *be = session_backend(sess, NULL);
+
+	if (sess->pending_rcpt.address != NULL && be->ops->abort != NULL)
+		be->ops->abort(be, &sess->pending_rcpt, 1);
+	backend_rcpt_clear(&sess->pending_rcpt);
+}
+
 /* The backend's answer for sess->pending_arg (in sess->pending_rcpt). */
 static void
 session_rcpt_answered(struct session *sess, const struct backend_reply *br)
@@ -681,24 +695,24 @@ session_rcpt_answered(struct session *sess, const struct backend_reply *br)
 
 /* A backend that answered RCPT later: find the session by its handle (it
  * may be gone), then go on as if it had answered at once. */
-static void
+static bool
 session_rcpt_answer(void *ctx, const struct backend_reply *br, struct backend_rcpt *rcpt)
 {
 	uint64_t *waiter = ctx;
 	struct session *sess = handle_lookup(*waiter);
 
 	free(waiter);
-	if (sess == NULL) {
-		backend_rcpt_clear(rcpt);
-		return;
-	}
+	if (sess == NULL)
+		return false; /* the backend undoes the recipient itself */
 	sess->pending_rcpt = *rcpt; /* moved */
 	memset(rcpt, 0, sizeof(*rcpt));
 	sess->flags &= ~SESSION_F_BUSY;
+	session_arm_timeouts(sess); /* before anything may close */
 	session_rcpt_answered(sess, br);
 	session_arm_timeouts(sess);
 	session_process(sess);
 	conn_settle(sess->conn);
+	return true;
 }
 
 static void
@@ -846,13 +860,14 @@ cmd_starttls(struct session *sess, const char *args, size_t len)
 		session_refuse(sess, true, NULL, NULL, "starttls_syntax", "501 5.5.4 Syntax: STARTTLS");
 		return;
 	}
-	session_reply(sess, "220 2.0.0 Ready to start TLS");
 	/* the conn layer discards what was pipelined after STARTTLS and
 	 * switches once the 220 has left; session_tls_up resumes */
 	if (conn_starttls(sess->conn, sess->st->ssl_ctx) < 0) {
-		session_reply(sess, "454 4.7.0 TLS not available due to local problem");
+		session_refuse(sess, false, NULL, NULL, "tls_unavailable",
+			       "454 4.7.0 TLS not available due to local problem");
 		return;
 	}
+	session_reply(sess, "220 2.0.0 Ready to start TLS");
 	/* RFC 3207: forget everything learned before TLS */
 	session_forget_helo(sess);
 	sess->flags |= SESSION_F_BUSY;
@@ -1448,7 +1463,7 @@ session_gone(void *ctx, const char *reason)
 			sess->client_addr, sess->helo[0] != '\0' ? sess->helo : "-", sess->tx->from,
 			sess->tx->n_rcpts, (unsigned long long)sess->tx->smtp_size);
 	tx_free(&sess->tx);
-	backend_rcpt_clear(&sess->pending_rcpt);
+	session_rcpt_abandon(sess); /* gone while the RCPT phase ran */
 	filter_tx_free(&sess->fx);
 	filter_tx_free(&sess->connect_fx);
 	filter_tx_free(&sess->prev_helo.fx);

@@ -194,6 +194,24 @@ class ShutdownDeadline(unittest.TestCase):
                                   r"reason=shutdown_timeout" % sid)
 
 
+class LingeringClose(DaemonTestCase):
+    def test_a_trickling_peer_cannot_keep_it_open(self):
+        # after QUIT the server shuts its write side and drains for up to
+        # 2 s; a peer that sends a byte now and then must not stretch that
+        # (each read would restart an idle timer) — bounded loop, 12 s
+        c = self.client()
+        self.assertEqual(c.cmd("QUIT").code, 221)
+        closed = False
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and not closed:
+            try:
+                c.sock.send(b"x")
+            except OSError:
+                closed = True
+            time.sleep(0.3)
+        self.assertTrue(closed, "the lingering close never ended")
+
+
 class CommandLines(DaemonTestCase):
     """Decided: a bare LF ends a command line (as in Postfix and most MTAs;
     only DATA is strict, where a bare LF never ends the message)."""

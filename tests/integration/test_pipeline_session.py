@@ -273,6 +273,8 @@ class RejectAtRcpt(StageTestCase):
                          r"helo=client\.example\.org from=<%s> rcpt=<%s> "
                          r'reply="553 5\.7\.9 Recipient refused by test stage" '
                          r"reason=stage:teststage$" % (SENDER, RCPT))
+        # the backend had said yes: it gets the recipient back
+        self.assertIsNotNone(self.d.wait_log(r"(?m)testbackend abort n=1 rcpts=<%s>$" % RCPT, off))
         # the recipient was not added
         self.assertEqual(c.cmd("DATA").code, 503)
         self.assertNothingStored()
@@ -452,7 +454,8 @@ class BackendAnswersLater(StageTestCase):
         self.assertEqual(len(self.d.files("new", "alice")), 1)
         c.cmd("QUIT")
         self.assertTrue(c.closed())
-        # delivered: nothing to hand back
+        # delivered: nothing to hand back (checked once the session is gone)
+        self.assertIsNotNone(self.d.wait_log(r"smtp disconnected .*reason=quit", off))
         self.assertNotIn("testbackend abort", self.d.log_since(off))
 
     def test_rset_and_quit_hand_the_transaction_back(self):
@@ -482,8 +485,10 @@ class BackendAnswersLater(StageTestCase):
         c.sock.close()
         m = self.d.wait_log(r"(?s)smtp disconnected client=127\.0\.0\.1 transactions=0 "
                             r"reason=\w+.*testbackend rcpt answer code=250", off)
-        # the late answer found no session and was dropped; the daemon serves on
+        # the late answer found no session: the backend was told to undo it
         self.assertIsNotNone(m, self.d.log_since(off))
+        self.assertIsNotNone(self.d.wait_log(
+            r"testbackend abort n=1 rcpts=<%s> \(the asker left\)" % RCPT, off))
         c2 = self.ehlo_client()
         self.assertEqual(c2.cmd("NOOP").code, 250)
 

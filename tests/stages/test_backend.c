@@ -77,7 +77,9 @@ static void testbackend_answer(evutil_socket_t fd, short what, void *arg)
 	struct testbackend_wait *w = arg;
 
 	log_msg(LOG_LEVEL_INFO, "testbackend rcpt answer code=%u", w->reply.code);
-	w->cb(w->ctx, &w->reply, &w->rcpt);
+	if (!w->cb(w->ctx, &w->reply, &w->rcpt) && w->reply.code / 100 == 2)
+		log_msg(LOG_LEVEL_INFO, "testbackend abort n=1 rcpts=<%s> (the asker left)",
+			w->rcpt.address);
 	backend_rcpt_clear(&w->rcpt); /* empty unless the asker left it to us */
 	event_free(w->ev);
 	free(w);
