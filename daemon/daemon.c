@@ -220,8 +220,15 @@ daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg,
 	for (size_t i = 0; i < ds->n_listeners; i++) {
 		const struct listen_config *lc = &ds->listeners[i];
 		if (daemon_find_service(app, lc->protocol) == NULL) {
-			*error_r = xasprintf("%s: listen %s: protocol = \"%s\": no such service "
-					     "(this build has: smtp)", cfg->path, lc->name, lc->protocol);
+			char names[256] = "";
+			for (size_t j = 0; j < app->n_services; j++) {
+				size_t used = strlen(names);
+				snprintf(names + used, sizeof(names) - used, "%s%s", j ? ", " : "",
+					 app->services[j].name);
+			}
+			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\": no such service "
+					     "(this build has: %s)", cfg->path, lc->line, lc->name,
+					     lc->protocol, names);
 			return -1;
 		}
 	}

@@ -140,7 +140,11 @@ class Listeners(unittest.TestCase):
         self.addCleanup(d.cleanup)
         r = run([mxtest.MXGUARD, "-t", "-c", d.conf], cwd=d.dir)
         self.assertEqual(r.returncode, 1)
-        self.assertIn('listen pop3: protocol = "pop3": no such service', r.stderr)
+        with open(d.conf) as f:
+            lines = f.read().splitlines()
+        line = lines.index("listen pop3 {") + 2          # its address line
+        self.assertIn('%s:%d: listen pop3: protocol = "pop3": no such service (this build '
+                      'has: smtp)' % (d.conf, line), r.stderr)
 
 
 class Reload(DaemonTestCase):
