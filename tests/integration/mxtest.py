@@ -257,12 +257,17 @@ class Daemon:
 
     # process --------------------------------------------------------
     def start(self, timeout=START_TIMEOUT):
+        self.start_with(timeout)
+
+    def start_with(self, timeout, prefix=(), env=None, ready=lambda: True):
+        """Start `prefix + mxguard -f -c CONF` (env: its environment) and
+        wait until the SMTP port greets and ready() is true."""
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.logpath, "ab")
         try:
-            self.proc = subprocess.Popen([self.binary, "-f", "-c", self.conf],
+            self.proc = subprocess.Popen(list(prefix) + [self.binary, "-f", "-c", self.conf],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=self.dir)
+                                         cwd=self.dir, env=env)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -270,7 +275,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError("mxguard exited with %d during start; log:\n%s" % (
                     self.proc.returncode, self.log_tail()))
-            if self._probe():
+            if self._probe() and ready():
                 return
             if time.monotonic() > deadline:
                 self.kill9()

@@ -223,36 +223,22 @@ class TracedDaemon(mxtest.Daemon):
     def start(self, timeout=mxtest.START_TIMEOUT * 3):
         self.trace = os.path.join(self.dir, "strace.out")
         self.daemon_pid = None
-        log = open(self.logpath, "ab")
         # LeakSanitizer cannot run under ptrace (it exits 1 at the end); the
         # sanitizer build's other checks stay on, and the suite's other files
         # run the same daemon with leak checking
         env = dict(os.environ)
         env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS", ""),
                                                     "detect_leaks=0"]))
-        try:
-            self.proc = subprocess.Popen(
-                ["strace", "-f", "-tt", "-yy", "-s", "1024", "-e", "trace=" + SYSCALLS,
-                 "-o", self.trace, self.binary, "-f", "-c", self.conf],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir, env=env)
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("strace/mxguard exited with %d during start; log:\n%s" % (
-                    self.proc.returncode, self.log_tail()))
-            if self._probe():
-                # strace forks short-lived children of its own while it
-                # starts: the daemon is the child running our config
-                self.daemon_pid = self._child()
-                if self.daemon_pid is not None:
-                    return
-            if time.monotonic() > deadline:
-                self.kill9()
-                raise RuntimeError("traced mxguard did not answer within %ss; log:\n%s"
-                                   % (timeout, self.log_tail()))
-            time.sleep(0.05)
+
+        def found_daemon():
+            # strace forks short-lived children of its own while it starts:
+            # the daemon is the child running our config
+            self.daemon_pid = self._child()
+            return self.daemon_pid is not None
+
+        self.start_with(timeout, prefix=["strace", "-f", "-tt", "-yy", "-s", "1024", "-e",
+                                         "trace=" + SYSCALLS, "-o", self.trace],
+                        env=env, ready=found_daemon)
 
     def _child(self):
         try:
