@@ -28,7 +28,43 @@ struct backends_settings {
 	char *quarantine_dir; /* Maildir holding quarantined mail */
 	char *postmaster;     /* "" or a lower-case mailbox "local@<local domain>" */
 	long message_size_max; /* octets as sent, CRLF counted (SIZE) */
+	struct backends_route *routes; /* `route NAME { ... }` sections, file order */
+	size_t n_routes;
 };
+
+/* One upstream host of a route: "[PRIORITY ]ADDRESS", ADDRESS host:port,
+ * [v6]:port or unix:/path. Lower priorities are tried first (MX style). */
+struct backends_upstream {
+	long priority;
+	char *host;      /* "" for a unix socket */
+	char *port;      /* the service, "25" */
+	char *path;      /* unix socket path, or NULL */
+	char *key;       /* "host:port" / "unix:/path" as written, for logs and caches */
+};
+
+enum route_protocol { ROUTE_SMTP, ROUTE_LMTP };
+enum route_starttls { ROUTE_TLS_OFF, ROUTE_TLS_OPPORTUNISTIC, ROUTE_TLS_REQUIRED };
+
+/* A `route NAME { ... }` section: mail for its domains is relayed. */
+struct backends_route {
+	char *name;
+	int line;
+	char **domains;            /* lower-case */
+	size_t n_domains;
+	int protocol;              /* enum route_protocol */
+	char **hosts;              /* as written */
+	size_t n_hosts;
+	int starttls;              /* enum route_starttls */
+	char *tls_ca_file;         /* "" = the system's CAs */
+	char *tls_verify_name;     /* "" = the host's name as written */
+	bool xclient, xforward;
+	char *helo_name;           /* "" = hostname */
+	long connect_timeout, command_timeout, data_timeout, reuse_time;
+};
+/* Parse one hosts item ("10 mx1.example:25", "[::1]:2525", "unix:/run/x").
+ * 0, or -1 with *error_r malloc'd; backends_upstream_clear() frees. */
+int backends_upstream_parse(const char *item, struct backends_upstream *u, char **error_r);
+void backends_upstream_clear(struct backends_upstream *u);
 
 void backends_register_config(void);
 const struct backends_settings *backends_settings(const struct mx_config *cfg);
@@ -79,6 +115,7 @@ struct maildir_target {
 			 * Delivered-To), LF endings, written first; may be NULL */
 };
 
+struct maildir_copy;
 struct maildir_job {
 	/* inputs */
 	struct maildir_target *targets;
@@ -92,6 +129,7 @@ struct maildir_job {
 	int error;            /* 0, or an errno value */
 	char error_text[256];
 	char **paths;         /* final paths in new/, n_targets of them, on success */
+	struct maildir_copy *copies; /* private: between prepare and commit */
 };
 
 /*
@@ -104,6 +142,12 @@ struct maildir_job {
  * pool. Returns 0 or -1.
  */
 int maildir_deliver(struct maildir_job *job);
+/* maildir_deliver in two steps: prepare writes and fsyncs every file in
+ * tmp/ (nothing visible yet); commit(keep) renames them into new/ and
+ * fsyncs the dirs, or with !keep unlinks them. A failed prepare leaves
+ * nothing behind; a prepared job freed uncommitted is unlinked. */
+int maildir_prepare(struct maildir_job *job);
+int maildir_commit(struct maildir_job *job, bool keep);
 void maildir_job_free_results(struct maildir_job *job);
 /* Make <root>/{tmp,new,cur} (and a folder's .NAME/ with maildirfolder). */
 int maildir_create(const char *root, const char *folder, char **error_r);
@@ -132,7 +176,8 @@ int maildir_link_noreplace(const char *from, const char *to);
  * end of DATA; its answers are the session's replies, so a backend that
  * relays can answer with its upstream's words and codes.
  *
- * The Maildir store ("store", backends/store.c) is the one row today.
+ * Rows: the Maildir store ("store", backends/store.c) and the relay to an
+ * upstream SMTP or LMTP server ("relay", backends/relay.c).
  */
 struct event_base;
 struct workers;
@@ -150,6 +195,7 @@ struct backend_rcpt {
 	char *address;        /* as the client named it, normalised */
 	char *mailbox;        /* whose copy it is (Delivered-To): postmaster@ maps */
 	char *where;          /* the backend's own: the store's Maildir root */
+	unsigned slot;        /* the router's: which destination took it */
 };
 void backend_rcpt_clear(struct backend_rcpt *r);
 
@@ -166,10 +212,42 @@ struct backend_message {
 	struct msgbody *body;             /* sealed; the backend holds a reference */
 };
 
-/* The loop a transaction lives on: data() reports back there. */
+/* The loop a transaction lives on: answers come back there. */
 struct backend_env {
 	struct event_base *base;
 	struct workers *workers;
+};
+
+/* What a backend may want to know of the transaction and its client (a
+ * relay repeats the envelope upstream and names the client with XCLIENT or
+ * XFORWARD). Copied by backend_tx_begin(). */
+struct backend_txinfo {
+	const char *id;          /* the transaction id */
+	const char *from;        /* "" for <> */
+	bool body_8bit;          /* MAIL ... BODY=8BITMIME */
+	uint64_t size;           /* MAIL ... SIZE=, 0 when not given */
+	const char *client_addr; /* "192.0.2.1", "2001:db8::1" */
+	unsigned client_port;
+	const char *helo;        /* the client's HELO/EHLO name */
+	bool esmtp, tls;
+};
+
+/*
+ * One transaction as a backend sees it: begun when the client's MAIL is
+ * accepted, ended when the transaction is over — after data()'s answer, or
+ * without data() (RSET, a new HELO, a refusal or a discard at DATA, the
+ * client gone). A relay holds its upstream session here. The generic part
+ * is filled by backend_tx_begin(); priv is the backend's own.
+ */
+struct backend;
+struct backend_tx {
+	struct backend *be;
+	struct backend_env env;
+	char *id, *from, *client_addr, *helo;
+	unsigned client_port;
+	bool body_8bit, esmtp, tls;
+	uint64_t size;
+	void *priv;
 };
 
 /* data()'s completion: exactly once, on env->base, even when the session
@@ -178,41 +256,57 @@ typedef void backend_done_cb(void *ctx, const struct backend_reply *reply, const
 /* A later RCPT answer: exactly once, on env->base. On 2xx *rcpt is handed
  * over: the callback returns true when the asker took the recipient, false
  * when it has gone meanwhile — the backend then undoes that recipient
- * itself, as abort() would have (and clears *rcpt). */
+ * itself, as drop() would have (and clears *rcpt). */
 typedef bool backend_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt);
 enum backend_status { BACKEND_DONE, BACKEND_PENDING };
 
-struct backend;
 struct userdb;
 struct backend_ops {
 	const char *name;
 	/* Build an instance from the config (users from db, which outlives it).
+	 * route is the `route` section it is made for (a relay's), else NULL.
 	 * 0, or -1 with *error_r malloc'd. */
-	int (*create)(const struct mx_config *cfg, struct userdb *db, struct backend **be_r,
-		      char **error_r);
+	int (*create)(const struct mx_config *cfg, const struct backends_route *route,
+		      struct userdb *db, struct backend **be_r, char **error_r);
 	void (*destroy)(struct backend *be);
 	/* The EHLO keywords about messages this backend takes ("SIZE 26214400",
-	 * "8BITMIME"), NULL-terminated, valid until destroy. The session adds
-	 * its own (PIPELINING, STARTTLS, ENHANCEDSTATUSCODES). */
+	 * "8BITMIME"), NULL-terminated; valid until the next call on the same
+	 * thread (a relay's change as it learns its upstream's). The session
+	 * adds its own (PIPELINING, STARTTLS, ENHANCEDSTATUSCODES). */
 	const char *const *(*ehlo)(const struct backend *be);
+	/* Optional: set tx->priv up (no I/O needed yet; a relay may start
+	 * connecting). NULL: the backend keeps nothing per transaction. */
+	void (*tx_begin)(struct backend_tx *tx);
 	/* Does the backend take local@domain (normalised, lower-case, domain
-	 * local)? Either BACKEND_DONE with *reply (and on 2xx *rcpt, freed with
-	 * backend_rcpt_clear) filled now, or BACKEND_PENDING and cb(ctx, ...)
-	 * later on env->base — a relay asks its upstream. */
-	enum backend_status (*rcpt)(struct backend *be, const struct backend_env *env,
-				    const char *local, const char *domain,
+	 * accepted)? Either BACKEND_DONE with *reply (and on 2xx *rcpt, freed
+	 * with backend_rcpt_clear) filled now, or BACKEND_PENDING and
+	 * cb(ctx, ...) later on env->base — a relay asks its upstream. At most
+	 * one RCPT is pending per transaction. */
+	enum backend_status (*rcpt)(struct backend_tx *tx, const char *local, const char *domain,
 				    struct backend_rcpt *rcpt, struct backend_reply *reply,
 				    backend_rcpt_cb *cb, void *ctx);
 	/* Take the message; done() follows on env->base. Everything in msg is
-	 * copied or referenced: the caller may free it when data() returns. */
-	void (*data)(struct backend *be, const struct backend_env *env,
-		     const struct backend_message *msg, backend_done_cb *done, void *ctx);
-	/* Optional: recipients this backend took will get no data() — the
-	 * transaction ended (RSET, a new HELO, a refusal at DATA, the client
-	 * gone), or a stage refused the recipient after the backend said yes (a
-	 * relay ends or trims its upstream transaction). NULL: nothing to undo
-	 * (the store). */
-	void (*abort)(struct backend *be, const struct backend_rcpt *rcpts, size_t n);
+	 * copied or referenced: the caller may free it when data() returns.
+	 * Called at most once per transaction. */
+	void (*data)(struct backend_tx *tx, const struct backend_message *msg,
+		     backend_done_cb *done, void *ctx);
+	/* Optional, for a backend whose delivery can be undone (the store):
+	 * prepare() does all of data()'s work that can fail but makes nothing
+	 * visible (the files fsynced in tmp/), answering like data(); commit()
+	 * then makes it visible (keep) or throws it away (!keep), answering
+	 * once more. The router uses them to deliver one transaction to the
+	 * store and to a relay with nothing duplicated (doc/relay.md). */
+	void (*prepare)(struct backend_tx *tx, const struct backend_message *msg,
+			backend_done_cb *done, void *ctx);
+	void (*commit)(struct backend_tx *tx, bool keep, backend_done_cb *done, void *ctx);
+	/* Optional: recipients this backend took that will not get the message
+	 * after all — a stage refused them after the backend said yes (a relay
+	 * trims its upstream transaction). NULL: nothing to undo (the store). */
+	void (*drop)(struct backend_tx *tx, const struct backend_rcpt *rcpts, size_t n);
+	/* Optional: the transaction is over; free tx->priv. A relay resets
+	 * or keeps its upstream session. An RCPT still pending is answered
+	 * later as promised (its asker, gone, refuses the recipient). */
+	void (*tx_end)(struct backend_tx *tx);
 };
 
 /* The generic header: the first member of every backend's own struct. */
@@ -224,8 +318,42 @@ const struct backend_ops *backends_find(const char *name);
 /* Tests add backends of their own before building a state; one with the
  * name of a built-in one shadows it. */
 void backends_register(const struct backend_ops *ops);
-int backend_create(const char *name, const struct mx_config *cfg, struct userdb *db,
-		   struct backend **be_r, char **error_r);
+int backend_create(const char *name, const struct mx_config *cfg,
+		   const struct backends_route *route, struct userdb *db, struct backend **be_r,
+		   char **error_r);
 void backend_destroy(struct backend **be);
+
+/* A transaction's life (the session calls these; the router calls them on
+ * the backends it routes to). */
+struct backend_tx *backend_tx_begin(struct backend *be, const struct backend_env *env,
+				    const struct backend_txinfo *info);
+enum backend_status backend_tx_rcpt(struct backend_tx *tx, const char *local, const char *domain,
+				    struct backend_rcpt *rcpt, struct backend_reply *reply,
+				    backend_rcpt_cb *cb, void *ctx);
+void backend_tx_data(struct backend_tx *tx, const struct backend_message *msg,
+		     backend_done_cb *done, void *ctx);
+void backend_tx_drop(struct backend_tx *tx, const struct backend_rcpt *rcpts, size_t n);
+/* Ends the transaction and frees tx; NULL is fine. */
+void backend_tx_end(struct backend_tx **tx);
+void backend_reply_set(struct backend_reply *r, unsigned code, const char *enh,
+		       const char *reason, const char *fmt, ...) ATTR_PRINTF(5, 6);
+
+/* ----------------------------------------------------------- the router */
+/*
+ * The backend the session talks to (backends/router.c): it sends each
+ * recipient domain to its destination — the store for local_domains, a
+ * relay for the domains of each `route` section — and delivers one
+ * transaction to several of them with nothing lost and nothing duplicated
+ * (doc/relay.md). Built by the server state on every (re)load.
+ */
+int backends_router_create(const struct mx_config *cfg, struct userdb *db, struct backend **be_r,
+			   char **error_r);
+/* Which destination takes mail for domain: "store", a route's name, or
+ * NULL when none (the session refuses to relay). */
+const char *backends_route_of(const struct mx_config *cfg, const char *domain);
+
+/* Each loop thread, when its loop stops: closes the relay's cached
+ * upstream connections of that loop. */
+void backends_loop_stop(void);
 
 #endif

@@ -607,9 +607,30 @@ static int maildir_publish_copy(struct maildir_job *job, struct maildir_copy *co
 	return 0;
 }
 
-int maildir_deliver(struct maildir_job *job)
+/* Take back every file of the job: all or nothing. */
+static void maildir_unwind(struct maildir_job *job)
 {
-	struct maildir_copy *copies = NULL;
+	struct maildir_copy *copies = job->copies;
+
+	if (copies != NULL) {
+		for (size_t i = 0; i < job->n_targets; i++) {
+			if (copies[i].in_new)
+				unlink(copies[i].new_path);
+			else if (copies[i].in_tmp)
+				unlink(copies[i].tmp_path);
+		}
+		maildir_copies_free(copies, job->n_targets);
+		job->copies = NULL;
+	}
+	if (job->error == 0) {
+		job->error = EIO;
+		snprintf(job->error_text, sizeof(job->error_text), "maildir: delivery failed");
+	}
+	errno = job->error;
+}
+
+int maildir_prepare(struct maildir_job *job)
+{
 	const char *body;
 	size_t body_len = 0, i;
 
@@ -637,12 +658,34 @@ int maildir_deliver(struct maildir_job *job)
 		goto fail;
 	}
 
-	copies = xcalloc(job->n_targets, sizeof(*copies));
+	job->copies = xcalloc(job->n_targets, sizeof(*job->copies));
 	for (i = 0; i < job->n_targets; i++) {
-		if (maildir_write_copy(job, &job->targets[i], &copies[i], body, body_len) < 0)
+		if (maildir_write_copy(job, &job->targets[i], &job->copies[i], body, body_len) < 0)
 			goto fail;
 	}
+	return 0;
 
+fail:
+	maildir_unwind(job);
+	return -1;
+}
+
+int maildir_commit(struct maildir_job *job, bool keep)
+{
+	struct maildir_copy *copies = job->copies;
+	size_t i;
+
+	if (copies == NULL) {
+		maildir_job_fail_text(job, EINVAL, "maildir: nothing prepared");
+		errno = job->error;
+		return -1;
+	}
+	if (!keep) {
+		maildir_unwind(job);
+		job->error = 0;
+		job->error_text[0] = '\0';
+		return 0;
+	}
 	/* Every copy is durable in tmp/; now publish them all. */
 	for (i = 0; i < job->n_targets; i++) {
 		if (maildir_publish_copy(job, &copies[i]) < 0)
@@ -675,29 +718,29 @@ int maildir_deliver(struct maildir_job *job)
 		copies[i].new_path = NULL;
 	}
 	maildir_copies_free(copies, job->n_targets);
+	job->copies = NULL;
 	return 0;
 
 fail:
-	/* all or nothing: take back every file of this delivery */
-	if (copies != NULL) {
-		for (i = 0; i < job->n_targets; i++) {
-			if (copies[i].in_new)
-				unlink(copies[i].new_path);
-			else if (copies[i].in_tmp)
-				unlink(copies[i].tmp_path);
-		}
-		maildir_copies_free(copies, job->n_targets);
-	}
-	if (job->error == 0) {
-		job->error = EIO;
-		snprintf(job->error_text, sizeof(job->error_text), "maildir: delivery failed");
-	}
-	errno = job->error;
+	maildir_unwind(job);
 	return -1;
+}
+
+int maildir_deliver(struct maildir_job *job)
+{
+	if (maildir_prepare(job) < 0)
+		return -1;
+	return maildir_commit(job, true);
 }
 
 void maildir_job_free_results(struct maildir_job *job)
 {
+	if (job->copies != NULL) {
+		/* prepared and never committed: nothing of it stays */
+		int error = job->error;
+		maildir_unwind(job);
+		job->error = error;
+	}
 	if (job->paths == NULL)
 		return;
 	for (size_t i = 0; i < job->n_targets; i++)

@@ -33,31 +33,19 @@ struct store {
 	const char *ehlo[3];
 };
 
-/* A delivery in flight: owned by the worker job until its completion. */
+/* A delivery in flight: owned by the worker job until its completion; a
+ * prepared one then waits in the transaction (tx->priv) for commit(). */
 struct store_job {
 	struct maildir_job job;
 	backend_done_cb *done;
 	void *ctx;
 	char id[MX_ID_LEN];
+	enum { STORE_DELIVER, STORE_PREPARE, STORE_COMMIT, STORE_DISCARD } step;
+	struct backend_tx *tx;
+	int rc;
 };
 
-static void
-store_reply(struct backend_reply *r, unsigned code, const char *enh, const char *reason,
-	    const char *fmt, ...) ATTR_PRINTF(5, 6);
-
-static void
-store_reply(struct backend_reply *r, unsigned code, const char *enh, const char *reason,
-	    const char *fmt, ...)
-{
-	va_list ap;
-
-	r->code = code;
-	str_copy(r->enhanced, enh, sizeof(r->enhanced));
-	str_copy(r->reason, reason, sizeof(r->reason));
-	va_start(ap, fmt);
-	vsnprintf(r->text, sizeof(r->text), fmt, ap);
-	va_end(ap);
-}
+#define store_reply backend_reply_set
 
 /* ------------------------------------------------------------- create */
 
@@ -87,6 +75,8 @@ store_find_postmaster(const struct mx_config *cfg, char **error_r)
 
 	if (bs->postmaster[0] != '\0')
 		return xstrdup(bs->postmaster);
+	if (bs->n_local_domains == 0)
+		return xstrdup(""); /* relay only: postmaster@ goes upstream */
 	if (userdb_file_list(bs->passwd_file, postmaster_find_cb, &pf, error_r) < 0)
 		return NULL;
 	if (pf.found == NULL)
@@ -110,11 +100,12 @@ store_destroy(struct backend *be)
 }
 
 static int
-store_create(const struct mx_config *cfg, struct userdb *db, struct backend **be_r,
-	     char **error_r)
+store_create(const struct mx_config *cfg, const struct backends_route *route, struct userdb *db,
+	     struct backend **be_r, char **error_r)
 {
 	struct store *s = xcalloc(1, sizeof(*s));
 
+	(void)route;
 	s->postmaster = store_find_postmaster(cfg, error_r);
 	if (s->postmaster == NULL) {
 		free(s);
@@ -142,11 +133,13 @@ store_ehlo(const struct backend *be)
 /* --------------------------------------------------------------- RCPT */
 
 static enum backend_status
-store_rcpt(struct backend *be, const struct backend_env *env, const char *local,
-	   const char *domain, struct backend_rcpt *rcpt, struct backend_reply *reply,
-	   backend_rcpt_cb *cb, void *ctx)
+store_rcpt(struct backend_tx *tx, const char *local, const char *domain,
+	   struct backend_rcpt *rcpt, struct backend_reply *reply, backend_rcpt_cb *cb, void *ctx)
 {
-	struct store *s = (struct store *)be;
+	struct store *s = (struct store *)tx->be;
+
+	(void)cb;
+	(void)ctx;
 	char root[4096];
 	char *address = xasprintf("%s@%s", local, domain);
 	const char *mailbox = address;
@@ -208,7 +201,18 @@ store_work(void *arg)
 {
 	struct store_job *sj = arg;
 
-	maildir_deliver(&sj->job);
+	switch (sj->step) {
+	case STORE_DELIVER:
+		sj->rc = maildir_deliver(&sj->job);
+		break;
+	case STORE_PREPARE:
+		sj->rc = maildir_prepare(&sj->job);
+		break;
+	case STORE_COMMIT:
+	case STORE_DISCARD:
+		sj->rc = maildir_commit(&sj->job, sj->step == STORE_COMMIT);
+		break;
+	}
 }
 
 static void
@@ -216,16 +220,23 @@ store_done(void *arg)
 {
 	struct store_job *sj = arg;
 	struct backend_reply r;
+	backend_done_cb *done = sj->done;
+	void *ctx = sj->ctx;
+	char detail[sizeof(sj->job.error_text)];
 
 	memset(&r, 0, sizeof(r));
+	str_copy(detail, sj->job.error != 0 ? sj->job.error_text : "", sizeof(detail));
 	if (sj->job.error == 0)
 		store_reply(&r, 250, "2.0.0", "", "Ok: queued as %s", sj->id);
 	else if (sj->job.error == ENOSPC || sj->job.error == EDQUOT)
 		store_reply(&r, 452, "4.3.1", "disk_full", "Insufficient system storage");
 	else
 		store_reply(&r, 451, "4.3.0", "delivery_error", "Local delivery failed; try again later");
-	sj->done(sj->ctx, &r, sj->job.error != 0 ? sj->job.error_text : "");
-	store_job_free(sj);
+	if (sj->step == STORE_PREPARE && sj->rc == 0)
+		sj->tx->priv = sj; /* waits for commit() */
+	else
+		store_job_free(sj);
+	done(ctx, &r, detail);
 }
 
 /* One copy, every recipient on its own line. */
@@ -246,14 +257,15 @@ store_quarantine_headers(const struct backend_message *msg)
 	return hdr;
 }
 
-static void
-store_data(struct backend *be, const struct backend_env *env, const struct backend_message *msg,
-	   backend_done_cb *done, void *ctx)
+static struct store_job *
+store_job_new(struct backend_tx *tx, const struct backend_message *msg, backend_done_cb *done,
+	      void *ctx)
 {
-	struct store *s = (struct store *)be;
+	struct store *s = (struct store *)tx->be;
 	struct store_job *sj = xcalloc(1, sizeof(*sj));
 	struct maildir_job *job = &sj->job;
 
+	sj->tx = tx;
 	sj->done = done;
 	sj->ctx = ctx;
 	str_copy(sj->id, msg->id, sizeof(sj->id));
@@ -281,9 +293,60 @@ store_data(struct backend *be, const struct backend_env *env, const struct backe
 	job->prefix_len = msg->prefix_len;
 	job->body = msgbody_ref(msg->body);
 	job->fsync = true;
+	return sj;
+}
+
+static void
+store_submit(struct store_job *sj)
+{
+	const struct backend_env *env = &sj->tx->env;
+
 	/* the delivery lane never refuses a job */
 	(void)workers_submit(env->workers, WORKER_LANE_DELIVERY, env->base, store_work, store_done,
 			     sj);
+}
+
+static void
+store_data(struct backend_tx *tx, const struct backend_message *msg, backend_done_cb *done,
+	   void *ctx)
+{
+	struct store_job *sj = store_job_new(tx, msg, done, ctx);
+
+	sj->step = STORE_DELIVER;
+	store_submit(sj);
+}
+
+static void
+store_prepare(struct backend_tx *tx, const struct backend_message *msg, backend_done_cb *done,
+	      void *ctx)
+{
+	struct store_job *sj = store_job_new(tx, msg, done, ctx);
+
+	sj->step = STORE_PREPARE;
+	store_submit(sj);
+}
+
+static void
+store_commit(struct backend_tx *tx, bool keep, backend_done_cb *done, void *ctx)
+{
+	struct store_job *sj = tx->priv;
+
+	tx->priv = NULL;
+	sj->step = keep ? STORE_COMMIT : STORE_DISCARD;
+	sj->done = done;
+	sj->ctx = ctx;
+	store_submit(sj);
+}
+
+/* A prepared delivery never committed is thrown away (its tmp/ files). */
+static void
+store_tx_end(struct backend_tx *tx)
+{
+	struct store_job *sj = tx->priv;
+
+	if (sj != NULL)
+		store_job_free(sj);
+	tx->priv = NULL;
 }
 
 const struct backend_ops store_backend_ops = {
@@ -293,4 +356,7 @@ const struct backend_ops store_backend_ops = {
 	.ehlo = store_ehlo,
 	.rcpt = store_rcpt,
 	.data = store_data,
+	.prepare = store_prepare,
+	.commit = store_commit,
+	.tx_end = store_tx_end,
 };

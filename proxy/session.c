@@ -82,8 +82,8 @@ struct tx {
 	struct filter_msg msg;
 	struct pipeline_outcome outcome;
 	enum verdict sticky;            /* ACCEPT/DISCARD/QUARANTINE from earlier phases */
-	struct backend *backend;        /* took the recipients (borrowed from the state) */
-	bool handed;                    /* data() was called: nothing to abort */
+	struct backend_tx *btx;         /* the backend's side of the transaction */
+	bool body_8bit;                 /* MAIL ... BODY=8BITMIME */
 	/* delivery: the backend's answer to DATA */
 	struct backend_reply dreply;
 	char *ddetail;                  /* the backend's detail on a failure, for the log */
@@ -197,9 +197,9 @@ tx_free(struct tx **txp)
 	*txp = NULL;
 	if (tx == NULL)
 		return;
-	/* ended without DATA reaching the backend: let it undo what it began */
-	if (!tx->handed && tx->n_rcpts > 0 && tx->backend != NULL && tx->backend->ops->abort != NULL)
-		tx->backend->ops->abort(tx->backend, tx->brcpts, tx->n_rcpts);
+	/* over: after DATA's answer, or without DATA (the backend resets
+	 * what it began, e.g. its upstream transaction) */
+	backend_tx_end(&tx->btx);
 	for (size_t i = 0; i < tx->n_rcpts; i++) {
 		free(tx->rcpts[i]);
 		backend_rcpt_clear(&tx->brcpts[i]);
@@ -433,15 +433,6 @@ session_reply_verdict(struct session *sess, const struct pipeline_outcome *out,
 
 /* ----------------------------------------------------------- commands */
 
-/* The backend that takes mail for a local domain: the store, for every
- * one of them today. */
-static struct backend *
-session_backend(const struct session *sess, const char *domain)
-{
-	(void)domain;
-	return sess->st->backend;
-}
-
 
 /* Back to not greeted, with nothing learned (after STARTTLS, RFC 3207):
  * MAIL gets 503 until a HELO/EHLO succeeds. */
@@ -500,7 +491,7 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 	if (session_starttls_offered(sess))
 		kw[n++] = "STARTTLS";
 	kw[n++] = "ENHANCEDSTATUSCODES";
-	const struct backend *be = session_backend(sess, NULL);
+	const struct backend *be = sess->st->backend;
 	for (const char *const *b = be->ops->ehlo(be); *b != NULL && n < N_ELEMENTS(kw); b++)
 		kw[n++] = *b;
 	session_reply(sess, "250-%s", smtp_settings(cfg)->hostname);
@@ -570,6 +561,18 @@ cmd_mail_cont(struct session *sess, const struct pipeline_outcome *out)
 		return;
 	}
 	verdict_stick(&sess->tx->sticky, out->verdict);
+	struct tx *tx = sess->tx;
+	const struct backend_env env = {
+		.base = conn_base(sess->conn),
+		.workers = daemon_loop_workers(conn_loop(sess->conn)),
+	};
+	const struct backend_txinfo info = {
+		.id = tx->id, .from = tx->from, .body_8bit = tx->body_8bit,
+		.size = tx->declared_size, .client_addr = sess->client_addr,
+		.client_port = sess->client_port, .helo = sess->helo,
+		.esmtp = (sess->flags & SESSION_F_ESMTP) != 0, .tls = (sess->flags & SESSION_F_TLS) != 0,
+	};
+	tx->btx = backend_tx_begin(tx->st->backend, &env, &info);
 	sess->state = STATE_MAIL;
 	sess->commands = 0; /* limits.commands_max counts commands between MAILs */
 	session_reply(sess, "250 2.1.0 Ok");
@@ -593,6 +596,7 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	sess->st = conn_state_update(sess->conn);
 	cfg = sess->st->cfg;
 	uint64_t declared = 0;
+	bool body_8bit = false;
 	for (size_t i = 0; i < path.n_params; i++) {
 		const struct smtp_param *p = &path.params[i];
 		if (strcmp(p->key, "SIZE") == 0 && p->has_value && sess->flags & SESSION_F_ESMTP) {
@@ -611,6 +615,7 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 					       "501 5.5.4 Unsupported BODY type");
 				return;
 			}
+			body_8bit = strcasecmp(p->value, "8BITMIME") == 0;
 		} else {
 			session_refuse(sess, true, from, NULL, "bad_param",
 				       "555 5.5.4 Unsupported parameter %s", p->key);
@@ -629,6 +634,8 @@ cmd_mail(struct session *sess, const char *args, size_t len)
 	str_copy(tx->from, from, sizeof(tx->from));
 	str_copy(tx->msgid, "-", sizeof(tx->msgid));
 	tx->declared_size = declared;
+	tx->body_8bit = body_8bit;
+	tx->st = server_state_ref(sess->st);
 	tx->fx = filter_tx_clone(sess->fx);
 	tx->sticky = sess->sticky_connect;
 	verdict_stick(&tx->sticky, sess->sticky_helo);
@@ -655,7 +662,6 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 	}
 	tx->rcpts[tx->n_rcpts] = xstrdup(sess->pending_arg);
 	tx->brcpts[tx->n_rcpts] = sess->pending_rcpt; /* moved */
-	tx->backend = session_backend(sess, strrchr(sess->pending_arg, '@') + 1);
 	memset(&sess->pending_rcpt, 0, sizeof(sess->pending_rcpt));
 	tx->n_rcpts++;
 	tx->n_rcpt_cmds++;
@@ -670,10 +676,8 @@ cmd_rcpt_cont(struct session *sess, const struct pipeline_outcome *out)
 static void
 session_rcpt_abandon(struct session *sess)
 {
-	struct backend *be = session_backend(sess, NULL);
-
-	if (sess->pending_rcpt.address != NULL && be->ops->abort != NULL)
-		be->ops->abort(be, &sess->pending_rcpt, 1);
+	if (sess->pending_rcpt.address != NULL && sess->tx != NULL)
+		backend_tx_drop(sess->tx->btx, &sess->pending_rcpt, 1);
 	backend_rcpt_clear(&sess->pending_rcpt);
 }
 
@@ -742,7 +746,7 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 			       "452 4.5.3 Too many recipients");
 		return;
 	}
-	if (path->address_literal || !backends_is_local_domain(cfg, path->domain)) {
+	if (path->address_literal || backends_route_of(cfg, path->domain) == NULL) {
 		session_refuse(sess, true, NULL, addr, "relay", "550 5.7.1 <%s>: Relay access denied", addr);
 		return;
 	}
@@ -771,18 +775,13 @@ cmd_rcpt(struct session *sess, const char *args, size_t len)
 	/* the backend of the domain says whether it takes the recipient, in
 	 * its own words, now or later; the phase runs only for the ones it
 	 * takes */
-	struct backend *be = session_backend(sess, path->domain);
-	const struct backend_env env = {
-		.base = conn_base(sess->conn),
-		.workers = daemon_loop_workers(conn_loop(sess->conn)),
-	};
 	struct backend_reply br;
 	uint64_t *waiter = xmalloc(sizeof(*waiter));
 	*waiter = sess->handle;
 	memset(&br, 0, sizeof(br));
 	str_copy(sess->pending_arg, addr, sizeof(sess->pending_arg));
-	if (be->ops->rcpt(be, &env, path->local, path->domain, &sess->pending_rcpt, &br,
-			  session_rcpt_answer, waiter) == BACKEND_PENDING) {
+	if (backend_tx_rcpt(tx->btx, path->local, path->domain, &sess->pending_rcpt, &br,
+			    session_rcpt_answer, waiter) == BACKEND_PENDING) {
 		sess->flags |= SESSION_F_BUSY;
 		session_arm_timeouts(sess);
 		return;
@@ -1169,11 +1168,6 @@ session_deliver(struct session *sess)
 {
 	struct tx *tx = sess->tx;
 	enum action action = tx->outcome.action;
-	struct backend *be = session_backend(sess, NULL);
-	const struct backend_env env = {
-		.base = conn_base(sess->conn),
-		.workers = daemon_loop_workers(conn_loop(sess->conn)),
-	};
 	struct backend_message msg = {
 		.id = tx->id,
 		.from = tx->from,
@@ -1186,13 +1180,11 @@ session_deliver(struct session *sess)
 	char *prefix = session_build_prefix(sess, tx, &msg.prefix_len);
 
 	msg.prefix = prefix;
-	tx->handed = true;
-	tx->st = server_state_ref(sess->st);
 	/* the delivery owns the tx until delivery_done */
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
-	be->ops->data(be, &env, &msg, delivery_done, tx);
+	backend_tx_data(tx->btx, &msg, delivery_done, tx);
 	free(prefix);
 }
 

@@ -32,7 +32,7 @@ server_state_build(const char *config_path, char **error_r)
 	if (userdb_open(bs->passwd_file, &st->userdb, error_r) < 0)
 		goto fail;
 	/* where accepted mail goes: the Maildir store, for every local domain */
-	if (backend_create("store", st->cfg, st->userdb, &st->backend, error_r) < 0)
+	if (backends_router_create(st->cfg, st->userdb, &st->backend, error_r) < 0)
 		goto fail;
 	if (daemon_tls_context(st->cfg, &st->ssl_ctx, error_r) < 0)
 		goto fail;
@@ -98,8 +98,9 @@ state_files(const struct server_state *st)
 static char *
 state_summary(const struct server_state *st)
 {
-	return xasprintf("%zu local domain(s), %zu stage(s)",
+	return xasprintf("%zu local domain(s), %zu route(s), %zu stage(s)",
 			 backends_settings(st->cfg)->n_local_domains,
+			 backends_settings(st->cfg)->n_routes,
 			 pipeline_settings(st->cfg)->n_stages);
 }
 
@@ -122,6 +123,7 @@ static void
 state_loop_stop(struct server_state *st, struct daemon_loop *loop)
 {
 	pipeline_loop_stop(st->pipeline, daemon_loop_index(loop));
+	backends_loop_stop(); /* the relay's idle upstream connections of this loop */
 }
 
 /* The services listeners can name with `protocol = ...`: one row each. */

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -180,10 +181,17 @@ load_fail_free(int line, const char *needle, const char *text)
 
 /* Where a row's value lands: in its module's value block (rows of the
  * "listen" section land in the elements of the daemon's listener array). */
+static bool is_route_row(const struct setting_def *s);
+
 static void *
 setting_field(struct mx_config *cfg, const struct setting_def *s)
 {
 	assert_true(s->section == NULL || strcmp(s->section, "listen") != 0);
+	if (is_route_row(s)) {
+		/* in the first route section */
+		assert_true(backends_settings(cfg)->n_routes > 0);
+		return (char *)backends_settings(cfg)->routes + s->offset;
+	}
 	for (size_t i = 0; i < n_rows; i++) {
 		if (rows[i] == s)
 			return (char *)config_module_values(cfg, row_mods[i]) + s->offset;
@@ -209,6 +217,15 @@ is_listen_row(const struct setting_def *s)
 {
 	return s->section != NULL && strcmp(s->section, "listen") == 0;
 }
+
+static bool
+is_route_row(const struct setting_def *s)
+{
+	return s->section != NULL && strcmp(s->section, "route") == 0;
+}
+
+/* A route section setting only what it must, for the rows' tests. */
+#define ROUTE_CONF "route r {\n\tdomains = {\"relay.test\"}\n\thosts = {\"127.0.0.1:25\"}\n}\n"
 
 static const struct setting_def *
 table_find(const char *section, const char *name)
@@ -364,6 +381,15 @@ test_shipped_config(void **state)
 		const struct setting_def *s = rows[i];
 		char *v = conf_value(text, s->name);
 
+		if (is_route_row(s)) {
+			/* the demo stores everything: a route is an example in comments */
+			char *want = xasprintf("#\t%s = ", s->name);
+			if (strstr(text, want) == NULL)
+				fail_msg("etc/mxguard.conf has no example of route.%s", s->name);
+			free(want);
+			free(v);
+			continue;
+		}
 		if (v == NULL)
 			fail_msg("etc/mxguard.conf does not set %s%s%s", s->section ? s->section : "",
 				 s->section ? "." : "", s->name);
@@ -432,7 +458,7 @@ test_shipped_config(void **state)
 static void
 test_defaults(void **state)
 {
-	struct mx_config *cfg = load_ok(BASE_CONF);
+	struct mx_config *cfg = load_ok(BASE_CONF ROUTE_CONF);
 	size_t n_numeric = 0;
 
 	for (size_t i = 0; i < n_rows; i++) {
@@ -475,8 +501,8 @@ test_defaults(void **state)
 			}
 			break;
 		case SETTING_STRLIST:
-			if (strcmp(s->name, "local_domains") == 0)
-				break; /* required, set by BASE_CONF */
+			if (strcmp(s->name, "local_domains") == 0 || is_route_row(s))
+				break; /* required, set by BASE_CONF and ROUTE_CONF */
 			assert_string_equal(s->def, "{}");
 			assert_int_equal(*(size_t *)((char *)setting_field(cfg, s) + sizeof(char **)), 0);
 			assert_null((*(char ***)setting_field(cfg, s))[0]);
@@ -549,6 +575,11 @@ bound_config(const struct setting_def *s, const char *value, char **text_r)
 		*text_r = xasprintf(BASE_CONF "# top level\n%s = %s\nhostname = \"mx.example.test\"\n",
 				    s->name, value);
 		return BASE_LINES + 2;
+	}
+	if (is_route_row(s)) {
+		*text_r = xasprintf(BASE_CONF "route r {\n\tdomains = {\"relay.test\"}\n\t%s = %s\n"
+				    "\thosts = {\"127.0.0.1:25\"}\n}\n", s->name, value);
+		return BASE_LINES + 3;
 	}
 	/* another numeric row of the same section, at its default */
 	const struct setting_def *other = NULL;
@@ -779,7 +810,7 @@ test_relative_paths(void **state)
 		for (size_t i = 0; i < n_rows; i++) {
 			const struct setting_def *s = rows[i];
 			char *more;
-			if (!(s->flags & SETTING_F_PATH))
+			if (!(s->flags & SETTING_F_PATH) || is_route_row(s))
 				continue;
 			assert_int_equal(s->type, SETTING_STR);
 			assert_null(s->section);
@@ -793,7 +824,7 @@ test_relative_paths(void **state)
 		for (size_t i = 0; i < n_rows; i++) {
 			const struct setting_def *s = rows[i];
 			char *want;
-			if (!(s->flags & SETTING_F_PATH))
+			if (!(s->flags & SETTING_F_PATH) || is_route_row(s))
 				continue;
 			want = absolute ? xasprintf("/abs/rel/%s", s->name)
 					: xasprintf("%s/rel/%s", tmpdir, s->name);
@@ -1341,11 +1372,56 @@ test_docs_cover_settings(void **state)
 		if (s->section != NULL && !has_word(conf, s->section))
 			fail_msg("etc/mxguard.conf does not mention section %s", s->section);
 
-		entry = strstr(man, head);
+		/* a row of a repeatable section has its entry under that
+		 * section's heading (".SH LISTEN SECTIONS"): two sections may
+		 * have a row of the same name */
+		const char *from = man;
+		char *scope = NULL;
+		if (s->section != NULL && (strcmp(s->section, "listen") == 0 ||
+					   strcmp(s->section, "route") == 0)) {
+			char upper[32];
+			size_t k;
+			for (k = 0; s->section[k] != '\0' && k < sizeof(upper) - 1; k++)
+				upper[k] = (char)toupper((unsigned char)s->section[k]);
+			upper[k] = '\0';
+			char *sh = xasprintf("\n.SH %s SECTIONS\n", upper);
+			from = strstr(man, sh);
+			if (from == NULL)
+				fail_msg("doc/mxguard.conf.5 has no heading \".SH %s SECTIONS\"", upper);
+			free(sh);
+			const char *next = strstr(from + 1, "\n.SH ");
+			scope = next != NULL ? xstrndup(from, (size_t)(next - from)) : xstrdup(from);
+			from = scope;
+		} else {
+			for (size_t k = 0; k < n_rows; k++) {
+				if (rows[k] != s && strcmp(rows[k]->name, s->name) == 0 &&
+				    rows[k]->section != NULL && s->section == NULL)
+					fail_msg("%s: a top-level row shares its name with a section row",
+						 s->name);
+			}
+		}
+		entry = strstr(from, head);
 		if (entry == NULL)
 			fail_msg("doc/mxguard.conf.5 has no entry \".TP\\n.B %s\"", s->name);
-		if (strstr(entry + 1, head) != NULL)
-			fail_msg("doc/mxguard.conf.5 has two entries \".TP\\n.B %s\"", s->name);
+		if (strstr(entry + 1, head) != NULL && scope != NULL)
+			fail_msg("doc/mxguard.conf.5 has two entries \".TP\\n.B %s\" in section %s",
+				 s->name, s->section);
+		if (scope == NULL) {
+			/* outside the repeatable sections' headings, one entry */
+			size_t count = 0;
+			for (const char *e = strstr(man, head); e != NULL; e = strstr(e + 1, head)) {
+				bool in_multi = false;
+				for (const char *const *sec = (const char *const[]){ "\n.SH LISTEN SECTIONS\n", "\n.SH ROUTE SECTIONS\n", NULL }; *sec != NULL; sec++) {
+					const char *h = strstr(man, *sec);
+					const char *n2 = h != NULL ? strstr(h + 1, "\n.SH ") : NULL;
+					if (h != NULL && e > h && (n2 == NULL || e < n2))
+						in_multi = true;
+				}
+				count += !in_multi;
+			}
+			if (count > 1)
+				fail_msg("doc/mxguard.conf.5 has two entries \".TP\\n.B %s\"", s->name);
+		}
 		entry += strlen(head);
 		end = entry;
 		while ((end = strchr(end, '\n')) != NULL) {
@@ -1368,6 +1444,7 @@ test_docs_cover_settings(void **state)
 		}
 		free(para);
 		free(head);
+		free(scope);
 	}
 	free(man);
 	free(conf);

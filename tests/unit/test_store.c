@@ -70,7 +70,7 @@ setup(void **state)
 		fail_msg("%s", error);
 	free(pw);
 	free(path);
-	if (backend_create("store", f->cfg, f->db, &f->be, &error) < 0)
+	if (backend_create("store", f->cfg, NULL, f->db, &f->be, &error) < 0)
 		fail_msg("%s", error);
 	f->base = event_base_new();
 	f->workers = workers_create(1, 0, 0);
@@ -137,6 +137,26 @@ read_only_file(const char *dir)
 	return text;
 }
 
+/* A transaction of the store, as the session begins one at MAIL. */
+static struct backend_tx *
+store_tx(struct fixture *f)
+{
+	const struct backend_txinfo info = { .id = "TESTID0000000001", .from = "s@x.test" };
+
+	return backend_tx_begin(f->be, &f->env, &info);
+}
+
+static enum backend_status
+store_rcpt_now(struct fixture *f, const char *local, const char *domain, struct backend_rcpt *r,
+	       struct backend_reply *br, backend_rcpt_cb *cb, void *ctx)
+{
+	struct backend_tx *tx = store_tx(f);
+	enum backend_status st = backend_tx_rcpt(tx, local, domain, r, br, cb, ctx);
+
+	backend_tx_end(&tx);
+	return st;
+}
+
 static void
 test_found_by_name(void **state)
 {
@@ -159,7 +179,7 @@ test_rcpt_answers(void **state)
 	struct backend_reply br;
 	char *root;
 
-	f->be->ops->rcpt(f->be, &f->env, "bob", "b.test", &r, &br, NULL, NULL);
+	store_rcpt_now(f, "bob", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 250);
 	assert_string_equal(br.enhanced, "2.1.5");
 	assert_string_equal(r.mailbox, "bob@b.test");
@@ -168,7 +188,7 @@ test_rcpt_answers(void **state)
 	free(root);
 	backend_rcpt_clear(&r);
 
-	f->be->ops->rcpt(f->be, &f->env, "nobody", "b.test", &r, &br, NULL, NULL);
+	store_rcpt_now(f, "nobody", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 550);
 	assert_string_equal(br.enhanced, "5.1.1");
 	assert_string_equal(br.reason, "unknown_user");
@@ -176,7 +196,7 @@ test_rcpt_answers(void **state)
 	assert_null(r.mailbox);
 
 	/* postmaster@ every local domain, without a passwd entry */
-	f->be->ops->rcpt(f->be, &f->env, "postmaster", "b.test", &r, &br, NULL, NULL);
+	store_rcpt_now(f, "postmaster", "b.test", &r, &br, NULL, NULL);
 	assert_int_equal(br.code, 250);
 	assert_string_equal(r.address, "postmaster@b.test");
 	assert_string_equal(r.mailbox, "admin@a.test");
@@ -205,7 +225,7 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 		memset(&r[i], 0, sizeof(r[i]));
 		char *at = strchr(rcpts[i], '@');
 		char *local = xstrndup(rcpts[i], (size_t)(at - rcpts[i]));
-		f->be->ops->rcpt(f->be, &f->env, local, at + 1, &r[i], &br, NULL, NULL);
+		store_rcpt_now(f, local, at + 1, &r[i], &br, NULL, NULL);
 		assert_int_equal(br.code, 250);
 		free(local);
 	}
@@ -216,7 +236,8 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 		.folder = folder, .prefix = "Received: test\n", .prefix_len = 15, .body = body,
 	};
 	f->done = 0;
-	f->be->ops->data(f->be, &f->env, &msg, done_cb, f);
+	struct backend_tx *tx = store_tx(f);
+	backend_tx_data(tx, &msg, done_cb, f);
 	/* the caller may free what it passed at once */
 	msgbody_free(&body);
 	for (size_t i = 0; i < n; i++)
@@ -226,6 +247,7 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 		usleep(1000);
 	}
 	assert_int_equal(f->done, 1);
+	backend_tx_end(&tx);
 }
 
 static void
