@@ -674,7 +674,6 @@ relay_on_reply(struct upconn *c)
 	switch (c->step) {
 	case UP_GREETING:
 		if (cls != 2) {
-			c->step = UP_QUIT;
 			upconn_lost(c, why);
 			return;
 		}
