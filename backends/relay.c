@@ -337,6 +337,21 @@ xtext(const char *in, char *out, size_t outsz)
 
 /* --------------------------------------------------------- the RCPT side */
 
+/* A recipient the upstream took that will not get the message: the
+ * upstream transaction is given again without it before DATA. */
+static void
+relay_drop_one(struct relay_tx *rt, const struct backend_rcpt *r)
+{
+	for (size_t i = 0; i < rt->n_accepted; i++) {
+		if (strcmp(rt->accepted[i], r->address) == 0) {
+			free(rt->accepted[i]);
+			rt->accepted[i] = rt->accepted[--rt->n_accepted];
+			rt->trimmed = true;
+			return;
+		}
+	}
+}
+
 /* Answer the RCPT being asked; the asker may be gone (returns false). */
 static void
 relay_rcpt_answer(struct relay_tx *rt, const struct backend_reply *reply)
@@ -355,12 +370,15 @@ relay_rcpt_answer(struct relay_tx *rt, const struct backend_reply *reply)
 		rcpt.mailbox = xstrdup(addr);
 		rcpt.where = xstrdup(rt->relay->name);
 	}
-	bool taken = cb(ctx, reply, &rcpt);
 	if (ok) {
+		/* before the callback: the asker may drop() it at once (a stage) */
 		rt->accepted = xrealloc(rt->accepted, (rt->n_accepted + 1) * sizeof(*rt->accepted));
 		rt->accepted[rt->n_accepted++] = xstrdup(addr);
-		if (!taken)
-			rt->trimmed = true; /* the upstream has one we will not send */
+	}
+	bool taken = cb(ctx, reply, &rcpt);
+	if (ok && !taken && rt->relay != NULL) {
+		struct backend_rcpt gone = { .address = addr };
+		relay_drop_one(rt, &gone);
 	}
 	backend_rcpt_clear(&rcpt);
 	free(addr);
@@ -1161,16 +1179,8 @@ relay_drop(struct backend_tx *tx, const struct backend_rcpt *rcpts, size_t n)
 {
 	struct relay_tx *rt = tx->priv;
 
-	for (size_t k = 0; k < n; k++) {
-		for (size_t i = 0; i < rt->n_accepted; i++) {
-			if (strcmp(rt->accepted[i], rcpts[k].address) == 0) {
-				free(rt->accepted[i]);
-				rt->accepted[i] = rt->accepted[--rt->n_accepted];
-				rt->trimmed = true;
-				break;
-			}
-		}
-	}
+	for (size_t k = 0; k < n; k++)
+		relay_drop_one(rt, &rcpts[k]);
 }
 
 static void

@@ -429,5 +429,96 @@ class FailingUpstreams(unittest.TestCase):
         self.assertEqual(len(second.wait_for_messages(1)), 1)
 
 
+class VerdictsUpstream(unittest.TestCase):
+    """Filter verdicts in proxy mode, with the test stage (tests/stages/
+    test_stage.c) deciding and smtp-sink as the upstream."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = SmtpSink(verbose=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sink.stop()
+
+    def daemon(self, stage):
+        d = Daemon(binary=mxtest.MXGUARD_TESTSTAGE, start=False)
+        d.pipeline = {"stages": ["teststage"]}
+        lines = ["teststage {"] + ["\t%s = %s" % (k, mxtest.conf_value(v))
+                                   for k, v in stage.items()] + ["}"]
+        d.extra_conf = route_conf("sink", ["relay.test"], ["127.0.0.1:%d" % self.sink.port]) \
+            + "\n".join(lines) + "\n"
+        d.write_config()
+        d.start()
+        self.addCleanup(d.cleanup)
+        return d
+
+    def dumps(self):
+        return [SmtpSink.parse_dump(m) for m in self.sink.messages()]
+
+    def send(self, d, subject, rcpts=("a@relay.test",)):
+        s = smtp(d)
+        s.mail("v@example.org")
+        answers = [s.rcpt(r)[0] for r in rcpts]
+        code, text = s.data(message(subject))
+        s.quit()
+        return answers, code, text
+
+    def test_tag_headers_go_upstream(self):
+        d = self.daemon(dict(phase="data", header="X-Spam-Flag: YES", score=3.5))
+        self.assertEqual(self.send(d, "tagged")[1], 250)
+        self.sink.wait_for_messages(1)
+        got = [m for env, m in self.dumps() if b"Subject: tagged" in m]
+        self.assertEqual(len(got), 1)
+        self.assertIn(b"\nX-Spam-Flag: YES\n", got[0])
+        self.assertIn(b"X-Spam-Score: 3.5", got[0])
+
+    def test_reject_sends_nothing(self):
+        d = self.daemon(dict(phase="data", verdict="reject", code=554, enhanced="5.7.9",
+                             text="No thanks"))
+        n = len(self.sink.messages())
+        answers, code, text = self.send(d, "rejected")
+        self.assertEqual(code, 554, text)
+        self.assertIn(b"No thanks", text)
+        self.assertEqual(len(self.sink.messages()), n)
+
+    def test_quarantine_kept_here_not_upstream(self):
+        d = self.daemon(dict(phase="data", verdict="quarantine"))
+        n = len(self.sink.messages())
+        answers, code, text = self.send(d, "held")
+        self.assertEqual(code, 250, text)
+        self.assertEqual(len(self.sink.messages()), n)
+        qdir = os.path.join(d.dir, "quarantine", "new")
+        held = [open(os.path.join(qdir, f), "rb").read() for f in os.listdir(qdir)]
+        self.assertEqual(len(held), 1)
+        self.assertIn(b"X-MXGuard-Recipient: a@relay.test\n", held[0])
+        self.assertIn(b"Subject: held", held[0])
+
+    def test_discard_sends_nothing(self):
+        d = self.daemon(dict(phase="data", verdict="discard"))
+        n = len(self.sink.messages())
+        answers, code, text = self.send(d, "dropped")
+        self.assertEqual(code, 250, text)
+        self.assertEqual(len(self.sink.messages()), n)
+
+    def test_recipient_refused_after_upstream_said_yes(self):
+        # the upstream accepted b before the stage refused it: the upstream
+        # transaction is given again without b, so b never gets the message
+        d = self.daemon(dict(phase="rcpt", verdict="reject", only_rcpt="b@relay.test",
+                             code=550, enhanced="5.7.1", text="Not b"))
+        answers, code, text = self.send(d, "trimmed", rcpts=("a@relay.test", "b@relay.test",
+                                                             "c@relay.test"))
+        self.assertEqual(answers, [250, 550, 250])
+        self.assertEqual(code, 250, text)
+        self.sink.wait_for_messages(1)
+        got = [env for env, m in self.dumps() if b"Subject: trimmed" in m]
+        self.assertEqual(len(got), 1)
+        # smtp-sink's dump keeps the RCPTs of a reset transaction: its log
+        # shows what the message was given to, after RSET
+        log = self.sink.log_text()
+        last = log[log.rindex("MAIL FROM:<v@example.org>"):]
+        self.assertEqual(re.findall(r"RCPT TO:<(\w)@relay\.test>", last), ["a", "c"])
+
+
 if __name__ == "__main__":
     mxtest.main(budget=400)
