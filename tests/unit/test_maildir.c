@@ -617,6 +617,48 @@ static void test_create_folders(void **state)
 	free(root);
 }
 
+/* Two steps: prepare leaves the copies in tmp/ only; commit(true) makes
+ * them visible, commit(false) and an uncommitted free leave nothing. */
+static void test_prepare_commit(void **state)
+{
+	struct fixture *f = *state;
+	const char body[] = "Subject: two steps\n\nbody\n";
+	char *root = user_root(f->dir, "alice", "example.test");
+	struct maildir_target t = { .root = root, .headers = (char *)"Delivered-To: alice@example.test\n" };
+
+	for (int how = 0; how < 3; how++) {
+		struct maildir_job job = {
+			.targets = &t, .n_targets = 1, .prefix = prefix, .prefix_len = strlen(prefix),
+			.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = true,
+		};
+		assert_int_equal(maildir_prepare(&job), 0);
+		assert_int_equal(count_sub(root, "tmp"), 1);
+		assert_int_equal(count_sub(root, "new"), how == 0 ? 0 : 1);
+		if (how == 0) {
+			/* kept */
+			assert_int_equal(maildir_commit(&job, true), 0);
+			assert_non_null(job.paths);
+			assert_in_new_of(job.paths[0], root);
+			assert_file_is(job.paths[0], t.headers, prefix, body, strlen(body));
+		} else if (how == 1) {
+			/* thrown away */
+			assert_int_equal(maildir_commit(&job, false), 0);
+			assert_int_equal(job.error, 0);
+			assert_null(job.paths);
+		}
+		/* how == 2: freed without a commit */
+		maildir_job_free_results(&job);
+		assert_int_equal(count_sub(root, "tmp"), 0);
+		assert_int_equal(count_sub(root, "new"), 1);
+		msgbody_free(&job.body);
+	}
+	/* a commit with nothing prepared is an error, not a crash */
+	struct maildir_job none = { .targets = &t, .n_targets = 1 };
+	assert_int_equal(maildir_commit(&none, true), -1);
+	assert_int_equal(none.error, EINVAL);
+	free(root);
+}
+
 /* Nothing of a failed delivery may remain in any tmp/ or new/. */
 static void assert_maildir_empty(const char *maildir)
 {
@@ -996,6 +1038,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_deliver_one, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_prepare_commit, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_deliver_several_with_folder, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_empty_body_and_no_headers, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_spilled_body_identical, setup_dir, teardown_dir),
