@@ -14,11 +14,12 @@ set, like mxtest's daemons):
                every transaction dumped to a file
 
 All are context managers (`with Postfix() as pf: ...`) with start()/stop().
-start() returns once the port answered with a greeting (bounded); stop()
-stops the processes by PID (bounded waits, SIGKILL after them) and removes
-the directory. Every wait has a deadline; none is a fixed sleep. Each live
-server is also registered with mxtest, so mxtest.main()'s watchdog and its
-atexit cleanup stop it too.
+start() returns the server itself once its port answered with a greeting
+(bounded), so `pf = Postfix().start()` works too; stop() stops the
+processes by PID (bounded waits, SIGKILL after them) and removes the
+directory, and may be called again. Every wait has a deadline; none is a
+fixed sleep. Each live server is also registered with mxtest, so
+mxtest.main()'s watchdog and its atexit cleanup stop it too.
 
 Run as root (Postfix and Dovecot start as root and drop privileges; mail is
 delivered as `nobody`). Python standard library only.
@@ -457,7 +458,7 @@ class Postfix(_MaildirServer):
 
     def start(self):
         if self.started:
-            return
+            return self
         if os.geteuid() != 0:
             raise RuntimeError("Postfix: the instance must be started as root")
         for tool in (POSTFIX, POSTCONF):
@@ -641,7 +642,7 @@ class DovecotLMTP(_MaildirServer):
 
     def start(self):
         if self.started:
-            return
+            return self
         if os.geteuid() != 0:
             raise RuntimeError("DovecotLMTP: must be started as root")
         if not os.access(DOVECOT, os.X_OK):
@@ -795,7 +796,7 @@ class SmtpSink(_Server):
 
     def start(self):
         if self.started:
-            return
+            return self
         if not os.access(SMTP_SINK, os.X_OK):
             raise RuntimeError("%s not found (scripts/install-deps)" % SMTP_SINK)
         self._make_dir()
