@@ -61,7 +61,6 @@
 #define RELAY_CAP_ENHANCED 0x20u
 #define RELAY_CAP_SMTPUTF8 0x40u
 #define RELAY_REPLY_MAX 4096 /* octets of one reply line we read */
-#define RELAY_REPLY_LINES 100
 #define RELAY_CHUNK 65536
 
 struct relay {
@@ -157,12 +156,6 @@ caps_parse_line(const char *line, unsigned *caps, unsigned long long *size, char
 
 /* ---------------------------------------------------- reply reading */
 
-struct relay_reply {
-	unsigned code;
-	char enhanced[16];
-	char text[256];
-	size_t lines;
-};
 
 /* ------------------------------------------------ upstream connection */
 
@@ -185,7 +178,7 @@ struct upconn {
 	unsigned caps;
 	unsigned long long size_limit;
 	char xclient_attrs[256];
-	struct relay_reply reply;    /* being read */
+	struct smtp_reply reply;    /* being read */
 	struct relay_tx *owner;      /* NULL while idle */
 	struct event *idle_ev;
 	long command_timeout, data_timeout;
@@ -284,8 +277,7 @@ up_send(struct upconn *c, const char *fmt, ...)
 	evbuffer_add_vprintf(out, fmt, ap);
 	va_end(ap);
 	evbuffer_add(out, "\r\n", 2);
-	c->reply.code = 0;
-	c->reply.lines = 0;
+	smtp_reply_reset(&c->reply);
 }
 
 static void
@@ -299,7 +291,7 @@ up_timeouts(struct upconn *c, long secs)
 /* The upstream's words for the client: its enhanced code, or one made
  * from the reply class. */
 static void
-reply_for_client(const struct relay_reply *r, struct backend_reply *out, const char *dflt_enh)
+reply_for_client(const struct smtp_reply *r, struct backend_reply *out, const char *dflt_enh)
 {
 	char enh[16];
 
@@ -448,8 +440,7 @@ relay_data_feed(struct upconn *c)
 			evbuffer_add(out, ".\r\n", 3);
 			rt->part = 2;
 			c->step = UP_DATA_REPLY;
-			c->reply.code = 0;
-			c->reply.lines = 0;
+			smtp_reply_reset(&c->reply);
 			break;
 		}
 		relay_encode(rt, out, RELAY_CHUNK);
@@ -670,10 +661,9 @@ relay_step(struct upconn *c)
 
 /* One complete reply for the step c->step. */
 static void
-relay_on_reply(struct upconn *c)
+relay_on_reply(struct upconn *c, const struct smtp_reply *r)
 {
 	struct relay_tx *rt = c->owner;
-	const struct relay_reply *r = &c->reply;
 	unsigned cls = r->code / 100;
 	struct backend_reply br;
 	char why[400];
@@ -868,33 +858,14 @@ up_read_cb(struct bufferevent *bev, void *arg)
 			upconn_free(c);
 			return;
 		}
-		bool ok = len >= 3 && line[0] >= '2' && line[0] <= '5' && line[1] >= '0' &&
-			  line[1] <= '9' && line[2] >= '0' && line[2] <= '9' &&
-			  (len == 3 || line[3] == ' ' || line[3] == '-');
-		unsigned code = ok ? (unsigned)strtoul(line, NULL, 10) : 0;
-		if (!ok || (c->reply.lines > 0 && code != c->reply.code) ||
-		    ++c->reply.lines > RELAY_REPLY_LINES) {
+		const char *text;
+		enum smtp_reply_status st = smtp_reply_feed(&c->reply, line, len, &text);
+		if (st == SMTP_REPLY_BAD) {
 			free(line);
 			upconn_lost(c, "malformed reply");
 			return;
 		}
-		bool last = len == 3 || line[3] == ' ';
-		const char *text = len > 4 ? line + 4 : "";
-		if (c->reply.lines == 1) {
-			c->reply.code = code;
-			c->reply.enhanced[0] = '\0';
-			/* an enhanced code "x.y.z " leads the text */
-			size_t el = strspn(text, "0123456789.");
-			if (el >= 5 && el < sizeof(c->reply.enhanced) && text[0] == line[0] &&
-			    text[1] == '.' && (text[el] == ' ' || text[el] == '\0')) {
-				memcpy(c->reply.enhanced, text, el);
-				c->reply.enhanced[el] = '\0';
-				text += el;
-				while (*text == ' ')
-					text++;
-			}
-			str_copy(c->reply.text, text, sizeof(c->reply.text));
-		}
+		bool last = st == SMTP_REPLY_DONE;
 		if (c->step == UP_EHLO || c->step == UP_TLS_EHLO || c->step == UP_XCLIENT_EHLO) {
 			if (c->reply.lines > 1)
 				caps_parse_line(text, &c->caps, &c->size_limit, c->xclient_attrs,
@@ -902,8 +873,11 @@ up_read_cb(struct bufferevent *bev, void *arg)
 		}
 		free(line);
 		if (last) {
+			/* the next reply starts afresh (LMTP sends several) */
+			struct smtp_reply done = c->reply;
+			smtp_reply_reset(&c->reply);
 			reading = c;
-			relay_on_reply(c);
+			relay_on_reply(c, &done);
 			if (reading != c)
 				return; /* freed by what the reply did */
 			reading = NULL;

@@ -253,6 +253,25 @@ bool smtp_path_is_simple_local(const struct smtp_path *path);
 /* Normalised "local@domain" (or "" for the null path). */
 void smtp_path_format(const struct smtp_path *path, char *out, size_t outsz);
 
+/* A reply an SMTP/LMTP server sends us (the relay's upstream), read one
+ * line (without its CRLF) at a time. The first line's enhanced code
+ * ("2.1.5 ", RFC 3463, class matching the code) and text are kept; a line
+ * that is not "ddd", "ddd text" or "ddd-text", a code that changes between
+ * lines, or more than SMTP_REPLY_LINES_MAX lines is malformed. */
+#define SMTP_REPLY_LINES_MAX 100
+struct smtp_reply {
+	unsigned code;
+	char enhanced[16];   /* "" when the reply has none */
+	char text[256];      /* the first line's text after the enhanced code,
+			      * controls and non-ASCII as '?' */
+	size_t lines;
+};
+enum smtp_reply_status { SMTP_REPLY_MORE, SMTP_REPLY_DONE, SMTP_REPLY_BAD };
+void smtp_reply_reset(struct smtp_reply *r);
+/* *text_r: this line's text after "ddd-"/"ddd " (an EHLO keyword line). */
+enum smtp_reply_status smtp_reply_feed(struct smtp_reply *r, const char *line, size_t len,
+				       const char **text_r);
+
 /* ------------------------------------------------------------ DATA reader */
 /*
  * Incremental reader for the DATA phase: un-dot-stuffs and finds the end

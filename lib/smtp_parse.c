@@ -589,3 +589,58 @@ void smtp_path_format(const struct smtp_path *path, char *out, size_t outsz)
 		out[i++] = to_lower(path->domain[k]);
 	out[i] = '\0';
 }
+
+/* ------------------------------------------------------------- replies */
+
+void smtp_reply_reset(struct smtp_reply *r)
+{
+	memset(r, 0, sizeof(*r));
+}
+
+enum smtp_reply_status smtp_reply_feed(struct smtp_reply *r, const char *line, size_t len,
+				       const char **text_r)
+{
+	bool ok = len >= 3 && line[0] >= '2' && line[0] <= '5' && is_digit((unsigned char)line[1]) &&
+		  is_digit((unsigned char)line[2]) &&
+		  (len == 3 || line[3] == ' ' || line[3] == '-');
+	const char *text = len > 4 ? line + 4 : "";
+	size_t tlen = len > 4 ? len - 4 : 0;
+
+	*text_r = "";
+	if (!ok || memchr(line, '\0', len) != NULL)
+		return SMTP_REPLY_BAD;
+	unsigned code = (unsigned)(line[0] - '0') * 100 + (unsigned)(line[1] - '0') * 10 +
+			(unsigned)(line[2] - '0');
+	if ((r->lines > 0 && code != r->code) || r->lines >= SMTP_REPLY_LINES_MAX)
+		return SMTP_REPLY_BAD;
+	r->lines++;
+	*text_r = text;
+	if (r->lines == 1) {
+		r->code = code;
+		r->enhanced[0] = '\0';
+		/* "x.y.z " with x the reply's class leads the text */
+		size_t el = 0;
+		while (el < tlen && (is_digit((unsigned char)text[el]) || text[el] == '.'))
+			el++;
+		if (el >= 5 && el < sizeof(r->enhanced) && text[0] == line[0] && text[1] == '.' &&
+		    (el == tlen || text[el] == ' ')) {
+			memcpy(r->enhanced, text, el);
+			r->enhanced[el] = '\0';
+			while (el < tlen && text[el] == ' ')
+				el++;
+			text += el;
+			tlen -= el;
+		}
+		if (tlen >= sizeof(r->text))
+			tlen = sizeof(r->text) - 1;
+		/* the text goes into our own reply to the client: control
+		 * octets (a bare CR would start a reply line of its own) and
+		 * non-ASCII become '?' */
+		for (size_t i = 0; i < tlen; i++) {
+			unsigned char ch = (unsigned char)text[i];
+			r->text[i] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
+		}
+		r->text[tlen] = '\0';
+	}
+	return len == 3 || line[3] == ' ' ? SMTP_REPLY_DONE : SMTP_REPLY_MORE;
+}

@@ -520,5 +520,90 @@ class VerdictsUpstream(unittest.TestCase):
         self.assertEqual(re.findall(r"RCPT TO:<(\w)@relay\.test>", last), ["a", "c"])
 
 
+class PostfixTLS(unittest.TestCase):
+    """STARTTLS to the upstream: opportunistic, required and verified,
+    required with a name the certificate does not carry; XFORWARD when
+    XCLIENT is not allowed."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pf = Postfix(domains={"relay.test": ["alice"]}, tls=True, xclient_hosts="",
+                         extra_main_cf={"smtpd_tls_loglevel": "1"}).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pf.stop()
+
+    def daemon(self, **route):
+        d = Daemon(extra_conf=route_conf("tls", ["relay.test"],
+                                         ["127.0.0.1:%d" % self.pf.port], **route))
+        self.addCleanup(d.cleanup)
+        return d
+
+    def send(self, d, subject):
+        s = smtp(d, source="127.0.0.7")
+        s.mail("t@example.org")
+        code, text = s.rcpt("alice@relay.test")
+        if code == 250:
+            code, text = s.data(message(subject))
+        s.quit()
+        return code, text
+
+    def test_opportunistic(self):
+        d = self.daemon(starttls="opportunistic")
+        code, text = self.send(d, "tls-may")
+        self.assertEqual(code, 250, text)
+        qid = re.search(rb"queued as ([0-9A-Za-z]+)", text).group(1).decode()
+        self.pf.wait_for_log(r"Anonymous TLS connection established from|"
+                             r"TLS connection established from")
+        # XCLIENT is not allowed here: XFORWARD names the client instead
+        self.pf.wait_for_log(r"%s: .*orig_client=\S*\[127\.0\.0\.7\]" % qid)
+        self.assertEqual(len(wait_subject(self.pf, "alice", "relay.test", "tls-may")), 1)
+
+    def test_required_verified(self):
+        d = self.daemon(starttls="required", tls_ca_file=self.pf.cert_path,
+                        tls_verify_name="localhost")
+        code, text = self.send(d, "tls-verified")
+        self.assertEqual(code, 250, text)
+        self.assertEqual(len(wait_subject(self.pf, "alice", "relay.test", "tls-verified")), 1)
+
+    def test_required_wrong_name_refused(self):
+        d = self.daemon(starttls="required", tls_ca_file=self.pf.cert_path,
+                        tls_verify_name="mx.elsewhere.test")
+        code, text = self.send(d, "tls-wrong")
+        self.assertEqual(code, 451, text)
+        self.assertIn(b"4.4.1", text)
+        self.assertIsNotNone(d.wait_log(r"upstream 127\.0\.0\.1:\d+: TLS"))
+        self.assertEqual(wait_subject(self.pf, "alice", "relay.test", "tls-wrong", timeout=0), [])
+
+
+class LargeMessage(unittest.TestCase):
+    """A message far above the spill threshold goes upstream from the spool
+    file, byte for byte, without being held in memory again."""
+
+    def test_streamed_from_the_spool(self):
+        sk = SmtpSink().start()
+        self.addCleanup(sk.stop)
+        d = Daemon(extra_conf=route_conf("sink", ["relay.test"], ["127.0.0.1:%d" % sk.port]))
+        self.addCleanup(d.cleanup)
+        line = b"0123456789" * 9 + b".line\r\n"
+        body = b"".join(b"%08d " % i + line for i in range(120000))  # about 12 MB
+        msg = message("large", body)
+        rss_before = d.rss_kb()
+        s = smtp(d)
+        s.mail("big@example.org", ["SIZE=%d" % len(msg)])
+        self.assertEqual(s.rcpt("a@relay.test")[0], 250)
+        code, text = s.data(msg)
+        self.assertEqual(code, 250, text)
+        rss_after = d.rss_kb()
+        s.quit()
+        env, got = SmtpSink.parse_dump(sk.wait_for_messages(1)[0])
+        self.assertEqual(after_our_received(got), lf(msg))
+        if not mxtest.sanitized():
+            # the body was spilled and mapped: not a second copy in memory
+            self.assertLess(rss_after - rss_before, len(msg) // 1024 // 2,
+                            (rss_before, rss_after))
+
+
 if __name__ == "__main__":
     mxtest.main(budget=400)

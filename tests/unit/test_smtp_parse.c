@@ -746,6 +746,56 @@ static void test_str_copy(void **state)
 	assert_string_equal(buf, "");
 }
 
+/* Replies an upstream sends the relay. */
+static void test_reply_feed(void **state)
+{
+	struct smtp_reply r;
+	const char *text;
+
+	(void)state;
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "250-up.test Hello", 17, &text), SMTP_REPLY_MORE);
+	assert_string_equal(text, "up.test Hello");
+	assert_int_equal(smtp_reply_feed(&r, "250-SIZE 1000", 13, &text), SMTP_REPLY_MORE);
+	assert_string_equal(text, "SIZE 1000");
+	assert_int_equal(smtp_reply_feed(&r, "250 8BITMIME", 12, &text), SMTP_REPLY_DONE);
+	assert_int_equal(r.code, 250);
+	assert_int_equal(r.lines, 3);
+	assert_string_equal(r.enhanced, "");
+	assert_string_equal(r.text, "up.test Hello");
+
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "550 5.1.1 <x@y>: unknown", 24, &text), SMTP_REPLY_DONE);
+	assert_string_equal(r.enhanced, "5.1.1");
+	assert_string_equal(r.text, "<x@y>: unknown");
+	/* an enhanced code of another class is text */
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "250 5.1.1 odd", 13, &text), SMTP_REPLY_DONE);
+	assert_string_equal(r.enhanced, "");
+	assert_string_equal(r.text, "5.1.1 odd");
+	/* bare code */
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "354", 3, &text), SMTP_REPLY_DONE);
+	assert_int_equal(r.code, 354);
+	/* controls in the text never reach our reply */
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "451 4.3.0 a\rb\x01" "c\xff", 16, &text), SMTP_REPLY_DONE);
+	assert_string_equal(r.text, "a?b?c?");
+	/* malformed: no code, a changed code, a wrong separator, too many lines */
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "hello", 5, &text), SMTP_REPLY_BAD);
+	assert_int_equal(smtp_reply_feed(&r, "25", 2, &text), SMTP_REPLY_BAD);
+	assert_int_equal(smtp_reply_feed(&r, "250x", 4, &text), SMTP_REPLY_BAD);
+	assert_int_equal(smtp_reply_feed(&r, "650 no", 6, &text), SMTP_REPLY_BAD);
+	smtp_reply_reset(&r);
+	assert_int_equal(smtp_reply_feed(&r, "250-a", 5, &text), SMTP_REPLY_MORE);
+	assert_int_equal(smtp_reply_feed(&r, "251 b", 5, &text), SMTP_REPLY_BAD);
+	smtp_reply_reset(&r);
+	for (int i = 0; i < SMTP_REPLY_LINES_MAX; i++)
+		assert_int_equal(smtp_reply_feed(&r, "250-x", 5, &text), SMTP_REPLY_MORE);
+	assert_int_equal(smtp_reply_feed(&r, "250 x", 5, &text), SMTP_REPLY_BAD);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -773,6 +823,7 @@ int main(void)
 		cmocka_unit_test(test_helo),
 		cmocka_unit_test(test_str_lower),
 		cmocka_unit_test(test_str_copy),
+		cmocka_unit_test(test_reply_feed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
