@@ -96,6 +96,10 @@
 /* How deep a redirector inside a URI is followed (each level is shorter,
  * so this only bounds the work). */
 #define URI_REDIRECT_DEPTH 4
+/* Raw URIs taken from the body text at most (they cost a canonicalisation
+ * each, and those without a domain are never kept, so the count of kept
+ * URIs alone would not bound the work). */
+#define URI_TEXT_CANDIDATES_MAX (10 * MSGTEXT_URIS_MAX)
 /* Attributes of one HTML tag that are looked at; more are parsed over. */
 #define HTML_ATTRS_MAX 32
 
@@ -686,6 +690,7 @@ struct build {
 	GHashTable *html_seen;
 	struct strvec uris;
 	GHashTable *uri_seen;
+	GHashTable *text_seen;    /* raw URIs from the text (SpamAssassin's %seen) */
 };
 
 static void truncated(struct build *bd)
@@ -856,24 +861,24 @@ static void rawbody_split(struct build *bd, const char *s, size_t n)
 
 static void rawbody_add(struct build *bd, const char *s, size_t n)
 {
-	size_t left = MSGTEXT_TEXT_MAX - bd->rawbody_octets;
-	size_t take = utf8_floor(s, n, left);
+	size_t left = MSGTEXT_TEXT_MAX - bd->rawbody_octets, take;
 	struct tbuf t = { 0 };
 
-	if (take < n)
-		truncated(bd);
-	bd->rawbody_octets += take;
 	/* no NUL inside a C string: it would hide the rest from rules */
-	for (size_t i = 0; i < take; i++) {
-		const char *nul = memchr(s + i, '\0', take - i);
-		size_t run = nul != NULL ? (size_t)(nul - (s + i)) : take - i;
+	for (size_t i = 0; i < n; i++) {
+		const char *nul = memchr(s + i, '\0', n - i);
+		size_t run = nul != NULL ? (size_t)(nul - (s + i)) : n - i;
 
 		tbuf_add(&t, s + i, run);
 		i += run;
-		if (i < take)
+		if (i < n)
 			utf8_put(&t, 0xfffd);
 	}
-	rawbody_split(bd, t.p != NULL ? t.p : "", t.len);
+	take = utf8_floor(t.p != NULL ? t.p : "", t.len, left);
+	if (take < t.len)
+		truncated(bd);
+	bd->rawbody_octets += take;
+	rawbody_split(bd, t.p != NULL ? t.p : "", take);
 	tbuf_free(&t);
 }
 
@@ -2565,6 +2570,14 @@ static void uri_from_text(struct build *bd, const char *m, size_t len, bool mail
 	n = strlen(u);
 	while (n > 0 && strchr(trail, u[n - 1]) != NULL)
 		u[--n] = '\0';
+	/* each raw URI once: a text repeating one link is canonicalised once */
+	if (g_hash_table_contains(bd->text_seen, u))
+		goto out;
+	if (g_hash_table_size(bd->text_seen) >= URI_TEXT_CANDIDATES_MAX) {
+		truncated(bd);
+		goto out;
+	}
+	g_hash_table_add(bd->text_seen, xstrdup(u));
 	if ((mail && strchr(u, '@') == NULL) || starts_nocase(u, n, "cid:") || starts_nocase(u, n, "mid:"))
 		goto out;
 	size_t sch = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
@@ -2666,7 +2679,8 @@ static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *s
 	}
 	e = sc->run_end[DELIM_LOCAL];
 	if (e > i && e - i <= 251 && e < n && s[e] == '@') {
-		if (sc->dom_from != e + 1) {
+		/* any start inside a run ends where the run does */
+		if (sc->dom_from == SIZE_MAX || e + 1 < sc->dom_from || e + 1 >= sc->dom_end) {
 			sc->dom_from = e + 1;
 			sc->dom_end = uri_run_end(s, n, e + 1, DELIM_EMAIL);
 		}
@@ -2681,7 +2695,8 @@ static void uri_scan_text(struct build *bd, const char *s, size_t n)
 	struct uri_scan sc = { { SIZE_MAX, SIZE_MAX, SIZE_MAX }, SIZE_MAX, 0 };
 	size_t i = 0;
 
-	while (i < n && bd->uris.n < MSGTEXT_URIS_MAX) {
+	while (i < n && bd->uris.n < MSGTEXT_URIS_MAX &&
+	       g_hash_table_size(bd->text_seen) < URI_TEXT_CANDIDATES_MAX) {
 		bool mail;
 		size_t e = 0;
 
@@ -2702,7 +2717,8 @@ static void uris_finish(struct build *bd)
 		uri_scan_text(bd, bd->t->body[i], strlen(bd->t->body[i]));
 	for (size_t i = 0; i < bd->html_uris.n && bd->uris.n < MSGTEXT_URIS_MAX; i++)
 		uri_add(bd, bd->html_uris.v[i], false);
-	if (bd->uris.n >= MSGTEXT_URIS_MAX)
+	if (bd->uris.n >= MSGTEXT_URIS_MAX ||
+	    g_hash_table_size(bd->text_seen) >= URI_TEXT_CANDIDATES_MAX)
 		truncated(bd);
 	bd->t->uris = bd->uris.v;
 	bd->t->n_uris = bd->uris.n;
@@ -2754,6 +2770,7 @@ static void *msgtext_build(struct msgbody *b)
 	bd.t->parts = xcalloc(MSGTEXT_PARTS_MAX, sizeof(*bd.t->parts));
 	bd.html_seen = g_hash_table_new(g_str_hash, g_str_equal);
 	bd.uri_seen = g_hash_table_new(g_str_hash, g_str_equal);
+	bd.text_seen = g_hash_table_new_full(g_str_hash, g_str_equal, free, NULL);
 	if (m != NULL) {
 		bd.t->mime = true;
 		headers_collect(&bd, m);
@@ -2767,6 +2784,7 @@ static void *msgtext_build(struct msgbody *b)
 	uris_finish(&bd);
 	g_hash_table_destroy(bd.html_seen);
 	g_hash_table_destroy(bd.uri_seen);
+	g_hash_table_destroy(bd.text_seen);
 	strvec_free(&bd.html_uris);
 	tbuf_free(&bd.body);
 	return bd.t;
