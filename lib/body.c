@@ -14,10 +14,18 @@
  *
  * The body is reference-counted (see lib.h): jobs on the worker pool hold
  * their own reference, so the last of the session, a delivery and a scan to
- * let go frees it. It also carries one lazily built view for lib/mime.c (the
- * parsed MIME tree), made once under view_lock and freed with the body;
- * body.c only knows it as a pointer and a free function, so the body itself
+ * let go frees it. It also carries a few lazily built views — lib/mime.c's
+ * parsed MIME tree, lib/msgtext.c's text views built from that tree — each
+ * made once and freed with the body; body.c only knows them as pointers and
+ * free functions, keyed by the function that builds them, so the body itself
  * does not depend on GMime.
+ *
+ * A view's build may ask for another view (the text views parse the MIME
+ * tree first), so each view has its own lock: view_lock only guards the
+ * table of slots and is never held while a build runs, and a slot's lock is
+ * held while its view is built, which makes the others who ask for it wait.
+ * A slot is never given back before the body is freed, so a pointer to it
+ * stays good without view_lock.
  */
 #include "config.h"
 
@@ -36,6 +44,17 @@
 
 /* The first allocation: most bodies are a few kilobytes. */
 #define BODY_INITIAL_CAP 4096
+/* How many kinds of view a body can carry: the program has a fixed few
+ * (the MIME tree, the text views), so running out is a programming error. */
+#define BODY_VIEWS_MAX 4
+
+struct body_view {
+	void *(*build)(struct msgbody *b); /* the key; NULL while the slot is free */
+	void (*free_view)(void *view);
+	pthread_mutex_t lock;              /* held while the view is built */
+	bool built;
+	void *view;
+};
 
 struct msgbody {
 	atomic_int refcount;
@@ -56,11 +75,9 @@ struct msgbody {
 	const char *map;
 	size_t map_len;
 
-	/* the lazily built view (lib/mime.c), made once under view_lock */
+	/* the lazily built views; view_lock guards which slot is whose */
 	pthread_mutex_t view_lock;
-	bool view_built;
-	void *view;
-	void (*free_view)(void *view);
+	struct body_view views[BODY_VIEWS_MAX];
 };
 
 struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold)
@@ -74,6 +91,8 @@ struct msgbody *msgbody_new(const char *spool_dir, size_t spill_threshold)
 	atomic_init(&b->refcount, 1);
 	pthread_mutex_init(&b->map_lock, NULL);
 	pthread_mutex_init(&b->view_lock, NULL);
+	for (size_t i = 0; i < BODY_VIEWS_MAX; i++)
+		pthread_mutex_init(&b->views[i].lock, NULL);
 	return b;
 }
 
@@ -284,40 +303,96 @@ const char *msgbody_contents(struct msgbody *b, size_t *len_r)
 	return map;
 }
 
+/* The slot of the view `build` makes: the one it already has, else a free
+ * one given to it now. */
+static struct body_view *body_view_slot(struct msgbody *b, void *(*build)(struct msgbody *b),
+					bool claim)
+{
+	struct body_view *slot = NULL;
+
+	pthread_mutex_lock(&b->view_lock);
+	for (size_t i = 0; i < BODY_VIEWS_MAX && slot == NULL; i++) {
+		if (b->views[i].build == build)
+			slot = &b->views[i];
+		else if (b->views[i].build == NULL && claim) {
+			b->views[i].build = build;
+			slot = &b->views[i];
+		} else if (b->views[i].build == NULL)
+			break;
+	}
+	pthread_mutex_unlock(&b->view_lock);
+	if (slot == NULL && claim) {
+		log_msg(LOG_LEVEL_ERR, "msgbody: more than %d kinds of view", BODY_VIEWS_MAX);
+		abort();
+	}
+	return slot;
+}
+
 void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
 		   void (*free_view)(void *view))
 {
+	struct body_view *slot;
 	void *view;
 
 	/* the view is of the finished message: asking early builds nothing
 	 * (and remembers nothing) */
 	if (!b->sealed || b->error != 0)
 		return NULL;
-	pthread_mutex_lock(&b->view_lock);
-	if (!b->view_built) {
-		b->view = build(b);
-		b->free_view = free_view;
-		b->view_built = true;
+	slot = body_view_slot(b, build, true);
+	pthread_mutex_lock(&slot->lock);
+	if (!slot->built) {
+		slot->view = build(b);
+		slot->free_view = free_view;
+		slot->built = true;
 	}
-	view = b->view;
-	pthread_mutex_unlock(&b->view_lock);
+	view = slot->view;
+	pthread_mutex_unlock(&slot->lock);
 	return view;
+}
+
+bool msgbody_view_built_by(struct msgbody *b, void *(*build)(struct msgbody *b))
+{
+	struct body_view *slot = body_view_slot(b, build, false);
+	bool built = false;
+
+	if (slot != NULL) {
+		pthread_mutex_lock(&slot->lock);
+		built = slot->built;
+		pthread_mutex_unlock(&slot->lock);
+	}
+	return built;
 }
 
 bool msgbody_view_built(struct msgbody *b)
 {
-	bool built;
+	bool built = false;
 
-	pthread_mutex_lock(&b->view_lock);
-	built = b->view_built;
-	pthread_mutex_unlock(&b->view_lock);
+	/* slots are claimed in order and never given back: the first free one
+	 * ends the list */
+	for (size_t i = 0; i < BODY_VIEWS_MAX && !built; i++) {
+		void *(*build)(struct msgbody *b);
+
+		pthread_mutex_lock(&b->view_lock);
+		build = b->views[i].build;
+		pthread_mutex_unlock(&b->view_lock);
+		if (build == NULL)
+			break;
+		built = msgbody_view_built_by(b, build);
+	}
 	return built;
 }
 
 static void body_destroy(struct msgbody *b)
 {
-	if (b->view != NULL && b->free_view != NULL)
-		b->free_view(b->view);
+	/* views keep no pointers into each other (the text views copy what
+	 * they keep of the MIME tree), so any order will do */
+	for (size_t i = 0; i < BODY_VIEWS_MAX; i++) {
+		struct body_view *v = &b->views[i];
+
+		if (v->built && v->view != NULL && v->free_view != NULL)
+			v->free_view(v->view);
+		pthread_mutex_destroy(&v->lock);
+	}
 	if (b->map != NULL)
 		munmap((void *)b->map, b->map_len);
 	if (b->fd >= 0)

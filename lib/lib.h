@@ -335,14 +335,19 @@ bool msgbody_spilled(const struct msgbody *b);
  * spill file made once). NULL with errno on failure; *len_r set. */
 const char *msgbody_contents(struct msgbody *b, size_t *len_r);
 
-/* For lib/mime.c: one lazily built view of a sealed body (NULL, and nothing
- * built, while the body is not sealed or failed). The first call
- * runs build(b) under the body's view lock — so callers on several threads
- * at once build it once — and later calls return what it returned (NULL
- * included); free_view(view) runs when the body is freed. */
+/* For lib/mime.c and lib/msgtext.c: lazily built views of a sealed body
+ * (NULL, and nothing built, while the body is not sealed or failed), one
+ * per build function — a body carries up to 4 kinds. The first call for a
+ * given build runs build(b) under that view's own lock — so callers on
+ * several threads at once build it once — and later calls return what it
+ * returned (NULL included); free_view(view) runs when the body is freed.
+ * A build may ask for another kind of view (never for its own). */
 void *msgbody_view(struct msgbody *b, void *(*build)(struct msgbody *b),
 		   void (*free_view)(void *view));
-/* True once the view was built (for tests and metrics). */
+/* True once the view that build makes was built (tests and metrics). */
+bool msgbody_view_built_by(struct msgbody *b, void *(*build)(struct msgbody *b));
+/* True once any view was built (what mime.c asks: its view is the first
+ * any other is built from). */
 bool msgbody_view_built(struct msgbody *b);
 
 /* ------------------------------------------------------------ MIME view */
