@@ -255,6 +255,8 @@ struct relay_tx {
 	size_t src_len, src_off;
 	int part;                     /* 0 prefix, 1 body, 2 done */
 	bool bol, pending_cr;
+	size_t skip[2], skip_pos;     /* the next sender's X-Spam-* field */
+	bool skip_more;
 	size_t lmtp_left;             /* LMTP replies still to read */
 	struct backend_reply data_reply;
 };
@@ -386,6 +388,13 @@ relay_encode(struct relay_tx *rt, struct evbuffer *out, size_t max)
 	size_t o = 0;
 
 	while (rt->src_off < rt->src_len && o < sizeof(buf) - 8 && o < max) {
+		if (rt->part == 1 && rt->skip_more && rt->src_off == rt->skip[0]) {
+			/* a sender's X-Spam-* field: left out */
+			rt->src_off = rt->skip[1];
+			rt->skip_more = msg_header_next(rt->src, rt->src_len, MSG_FORGED_PREFIX,
+							&rt->skip_pos, rt->skip);
+			continue;
+		}
 		char ch = rt->src[rt->src_off];
 		if (rt->pending_cr) {
 			rt->pending_cr = false;
@@ -431,6 +440,10 @@ relay_data_feed(struct upconn *c)
 				rt->src = msgbody_contents(rt->body, &len);
 				rt->src_len = rt->src != NULL ? len : 0;
 				rt->src_off = 0;
+				rt->skip_pos = 0;
+				rt->skip_more = rt->src != NULL &&
+						msg_header_next(rt->src, rt->src_len, MSG_FORGED_PREFIX,
+								&rt->skip_pos, rt->skip);
 				continue;
 			}
 			/* the end: a line end if the last one lacked it, then the dot */

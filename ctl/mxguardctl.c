@@ -2,6 +2,7 @@
  * mxguardctl.c — the admin's tool for the user database.
  *
  *   mxguardctl [-c CONFIG] [-p PASSWD_FILE] user add|del|passwd|list|check [USER]
+ *   mxguardctl [-c CONFIG] rules lint|test ...   (ctl/rules_cmd.c)
  *
  * It reads the same configuration file as the daemon (through the same
  * loader, with the same stage sections registered) so that it edits the
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 #include "backends/backends.h"
+#include "ctl/ctl.h"
 #include "filters/filters.h"
 #include "lib/lib.h"
 #include "proxy/proxy.h" /* mxguard_register_config: the daemon's settings */
@@ -71,6 +73,9 @@ static void ctl_usage(FILE *out)
 		"  user del USER      remove USER (the mail store is left alone)\n"
 		"  user list          print every user, one per line\n"
 		"  user check USER    read a password; exit 0 if it is USER's\n"
+		"  rules lint FILE... check rule files: file:line:col: error|warning: ...\n"
+		"  rules test [-r FILE]... [--summary] [--from A] [--rcpt A] [--helo H]\n"
+		"             [--client IP] MESSAGE...   score messages with the rules\n"
 		"\n"
 		"options:\n"
 		"  -c CONFIG          configuration file (default %s)\n"
@@ -433,6 +438,22 @@ int main(int argc, char **argv)
 
 	if (argc == 0)
 		return ctl_usage_error("missing command");
+	if (strcmp(argv[0], "rules") == 0) {
+		/* the config is optional here: it gives the thresholds and the
+		 * rules section's files; a named one must load */
+		bool named = ctl.config_path != NULL && strcmp(ctl.config_path, CTL_DEFAULT_CONFIG) != 0;
+		mxguard_register_config();
+		if (named || access(ctl.config_path, R_OK) == 0) {
+			if (config_load(ctl.config_path, &ctl.cfg, &error) < 0) {
+				ctl_error("%s", error != NULL ? error : ctl.config_path);
+				free(error);
+				return CTL_EXIT_FAIL;
+			}
+		}
+		ret = ctl_rules_main(ctl.cfg, argc, argv);
+		config_unref(&ctl.cfg);
+		return ret;
+	}
 	if (strcmp(argv[0], "user") != 0)
 		return ctl_usage_error("unknown command: %s", argv[0]);
 	if (argc < 2)

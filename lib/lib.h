@@ -272,6 +272,17 @@ void smtp_reply_reset(struct smtp_reply *r);
 enum smtp_reply_status smtp_reply_feed(struct smtp_reply *r, const char *line, size_t len,
 				       const char **text_r);
 
+/* lib/headers.c: the next field of the top-level header block, from
+ * *pos on, whose name starts with prefix (any case): its byte range
+ * [span[0], span[1]) with its continuation lines and line ends. *pos moves
+ * past it. False when the header block (or the first MSG_HEADER_SCAN_MAX
+ * octets) ended without one. Start with *pos = 0. */
+#define MSG_HEADER_SCAN_MAX (1024 * 1024)
+bool msg_header_next(const char *data, size_t len, const char *prefix, size_t *pos,
+		     size_t span[2]);
+/* The fields a sender may not bring: mxguard writes its own verdict. */
+#define MSG_FORGED_PREFIX "X-Spam-"
+
 /* ------------------------------------------------------------ DATA reader */
 /*
  * Incremental reader for the DATA phase: un-dot-stuffs and finds the end

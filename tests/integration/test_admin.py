@@ -70,6 +70,8 @@ class ConfigCheck(DaemonTestCase):
         # scripts/quickstart): give it one, in a directory of its own
         top = tempfile.mkdtemp(prefix="mxtest-shipped-", dir=self.d.dir)
         os.makedirs(os.path.join(top, "var", "tls"))
+        # ... and its rules from ./rules, as in the source tree
+        os.symlink(os.path.join(mxtest.MX_SRCDIR, "rules"), os.path.join(top, "rules"))
         for src, name in zip(mxtest.test_cert(), ("cert.pem", "key.pem")):
             shutil.copy(src, os.path.join(top, "var", "tls", name))
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
@@ -119,7 +121,9 @@ class ConfigCheck(DaemonTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(cert) as f:
             self.assertEqual(f.read(), before, "a second run replaced the certificate")
-        # and the daemon accepts the pair with the shipped config
+        # and the daemon accepts the pair with the shipped config (which
+        # reads its rules from ./rules, as in the source tree)
+        os.symlink(os.path.join(mxtest.MX_SRCDIR, "rules"), os.path.join(top, "rules"))
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
         r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

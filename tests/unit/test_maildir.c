@@ -659,6 +659,38 @@ static void test_prepare_commit(void **state)
 	free(root);
 }
 
+/* A sender's X-Spam-* fields (any case, folded ones whole) are left out of
+ * the stored copy; everything else, the body too, is kept. */
+static void test_forged_spam_headers_dropped(void **state)
+{
+	struct fixture *f = *state;
+	const char body[] =
+		"X-Spam-Status: No, score=-100\r\n"
+		"Subject: hi\r\n"
+		"x-spam-flag:\r\n NO\r\n"
+		"X-Spamish: kept\r\n"
+		"X-Spam-Score : -5\r\n"
+		"\r\n"
+		"X-Spam-Status: in the body stays\r\n";
+	const char want[] =
+		"Subject: hi\n"
+		"X-Spamish: kept\n"
+		"\n"
+		"X-Spam-Status: in the body stays\n";
+	char *root = user_root(f->dir, "alice", "example.test");
+	struct maildir_target t = { .root = root };
+	struct maildir_job job = {
+		.targets = &t, .n_targets = 1, .prefix = "", .prefix_len = 0,
+		.body = body_from(f->dir, 1 << 20, body, strlen(body)), .fsync = false,
+	};
+
+	assert_int_equal(maildir_deliver(&job), 0);
+	assert_file_is(job.paths[0], "", "", want, strlen(want));
+	maildir_job_free_results(&job);
+	msgbody_free(&job.body);
+	free(root);
+}
+
 /* Nothing of a failed delivery may remain in any tmp/ or new/. */
 static void assert_maildir_empty(const char *maildir)
 {
@@ -1039,6 +1071,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_deliver_one, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_prepare_commit, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_forged_spam_headers_dropped, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_deliver_several_with_folder, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_empty_body_and_no_headers, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_spilled_body_identical, setup_dir, teardown_dir),

@@ -1,0 +1,13 @@
+/*
+ * ctl.h — what mxguardctl's command files share.
+ */
+#ifndef MXGUARD_CTL_H
+#define MXGUARD_CTL_H
+
+#include "lib/lib.h"
+
+/* `mxguardctl rules ...` (ctl/rules_cmd.c); cfg is the loaded config or
+ * NULL when there is none. argv[0] is "rules". Returns the exit status. */
+int ctl_rules_main(struct mx_config *cfg, int argc, char **argv);
+
+#endif

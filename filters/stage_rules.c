@@ -1,0 +1,238 @@
+/*
+ * stage_rules.c — the "rules" stage: rule files scored at the end of DATA.
+ *
+ *   rules {
+ *       files = {"rules/local.cf"}
+ *       optional_files = {"/usr/share/spamassassin/50_scores.cf"}
+ *       match_limit = 200000
+ *   }
+ *
+ * The files (globs, each expanded in sorted order as SpamAssassin loads
+ * its directory) are compiled when the pipeline is built — at start and at
+ * every reload, aside, so a rule set with errors fails the reload and the
+ * running one stays. At DATA the message's text views are built (GMime,
+ * lib/msgtext.c) and the rules run on the worker pool's scan lane; every
+ * rule that hit adds its score under its own name (the X-Spam-Status
+ * tests= list and the log line's hits=), and an `action` rule that hit
+ * decides the verdict. The pipeline maps the total to tag/junk/reject.
+ */
+#include "config.h"
+
+#include <confuse.h>
+#include <glob.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filters/filters.h"
+#include "filters/rules.h"
+#include "lib/msgtext.h"
+
+struct rules_stage {
+	struct stage hdr; /* must be first */
+	struct rule_set *rs;
+};
+
+/* A check on the scan lane; owns copies of what it reads. */
+struct rules_job {
+	const struct rules_stage *st;
+	struct msgbody *body;      /* the job's reference is the pipeline's */
+	char *mail_from, *helo, *client_addr;
+	char **rcpts;
+	size_t n_rcpts;
+	struct rules_result res;
+	bool no_text;
+};
+
+static cfg_opt_t rules_opts[] = {
+	CFG_STR_LIST("files", "{}", CFGF_NONE),
+	CFG_STR_LIST("optional_files", "{}", CFGF_NONE),
+	CFG_INT("match_limit", 200000, CFGF_NONE),
+	CFG_END()
+};
+
+/* Expand the globs; a pattern with no file is an error (a typo would
+ * otherwise load no rules quietly). */
+int
+rules_expand_files(char *const *patterns, size_t n, char ***files_r, size_t *n_files_r,
+		   char **error_r)
+{
+	char **files = NULL;
+	size_t nf = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		glob_t g;
+		int rc = glob(patterns[i], GLOB_ERR, NULL, &g);
+		if (rc != 0) {
+			*error_r = xasprintf("rules: files: \"%s\": %s", patterns[i],
+					     rc == GLOB_NOMATCH ? "no such file" : "cannot be read");
+			if (rc != GLOB_NOMATCH)
+				globfree(&g);
+			for (size_t k = 0; k < nf; k++)
+				free(files[k]);
+			free(files);
+			return -1;
+		}
+		files = xrealloc(files, (nf + g.gl_pathc + 1) * sizeof(*files));
+		for (size_t k = 0; k < g.gl_pathc; k++)
+			files[nf++] = xstrdup(g.gl_pathv[k]);
+		globfree(&g);
+	}
+	if (files == NULL)
+		files = xcalloc(1, sizeof(*files));
+	files[nf] = NULL;
+	*files_r = files;
+	*n_files_r = nf;
+	return 0;
+}
+
+static int
+rules_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, char **error_r)
+{
+	struct rules_stage *st = xcalloc(1, sizeof(*st));
+	size_t n = cfg_size(section, "files"), nf = 0;
+	char **patterns = xcalloc(n + 1, sizeof(*patterns)), **files = NULL;
+	struct rules_load_opts opts = { .match_limit = (unsigned long)cfg_getint(section,
+										  "match_limit") };
+	char *err = NULL;
+
+	(void)cfg;
+	for (size_t i = 0; i < n; i++)
+		patterns[i] = cfg_getnstr(section, "files", i);
+	if (cfg_getint(section, "match_limit") < 1000) {
+		*error_r = xstrdup("rules: match_limit must be at least 1000");
+		free(patterns);
+		free(st);
+		return -1;
+	}
+	if (n == 0 && cfg_size(section, "optional_files") == 0) {
+		*error_r = xstrdup("rules: files is empty: name the rule files to load");
+		free(patterns);
+		free(st);
+		return -1;
+	}
+	if (rules_expand_files(patterns, n, &files, &nf, error_r) < 0) {
+		free(patterns);
+		free(st);
+		return -1;
+	}
+	free(patterns);
+	/* optional_files: globs that may match nothing (a package's rules
+	 * that may not be installed) */
+	for (size_t i = 0; i < cfg_size(section, "optional_files"); i++) {
+		glob_t g;
+		if (glob(cfg_getnstr(section, "optional_files", i), 0, NULL, &g) == 0) {
+			files = xrealloc(files, (nf + g.gl_pathc + 1) * sizeof(*files));
+			for (size_t k = 0; k < g.gl_pathc; k++)
+				files[nf++] = xstrdup(g.gl_pathv[k]);
+			files[nf] = NULL;
+		}
+		globfree(&g);
+	}
+	st->rs = rules_load((const char *const *)files, nf, &opts, false, NULL, NULL, &err);
+	for (size_t i = 0; i < nf; i++)
+		free(files[i]);
+	free(files);
+	if (st->rs == NULL) {
+		*error_r = xasprintf("rules: %s", err);
+		free(err);
+		free(st);
+		return -1;
+	}
+	struct rules_stats s;
+	rules_get_stats(st->rs, &s);
+	log_msg(LOG_LEVEL_INFO, "rules: %zu loaded, %zu skipped (eval %zu, plugins %zu, other %zu), "
+		"%zu lines ignored, %zu warnings", s.loaded,
+		s.skipped_eval + s.skipped_plugin + s.skipped_other, s.skipped_eval,
+		s.skipped_plugin, s.skipped_other, s.ignored_lines, s.warnings);
+	*st_r = &st->hdr;
+	return 0;
+}
+
+static void
+rules_job_free(struct rules_job *j)
+{
+	free(j->mail_from);
+	free(j->helo);
+	free(j->client_addr);
+	for (size_t i = 0; i < j->n_rcpts; i++)
+		free(j->rcpts[i]);
+	free(j->rcpts);
+	rules_result_clear(&j->res);
+	free(j);
+}
+
+static void
+rules_work(void *arg)
+{
+	struct rules_job *j = arg;
+	const struct msgtext *t = msgbody_text(j->body);
+	const struct rules_envelope env = {
+		.mail_from = j->mail_from, .rcpts = (const char *const *)j->rcpts,
+		.n_rcpts = j->n_rcpts, .helo = j->helo, .client_addr = j->client_addr,
+	};
+
+	j->no_text = t == NULL;
+	rules_eval(j->st->rs, t, &env, true, &j->res);
+}
+
+static void
+rules_done(struct stage_call *call, void *arg)
+{
+	struct rules_job *j = arg;
+
+	if (call != NULL) {
+		for (size_t i = 0; i < j->res.n_hits; i++) {
+			const struct rules_hit *h = &j->res.hits[i];
+			filter_tx_add_score(call->fx, call->stage->name, h->name, h->score, h->describe);
+		}
+		memset(&call->result, 0, sizeof(call->result));
+		call->result.verdict = j->res.verdict;
+		if (j->res.verdict == VERDICT_REJECT || j->res.verdict == VERDICT_TEMPFAIL)
+			call->result = j->res.reply;
+		call->result.verdict = j->res.verdict;
+		stage_call_done(call, CHECK_DONE);
+	}
+	rules_job_free(j);
+}
+
+static enum check_status
+rules_check(struct stage *stage, struct stage_call *call)
+{
+	const struct rules_stage *st = (const struct rules_stage *)stage;
+	const struct filter_msg *msg = call->msg;
+	struct rules_job *j = xcalloc(1, sizeof(*j));
+
+	j->st = st;
+	j->body = msg->body;
+	j->mail_from = xstrdup(msg->mail_from != NULL ? msg->mail_from : "");
+	j->helo = xstrdup(msg->helo != NULL ? msg->helo : "");
+	j->client_addr = xstrdup(msg->client_addr != NULL ? msg->client_addr : "");
+	j->rcpts = xcalloc(msg->n_rcpts + 1, sizeof(*j->rcpts));
+	for (size_t i = 0; i < msg->n_rcpts; i++)
+		j->rcpts[i] = xstrdup(msg->rcpts[i]);
+	j->n_rcpts = msg->n_rcpts;
+	if (stage_submit_job(call, rules_work, rules_done, j) < 0) {
+		rules_job_free(j);
+		return CHECK_FAILED;
+	}
+	return CHECK_PENDING;
+}
+
+static void
+rules_destroy(struct stage *stage)
+{
+	struct rules_stage *st = (struct rules_stage *)stage;
+
+	rules_free(&st->rs);
+	free(st);
+}
+
+const struct stage_ops rules_stage_ops = {
+	.name = "rules",
+	.phases = PHASE_BIT(PHASE_DATA),
+	.default_on_error = ON_ERROR_ACCEPT,
+	.opts = rules_opts,
+	.create = rules_create,
+	.check = rules_check,
+	.destroy = rules_destroy,
+};
