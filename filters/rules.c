@@ -721,6 +721,7 @@ parse_header_rule(struct loader *ld, const char *line, const char *p, struct rul
 			rule_clear_definition(r);
 			return;
 		}
+		rule_clear_definition(r);
 		rule_defined(ld, r, RK_HEADER);
 		r->header = h;
 		r->exists = true;
