@@ -278,7 +278,7 @@ void filters_register_config(void);
 struct pipeline_settings {
 	char **stages; /* ordered stage names, NULL-terminated */
 	size_t n_stages;
-	double tag_score, junk_score, reject_score;
+	double tag_score, junk_score, quarantine_score, reject_score;
 	long stage_timeout; /* milliseconds */
 };
 const struct pipeline_settings *pipeline_settings(const struct mx_config *cfg);

@@ -87,7 +87,7 @@ struct pipeline {
 	struct stage **stages;
 	size_t n_stages;
 	unsigned phases; /* union of the stages' PHASE_BIT()s */
-	double tag_score, junk_score, reject_score;
+	double tag_score, junk_score, quarantine_score, reject_score;
 
 	/* started loops, indexed by loop_index; NULL = not started */
 	pthread_mutex_t loops_lock;
@@ -255,6 +255,7 @@ int pipeline_create(const struct mx_config *cfg, struct pipeline **pl_r, char **
 	pthread_mutex_init(&pl->loops_lock, NULL);
 	pl->tag_score = ps->tag_score;
 	pl->junk_score = ps->junk_score;
+	pl->quarantine_score = ps->quarantine_score;
 	pl->reject_score = ps->reject_score;
 	pl->stages = xcalloc(n + 1, sizeof(*pl->stages));
 	for (size_t i = 0; i < n; i++) {
@@ -534,6 +535,8 @@ static void pipeline_run_outcome(struct pipeline_run *run)
 			pipeline_fill_reply(&out->reply, NULL, PIPELINE_REJECT_CODE,
 					    PIPELINE_REJECT_ENHANCED,
 					    PIPELINE_SPAM_REJECT_TEXT);
+		} else if (pl->quarantine_score != 0 && out->score >= pl->quarantine_score) {
+			out->action = ACTION_QUARANTINE;
 		} else if (out->score >= pl->junk_score) {
 			out->action = ACTION_JUNK;
 		} else if (out->score >= pl->tag_score) {
@@ -545,7 +548,8 @@ static void pipeline_run_outcome(struct pipeline_run *run)
 		return;
 	snprintf(value, sizeof(value), "%.1f", out->score);
 	filter_tx_add_header(run->fx, "X-Spam-Score", value);
-	if (out->action == ACTION_TAG || out->action == ACTION_JUNK) {
+	if (out->action == ACTION_TAG || out->action == ACTION_JUNK ||
+	    (out->action == ACTION_QUARANTINE && out->verdict == VERDICT_CONTINUE)) {
 		char *hits = filter_tx_format_hits(run->fx);
 		char *status = xasprintf("Yes, score=%.1f tests=%s", out->score,
 					 hits[0] != '\0' ? hits : "none");

@@ -153,6 +153,8 @@ static const struct setting_def pipeline_rows[] = {
 	  "score at which mail is tagged (X-Spam-Flag: YES)", NULL, NULL },
 	{ "pipeline", "junk_score", SETTING_FLOAT, "8.0", 0, 0, OFF(junk_score), 0,
 	  "score at which mail goes to the junk folder", NULL, NULL },
+	{ "pipeline", "quarantine_score", SETTING_FLOAT, "0.0", 0, 0, OFF(quarantine_score), 0,
+	  "score at which mail is held in quarantine_dir (0 = never)", NULL, NULL },
 	{ "pipeline", "reject_score", SETTING_FLOAT, "15.0", 0, 0, OFF(reject_score), 0,
 	  "score at which mail is refused (550 5.7.1)", NULL, NULL },
 	{ "pipeline", "stage_timeout", SETTING_INT, "30000", 10, 600000, OFF(stage_timeout), 0,
@@ -163,8 +165,11 @@ static int registry_settings_check(void *values, const struct mx_config *cfg, ch
 {
 	const struct pipeline_settings *ps = values;
 
-	if (!(ps->tag_score <= ps->junk_score && ps->junk_score <= ps->reject_score)) {
-		*error_r = xasprintf("%s: pipeline: need tag_score <= junk_score <= reject_score",
+	if (!(ps->tag_score <= ps->junk_score && ps->junk_score <= ps->reject_score) ||
+	    (ps->quarantine_score != 0 && !(ps->junk_score <= ps->quarantine_score &&
+					    ps->quarantine_score <= ps->reject_score))) {
+		*error_r = xasprintf("%s: pipeline: need tag_score <= junk_score <= reject_score "
+				     "(and junk_score <= quarantine_score <= reject_score when set)",
 				     cfg->path);
 		return -1;
 	}

@@ -725,6 +725,14 @@ parse_header_rule(struct loader *ld, const char *line, const char *p, struct rul
 		rule_defined(ld, r, RK_HEADER);
 		r->header = h;
 		r->exists = true;
+		if (strcmp(h, "ToCc") == 0)
+			r->pseudo = HP_TOCC;
+		else if (strcmp(h, "MESSAGEID") == 0)
+			r->pseudo = HP_MESSAGEID;
+		else if (strcmp(h, "EnvelopeFrom") == 0)
+			r->pseudo = HP_ENVFROM;
+		else if (strcmp(h, "ALL") == 0)
+			r->pseudo = HP_ALL;
 		return;
 	}
 	const char *hs = p;
@@ -1655,7 +1663,22 @@ eval_header(struct evalctx *ec, const struct rule *r, const struct msgtext *t,
 	unsigned hits;
 
 	if (r->exists) {
-		return t != NULL && msgtext_header(t, r->header, 0, true) != NULL ? 1 : 0;
+		/* the pseudo-headers exist when one of theirs does */
+		switch (r->pseudo) {
+		case HP_ENVFROM:
+			return env->mail_from != NULL ? 1 : 0;
+		case HP_ALL:
+			return t != NULL && t->n_headers > 0 ? 1 : 0;
+		case HP_TOCC:
+			return t != NULL && (msgtext_header(t, "To", 0, true) != NULL ||
+					     msgtext_header(t, "Cc", 0, true) != NULL) ? 1 : 0;
+		case HP_MESSAGEID:
+			return t != NULL && (msgtext_header(t, "Message-Id", 0, true) != NULL ||
+					     msgtext_header(t, "Resent-Message-Id", 0, true) != NULL ||
+					     msgtext_header(t, "X-Message-Id", 0, true) != NULL) ? 1 : 0;
+		default:
+			return t != NULL && msgtext_header(t, r->header, 0, true) != NULL ? 1 : 0;
+		}
 	}
 	switch (r->pseudo) {
 	case HP_ENVFROM:

@@ -133,6 +133,21 @@ class GtubeJunked(RulesDaemon):
         self.assertEqual([m for m in self.d.messages() if b"Subject: junked" in m], [])
 
 
+class GtubeQuarantined(RulesDaemon):
+    """quarantine_score below GTUBE's 1000 and reject_score above it: held."""
+    pipeline = {"stages": ["rules"], "quarantine_score": 500.0, "reject_score": 5000.0}
+
+    def test_gtube_quarantined(self):
+        code, text = send(self.d, message("held", GTUBE + "\r\n"))
+        self.assertEqual(code, 250, text)
+        qdir = os.path.join(self.d.dir, "quarantine", "new")
+        held = [open(os.path.join(qdir, f), "rb").read() for f in os.listdir(qdir)]
+        self.assertEqual(len(held), 1)
+        self.assertIn(b"X-MXGuard-Recipient: demo@example.test\n", held[0])
+        self.assertRegex(held[0], rb"X-Spam-Status: Yes, score=1000\.\d tests=\S*GTUBE")
+        self.assertEqual([m for m in self.d.messages() if b"Subject: held" in m], [])
+
+
 class Reload(RulesDaemon):
     extra_rules = "body LOCAL_MARK /markword/\nscore LOCAL_MARK 1.0\n"
 

@@ -227,6 +227,7 @@ test_header_rules(void **state)
 		"header FROM_NAME From:name =~ /^Joe Example$/\n"
 		"header HAS_DATE exists:Date\n"
 		"header HAS_NOPE exists:X-Nope\n"
+		"header HAS_TOCC exists:ToCc\n"
 		"header MISSING_EMPTY X-Nope =~ /^$/\n"
 		"header MISSING_UNSET X-Nope =~ /^fallback$/ [if-unset: fallback]\n"
 		"header NEGATED X-Nope !~ /./\n"
@@ -242,7 +243,7 @@ test_header_rules(void **state)
 	struct rules_stats st;
 
 	eval(rs, MSG, &env, &res);
-	const char *want[] = { "SUBJ_DECODED", "SUBJ_RAW", "FROM_ADDR", "FROM_NAME", "HAS_DATE",
+	const char *want[] = { "SUBJ_DECODED", "SUBJ_RAW", "FROM_ADDR", "FROM_NAME", "HAS_DATE", "HAS_TOCC",
 			       "MISSING_EMPTY", "MISSING_UNSET", "NEGATED", "TOCC", "ALLH", "MSGID",
 			       "ENVFROM", "FOLDED", "FOLDED_RAW" };
 	for (size_t i = 0; i < N_ELEMENTS(want); i++) {
