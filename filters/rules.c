@@ -122,6 +122,7 @@ struct rule {
 	/* regex rules */
 	pcre2_code *re;
 	char *pattern;  /* as written, for lint and tests */
+	uint32_t re_flags;
 	/* meta */
 	struct meta_node *meta;
 	/* client */
@@ -142,9 +143,22 @@ struct rule {
 	atomic_uint_fast64_t hits, usec;
 };
 
+/* SpamAssassin's ReplaceTags: named pieces of regex (replace_tag,
+ * replace_pre, replace_inter, replace_post) put into the patterns of the
+ * rules named by replace_rules, at the end of loading. */
+enum tag_kind { TAG_TAG, TAG_PRE, TAG_INTER, TAG_POST };
+struct replace_tag {
+	enum tag_kind kind;
+	char *name, *value;
+};
+
 struct rule_set {
 	struct rule *rules;
 	size_t n, alloc;
+	struct replace_tag *tags;
+	size_t n_tags;
+	char **replace_rules;
+	size_t n_replace_rules;
 	size_t *order;      /* non-meta rules, then metas with their deps first */
 	size_t n_order;
 	struct rules_stats stats;
@@ -300,7 +314,8 @@ next_word(const char **pp)
  * moved past it.
  */
 static pcre2_code *
-parse_regex(struct loader *ld, const char *line, const char **pp, bool multiline, char **pattern_r)
+parse_regex(struct loader *ld, const char *line, const char **pp, bool multiline, char **pattern_r,
+	    uint32_t *flags_r)
 {
 	const char *p = skip_ws(*pp);
 	char open, close;
@@ -358,6 +373,8 @@ parse_regex(struct loader *ld, const char *line, const char **pp, bool multiline
 		p++;
 	}
 	*pp = p;
+	if (flags_r != NULL)
+		*flags_r = flags;
 	/* in Perl, "\/" in a /.../ regex is a plain "/": PCRE2 takes it too */
 	int errcode;
 	PCRE2_SIZE erroff;
@@ -530,6 +547,13 @@ feature_known(const char *name)
 	return false;
 }
 
+/* The SpamAssassin plugins whose behaviour mxguard has. */
+static bool
+plugin_known(const char *name)
+{
+	return strcmp(name, "Mail::SpamAssassin::Plugin::ReplaceTags") == 0;
+}
+
 struct cparse {
 	const char *p;
 	bool bad;
@@ -576,7 +600,7 @@ cond_primary(struct cparse *c)
 			c->p++;
 		else
 			c->bad = true;
-		bool v = is_can && feature_known(name);
+		bool v = is_can ? feature_known(name) : plugin_known(name);
 		free(name);
 		return v ? 1 : 0;
 	}
@@ -657,8 +681,7 @@ ignored_directive(const char *kw)
 		"dns_local_ports_avoid", "dns_local_ports_permit", "adsp_override", "redirector_pattern",
 		"unsafe_report", "report_contact", "clear_report_template", "clear_unsafe_report_template",
 		"originating_ip_headers", "askdns", "urirhssub", "urirhsbl", "uridnssub", "uridnsbl",
-		"dns_block_rule", "loadplugin", "tryplugin", "replace_tag", "replace_inter",
-		"replace_pre", "replace_post", "replace_rules", "mimeheader", "describe_lang",
+		"dns_block_rule", "loadplugin", "tryplugin", "mimeheader", "describe_lang",
 		"envelope_sender_header", "trusted_networks", "internal_networks", "msa_networks",
 		"ok_locales", "ok_languages", "normalize_charset", "body_part_scan_size",
 		"rawbody_part_scan_size", "skip_rbl_checks", "dns_available", "use_auto_whitelist",
@@ -783,7 +806,8 @@ parse_header_rule(struct loader *ld, const char *line, const char *p, struct rul
 		return;
 	}
 	char *pattern = NULL;
-	pcre2_code *re = parse_regex(ld, line, &p, false, &pattern);
+	uint32_t flags = 0;
+	pcre2_code *re = parse_regex(ld, line, &p, false, &pattern, &flags);
 	if (re == NULL) {
 		free(h);
 		return;
@@ -795,6 +819,7 @@ parse_header_rule(struct loader *ld, const char *line, const char *p, struct rul
 	r->negate = negate;
 	r->re = re;
 	r->pattern = pattern;
+	r->re_flags = flags;
 	if (strcmp(h, "ALL") == 0)
 		r->pseudo = HP_ALL;
 	else if (strcmp(h, "ToCc") == 0)
@@ -947,6 +972,43 @@ parse_line(struct loader *ld, char *line, const char *dir)
 		free(kw);
 		return;
 	}
+	static const struct { const char *kw; enum tag_kind kind; } tagkw[] = {
+		{ "replace_tag", TAG_TAG }, { "replace_pre", TAG_PRE },
+		{ "replace_inter", TAG_INTER }, { "replace_post", TAG_POST },
+	};
+	for (size_t i = 0; i < N_ELEMENTS(tagkw); i++) {
+		if (strcmp(kw, tagkw[i].kw) != 0)
+			continue;
+		char *tname = next_word(&p);
+		const char *v = skip_ws(p);
+		if (tname == NULL || *v == '\0') {
+			ldiag(ld, true, 1, "%s: expected a name and a value", kw);
+		} else {
+			struct rule_set *rs = ld->rs;
+			rs->tags = xrealloc(rs->tags, (rs->n_tags + 1) * sizeof(*rs->tags));
+			rs->tags[rs->n_tags].kind = tagkw[i].kind;
+			rs->tags[rs->n_tags].name = tname;
+			rs->tags[rs->n_tags].value = xstrdup(v);
+			rs->n_tags++;
+			tname = NULL;
+		}
+		free(tname);
+		free(kw);
+		return;
+	}
+	if (strcmp(kw, "replace_rules") == 0) {
+		for (;;) {
+			char *rn = next_word(&p);
+			if (rn == NULL)
+				break;
+			struct rule_set *rs = ld->rs;
+			rs->replace_rules = xrealloc(rs->replace_rules,
+						     (rs->n_replace_rules + 1) * sizeof(char *));
+			rs->replace_rules[rs->n_replace_rules++] = rn;
+		}
+		free(kw);
+		return;
+	}
 	static const struct { const char *kw; enum rule_kind kind; } defs[] = {
 		{ "header", RK_HEADER }, { "body", RK_BODY }, { "rawbody", RK_RAWBODY },
 		{ "full", RK_FULL }, { "uri", RK_URI }, { "meta", RK_META },
@@ -1004,8 +1066,9 @@ parse_line(struct loader *ld, char *line, const char *dir)
 			break;
 		}
 		char *pattern = NULL;
+		uint32_t flags = 0;
 		bool ml = kind == RK_BODY || kind == RK_RAWBODY;
-		pcre2_code *re = parse_regex(ld, line, &p, ml, &pattern);
+		pcre2_code *re = parse_regex(ld, line, &p, ml, &pattern, &flags);
 		if (re == NULL) {
 			if (r->kind == RK_NONE)
 				rule_clear_definition(r);
@@ -1015,6 +1078,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 		rule_defined(ld, r, kind);
 		r->re = re;
 		r->pattern = pattern;
+		r->re_flags = flags;
 		p = skip_ws(p);
 		if (*p != '\0')
 			ldiag(ld, false, (int)(p - line) + 1, "%s: text after the regex ignored", name);
@@ -1209,9 +1273,9 @@ load_file(struct loader *ld, const char *path)
 		if (is_if || is_ifplugin) {
 			bool v = false, plugin = false;
 			if (is_ifplugin) {
-				/* no SpamAssassin plugin is present in mxguard */
-				v = false;
-				plugin = true;
+				/* of SpamAssassin's plugins, mxguard does ReplaceTags */
+				v = plugin_known(skip_ws(p));
+				plugin = !v;
 			} else {
 				struct cparse c = { p, false };
 				v = cond_or(&c) != 0;
@@ -1338,6 +1402,155 @@ meta_resolve(struct loader *ld, struct rule_set *rs, struct rule *r, struct meta
 	meta_resolve(ld, rs, r, n->b);
 }
 
+static const char *
+tag_value(const struct rule_set *rs, enum tag_kind kind, const char *name, size_t len)
+{
+	/* the last definition counts, as in SpamAssassin's config hash */
+	for (size_t i = rs->n_tags; i-- > 0;) {
+		const struct replace_tag *t = &rs->tags[i];
+		if (t->kind == kind && strlen(t->name) == len && strncmp(t->name, name, len) == 0)
+			return t->value;
+	}
+	return NULL;
+}
+
+/* Take the first "<WORD NAME>" modifier out of s; its NAME's value. */
+static const char *
+take_modifier(const struct rule_set *rs, char *s, const char *word, enum tag_kind kind)
+{
+	size_t wl = strlen(word);
+
+	for (char *p = strchr(s, '<'); p != NULL; p = strchr(p + 1, '<')) {
+		if (strncmp(p + 1, word, wl) != 0 || p[1 + wl] != ' ')
+			continue;
+		char *name = p + 2 + wl, *e = strchr(name, '>');
+		if (e == NULL || e == name)
+			return NULL;
+		const char *v = tag_value(rs, kind, name, (size_t)(e - name));
+		memmove(p, e + 1, strlen(e + 1) + 1);
+		return v;
+	}
+	return NULL;
+}
+
+/*
+ * One pass of SpamAssassin's ReplaceTags over a pattern: the pre/post/
+ * inter modifiers taken out; each "<TAG>" gets pre before and post after
+ * it and is replaced by its value (when there is one); an empty stretch
+ * between two tags (or before a first one at the start) becomes inter.
+ * Sets *again when a value brought tags of its own.
+ */
+static char *
+replace_pass(const struct rule_set *rs, const char *pattern, bool *again)
+{
+	char *s = xstrdup(pattern);
+	const char *pre = take_modifier(rs, s, "pre", TAG_PRE);
+	const char *post = take_modifier(rs, s, "post", TAG_POST);
+	const char *inter = take_modifier(rs, s, "inter", TAG_INTER);
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+	const char *p = s, *text = s;
+
+	if (f == NULL)
+		abort();
+	*again = false;
+	while (*p != '\0') {
+		const char *e = NULL;
+		if (*p == '<') {
+			e = p + 1;
+			while (*e != '\0' && *e != '<' && *e != '>')
+				e++;
+			if (*e != '>' || e == p + 1)
+				e = NULL;
+		}
+		if (e == NULL) {
+			p++;
+			continue;
+		}
+		/* the text before this tag; empty: inter goes there */
+		if (p == text && inter != NULL)
+			fputs(inter, f);
+		else
+			fwrite(text, 1, (size_t)(p - text), f);
+		if (pre != NULL)
+			fputs(pre, f);
+		const char *v = tag_value(rs, TAG_TAG, p + 1, (size_t)(e - p - 1));
+		if (v != NULL) {
+			fputs(v, f);
+			if (strchr(v, '<') != NULL && strchr(v, '>') != NULL)
+				*again = true;
+		} else {
+			fwrite(p, 1, (size_t)(e + 1 - p), f);
+		}
+		if (post != NULL)
+			fputs(post, f);
+		p = text = e + 1;
+	}
+	fputs(text, f);
+	if (fclose(f) != 0)
+		abort();
+	free(s);
+	return out;
+}
+
+static void
+replace_tags(struct loader *ld, struct rule_set *rs)
+{
+	for (size_t k = 0; k < rs->n_replace_rules; k++) {
+		long i = rule_index(rs, rs->replace_rules[k]);
+		if (i < 0)
+			continue;
+		struct rule *r = &rs->rules[i];
+		if (r->re == NULL || r->pattern == NULL)
+			continue; /* SpamAssassin ignores it too */
+		char *re = xstrdup(r->pattern);
+		bool again = true;
+		for (int pass = 0; again && pass <= 5; pass++) {
+			char *next = replace_pass(rs, re, &again);
+			free(re);
+			re = next;
+		}
+		if (strcmp(re, r->pattern) == 0) {
+			free(re);
+			continue;
+		}
+		int errcode;
+		PCRE2_SIZE erroff;
+		pcre2_code *c = pcre2_compile((PCRE2_SPTR)re, strlen(re), r->re_flags, &errcode,
+					      &erroff, NULL);
+		if (c == NULL && errcode == PCRE2_ERROR_CODE_POINT_TOO_BIG)
+			c = pcre2_compile((PCRE2_SPTR)re, strlen(re),
+					  r->re_flags | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &errcode,
+					  &erroff, NULL);
+		if (c == NULL) {
+			PCRE2_UCHAR msg[256];
+			pcre2_get_error_message(errcode, msg, sizeof(msg));
+			char *file = xstrdup(r->file);
+			ld->file = file;
+			ld->line = r->line;
+			if (errcode == PCRE2_ERROR_PATTERN_TOO_LARGE) {
+				/* Perl takes it; this PCRE2's compiled patterns stop at
+				 * 64 KiB: skipped and counted, not an error */
+				rule_skip(ld, r, "too large for PCRE2 once its tags are replaced",
+					  &rs->stats.skipped_other);
+			} else {
+				ldiag(ld, true, 1, "%s: the regex with its tags replaced does not "
+				      "compile: %s", r->name, (char *)msg);
+			}
+			ld->file = "(rules)";
+			free(file);
+			free(re);
+			continue;
+		}
+		(void)pcre2_jit_compile(c, PCRE2_JIT_COMPLETE);
+		pcre2_code_free(r->re);
+		r->re = c;
+		free(r->pattern);
+		r->pattern = re;
+	}
+}
+
 /* The name of a skipped rule the expression needs, or NULL. */
 static const char *
 meta_skipped_dep(const struct rule_set *rs, const struct meta_node *n)
@@ -1358,6 +1571,7 @@ rules_finish(struct loader *ld)
 	int ret = 0;
 
 	rs->order = xcalloc(rs->n + 1, sizeof(*rs->order));
+	replace_tags(ld, rs);
 	for (size_t i = 0; i < rs->n; i++) {
 		struct rule *r = &rs->rules[i];
 		if (r->kind == RK_NONE && (r->score_set || r->describe != NULL || r->has_action) &&
@@ -1463,6 +1677,14 @@ rules_free(struct rule_set **rsp)
 	}
 	free(rs->rules);
 	free(rs->order);
+	for (size_t i = 0; i < rs->n_tags; i++) {
+		free(rs->tags[i].name);
+		free(rs->tags[i].value);
+	}
+	free(rs->tags);
+	for (size_t i = 0; i < rs->n_replace_rules; i++)
+		free(rs->replace_rules[i]);
+	free(rs->replace_rules);
 	free(rs);
 }
 

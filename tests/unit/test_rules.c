@@ -175,7 +175,9 @@ test_conditionals(void **state)
 		"if (version >= 3.004000)\nbody V_NEW /Hello/\nelse\nbody V_OLD /Hello/\nendif\n"
 		"if version < 3.0\nbody V_ANCIENT /Hello/\nendif\n"
 		"ifplugin Mail::SpamAssassin::Plugin::Bayes\nbody P_IN /Hello/\nheader P_EVAL eval:x()\nendif\n"
-		"if !plugin(Mail::SpamAssassin::Plugin::ReplaceTags)\nbody P_NOT /Hello/\nendif\n"
+		"if !plugin(Mail::SpamAssassin::Plugin::Bayes)\nbody P_NOT /Hello/\nendif\n"
+		"if !plugin(Mail::SpamAssassin::Plugin::ReplaceTags)\nbody P_RT_MISSING /Hello/\nendif\n"
+		"ifplugin Mail::SpamAssassin::Plugin::ReplaceTags\nbody P_RT /Hello/\nendif\n"
 		"if can(Mail::SpamAssassin::Conf::feature_bug6558_free)\nbody C_YES /Hello/\nendif\n"
 		"if can(Mail::SpamAssassin::Conf::feature_not_here)\nbody C_NO /Hello/\nendif\n"
 		"ifplugin Mail::SpamAssassin::Plugin::X\nif (version >= 3)\nbody NESTED /Hello/\nendif\n"
@@ -188,6 +190,8 @@ test_conditionals(void **state)
 	assert_true(hit(&res, "P_NOT", NULL));
 	assert_true(hit(&res, "C_YES", NULL));
 	assert_true(hit(&res, "ELSE_OF_PLUGIN", NULL));
+	assert_true(hit(&res, "P_RT", NULL)); /* mxguard does ReplaceTags */
+	assert_false(hit(&res, "P_RT_MISSING", NULL));
 	assert_false(hit(&res, "V_OLD", NULL));
 	assert_false(hit(&res, "V_ANCIENT", NULL));
 	assert_false(hit(&res, "P_IN", NULL));
@@ -195,6 +199,36 @@ test_conditionals(void **state)
 	assert_false(hit(&res, "NESTED", NULL));
 	rules_get_stats(rs, &st);
 	assert_int_equal(st.skipped_plugin, 3); /* P_IN, P_EVAL, NESTED */
+	rules_result_clear(&res);
+	rules_free(&rs);
+}
+
+/* SpamAssassin's ReplaceTags: <TAG> in the patterns replace_rules names,
+ * with pre/post around each tag and inter between adjacent ones. */
+static void
+test_replace_tags(void **state)
+{
+	struct rule_set *rs = load_text(
+		"replace_tag F (?:[fF]|ph)\nreplace_tag R [rR]\nreplace_tag E [eE3]\n"
+		"replace_inter W1 \\W?\nreplace_post P2 {1,2}\n"
+		"replace_tag FREE <F><R><E><E>\n" /* a tag made of tags: a second pass */
+		"body FUZZY_FREE /<inter W1><post P2>\\b<F><R><E><E>\\b/\n"
+		"body NESTED /\\b<FREE>\\b/\n"
+		"body NOT_LISTED /<F><R><E><E>/\n"
+		"replace_rules FUZZY_FREE NESTED\n");
+	struct rules_result res;
+
+	(void)state;
+	eval(rs, "Subject: x\r\n\r\nget it ph-r.33 now\r\n", NULL, &res);
+	assert_true(hit(&res, "FUZZY_FREE", NULL));
+	assert_false(hit(&res, "NESTED", NULL));
+	assert_false(hit(&res, "NOT_LISTED", NULL));
+	rules_result_clear(&res);
+	eval(rs, "Subject: x\r\n\r\nall phR3e here\r\n", NULL, &res);
+	assert_true(hit(&res, "NESTED", NULL));
+	rules_result_clear(&res);
+	eval(rs, "Subject: x\r\n\r\n<F><R><E><E>\r\n", NULL, &res);
+	assert_true(hit(&res, "NOT_LISTED", NULL)); /* no replace_rules: literal */
 	rules_result_clear(&res);
 	rules_free(&rs);
 }
@@ -533,6 +567,7 @@ main(void)
 		cmocka_unit_test(test_warnings_and_lint),
 		cmocka_unit_test(test_conditionals),
 		cmocka_unit_test(test_include_and_comments),
+		cmocka_unit_test(test_replace_tags),
 		cmocka_unit_test(test_header_rules),
 		cmocka_unit_test(test_body_uri_full_multiple),
 		cmocka_unit_test(test_envelope_rules),
