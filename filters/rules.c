@@ -119,6 +119,7 @@ struct rule {
 	enum hdr_pseudo pseudo;
 	bool exists, negate;
 	char *if_unset;
+	size_t hkey;    /* which header value (name, pseudo, modifier) it reads */
 	/* regex rules */
 	pcre2_code *re;
 	char *pattern;  /* as written, for lint and tests */
@@ -159,6 +160,7 @@ struct rule_set {
 	size_t n_tags;
 	char **replace_rules;
 	size_t n_replace_rules;
+	size_t n_hkeys;     /* distinct header values the header rules read */
 	size_t *order;      /* non-meta rules, then metas with their deps first */
 	size_t n_order;
 	struct rules_stats stats;
@@ -1551,6 +1553,32 @@ replace_tags(struct loader *ld, struct rule_set *rs)
 	}
 }
 
+/* Number the distinct header values header rules read: (pseudo, name in
+ * any case, modifier) — so that rules on the same header share one. */
+static void
+assign_hkeys(struct rule_set *rs)
+{
+	size_t *first = xcalloc(rs->n + 1, sizeof(*first)); /* hkey -> a rule having it */
+
+	rs->n_hkeys = 0;
+	for (size_t i = 0; i < rs->n; i++) {
+		struct rule *r = &rs->rules[i];
+		if (r->kind != RK_HEADER || r->exists)
+			continue;
+		size_t k;
+		for (k = 0; k < rs->n_hkeys; k++) {
+			const struct rule *o = &rs->rules[first[k]];
+			if (o->pseudo == r->pseudo && o->mod == r->mod &&
+			    strcasecmp(o->header, r->header) == 0)
+				break;
+		}
+		if (k == rs->n_hkeys)
+			first[rs->n_hkeys++] = i;
+		r->hkey = k;
+	}
+	free(first);
+}
+
 /* The name of a skipped rule the expression needs, or NULL. */
 static const char *
 meta_skipped_dep(const struct rule_set *rs, const struct meta_node *n)
@@ -1572,6 +1600,7 @@ rules_finish(struct loader *ld)
 
 	rs->order = xcalloc(rs->n + 1, sizeof(*rs->order));
 	replace_tags(ld, rs);
+	assign_hkeys(rs);
 	for (size_t i = 0; i < rs->n; i++) {
 		struct rule *r = &rs->rules[i];
 		if (r->kind == RK_NONE && (r->score_set || r->describe != NULL || r->has_action) &&
@@ -1788,6 +1817,11 @@ struct evalctx {
 	char match[80];
 	bool have_match;
 	unsigned long limit_hits;
+	struct hval {
+		char *buf;
+		size_t len, found;
+		bool built;
+	} *hvals;
 };
 
 static void
@@ -1902,45 +1936,54 @@ eval_header(struct evalctx *ec, const struct rule *r, const struct msgtext *t,
 			return t != NULL && msgtext_header(t, r->header, 0, true) != NULL ? 1 : 0;
 		}
 	}
-	switch (r->pseudo) {
-	case HP_ENVFROM:
-		hbuf_add(&buf, &len, &cap, env->mail_from != NULL ? env->mail_from : "");
-		found = 1;
-		break;
-	case HP_ALL:
-		for (size_t i = 0; t != NULL && i < t->n_headers; i++) {
-			const struct msgtext_header *h = &t->headers[i];
-			char *line = xasprintf("%s: %s", h->name, r->mod == HM_RAW ? h->raw : h->decoded);
-			hbuf_add(&buf, &len, &cap, line);
-			free(line);
-			found++;
+	struct hval *hv = &ec->hvals[r->hkey];
+	if (!hv->built) {
+		hv->built = true;
+		switch (r->pseudo) {
+		case HP_ENVFROM:
+			hbuf_add(&buf, &len, &cap, env->mail_from != NULL ? env->mail_from : "");
+			found = 1;
+			break;
+		case HP_ALL:
+			for (size_t i = 0; t != NULL && i < t->n_headers; i++) {
+				const struct msgtext_header *h = &t->headers[i];
+				char *line = xasprintf("%s: %s", h->name, r->mod == HM_RAW ? h->raw : h->decoded);
+				hbuf_add(&buf, &len, &cap, line);
+				free(line);
+				found++;
+			}
+			break;
+		case HP_TOCC:
+			if (t != NULL) {
+				hbuf_header(t, "To", r->mod, &buf, &len, &cap, &found);
+				hbuf_header(t, "Cc", r->mod, &buf, &len, &cap, &found);
+			}
+			break;
+		case HP_MESSAGEID:
+			if (t != NULL) {
+				hbuf_header(t, "Message-Id", r->mod, &buf, &len, &cap, &found);
+				hbuf_header(t, "Resent-Message-Id", r->mod, &buf, &len, &cap, &found);
+				hbuf_header(t, "X-Message-Id", r->mod, &buf, &len, &cap, &found);
+			}
+			break;
+		default:
+			if (t != NULL)
+				hbuf_header(t, r->header, r->mod, &buf, &len, &cap, &found);
+			break;
 		}
-		break;
-	case HP_TOCC:
-		if (t != NULL) {
-			hbuf_header(t, "To", r->mod, &buf, &len, &cap, &found);
-			hbuf_header(t, "Cc", r->mod, &buf, &len, &cap, &found);
-		}
-		break;
-	case HP_MESSAGEID:
-		if (t != NULL) {
-			hbuf_header(t, "Message-Id", r->mod, &buf, &len, &cap, &found);
-			hbuf_header(t, "Resent-Message-Id", r->mod, &buf, &len, &cap, &found);
-			hbuf_header(t, "X-Message-Id", r->mod, &buf, &len, &cap, &found);
-		}
-		break;
-	default:
-		if (t != NULL)
-			hbuf_header(t, r->header, r->mod, &buf, &len, &cap, &found);
-		break;
+		hv->buf = buf;
+		hv->len = len;
+		hv->found = found;
+		buf = NULL;
 	}
+	found = hv->found;
+	len = hv->len;
+	const char *subject = hv->buf != NULL ? hv->buf : "";
 	if (found == 0 && r->if_unset != NULL) {
-		free(buf);
-		buf = xstrdup(r->if_unset);
-		len = strlen(buf);
+		subject = r->if_unset;
+		len = strlen(subject);
 	}
-	hits = count_matches(ec, r->re, buf != NULL ? buf : "", len, r->multiple ? r->maxhits : 1);
-	free(buf);
+	hits = count_matches(ec, r->re, subject, len, r->multiple ? r->maxhits : 1);
 	if (r->negate) {
 		ec->have_match = false;
 		return hits == 0 ? 1 : 0;
@@ -2081,6 +2124,8 @@ rules_eval(const struct rule_set *rs, const struct msgtext *t, const struct rule
 	char *body = NULL, *rawbody = NULL;
 	size_t body_len = 0, rawbody_len = 0;
 	struct evalctx ec = { .rs = rs, .m = matcher_get(rs->match_limit) };
+	/* each header value is built once per message, however many rules read it */
+	ec.hvals = xcalloc(rs->n_hkeys + 1, sizeof(*ec.hvals));
 	uint64_t start = now_usec();
 	static const struct rules_envelope no_env;
 
@@ -2195,6 +2240,9 @@ rules_eval(const struct rule_set *rs, const struct msgtext *t, const struct rule
 	}
 	for (size_t i = 0; i < rs->n; i++)
 		free(matches[i]);
+	for (size_t i = 0; i < rs->n_hkeys; i++)
+		free(ec.hvals[i].buf);
+	free(ec.hvals);
 	free(matches);
 	free(counts);
 	free(body);
