@@ -2553,85 +2553,91 @@ static void uri_canon_mail(struct strvec *out, const char *u)
 	}
 }
 
-/* uri_list_canonicalize() on one URI: the URI itself, then its variants. */
-static void uri_canon(struct strvec *out, const char *uri, unsigned depth)
+/* The URI without line breaks and surrounding white space, malloc'd. */
+static char *uri_trimmed(const char *uri)
 {
 	struct tbuf t = { 0 };
-	char *u, *nuri, *tmp;
-	size_t n;
+	size_t s = 0, n;
+	char *u;
 
-	/* line breaks out, no white space around */
 	for (const char *p = uri; *p != '\0'; p++)
 		if (*p != '\n' && *p != '\r')
 			tbuf_addc(&t, *p);
 	u = tbuf_take(&t);
 	n = strlen(u);
-	size_t s = 0;
-
 	while (s < n && is_ascii_space((unsigned char)u[s]))
 		s++;
 	while (n > s && is_ascii_space((unsigned char)u[n - 1]))
 		n--;
 	memmove(u, u + s, n - s);
 	u[n - s] = '\0';
-	n -= s;
+	return u;
+}
+
+static void replace(char **s, char *with)
+{
+	free(*s);
+	*s = with;
+}
+
+/* uri_list_canonicalize()'s cooked form of a (non-mail) URI, malloc'd:
+ * "\" as "/", "http:/x" as "http://x", %-decoded, a default scheme,
+ * "/" before a query on a bare host, &#NN; decoded. */
+static char *uri_cooked(const char *u)
+{
+	char *c = xstrdup(u);
+	size_t sl, sch;
+
+	for (char *p = c; *p != '\0'; p++)
+		if (*p == '\\')
+			*p = '/';
+	sl = starts_nocase(c, strlen(c), "https:") ? 6 : starts_nocase(c, strlen(c), "http:") ? 5 : 0;
+	if (sl > 0) {
+		size_t slashes = 0;
+
+		while (slashes < 2 && c[sl + slashes] == '/')
+			slashes++;
+		replace(&c, xasprintf("%.*s//%s", (int)sl, c, c + sl + slashes));
+	}
+	if (has_percent_hex(c))
+		replace(&c, uri_percent_fold(c));
+	/* no scheme: http:// as mail readers assume (ftp:// for ftp.) */
+	sch = strspn(c, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_");
+	if (sch == 0 || c[sch] != ':')
+		replace(&c, xasprintf("%s%s", strncmp(c, "ftp.", 4) == 0 ? "ftp://" : "http://", c));
+	/* http://example.com?x -> http://example.com/?x */
+	if (starts_nocase(c, strlen(c), "http://") || starts_nocase(c, strlen(c), "https://")) {
+		size_t pl = starts_nocase(c, strlen(c), "https://") ? 8 : 7;
+		size_t hl = strcspn(c + pl, "/?#");
+
+		if (hl > 0 && (c[pl + hl] == '?' || c[pl + hl] == '#'))
+			replace(&c, xasprintf("%.*s/%s", (int)(pl + hl), c, c + pl + hl));
+	}
+	replace(&c, uri_numeric_refs(c));
+	return c;
+}
+
+/* uri_list_canonicalize() on one URI: the URI itself, then its variants. */
+static void uri_canon(struct strvec *out, const char *uri, unsigned depth)
+{
+	char *u = uri_trimmed(uri), *nuri;
+	size_t n = strlen(u);
+	const char *colon, *at;
+
 	uri_emit(out, u, n);
 	/* "#abc", "?x", "/image.gif": nothing to canonicalise */
 	if (n <= 1 || strchr("#?&", u[0]) != NULL || (u[0] == '/' && u[1] != '/')) {
 		free(u);
 		return;
 	}
-	const char *colon = strchr(u, ':'), *at = strchr(u, '@');
-
+	colon = strchr(u, ':');
+	at = strchr(u, '@');
 	if (strncasecmp(u, "mailto:", 7) == 0 || (at != NULL && (colon == NULL || colon > at))) {
 		uri_canon_mail(out, u);
 		free(u);
 		return;
 	}
-	nuri = xstrdup(u);
-	for (char *p = nuri; *p != '\0'; p++)
-		if (*p == '\\')
-			*p = '/';
-	/* http:www.example.com, http:/www... -> http://www... */
-	size_t sl = starts_nocase(nuri, strlen(nuri), "https:") ? 6 :
-		    starts_nocase(nuri, strlen(nuri), "http:") ? 5 : 0;
-
-	if (sl > 0) {
-		size_t slashes = 0;
-
-		while (slashes < 2 && nuri[sl + slashes] == '/')
-			slashes++;
-		tmp = xasprintf("%.*s//%s", (int)sl, nuri, nuri + sl + slashes);
-		free(nuri);
-		nuri = tmp;
-	}
-	if (has_percent_hex(nuri)) {
-		tmp = uri_percent_fold(nuri);
-		free(nuri);
-		nuri = tmp;
-	}
-	/* no scheme: http:// as mail readers assume (ftp:// for ftp.) */
-	size_t sch = strspn(nuri, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_");
-
-	if (sch == 0 || nuri[sch] != ':') {
-		tmp = xasprintf("%s%s", strncmp(nuri, "ftp.", 4) == 0 ? "ftp://" : "http://", nuri);
-		free(nuri);
-		nuri = tmp;
-	}
-	/* http://example.com?x -> http://example.com/?x */
-	if (starts_nocase(nuri, strlen(nuri), "http://") || starts_nocase(nuri, strlen(nuri), "https://")) {
-		size_t pl = starts_nocase(nuri, strlen(nuri), "https://") ? 8 : 7;
-		size_t hl = strcspn(nuri + pl, "/?#");
-
-		if (hl > 0 && (nuri[pl + hl] == '?' || nuri[pl + hl] == '#')) {
-			tmp = xasprintf("%.*s/%s", (int)(pl + hl), nuri, nuri + pl + hl);
-			free(nuri);
-			nuri = tmp;
-		}
-	}
-	tmp = uri_numeric_refs(nuri);
-	free(nuri);
-	nuri = tmp;
+	nuri = uri_cooked(u);
 	if (strcmp(nuri, u) != 0)
 		uri_emit_str(out, nuri);
 	if (starts_nocase(nuri, strlen(nuri), "http://") || starts_nocase(nuri, strlen(nuri), "https://"))
@@ -3112,15 +3118,14 @@ static size_t uri_scheme_prefix(const char *s, size_t n)
 
 enum uri_kind { URI_KIND_SCHEME, URI_KIND_MAIL, URI_KIND_SCHEMELESS };
 
-/* A URI found in the body text, as _process_text_uri_list() takes it. */
-static void uri_from_text(struct build *bd, const char *m, size_t len, enum uri_kind kind,
-			  size_t host_len)
+/* A raw URI from the text trimmed as Thunderbird does: ")" ends it when
+ * no "(" comes before (the last such ")"), trailing punctuation goes. */
+static char *uri_text_trim(const char *m, size_t len)
 {
 	static const char trail[] = "-~!@#^&*()_+=:;'?,.";
-	char *u = xstrndup(m, len), *tmp;
+	char *u = xstrndup(m, len);
 	size_t n, open = strcspn(u, "(");
 
-	/* ")" ends it when no "(" comes before (the last such ")") */
 	for (size_t k = open; k > 0; k--)
 		if (u[k - 1] == ')') {
 			u[k - 1] = '\0';
@@ -3129,6 +3134,81 @@ static void uri_from_text(struct build *bd, const char *m, size_t len, enum uri_
 	n = strlen(u);
 	while (n > 0 && strchr(trail, u[n - 1]) != NULL)
 		u[--n] = '\0';
+	return u;
+}
+
+/* A bare address from the text as mailto:, or NULL when it is none:
+ * "foo@bar" with no dot after the @ is not, and the common misparses
+ * (skype:, mail:, e-mail:) come off. */
+static char *uri_text_mailto(const char *u)
+{
+	static const char *const junk[] = { "skype", "e-mail", "email", "-mail", "mail" };
+	const char *at = strchr(u, '@'), *p = u;
+
+	if (at[1] == '\0' || strchr(at + 2, '.') == NULL || strstr(u, "&nbsp;") != NULL)
+		return NULL;
+	for (size_t k = 0; k < N_ELEMENTS(junk); k++)
+		if (starts_nocase(u, strlen(u), junk[k]) && u[strlen(junk[k])] == ':') {
+			p = u + strlen(junk[k]);
+			break;
+		}
+	while (*p == ':')
+		p++;
+	return xasprintf("mailto:%s", p);
+}
+
+/* The URI with the scheme a mail reader gives it (u itself when it has
+ * one, else malloc'd), or NULL when it is not taken. */
+static char *uri_text_scheme(char *u)
+{
+	size_t n = strlen(u);
+	const char *slash = strchr(u, '/');
+
+	if (starts_nocase(u, n, "http:") || starts_nocase(u, n, "https:") ||
+	    starts_nocase(u, n, "ftp:") || starts_nocase(u, n, "mailto:"))
+		return u;
+	if (starts_nocase(u, n, "ftp."))
+		return xasprintf("ftp://%s", u);
+	if (uri_scheme_prefix(u, n) > 0 && starts_nocase(u, n, "www"))
+		return xasprintf("http://%s", u);
+	/* a "/" before the "@": no address */
+	if (slash != NULL && slash[1] != '\0' && strchr(slash + 2, '@') != NULL)
+		return xasprintf("http://%s", u);
+	if (strchr(u, '@') != NULL)
+		return uri_text_mailto(u);
+	/* a host name alone, one that mail readers do not link */
+	return strchr(u, '.') != NULL ? xasprintf("http://%s", u) : NULL;
+}
+
+/* A mailto: from the text is kept when its domain is valid (after
+ * %-decoding, and a trailing %20 off). */
+static bool uri_text_mailto_ok(char **u)
+{
+	const char *at;
+	size_t hl;
+
+	if (has_percent_hex(*u)) {
+		char *folded = uri_percent_fold(*u);
+
+		free(*u);
+		*u = folded;
+	}
+	at = strchr(*u, '@');
+	if (at == NULL)
+		return false;
+	hl = strcspn(at + 1, "?&>");
+	while (hl >= 3 && strncmp(at + 1 + hl - 3, "%20", 3) == 0)
+		hl -= 3;
+	return domain_valid(at + 1, hl);
+}
+
+/* A URI found in the body text, as _process_text_uri_list() takes it. */
+static void uri_from_text(struct build *bd, const char *m, size_t len, enum uri_kind kind,
+			  size_t host_len)
+{
+	char *u = uri_text_trim(m, len), *with;
+	size_t n = strlen(u), sch;
+
 	/* each raw URI once: a text repeating one link is canonicalised once */
 	if (g_hash_table_contains(bd->text_seen, u))
 		goto out;
@@ -3149,71 +3229,17 @@ static void uri_from_text(struct build *bd, const char *m, size_t len, enum uri_
 		if (!ok)
 			goto out;
 	}
-	size_t sch = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
-
+	/* "http://" and nothing */
+	sch = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
 	if (sch > 0 && u[sch] == ':' && strspn(u + sch + 1, "/") == n - sch - 1 && n - sch - 1 <= 2)
-		goto out;   /* "http://" and nothing */
-	if (!starts_nocase(u, n, "http:") && !starts_nocase(u, n, "https:") &&
-	    !starts_nocase(u, n, "ftp:") && !starts_nocase(u, n, "mailto:")) {
-		const char *at = strchr(u, '@'), *slash = strchr(u, '/');
-
-		if (starts_nocase(u, n, "ftp.")) {
-			tmp = xasprintf("ftp://%s", u);
-		} else if (uri_scheme_prefix(u, n) > 0 && starts_nocase(u, n, "www")) {
-			tmp = xasprintf("http://%s", u);
-		} else if (slash != NULL && slash[1] != '\0' && strchr(slash + 2, '@') != NULL) {
-			tmp = xasprintf("http://%s", u);
-		} else if (at != NULL) {
-			const char *p = u;
-
-			/* "foo@bar" with no dot after it is not an address */
-			if (at[1] == '\0' || strchr(at + 2, '.') == NULL || strstr(u, "&nbsp;") != NULL)
-				goto out;
-			/* strip the common misparses: skype:, mail:, e-mail: */
-			if (starts_nocase(p, n, "skype"))
-				p += 5;
-			else if (starts_nocase(p, n, "e-mail"))
-				p += 6;
-			else if (starts_nocase(p, n, "email") || starts_nocase(p, n, "-mail"))
-				p += 5;
-			else if (starts_nocase(p, n, "mail"))
-				p += 4;
-			if (*p == ':') {
-				while (*p == ':')
-					p++;
-			} else {
-				p = u;
-				while (*p == ':')
-					p++;
-			}
-			tmp = xasprintf("mailto:%s", p);
-		} else if (strchr(u, '.') != NULL) {
-			tmp = xasprintf("http://%s", u);   /* one mail readers do not link */
-		} else {
-			goto out;
-		}
+		goto out;
+	with = uri_text_scheme(u);
+	if (with != u) {
 		free(u);
-		u = tmp;
-		n = strlen(u);
+		u = with;
 	}
-	if (starts_nocase(u, n, "mailto:")) {
-		const char *at;
-		size_t hl;
-
-		if (has_percent_hex(u)) {
-			tmp = uri_percent_fold(u);
-			free(u);
-			u = tmp;
-		}
-		at = strchr(u, '@');
-		if (at == NULL)
-			goto out;
-		hl = strcspn(at + 1, "?&>");
-		while (hl >= 3 && strncmp(at + 1 + hl - 3, "%20", 3) == 0)
-			hl -= 3;
-		if (!domain_valid(at + 1, hl))
-			goto out;
-	}
+	if (u == NULL || (starts_nocase(u, strlen(u), "mailto:") && !uri_text_mailto_ok(&u)))
+		goto out;
 	uri_add(bd, u, true);
 out:
 	free(u);
