@@ -3,7 +3,9 @@
  * built from the body's shared GMime tree.
  *
  * What it follows of SpamAssassin 4.0 (Mail::SpamAssassin::Message,
- * Message::Node, HTML, PerMsgStatus and Util, as Debian ships them):
+ * Message::Node, HTML, PerMsgStatus, RegistryBoundaries and Util, as Debian
+ * ships them; checked against SpamAssassin itself on 1,360 messages of the
+ * public SpamAssassin corpus: the same body but for the differences below):
  *
  *  - Header fields: raw is raw_header() (the text after the colon, folding
  *    kept), decoded is header(): a line break and the blanks after it one
@@ -13,36 +15,47 @@
  *    part, so the two lists are merged back into message order by offset.
  *  - body is get_rendered_body_text_array(): the leaves depth first
  *    (message/rfc822 parts are walked into, so their text is part of the
- *    body, their header is not), "\n" before every leaf but the first,
- *    text/plain and text/html rendered (text/html also when the file name
- *    ends in .htm, .html, .shtml), then a white-space run holding two line
- *    breaks or more becomes a paragraph break, any other run one space,
- *    NUL a line break; the Subject and "\n" go in front; the text is split
- *    after every "\n", and a line over 2048 octets after its last space
- *    before that (split_into_array_of_short_lines()).
+ *    body, their header is not; a multipart whose boundary never matches is
+ *    one text/plain leaf), "\n" before every leaf but the first, text/plain
+ *    and text/html rendered (text/html also when the file name ends in
+ *    .htm, .html, .shtml), then a white-space run holding two line breaks
+ *    or more becomes a paragraph break, any other run one space, NUL a line
+ *    break; the Subject and "\n" go in front; the text is split after every
+ *    "\n", and a line over 2048 octets after its last space before that
+ *    (split_into_array_of_short_lines()).
  *  - rawbody is get_decoded_body_text_array(): the text and message
  *    leaves but text/calendar, decoded, each cut by
  *    split_into_array_of_short_paragraphs() (2-4 KiB, at "\n", ">" or " ").
+ *    Quoted-printable is qp_decode()'s (blanks before a line end deleted,
+ *    "=" runs read its way), and more than 20 blank lines in a row are 20
+ *    as Message::new() leaves them.
  *  - HTML as HTML.pm renders it through HTML::Parser: the text between
  *    tags with white-space runs folded to one space, entities decoded
- *    (HTML::Parser's table: the Latin-1 ones also without ';'), &nbsp; as a
- *    space, br and div as "\n", li, td, th, dt, dd, h1-h6 and embed as " ",
- *    p, hr, blockquote, pre, title, listing, plaintext and xmp as "\n\n"
- *    (start and end tags alike), a space next to those dropped as
- *    display_text() does; script and style content, comments,
- *    declarations and processing instructions dropped; curly double quotes
- *    read as '"'.
+ *    (HTML::Parser's table: the Latin-1 ones also without ';' and as the
+ *    start of a longer name, "&notit;" is "¬it;"), &nbsp; as a space, br
+ *    and div as "\n", li, td, th, dt, dd, h1-h6 and embed as " ", p, hr,
+ *    blockquote, pre, title, listing, plaintext and xmp as "\n\n" (start
+ *    and end tags alike), a space next to those dropped as display_text()
+ *    does; script and style content, comments, declarations, processing
+ *    instructions and an unclosed tag at the end dropped; iframe, xmp and
+ *    plaintext content as text as it is, textarea and title content as
+ *    text; an attribute without a value has its name as value; curly
+ *    double quotes read as '"'.
  *  - uris is get_uri_list(): _process_text_uri_list()'s scan of each body
- *    element (Thunderbird's delimiters, an unbalanced ')' and trailing
- *    punctuation dropped, www. and ftp. given a scheme, bare addresses
- *    made mailto:), then the URIs HTML.pm takes from tags (a, area, link
- *    href; img, frame, iframe, embed, script, bgsound src; body, table, tr,
- *    td background; form action; base href, which later relative URIs are
- *    resolved against; meta refresh), each with what
+ *    element (Thunderbird's delimiters; known schemes, www. and ftp.,
+ *    addresses made mailto:, schemeless host names ending in a top-level
+ *    domain; an unbalanced ')' and trailing punctuation dropped), then the
+ *    URIs HTML.pm takes from tags (a, area, link href — an anchor's also as
+ *    written; img, frame, iframe, embed, script, bgsound src; body, table,
+ *    tr, td background; form action; base href, which later relative URIs
+ *    are resolved against; meta refresh), each with what
  *    uri_list_canonicalize() adds: %-decoding, "\" as "/", a missing
  *    scheme, &#NN;, user@ and trailing junk off the host, default ports
  *    off, numeric hosts as dotted quads, the target of a redirector, and
- *    for mailto: the address without ?subject= and the like.
+ *    for mailto: the address without ?subject= and the like. A URI from
+ *    the text is kept only when one of those has a valid domain, as
+ *    add_uri_detail_list() does; the top-level domains are the public
+ *    suffix list's (SpamAssassin's come with its rules updates).
  *  - :addr and :name are the addresses and display names of
  *    parse_header_addresses(), found with GMime's address parser.
  *
@@ -50,15 +63,15 @@
  *  - Every view but the raw header values and `full` is UTF-8 (SpamAssassin
  *    converts only with normalize_charset): a declared charset through
  *    iconv, an octet it rejects as U+FFFD; no charset, US-ASCII or UTF-8 as
- *    UTF-8 with stray octets read as Latin-1. NUL in rawbody becomes U+FFFD
- *    (in body it is a line break, as in SpamAssassin), so that no C string
- *    ends early. Long lines are split at a character boundary.
- *  - Without SpamAssassin's TLD list, schemeless host names
- *    ("example.com/x", no www.) are not taken as URIs, a domain counts as
- *    valid when its last label is two or more letters (or xn--), and the
- *    "http://foo is www.foo.com" guess, IDN conversion and
- *    redirector_patterns are left out.
- *  - HTML invisibility (colours, sizes) is not worked out: in the body it
+ *    UTF-8 with stray octets read as Windows-1252; C1 controls (from
+ *    ISO-8859-1, or &#128;-&#159;) as Windows-1252, as browsers read them.
+ *    White space is Unicode's (NBSP folds). NUL in rawbody is U+FFFD (in
+ *    body it is a line break, as in SpamAssassin), so that no C string
+ *    ends early. Long lines are split at a character boundary; CRLF is LF
+ *    whatever the message's first line ends with.
+ *  - Left out: the "http://foo is www.foo.com" guess, IDN conversion of
+ *    URIs, redirector_patterns, the empty URI SpamAssassin lists for
+ *    <a href="">, and HTML invisibility (colours, sizes), which in the body
  *    only ever decides a space more or less next to a block tag.
  *  - RFC 2047 base64 words are rewritten as the equivalent Q words before
  *    GMime decodes them: GMime 3.2 drops the text after a padded B word
@@ -69,7 +82,7 @@
  *  - A body GMime does not take for a message is one text/plain part of
  *    all its bytes without a header (SpamAssassin would drop up to three
  *    leading lines as broken header fields). The limits are msgtext.h's;
- *    SpamAssassin cuts every part at body_part_scan_size instead.
+ *    SpamAssassin cuts every part at body_part_scan_size (50,000) instead.
  *
  * Thread safety: the build reads the shared GMime tree only through calls
  * that do not change it. A part's content in particular is read through a
@@ -291,8 +304,24 @@ static void utf8_put(struct tbuf *t, uint32_t c)
 	tbuf_add(t, b, n);
 }
 
-/* Append s as UTF-8: well-formed characters as they are, any other octet
- * read as Latin-1 (what undeclared 8-bit text in mail mostly is). */
+/* Windows-1252's characters for 0x80-0x9F (five unassigned ones as
+ * themselves, as the WHATWG encoding standard has it). */
+static const uint16_t cp1252_c1[32] = {
+	0x20ac, 0x0081, 0x201a, 0x0192, 0x201e, 0x2026, 0x2020, 0x2021,
+	0x02c6, 0x2030, 0x0160, 0x2039, 0x0152, 0x008d, 0x017d, 0x008f,
+	0x0090, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014,
+	0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0x009d, 0x017e, 0x0178,
+};
+
+static void cp1252_put(struct tbuf *t, unsigned char c)
+{
+	utf8_put(t, c >= 0x80 && c <= 0x9f ? cp1252_c1[c - 0x80] : c);
+}
+
+/* Append s as UTF-8 text: well-formed characters as they are, any other
+ * octet read as Windows-1252 (what undeclared 8-bit text in mail mostly
+ * is), and the C1 controls as Windows-1252 too — what text labelled
+ * ISO-8859-1 means in mail, as in browsers ("\x92" is a quote). */
 static void utf8_add_lenient(struct tbuf *t, const char *s, size_t n)
 {
 	const unsigned char *p = (const unsigned char *)s;
@@ -311,8 +340,11 @@ static void utf8_add_lenient(struct tbuf *t, const char *s, size_t n)
 			break;
 		l = utf8_char(p + i, n - i, &c);
 		if (l == 0) {
-			utf8_put(t, p[i]);
+			cp1252_put(t, p[i]);
 			i++;
+		} else if (c >= 0x80 && c <= 0x9f) {
+			cp1252_put(t, (unsigned char)c);
+			i += l;
 		} else {
 			tbuf_add(t, p + i, l);
 			i += l;
@@ -378,6 +410,72 @@ static void crlf_to_lf(struct tbuf *t, size_t from)
 			continue;
 		t->p[w++] = t->p[r];
 	}
+	t->len = w;
+}
+
+/* More than 20 blank (white-space only) lines in a row are 20 — the first
+ * and the last 19: what SpamAssassin's Message::new() does to the lines of
+ * a message before it takes it apart. */
+#define BLANK_LINES_MAX 20
+
+static size_t line_len(const struct tbuf *t, size_t from)
+{
+	const char *nl = memchr(t->p + from, '\n', t->len - from);
+
+	return nl != NULL ? (size_t)(nl - (t->p + from)) + 1 : t->len - from;
+}
+
+static bool line_blank(const struct tbuf *t, size_t from, size_t len)
+{
+	for (size_t k = 0; k < len; k++)
+		if (!is_ascii_space((unsigned char)t->p[from + k]))
+			return false;
+	return true;
+}
+
+/* Copy the run of `run` blank lines [from, to) to w, cut as above. */
+static size_t blank_run_copy(struct tbuf *t, size_t w, size_t from, size_t to, size_t run)
+{
+	size_t first, tail = to;
+
+	if (run <= BLANK_LINES_MAX) {
+		memmove(t->p + w, t->p + from, to - from);
+		return w + (to - from);
+	}
+	first = line_len(t, from);
+	memmove(t->p + w, t->p + from, first);
+	w += first;
+	/* back over the last BLANK_LINES_MAX - 1 lines */
+	for (size_t k = 0; k < BLANK_LINES_MAX - 1; k++) {
+		tail--;
+		while (tail > from && t->p[tail - 1] != '\n')
+			tail--;
+	}
+	memmove(t->p + w, t->p + tail, to - tail);
+	return w + (to - tail);
+}
+
+static void blank_lines_cap(struct tbuf *t)
+{
+	size_t r = 0, w = 0, run = 0, run_from = 0;
+
+	while (r < t->len) {
+		size_t l = line_len(t, r);
+
+		if (line_blank(t, r, l)) {
+			if (run++ == 0)
+				run_from = r;
+		} else {
+			if (run > 0)
+				w = blank_run_copy(t, w, run_from, r, run);
+			run = 0;
+			memmove(t->p + w, t->p + r, l);
+			w += l;
+		}
+		r += l;
+	}
+	if (run > 0)
+		w = blank_run_copy(t, w, run_from, r, run);
 	t->len = w;
 }
 
@@ -482,6 +580,116 @@ static bool conv_feed(struct text_conv *c, const char *s, size_t n, bool final,
 	return true;
 }
 
+/* ------------------------------------------------------ quoted-printable */
+
+/* SpamAssassin's qp_decode(), as a stream: three passes in a row — blanks
+ * before a line end deleted (RFC 2045), soft line breaks removed, then =XX
+ * decoded — each carrying to the next chunk only what it must wait for.
+ * Done here rather than by GMime, whose decoder keeps those blanks and
+ * reads "=" runs differently. */
+#define QP_BLANKS_MAX 4096   /* a longer run of blanks is let through */
+
+struct qp_decoder {
+	struct tbuf blanks;  /* pass 1: blanks that a line end may delete */
+	bool cr;             /* pass 1: a CR after them, waiting for its LF */
+	char soft[2];        /* pass 2: "=" or "=\r" waiting */
+	size_t n_soft;
+	char hex[2];         /* pass 3: "=" or "=X" waiting */
+	size_t n_hex;
+};
+
+static void qp_pass3(struct qp_decoder *q, char c, struct tbuf *out)
+{
+	if (q->n_hex == 0) {
+		if (c == '=')
+			q->hex[q->n_hex++] = c;
+		else
+			tbuf_addc(out, c);
+		return;
+	}
+	if (is_hex((unsigned char)c) && q->n_hex == 1) {
+		q->hex[q->n_hex++] = c;
+		return;
+	}
+	if (is_hex((unsigned char)c)) {
+		tbuf_addc(out, (char)(hex_value((unsigned char)q->hex[1]) << 4 | hex_value((unsigned char)c)));
+		q->n_hex = 0;
+		return;
+	}
+	tbuf_add(out, q->hex, q->n_hex);
+	q->n_hex = 0;
+	qp_pass3(q, c, out);
+}
+
+static void qp_pass2(struct qp_decoder *q, char c, struct tbuf *out)
+{
+	if (q->n_soft == 0 && c == '=') {
+		q->soft[q->n_soft++] = c;
+		return;
+	}
+	if (q->n_soft == 0) {
+		qp_pass3(q, c, out);
+		return;
+	}
+	if (c == '\n') {
+		q->n_soft = 0;   /* "=\n" or "=\r\n": a soft line break */
+		return;
+	}
+	if (c == '\r' && q->n_soft == 1) {
+		q->soft[q->n_soft++] = c;
+		return;
+	}
+	for (size_t i = 0; i < q->n_soft; i++)
+		qp_pass3(q, q->soft[i], out);
+	q->n_soft = 0;
+	qp_pass2(q, c, out);
+}
+
+static void qp_flush_blanks(struct qp_decoder *q, struct tbuf *out)
+{
+	for (size_t i = 0; i < q->blanks.len; i++)
+		qp_pass2(q, q->blanks.p[i], out);
+	q->blanks.len = 0;
+	if (q->cr)
+		qp_pass2(q, '\r', out);
+	q->cr = false;
+}
+
+static void qp_feed(struct qp_decoder *q, const char *s, size_t n, bool final, struct tbuf *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+
+		if ((c == ' ' || c == '\t') && !q->cr) {
+			if (q->blanks.len >= QP_BLANKS_MAX)
+				qp_flush_blanks(q, out);
+			tbuf_addc(&q->blanks, c);
+		} else if (c == '\r' && !q->cr) {
+			q->cr = true;
+		} else if (c == '\n') {
+			q->blanks.len = 0;   /* the blanks before a line end go */
+			if (q->cr)
+				qp_pass2(q, '\r', out);
+			q->cr = false;
+			qp_pass2(q, c, out);
+		} else if (q->cr && (c == ' ' || c == '\t' || c == '\r')) {
+			qp_flush_blanks(q, out);   /* that CR ends no line */
+			i--;                       /* again, now that nothing waits */
+		} else {
+			qp_flush_blanks(q, out);
+			qp_pass2(q, c, out);
+		}
+	}
+	if (!final)
+		return;
+	qp_flush_blanks(q, out);
+	for (size_t i = 0; i < q->n_soft; i++)
+		qp_pass3(q, q->soft[i], out);
+	q->n_soft = 0;
+	tbuf_add(out, q->hex, q->n_hex);
+	q->n_hex = 0;
+}
+
 /* ------------------------------------------------------------- parts */
 
 /* A leaf's content as UTF-8 text: transfer encoding undone, charset
@@ -492,12 +700,14 @@ static bool conv_feed(struct text_conv *c, const char *s, size_t n, bool final,
 static void part_decode(GMimeObject *obj, size_t limit, struct tbuf *out, bool *cut)
 {
 	GMimeDataWrapper *content;
-	GMimeStream *stream, *sub, *filtered;
+	GMimeStream *stream, *sub, *in;
 	GMimeContentEncoding enc;
 	struct text_conv conv;
+	struct qp_decoder qp = { 0 };
+	struct tbuf plain = { 0 };
 	char chunk[16384];
 	ssize_t n;
-	bool full = false;
+	bool full = false, is_qp;
 
 	if (!GMIME_IS_PART(obj))
 		return;
@@ -508,27 +718,45 @@ static void part_decode(GMimeObject *obj, size_t limit, struct tbuf *out, bool *
 	sub = g_mime_stream_substream(stream, stream->bound_start, stream->bound_end);
 	if (sub == NULL)
 		return;
-	filtered = g_mime_stream_filter_new(sub);
-	g_object_unref(sub);
+	in = sub;
 	enc = g_mime_data_wrapper_get_encoding(content);
-	if (enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-	    enc == GMIME_CONTENT_ENCODING_UUENCODE) {
+	is_qp = enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE;
+	if (enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_UUENCODE) {
 		GMimeFilter *filter = g_mime_filter_basic_new(enc, FALSE);
 
-		g_mime_stream_filter_add(GMIME_STREAM_FILTER(filtered), filter);
+		in = g_mime_stream_filter_new(sub);
+		g_mime_stream_filter_add(GMIME_STREAM_FILTER(in), filter);
 		g_object_unref(filter);
+		g_object_unref(sub);
 	}
 	conv_init(&conv, g_mime_object_get_content_type_parameter(obj, "charset"));
-	while (!full && (n = g_mime_stream_read(filtered, chunk, sizeof(chunk))) > 0)
-		full = conv_feed(&conv, chunk, (size_t)n, false, out, limit);
+	while (!full && (n = g_mime_stream_read(in, chunk, sizeof(chunk))) > 0) {
+		if (!is_qp) {
+			full = conv_feed(&conv, chunk, (size_t)n, false, out, limit);
+			continue;
+		}
+		plain.len = 0;
+		qp_feed(&qp, chunk, (size_t)n, false, &plain);
+		full = conv_feed(&conv, plain.p, plain.len, false, out, limit);
+	}
+	if (!full && is_qp) {
+		plain.len = 0;
+		qp_feed(&qp, NULL, 0, true, &plain);
+		full = conv_feed(&conv, plain.p, plain.len, false, out, limit);
+	}
 	if (!full)
 		full = conv_feed(&conv, NULL, 0, true, out, limit);
 	/* the limit reached: there may have been more */
 	if (full)
 		*cut = true;
 	conv_free(&conv);
-	g_object_unref(filtered);
+	tbuf_free(&plain);
+	tbuf_free(&qp.blanks);
+	g_object_unref(in);
 	crlf_to_lf(out, 0);
+	/* on the lines as they came: not inside base64 */
+	if (enc != GMIME_CONTENT_ENCODING_BASE64 && enc != GMIME_CONTENT_ENCODING_UUENCODE)
+		blank_lines_cap(out);
 }
 
 /* "type/subtype" in lower case. */
@@ -1018,6 +1246,9 @@ static size_t html_entity(const char *s, size_t n, struct tbuf *out)
 			i++;
 		if (v >= 0xd800 && v <= 0xdfff)
 			v = 0xfffd;
+		/* &#149; is a bullet to browsers (HTML5), not a C1 control */
+		if (v >= 0x80 && v <= 0x9f)
+			v = cp1252_c1[v - 0x80];
 		utf8_put(out, v);
 		return i;
 	}
@@ -1073,7 +1304,7 @@ static void html_decode(const char *s, size_t n, struct tbuf *out)
 }
 
 struct html_attr {
-	const char *name, *value;   /* value NULL: an attribute without '=' */
+	const char *name, *value;
 	size_t name_len, value_len;
 };
 
@@ -1127,20 +1358,15 @@ static bool html_parse_attr(const char *p, const char *end, struct html_tag *tag
 		if (q >= end)
 			return false;
 		if (*q == '"' || *q == '\'') {
+			/* a quoted value runs to its quote, past any '>': an
+			 * unclosed one leaves the tag unclosed */
 			const char *close = memchr(q + 1, *q, (size_t)(end - q - 1));
 
+			if (close == NULL)
+				return false;
 			a.value = q + 1;
-			if (close == NULL) {
-				/* an unclosed quote runs to the tag's end */
-				close = memchr(q + 1, '>', (size_t)(end - q - 1));
-				if (close == NULL)
-					return false;
-				a.value_len = (size_t)(close - a.value);
-				p = close;
-			} else {
-				a.value_len = (size_t)(close - a.value);
-				p = close + 1;
-			}
+			a.value_len = (size_t)(close - a.value);
+			p = close + 1;
 		} else {
 			a.value = q;
 			while (q < end && !is_ascii_space((unsigned char)*q) && *q != '>')
@@ -1148,6 +1374,11 @@ static bool html_parse_attr(const char *p, const char *end, struct html_tag *tag
 			a.value_len = (size_t)(q - a.value);
 			p = q;
 		}
+	}
+	/* HTML::Parser gives an attribute without a value its own name */
+	if (a.value == NULL) {
+		a.value = a.name;
+		a.value_len = a.name_len;
 	}
 	if (tag->n_attrs < HTML_ATTRS_MAX)
 		tag->attrs[tag->n_attrs++] = a;
@@ -1199,14 +1430,18 @@ struct html {
 	struct tbuf scratch;
 };
 
-/* display_text() for text: white-space runs are one space, and the space
- * that would follow a block tag's is dropped. */
-static void html_text(struct html *h, const char *s, size_t n)
+/* display_text() for text (entities decoded unless !decode): white-space
+ * runs are one space, and the space that would follow a block tag's is
+ * dropped. */
+static void html_text(struct html *h, const char *s, size_t n, bool decode)
 {
 	size_t start = h->out->len;
 
 	h->scratch.len = 0;
-	html_decode(s, n, &h->scratch);
+	if (decode)
+		html_decode(s, n, &h->scratch);
+	else
+		tbuf_add(&h->scratch, s, n);
 	for (size_t i = 0; i < h->scratch.len; i++) {
 		if (!is_ascii_space((unsigned char)h->scratch.p[i])) {
 			tbuf_addc(h->out, h->scratch.p[i]);
@@ -1616,8 +1851,24 @@ static void html_tag_uris(struct html *h, const struct html_tag *tag)
 	tbuf_free(&w);
 }
 
-/* Where the content of <script> or <style> ends: at its end tag, or at
- * the end of the text (HTML.pm closes them there). */
+/* The elements whose content HTML::Parser reads as text, tags and all:
+ * dropped (script, style), text with entities (textarea, title), text as
+ * it is (iframe, xmp, and plaintext, which runs to the end). */
+enum html_literal { HTML_NOT_LITERAL, HTML_LITERAL_DROP, HTML_LITERAL_TEXT, HTML_LITERAL_RAW };
+
+static enum html_literal html_literal_kind(const char *name)
+{
+	if (strcmp(name, "script") == 0 || strcmp(name, "style") == 0)
+		return HTML_LITERAL_DROP;
+	if (strcmp(name, "textarea") == 0 || strcmp(name, "title") == 0)
+		return HTML_LITERAL_TEXT;
+	if (strcmp(name, "iframe") == 0 || strcmp(name, "xmp") == 0 || strcmp(name, "plaintext") == 0)
+		return HTML_LITERAL_RAW;
+	return HTML_NOT_LITERAL;
+}
+
+/* Where such content ends: at its end tag, or at the end of the text
+ * (HTML.pm closes an open script or style there). */
 static const char *html_skip_literal(const char *p, const char *end, const char *name)
 {
 	size_t l = strlen(name);
@@ -1690,14 +1941,20 @@ static void html_render(struct build *bd, const char *src, size_t n, struct tbuf
 		is_tag = (lt + 1 < end && is_alpha((unsigned char)lt[1])) ||
 			 (lt + 2 < end && lt[1] == '/' && is_alpha((unsigned char)lt[2]));
 		if (is_tag) {
-			if (!html_parse_tag(lt, end, &tag, &next))
-				break;   /* an unclosed tag is text to the end */
+			/* an unclosed tag is the rest: HTML::Parser reports it
+			 * as a comment at the end, which renders as nothing */
+			if (!html_parse_tag(lt, end, &tag, &next)) {
+				if (lt > text)
+					html_text(&h, text, (size_t)(lt - text), true);
+				text = p = end;
+				break;
+			}
 		} else if (!html_other_markup(lt, end, &next)) {
 			p = lt + 1;
 			continue;
 		}
 		if (lt > text)
-			html_text(&h, text, (size_t)(lt - text));
+			html_text(&h, text, (size_t)(lt - text), true);
 		text = p = next;
 		if (!is_tag || tag.name[0] == '\0')
 			continue;
@@ -1708,11 +1965,17 @@ static void html_render(struct build *bd, const char *src, size_t n, struct tbuf
 		if (tag.end)
 			continue;
 		html_tag_uris(&h, &tag);
-		if (strcmp(tag.name, "script") == 0 || strcmp(tag.name, "style") == 0)
-			text = p = html_skip_literal(p, end, tag.name);
+		enum html_literal lit = html_literal_kind(tag.name);
+
+		if (lit == HTML_NOT_LITERAL)
+			continue;
+		next = strcmp(tag.name, "plaintext") == 0 ? end : html_skip_literal(p, end, tag.name);
+		if (lit != HTML_LITERAL_DROP && next > p)
+			html_text(&h, p, (size_t)(next - p), lit == HTML_LITERAL_TEXT);
+		text = p = next;
 	}
 	if (text < end)
-		html_text(&h, text, (size_t)(end - text));
+		html_text(&h, text, (size_t)(end - text), true);
 	free(h.base);
 	tbuf_free(&h.scratch);
 	tbuf_free(&in);
@@ -1772,6 +2035,34 @@ static void leaf_add(struct build *bd, GMimeObject *obj)
 	tbuf_free(&text);
 }
 
+/* A text/plain leaf of bytes GMime found no parts in: all of a body it
+ * does not take for a message, or a multipart's text when no boundary
+ * matched (SpamAssassin reads both as plain text too). */
+static void leaf_add_bytes(struct build *bd, const char *data, size_t len)
+{
+	struct msgtext *t = bd->t;
+	struct tbuf text = { 0 };
+	struct text_conv conv;
+	size_t body_left;
+
+	t->parts[t->n_parts].type = xstrdup("text/plain");
+	t->parts[t->n_parts++].filename = NULL;
+	if (bd->body.len > 0 && bd->body.len < MSGTEXT_TEXT_MAX)
+		tbuf_addc(&bd->body, '\n');
+	body_left = MSGTEXT_TEXT_MAX - bd->body.len;
+	conv_init(&conv, NULL);
+	if (conv_feed(&conv, data, len, true, &text, MSGTEXT_TEXT_MAX))
+		truncated(bd);
+	conv_free(&conv);
+	crlf_to_lf(&text, 0);
+	blank_lines_cap(&text);
+	rawbody_add(bd, text.p != NULL ? text.p : "", text.len);
+	if (text.len > body_left)
+		truncated(bd);
+	tbuf_add(&bd->body, text.p, utf8_floor(text.p != NULL ? text.p : "", text.len, body_left));
+	tbuf_free(&text);
+}
+
 /* Depth first, as SpamAssassin's find_parts(). */
 static void walk(struct build *bd, GMimeObject *obj, unsigned depth)
 {
@@ -1788,6 +2079,12 @@ static void walk(struct build *bd, GMimeObject *obj, unsigned depth)
 
 		if (depth >= MSGTEXT_DEPTH_MAX && n > 0) {
 			truncated(bd);
+			return;
+		}
+		if (n == 0) {
+			const char *text = g_mime_multipart_get_prologue(mp);
+
+			leaf_add_bytes(bd, text != NULL ? text : "", text != NULL ? strlen(text) : 0);
 			return;
 		}
 		for (int i = 0; i < n; i++) {
@@ -1813,26 +2110,6 @@ static void walk(struct build *bd, GMimeObject *obj, unsigned depth)
 		}
 	}
 	leaf_add(bd, obj);
-}
-
-/* A body GMime does not take for a message: one text/plain part of all
- * its bytes. */
-static void leaf_add_bytes(struct build *bd, const char *data, size_t len)
-{
-	struct msgtext *t = bd->t;
-	struct tbuf text = { 0 };
-	struct text_conv conv;
-
-	t->parts[t->n_parts].type = xstrdup("text/plain");
-	t->parts[t->n_parts++].filename = NULL;
-	conv_init(&conv, NULL);
-	if (conv_feed(&conv, data, len, true, &text, MSGTEXT_TEXT_MAX))
-		truncated(bd);
-	conv_free(&conv);
-	crlf_to_lf(&text, 0);
-	rawbody_add(bd, text.p != NULL ? text.p : "", text.len);
-	tbuf_add(&bd->body, text.p, text.len);
-	tbuf_free(&text);
 }
 
 /* ------------------------------------------------------------------ body */
@@ -2276,85 +2553,91 @@ static void uri_canon_mail(struct strvec *out, const char *u)
 	}
 }
 
-/* uri_list_canonicalize() on one URI: the URI itself, then its variants. */
-static void uri_canon(struct strvec *out, const char *uri, unsigned depth)
+/* The URI without line breaks and surrounding white space, malloc'd. */
+static char *uri_trimmed(const char *uri)
 {
 	struct tbuf t = { 0 };
-	char *u, *nuri, *tmp;
-	size_t n;
+	size_t s = 0, n;
+	char *u;
 
-	/* line breaks out, no white space around */
 	for (const char *p = uri; *p != '\0'; p++)
 		if (*p != '\n' && *p != '\r')
 			tbuf_addc(&t, *p);
 	u = tbuf_take(&t);
 	n = strlen(u);
-	size_t s = 0;
-
 	while (s < n && is_ascii_space((unsigned char)u[s]))
 		s++;
 	while (n > s && is_ascii_space((unsigned char)u[n - 1]))
 		n--;
 	memmove(u, u + s, n - s);
 	u[n - s] = '\0';
-	n -= s;
+	return u;
+}
+
+static void replace(char **s, char *with)
+{
+	free(*s);
+	*s = with;
+}
+
+/* uri_list_canonicalize()'s cooked form of a (non-mail) URI, malloc'd:
+ * "\" as "/", "http:/x" as "http://x", %-decoded, a default scheme,
+ * "/" before a query on a bare host, &#NN; decoded. */
+static char *uri_cooked(const char *u)
+{
+	char *c = xstrdup(u);
+	size_t sl, sch;
+
+	for (char *p = c; *p != '\0'; p++)
+		if (*p == '\\')
+			*p = '/';
+	sl = starts_nocase(c, strlen(c), "https:") ? 6 : starts_nocase(c, strlen(c), "http:") ? 5 : 0;
+	if (sl > 0) {
+		size_t slashes = 0;
+
+		while (slashes < 2 && c[sl + slashes] == '/')
+			slashes++;
+		replace(&c, xasprintf("%.*s//%s", (int)sl, c, c + sl + slashes));
+	}
+	if (has_percent_hex(c))
+		replace(&c, uri_percent_fold(c));
+	/* no scheme: http:// as mail readers assume (ftp:// for ftp.) */
+	sch = strspn(c, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_");
+	if (sch == 0 || c[sch] != ':')
+		replace(&c, xasprintf("%s%s", strncmp(c, "ftp.", 4) == 0 ? "ftp://" : "http://", c));
+	/* http://example.com?x -> http://example.com/?x */
+	if (starts_nocase(c, strlen(c), "http://") || starts_nocase(c, strlen(c), "https://")) {
+		size_t pl = starts_nocase(c, strlen(c), "https://") ? 8 : 7;
+		size_t hl = strcspn(c + pl, "/?#");
+
+		if (hl > 0 && (c[pl + hl] == '?' || c[pl + hl] == '#'))
+			replace(&c, xasprintf("%.*s/%s", (int)(pl + hl), c, c + pl + hl));
+	}
+	replace(&c, uri_numeric_refs(c));
+	return c;
+}
+
+/* uri_list_canonicalize() on one URI: the URI itself, then its variants. */
+static void uri_canon(struct strvec *out, const char *uri, unsigned depth)
+{
+	char *u = uri_trimmed(uri), *nuri;
+	size_t n = strlen(u);
+	const char *colon, *at;
+
 	uri_emit(out, u, n);
 	/* "#abc", "?x", "/image.gif": nothing to canonicalise */
 	if (n <= 1 || strchr("#?&", u[0]) != NULL || (u[0] == '/' && u[1] != '/')) {
 		free(u);
 		return;
 	}
-	const char *colon = strchr(u, ':'), *at = strchr(u, '@');
-
+	colon = strchr(u, ':');
+	at = strchr(u, '@');
 	if (strncasecmp(u, "mailto:", 7) == 0 || (at != NULL && (colon == NULL || colon > at))) {
 		uri_canon_mail(out, u);
 		free(u);
 		return;
 	}
-	nuri = xstrdup(u);
-	for (char *p = nuri; *p != '\0'; p++)
-		if (*p == '\\')
-			*p = '/';
-	/* http:www.example.com, http:/www... -> http://www... */
-	size_t sl = starts_nocase(nuri, strlen(nuri), "https:") ? 6 :
-		    starts_nocase(nuri, strlen(nuri), "http:") ? 5 : 0;
-
-	if (sl > 0) {
-		size_t slashes = 0;
-
-		while (slashes < 2 && nuri[sl + slashes] == '/')
-			slashes++;
-		tmp = xasprintf("%.*s//%s", (int)sl, nuri, nuri + sl + slashes);
-		free(nuri);
-		nuri = tmp;
-	}
-	if (has_percent_hex(nuri)) {
-		tmp = uri_percent_fold(nuri);
-		free(nuri);
-		nuri = tmp;
-	}
-	/* no scheme: http:// as mail readers assume (ftp:// for ftp.) */
-	size_t sch = strspn(nuri, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_");
-
-	if (sch == 0 || nuri[sch] != ':') {
-		tmp = xasprintf("%s%s", strncmp(nuri, "ftp.", 4) == 0 ? "ftp://" : "http://", nuri);
-		free(nuri);
-		nuri = tmp;
-	}
-	/* http://example.com?x -> http://example.com/?x */
-	if (starts_nocase(nuri, strlen(nuri), "http://") || starts_nocase(nuri, strlen(nuri), "https://")) {
-		size_t pl = starts_nocase(nuri, strlen(nuri), "https://") ? 8 : 7;
-		size_t hl = strcspn(nuri + pl, "/?#");
-
-		if (hl > 0 && (nuri[pl + hl] == '?' || nuri[pl + hl] == '#')) {
-			tmp = xasprintf("%.*s/%s", (int)(pl + hl), nuri, nuri + pl + hl);
-			free(nuri);
-			nuri = tmp;
-		}
-	}
-	tmp = uri_numeric_refs(nuri);
-	free(nuri);
-	nuri = tmp;
+	nuri = uri_cooked(u);
 	if (strcmp(nuri, u) != 0)
 		uri_emit_str(out, nuri);
 	if (starts_nocase(nuri, strlen(nuri), "http://") || starts_nocase(nuri, strlen(nuri), "https://"))
@@ -2363,31 +2646,285 @@ static void uri_canon(struct strvec *out, const char *uri, unsigned depth)
 	free(u);
 }
 
-/* A domain we take for valid, lacking SpamAssassin's TLD list: two labels
- * or more, the last of letters (or an IDN's xn--). */
-static bool uri_domain_plausible(const char *h, size_t n)
+/* The top-level domains, lower case, IDNs in their xn-- form, sorted: what
+ * SpamAssassin's rules updates list as util_rb_tld. Made from the public
+ * suffix list (publicsuffix 20230209: the last label of every ICANN rule):
+ *   sed -n '/BEGIN ICANN/,/END ICANN/p' public_suffix_list.dat | grep -v '^//'
+ * then each label's IDNA form, sorted and unique. */
+static const char *const tlds[] = {
+	"aaa", "aarp", "abarth", "abb", "abbott", "abbvie", "abc", "able", "abogado",
+	"abudhabi", "ac", "academy", "accenture", "accountant", "accountants", "aco", "actor",
+	"ad", "ads", "adult", "ae", "aeg", "aero", "aetna", "af", "afl", "africa", "ag",
+	"agakhan", "agency", "ai", "aig", "airbus", "airforce", "airtel", "akdn", "al",
+	"alfaromeo", "alibaba", "alipay", "allfinanz", "allstate", "ally", "alsace", "alstom",
+	"am", "amazon", "americanexpress", "americanfamily", "amex", "amfam", "amica",
+	"amsterdam", "analytics", "android", "anquan", "anz", "ao", "aol", "apartments",
+	"app", "apple", "aq", "aquarelle", "ar", "arab", "aramco", "archi", "army", "arpa",
+	"art", "arte", "as", "asda", "asia", "associates", "at", "athleta", "attorney", "au",
+	"auction", "audi", "audible", "audio", "auspost", "author", "auto", "autos",
+	"avianca", "aw", "aws", "ax", "axa", "az", "azure", "ba", "baby", "baidu", "banamex",
+	"bananarepublic", "band", "bank", "bar", "barcelona", "barclaycard", "barclays",
+	"barefoot", "bargains", "baseball", "basketball", "bauhaus", "bayern", "bb", "bbc",
+	"bbt", "bbva", "bcg", "bcn", "bd", "be", "beats", "beauty", "beer", "bentley",
+	"berlin", "best", "bestbuy", "bet", "bf", "bg", "bh", "bharti", "bi", "bible", "bid",
+	"bike", "bing", "bingo", "bio", "biz", "bj", "black", "blackfriday", "blockbuster",
+	"blog", "bloomberg", "blue", "bm", "bms", "bmw", "bn", "bnpparibas", "bo", "boats",
+	"boehringer", "bofa", "bom", "bond", "boo", "book", "booking", "bosch", "bostik",
+	"boston", "bot", "boutique", "box", "br", "bradesco", "bridgestone", "broadway",
+	"broker", "brother", "brussels", "bs", "bt", "build", "builders", "business", "buy",
+	"buzz", "bv", "bw", "by", "bz", "bzh", "ca", "cab", "cafe", "cal", "call",
+	"calvinklein", "cam", "camera", "camp", "canon", "capetown", "capital", "capitalone",
+	"car", "caravan", "cards", "care", "career", "careers", "cars", "casa", "case",
+	"cash", "casino", "cat", "catering", "catholic", "cba", "cbn", "cbre", "cbs", "cc",
+	"cd", "center", "ceo", "cern", "cf", "cfa", "cfd", "cg", "ch", "chanel", "channel",
+	"charity", "chase", "chat", "cheap", "chintai", "christmas", "chrome", "church", "ci",
+	"cipriani", "circle", "cisco", "citadel", "citi", "citic", "city", "cityeats", "ck",
+	"cl", "claims", "cleaning", "click", "clinic", "clinique", "clothing", "cloud",
+	"club", "clubmed", "cm", "cn", "co", "coach", "codes", "coffee", "college", "cologne",
+	"com", "comcast", "commbank", "community", "company", "compare", "computer", "comsec",
+	"condos", "construction", "consulting", "contact", "contractors", "cooking",
+	"cookingchannel", "cool", "coop", "corsica", "country", "coupon", "coupons",
+	"courses", "cpa", "cr", "credit", "creditcard", "creditunion", "cricket", "crown",
+	"crs", "cruise", "cruises", "cu", "cuisinella", "cv", "cw", "cx", "cy", "cymru",
+	"cyou", "cz", "dabur", "dad", "dance", "data", "date", "dating", "datsun", "day",
+	"dclk", "dds", "de", "deal", "dealer", "deals", "degree", "delivery", "dell",
+	"deloitte", "delta", "democrat", "dental", "dentist", "desi", "design", "dev", "dhl",
+	"diamonds", "diet", "digital", "direct", "directory", "discount", "discover", "dish",
+	"diy", "dj", "dk", "dm", "dnp", "do", "docs", "doctor", "dog", "domains", "dot",
+	"download", "drive", "dtv", "dubai", "dunlop", "dupont", "durban", "dvag", "dvr",
+	"dz", "earth", "eat", "ec", "eco", "edeka", "edu", "education", "ee", "eg", "email",
+	"emerck", "energy", "engineer", "engineering", "enterprises", "epson", "equipment",
+	"er", "ericsson", "erni", "es", "esq", "estate", "et", "etisalat", "eu", "eurovision",
+	"eus", "events", "exchange", "expert", "exposed", "express", "extraspace", "fage",
+	"fail", "fairwinds", "faith", "family", "fan", "fans", "farm", "farmers", "fashion",
+	"fast", "fedex", "feedback", "ferrari", "ferrero", "fi", "fiat", "fidelity", "fido",
+	"film", "final", "finance", "financial", "fire", "firestone", "firmdale", "fish",
+	"fishing", "fit", "fitness", "fj", "fk", "flickr", "flights", "flir", "florist",
+	"flowers", "fly", "fm", "fo", "foo", "food", "foodnetwork", "football", "ford",
+	"forex", "forsale", "forum", "foundation", "fox", "fr", "free", "fresenius", "frl",
+	"frogans", "frontdoor", "frontier", "ftr", "fujitsu", "fun", "fund", "furniture",
+	"futbol", "fyi", "ga", "gal", "gallery", "gallo", "gallup", "game", "games", "gap",
+	"garden", "gay", "gb", "gbiz", "gd", "gdn", "ge", "gea", "gent", "genting", "george",
+	"gf", "gg", "ggee", "gh", "gi", "gift", "gifts", "gives", "giving", "gl", "glass",
+	"gle", "global", "globo", "gm", "gmail", "gmbh", "gmo", "gmx", "gn", "godaddy",
+	"gold", "goldpoint", "golf", "goo", "goodyear", "goog", "google", "gop", "got", "gov",
+	"gp", "gq", "gr", "grainger", "graphics", "gratis", "green", "gripe", "grocery",
+	"group", "gs", "gt", "gu", "guardian", "gucci", "guge", "guide", "guitars", "guru",
+	"gw", "gy", "hair", "hamburg", "hangout", "haus", "hbo", "hdfc", "hdfcbank", "health",
+	"healthcare", "help", "helsinki", "here", "hermes", "hgtv", "hiphop", "hisamitsu",
+	"hitachi", "hiv", "hk", "hkt", "hm", "hn", "hockey", "holdings", "holiday",
+	"homedepot", "homegoods", "homes", "homesense", "honda", "horse", "hospital", "host",
+	"hosting", "hot", "hoteles", "hotels", "hotmail", "house", "how", "hr", "hsbc", "ht",
+	"hu", "hughes", "hyatt", "hyundai", "ibm", "icbc", "ice", "icu", "id", "ie", "ieee",
+	"ifm", "ikano", "il", "im", "imamat", "imdb", "immo", "immobilien", "in", "inc",
+	"industries", "infiniti", "info", "ing", "ink", "institute", "insurance", "insure",
+	"int", "international", "intuit", "investments", "io", "ipiranga", "iq", "ir",
+	"irish", "is", "ismaili", "ist", "istanbul", "it", "itau", "itv", "jaguar", "java",
+	"jcb", "je", "jeep", "jetzt", "jewelry", "jio", "jll", "jm", "jmp", "jnj", "jo",
+	"jobs", "joburg", "jot", "joy", "jp", "jpmorgan", "jprs", "juegos", "juniper",
+	"kaufen", "kddi", "ke", "kerryhotels", "kerrylogistics", "kerryproperties", "kfh",
+	"kg", "kh", "ki", "kia", "kids", "kim", "kinder", "kindle", "kitchen", "kiwi", "km",
+	"kn", "koeln", "komatsu", "kosher", "kp", "kpmg", "kpn", "kr", "krd", "kred",
+	"kuokgroup", "kw", "ky", "kyoto", "kz", "la", "lacaixa", "lamborghini", "lamer",
+	"lancaster", "lancia", "land", "landrover", "lanxess", "lasalle", "lat", "latino",
+	"latrobe", "law", "lawyer", "lb", "lc", "lds", "lease", "leclerc", "lefrak", "legal",
+	"lego", "lexus", "lgbt", "li", "lidl", "life", "lifeinsurance", "lifestyle",
+	"lighting", "like", "lilly", "limited", "limo", "lincoln", "linde", "link", "lipsy",
+	"live", "living", "lk", "llc", "llp", "loan", "loans", "locker", "locus", "lol",
+	"london", "lotte", "lotto", "love", "lpl", "lplfinancial", "lr", "ls", "lt", "ltd",
+	"ltda", "lu", "lundbeck", "luxe", "luxury", "lv", "ly", "ma", "macys", "madrid",
+	"maif", "maison", "makeup", "man", "management", "mango", "map", "market",
+	"marketing", "markets", "marriott", "marshalls", "maserati", "mattel", "mba", "mc",
+	"mckinsey", "md", "me", "med", "media", "meet", "melbourne", "meme", "memorial",
+	"men", "menu", "merckmsd", "mg", "mh", "miami", "microsoft", "mil", "mini", "mint",
+	"mit", "mitsubishi", "mk", "ml", "mlb", "mls", "mm", "mma", "mn", "mo", "mobi",
+	"mobile", "moda", "moe", "moi", "mom", "monash", "money", "monster", "mormon",
+	"mortgage", "moscow", "moto", "motorcycles", "mov", "movie", "mp", "mq", "mr", "ms",
+	"msd", "mt", "mtn", "mtr", "mu", "museum", "music", "mutual", "mv", "mw", "mx", "my",
+	"mz", "na", "nab", "nagoya", "name", "natura", "navy", "nba", "nc", "ne", "nec",
+	"net", "netbank", "netflix", "network", "neustar", "new", "news", "next",
+	"nextdirect", "nexus", "nf", "nfl", "ng", "ngo", "nhk", "ni", "nico", "nike", "nikon",
+	"ninja", "nissan", "nissay", "nl", "no", "nokia", "northwesternmutual", "norton",
+	"now", "nowruz", "nowtv", "np", "nr", "nra", "nrw", "ntt", "nu", "nyc", "nz", "obi",
+	"observer", "office", "okinawa", "olayan", "olayangroup", "oldnavy", "ollo", "om",
+	"omega", "one", "ong", "onion", "onl", "online", "ooo", "open", "oracle", "orange",
+	"org", "organic", "origins", "osaka", "otsuka", "ott", "ovh", "pa", "page",
+	"panasonic", "paris", "pars", "partners", "parts", "party", "passagens", "pay",
+	"pccw", "pe", "pet", "pf", "pfizer", "pg", "ph", "pharmacy", "phd", "philips",
+	"phone", "photo", "photography", "photos", "physio", "pics", "pictet", "pictures",
+	"pid", "pin", "ping", "pink", "pioneer", "pizza", "pk", "pl", "place", "play",
+	"playstation", "plumbing", "plus", "pm", "pn", "pnc", "pohl", "poker", "politie",
+	"porn", "post", "pr", "pramerica", "praxi", "press", "prime", "pro", "prod",
+	"productions", "prof", "progressive", "promo", "properties", "property", "protection",
+	"pru", "prudential", "ps", "pt", "pub", "pw", "pwc", "py", "qa", "qpon", "quebec",
+	"quest", "racing", "radio", "re", "read", "realestate", "realtor", "realty",
+	"recipes", "red", "redstone", "redumbrella", "rehab", "reise", "reisen", "reit",
+	"reliance", "ren", "rent", "rentals", "repair", "report", "republican", "rest",
+	"restaurant", "review", "reviews", "rexroth", "rich", "richardli", "ricoh", "ril",
+	"rio", "rip", "ro", "rocher", "rocks", "rodeo", "rogers", "room", "rs", "rsvp", "ru",
+	"rugby", "ruhr", "run", "rw", "rwe", "ryukyu", "sa", "saarland", "safe", "safety",
+	"sakura", "sale", "salon", "samsclub", "samsung", "sandvik", "sandvikcoromant",
+	"sanofi", "sap", "sarl", "sas", "save", "saxo", "sb", "sbi", "sbs", "sc", "sca",
+	"scb", "schaeffler", "schmidt", "scholarships", "school", "schule", "schwarz",
+	"science", "scot", "sd", "se", "search", "seat", "secure", "security", "seek",
+	"select", "sener", "services", "seven", "sew", "sex", "sexy", "sfr", "sg", "sh",
+	"shangrila", "sharp", "shaw", "shell", "shia", "shiksha", "shoes", "shop", "shopping",
+	"shouji", "show", "showtime", "si", "silk", "sina", "singles", "site", "sj", "sk",
+	"ski", "skin", "sky", "skype", "sl", "sling", "sm", "smart", "smile", "sn", "sncf",
+	"so", "soccer", "social", "softbank", "software", "sohu", "solar", "solutions",
+	"song", "sony", "soy", "spa", "space", "sport", "spot", "sr", "srl", "ss", "st",
+	"stada", "staples", "star", "statebank", "statefarm", "stc", "stcgroup", "stockholm",
+	"storage", "store", "stream", "studio", "study", "style", "su", "sucks", "supplies",
+	"supply", "support", "surf", "surgery", "suzuki", "sv", "swatch", "swiss", "sx", "sy",
+	"sydney", "systems", "sz", "tab", "taipei", "talk", "taobao", "target", "tatamotors",
+	"tatar", "tattoo", "tax", "taxi", "tc", "tci", "td", "tdk", "team", "tech",
+	"technology", "tel", "temasek", "tennis", "teva", "tf", "tg", "th", "thd", "theater",
+	"theatre", "tiaa", "tickets", "tienda", "tiffany", "tips", "tires", "tirol", "tj",
+	"tjmaxx", "tjx", "tk", "tkmaxx", "tl", "tm", "tmall", "tn", "to", "today", "tokyo",
+	"tools", "top", "toray", "toshiba", "total", "tours", "town", "toyota", "toys", "tr",
+	"trade", "trading", "training", "travel", "travelchannel", "travelers",
+	"travelersinsurance", "trust", "trv", "tt", "tube", "tui", "tunes", "tushu", "tv",
+	"tvs", "tw", "tz", "ua", "ubank", "ubs", "ug", "uk", "unicom", "university", "uno",
+	"uol", "ups", "us", "uy", "uz", "va", "vacations", "vana", "vanguard", "vc", "ve",
+	"vegas", "ventures", "verisign", "versicherung", "vet", "vg", "vi", "viajes", "video",
+	"vig", "viking", "villas", "vin", "vip", "virgin", "visa", "vision", "viva", "vivo",
+	"vlaanderen", "vn", "vodka", "volkswagen", "volvo", "vote", "voting", "voto",
+	"voyage", "vu", "vuelos", "wales", "walmart", "walter", "wang", "wanggou", "watch",
+	"watches", "weather", "weatherchannel", "webcam", "weber", "website", "wedding",
+	"weibo", "weir", "wf", "whoswho", "wien", "wiki", "williamhill", "win", "windows",
+	"wine", "winners", "wme", "wolterskluwer", "woodside", "work", "works", "world",
+	"wow", "ws", "wtc", "wtf", "xbox", "xerox", "xfinity", "xihuan", "xin", "xn--11b4c3d",
+	"xn--1ck2e1b", "xn--1qqw23a", "xn--2scrj9c", "xn--30rr7y", "xn--3bst00m",
+	"xn--3ds443g", "xn--3e0b707e", "xn--3hcrj9c", "xn--3pxu8k", "xn--42c2d9a",
+	"xn--45br5cyl", "xn--45brj9c", "xn--45q11c", "xn--4dbrk0ce", "xn--4gbrim",
+	"xn--54b7fta0cc", "xn--55qw42g", "xn--55qx5d", "xn--5su34j936bgsg", "xn--5tzm5g",
+	"xn--6frz82g", "xn--6qq986b3xl", "xn--80adxhks", "xn--80ao21a", "xn--80aqecdr1a",
+	"xn--80asehdb", "xn--80aswg", "xn--8y0a063a", "xn--90a3ac", "xn--90ae", "xn--90ais",
+	"xn--9dbq2a", "xn--9et52u", "xn--9krt00a", "xn--b4w605ferd", "xn--bck1b9a5dre4c",
+	"xn--c1avg", "xn--c2br7g", "xn--cck2b3b", "xn--cckwcxetd", "xn--cg4bki",
+	"xn--clchc0ea0b2g2a9gcd", "xn--czr694b", "xn--czrs0t", "xn--czru2d", "xn--d1acj3b",
+	"xn--d1alf", "xn--e1a4c", "xn--eckvdtc9d", "xn--efvy88h", "xn--fct429k", "xn--fhbei",
+	"xn--fiq228c5hs", "xn--fiq64b", "xn--fiqs8s", "xn--fiqz9s", "xn--fjq720a",
+	"xn--flw351e", "xn--fpcrj9c3d", "xn--fzc2c9e2c", "xn--fzys8d69uvgm", "xn--g2xx48c",
+	"xn--gckr3f0f", "xn--gecrj9c", "xn--gk3at1e", "xn--h2breg3eve", "xn--h2brj9c",
+	"xn--h2brj9c8c", "xn--hxt814e", "xn--i1b6b1a6a2e", "xn--imr513n", "xn--io0a7i",
+	"xn--j1aef", "xn--j1amh", "xn--j6w193g", "xn--jlq480n2rg", "xn--jvr189m",
+	"xn--kcrx77d1x4a", "xn--kprw13d", "xn--kpry57d", "xn--kput3i", "xn--l1acc",
+	"xn--lgbbat1ad8j", "xn--mgb2ddes", "xn--mgb9awbf", "xn--mgba3a3ejt",
+	"xn--mgba3a4f16a", "xn--mgba3a4fra", "xn--mgba7c0bbn0a", "xn--mgbaakc7dvf",
+	"xn--mgbaam7a8h", "xn--mgbab2bd", "xn--mgbah1a3hjkrd", "xn--mgbai9a5eva00b",
+	"xn--mgbai9azgqp6j", "xn--mgbayh7gpa", "xn--mgbbh1a", "xn--mgbbh1a71e",
+	"xn--mgbc0a9azcg", "xn--mgbca7dzdo", "xn--mgbcpq6gpa1a", "xn--mgberp4a5d4a87g",
+	"xn--mgberp4a5d4ar", "xn--mgbgu82a", "xn--mgbi4ecexp", "xn--mgbpl2fh",
+	"xn--mgbqly7c0a67fbc", "xn--mgbqly7cvafr", "xn--mgbt3dhd", "xn--mgbtf8fl",
+	"xn--mgbtx2b", "xn--mgbx4cd0ab", "xn--mix082f", "xn--mix891f", "xn--mk1bu44c",
+	"xn--mxtq1m", "xn--ngbc5azd", "xn--ngbe9e0a", "xn--ngbrx", "xn--nnx388a", "xn--node",
+	"xn--nqv7f", "xn--nqv7fs00ema", "xn--nyqy26a", "xn--o3cw4h", "xn--ogbpf8fl",
+	"xn--otu796d", "xn--p1acf", "xn--p1ai", "xn--pgbs0dh", "xn--pssy2u", "xn--q7ce6a",
+	"xn--q9jyb4c", "xn--qcka1pmc", "xn--qxa6a", "xn--qxam", "xn--rhqv96g", "xn--rovu88b",
+	"xn--rvc1e0am3e", "xn--s9brj9c", "xn--ses554g", "xn--t60b56a", "xn--tckwe",
+	"xn--tiq49xqyj", "xn--unup4y", "xn--vermgensberater-ctb", "xn--vermgensberatung-pwb",
+	"xn--vhquv", "xn--vuq861b", "xn--w4r85el8fhu5dnra", "xn--w4rs40l", "xn--wgbh1c",
+	"xn--wgbl6a", "xn--xhq521b", "xn--xkc2al3hye2a", "xn--xkc2dl3a5ee0h", "xn--y9a3aq",
+	"xn--yfro4i67o", "xn--ygbi2ammx", "xn--zfr164b", "xxx", "xyz", "yachts", "yahoo",
+	"yamaxun", "yandex", "ye", "yodobashi", "yoga", "yokohama", "you", "youtube", "yt",
+	"yun", "za", "zappos", "zara", "zero", "zip", "zm", "zone", "zuerich", "zw",
+};
+
+struct label_key {
+	const char *s;
+	size_t n;
+};
+
+static int tld_cmp(const void *k, const void *e)
 {
-	const char *last;
-	size_t ll;
+	const struct label_key *key = k;
+	const char *tld = *(const char *const *)e;
+
+	for (size_t i = 0; i < key->n; i++) {
+		int c = (unsigned char)key->s[i] | (is_alpha((unsigned char)key->s[i]) ? 0x20 : 0);
+
+		if (tld[i] == '\0' || c != (unsigned char)tld[i])
+			return tld[i] == '\0' ? 1 : c - (unsigned char)tld[i];
+	}
+	return tld[key->n] == '\0' ? 0 : -1;
+}
+
+/* An ASCII label that is a top-level domain (any case). */
+static bool tld_valid(const char *s, size_t n)
+{
+	struct label_key key = { s, n };
+
+	return n > 0 && bsearch(&key, tlds, N_ELEMENTS(tlds), sizeof(tlds[0]), tld_cmp) != NULL;
+}
+
+/* A host name in ASCII (the xn-- form for an IDN), malloc'd; NULL when it
+ * has none. */
+static char *host_ascii(const char *h, size_t n)
+{
+	char *s = xstrndup(h, n), *a;
+
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] >= 0x80) {
+			a = g_hostname_to_ascii(s);
+			free(s);
+			if (a == NULL)
+				return NULL;
+			s = xstrdup(a);
+			g_free(a);
+			break;
+		}
+	str_lower(s);
+	return s;
+}
+
+/* Util.pm's is_fqdn_valid(): two labels or more of 1-63 letters, digits,
+ * '-' inside and '_' (not in the last two), 253 octets at most. */
+static bool fqdn_valid(const char *h)
+{
+	size_t n = strlen(h), labels = 1, i = 0, k = 0;
 
 	while (n > 0 && h[n - 1] == '.')
 		n--;
-	if (n == 0)
+	if (n == 0 || n > 253)
 		return false;
-	last = h + n;
-	while (last > h && last[-1] != '.')
-		last--;
-	if (last == h)
+	for (size_t j = 0; j < n; j++)
+		labels += h[j] == '.';
+	if (labels < 2)
 		return false;
-	ll = (size_t)(h + n - last);
-	if (ll > 4 && strncasecmp(last, "xn--", 4) == 0)
-		return true;
-	if (ll < 2 || ll > 63)
-		return false;
-	for (size_t i = 0; i < ll; i++)
-		if (!is_alpha((unsigned char)last[i]))
+	while (i < n) {
+		size_t l = 0;
+
+		while (i + l < n && h[i + l] != '.')
+			l++;
+		k++;
+		if (l == 0 || l > 63 || h[i] == '-' || h[i + l - 1] == '-')
 			return false;
+		for (size_t j = i; j < i + l; j++) {
+			unsigned char c = (unsigned char)h[j];
+
+			if (!(is_alnum(c) || c == '-' || (c == '_' && k + 2 <= labels)))
+				return false;
+		}
+		i += l + 1;
+	}
 	return true;
+}
+
+/* RegistryBoundaries' is_domain_valid(): no white space, a dot, and a
+ * last label that is a top-level domain. */
+static bool domain_valid(const char *h, size_t n)
+{
+	char *a = host_ascii(h, n);
+	const char *dot;
+	bool ok;
+
+	if (a == NULL)
+		return false;
+	dot = strrchr(a, '.');
+	ok = dot != NULL && strpbrk(a, " \t\n\r\f\v") == NULL && tld_valid(dot + 1, strlen(dot + 1));
+	free(a);
+	return ok;
 }
 
 /* A dotted-quad IPv4 address. */
@@ -2411,35 +2948,60 @@ static bool uri_ipv4(const char *h, size_t n)
 	return i == n;
 }
 
-/* Whether SpamAssassin's uri_to_domain() would find a domain (or an IP
+/* Whether RegistryBoundaries' uri_to_domain() finds a domain (or an IPv4
  * address) in u. */
 static bool uri_has_domain(const char *u)
 {
-	const char *h, *at;
+	const char *h, *at, *end;
 	size_t hl;
+	char *a;
+	bool ok;
 
+	if (starts_nocase(u, strlen(u), "javascript:") || starts_nocase(u, strlen(u), "cid:") ||
+	    starts_nocase(u, strlen(u), "file:"))
+		return false;
 	if (starts_nocase(u, strlen(u), "mailto:")) {
-		h = strchr(u, '@');
-		if (h == NULL)
+		h = u + 7;
+		hl = strcspn(h, "?");
+		at = memchr(h, '@', hl);
+		if (at == NULL || memchr(at + 1, '@', hl - (size_t)(at + 1 - h)) != NULL)
+			return false;
+		hl -= (size_t)(at + 1 - h);
+		h = at + 1;
+	} else {
+		h = u + strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+		if (h == u || *h != ':')
 			return false;
 		h++;
-		hl = strcspn(h, "?&>");
-	} else {
-		h = strstr(u, "://");
-		if (h == NULL)
-			return false;
-		h += 3;
+		for (int k = 0; k < 2 && *h == '/'; k++)
+			h++;
 		hl = strcspn(h, "/?#");
 		while ((at = memchr(h, '@', hl)) != NULL) {
 			hl -= (size_t)(at + 1 - h);
 			h = at + 1;
 		}
-		const char *colon = memchr(h, ':', hl);
-
-		if (colon != NULL)
-			hl = (size_t)(colon - h);
+		end = h + hl;
+		while (end > h && end[-1] >= '0' && end[-1] <= '9')
+			end--;
+		if (end > h && end[-1] == ':')
+			hl = (size_t)(end - 1 - h);
 	}
-	return uri_ipv4(h, hl) || uri_domain_plausible(h, hl);
+	/* still %-encoded where it should not be: its decoded twin counts */
+	for (size_t i = 0; i + 2 < hl; i++) {
+		unsigned v;
+
+		if (h[i] != '%' || !is_hex((unsigned char)h[i + 1]) || !is_hex((unsigned char)h[i + 2]))
+			continue;
+		v = hex_value((unsigned char)h[i + 1]) << 4 | hex_value((unsigned char)h[i + 2]);
+		if (v > 0x20 && v < 0x7f)
+			return false;
+	}
+	if (uri_ipv4(h, hl))
+		return true;
+	a = host_ascii(h, hl);
+	ok = a != NULL && fqdn_valid(a) && domain_valid(a, strlen(a));
+	free(a);
+	return ok;
 }
 
 /* Keep one URI (cut to the length limit) once, within the count limit. */
@@ -2554,14 +3116,16 @@ static size_t uri_scheme_prefix(const char *s, size_t n)
 	return d < n && s[d] == '.' ? d + 1 : 0;
 }
 
-/* A URI found in the body text, as _process_text_uri_list() takes it. */
-static void uri_from_text(struct build *bd, const char *m, size_t len, bool mail)
+enum uri_kind { URI_KIND_SCHEME, URI_KIND_MAIL, URI_KIND_SCHEMELESS };
+
+/* A raw URI from the text trimmed as Thunderbird does: ")" ends it when
+ * no "(" comes before (the last such ")"), trailing punctuation goes. */
+static char *uri_text_trim(const char *m, size_t len)
 {
 	static const char trail[] = "-~!@#^&*()_+=:;'?,.";
-	char *u = xstrndup(m, len), *tmp;
+	char *u = xstrndup(m, len);
 	size_t n, open = strcspn(u, "(");
 
-	/* ")" ends it when no "(" comes before (the last such ")") */
 	for (size_t k = open; k > 0; k--)
 		if (u[k - 1] == ')') {
 			u[k - 1] = '\0';
@@ -2570,6 +3134,81 @@ static void uri_from_text(struct build *bd, const char *m, size_t len, bool mail
 	n = strlen(u);
 	while (n > 0 && strchr(trail, u[n - 1]) != NULL)
 		u[--n] = '\0';
+	return u;
+}
+
+/* A bare address from the text as mailto:, or NULL when it is none:
+ * "foo@bar" with no dot after the @ is not, and the common misparses
+ * (skype:, mail:, e-mail:) come off. */
+static char *uri_text_mailto(const char *u)
+{
+	static const char *const junk[] = { "skype", "e-mail", "email", "-mail", "mail" };
+	const char *at = strchr(u, '@'), *p = u;
+
+	if (at[1] == '\0' || strchr(at + 2, '.') == NULL || strstr(u, "&nbsp;") != NULL)
+		return NULL;
+	for (size_t k = 0; k < N_ELEMENTS(junk); k++)
+		if (starts_nocase(u, strlen(u), junk[k]) && u[strlen(junk[k])] == ':') {
+			p = u + strlen(junk[k]);
+			break;
+		}
+	while (*p == ':')
+		p++;
+	return xasprintf("mailto:%s", p);
+}
+
+/* The URI with the scheme a mail reader gives it (u itself when it has
+ * one, else malloc'd), or NULL when it is not taken. */
+static char *uri_text_scheme(char *u)
+{
+	size_t n = strlen(u);
+	const char *slash = strchr(u, '/');
+
+	if (starts_nocase(u, n, "http:") || starts_nocase(u, n, "https:") ||
+	    starts_nocase(u, n, "ftp:") || starts_nocase(u, n, "mailto:"))
+		return u;
+	if (starts_nocase(u, n, "ftp."))
+		return xasprintf("ftp://%s", u);
+	if (uri_scheme_prefix(u, n) > 0 && starts_nocase(u, n, "www"))
+		return xasprintf("http://%s", u);
+	/* a "/" before the "@": no address */
+	if (slash != NULL && slash[1] != '\0' && strchr(slash + 2, '@') != NULL)
+		return xasprintf("http://%s", u);
+	if (strchr(u, '@') != NULL)
+		return uri_text_mailto(u);
+	/* a host name alone, one that mail readers do not link */
+	return strchr(u, '.') != NULL ? xasprintf("http://%s", u) : NULL;
+}
+
+/* A mailto: from the text is kept when its domain is valid (after
+ * %-decoding, and a trailing %20 off). */
+static bool uri_text_mailto_ok(char **u)
+{
+	const char *at;
+	size_t hl;
+
+	if (has_percent_hex(*u)) {
+		char *folded = uri_percent_fold(*u);
+
+		free(*u);
+		*u = folded;
+	}
+	at = strchr(*u, '@');
+	if (at == NULL)
+		return false;
+	hl = strcspn(at + 1, "?&>");
+	while (hl >= 3 && strncmp(at + 1 + hl - 3, "%20", 3) == 0)
+		hl -= 3;
+	return domain_valid(at + 1, hl);
+}
+
+/* A URI found in the body text, as _process_text_uri_list() takes it. */
+static void uri_from_text(struct build *bd, const char *m, size_t len, enum uri_kind kind,
+			  size_t host_len)
+{
+	char *u = uri_text_trim(m, len), *with;
+	size_t n = strlen(u), sch;
+
 	/* each raw URI once: a text repeating one link is canonicalised once */
 	if (g_hash_table_contains(bd->text_seen, u))
 		goto out;
@@ -2578,71 +3217,29 @@ static void uri_from_text(struct build *bd, const char *m, size_t len, bool mail
 		goto out;
 	}
 	g_hash_table_add(bd->text_seen, xstrdup(u));
-	if ((mail && strchr(u, '@') == NULL) || starts_nocase(u, n, "cid:") || starts_nocase(u, n, "mid:"))
+	if ((kind == URI_KIND_MAIL && strchr(u, '@') == NULL) || starts_nocase(u, n, "cid:") ||
+	    starts_nocase(u, n, "mid:"))
 		goto out;
-	size_t sch = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+	if (kind == URI_KIND_SCHEMELESS) {
+		/* the host the match found, before punctuation came off */
+		char *host = host_ascii(m, host_len);
+		bool ok = host != NULL && fqdn_valid(host);
 
+		free(host);
+		if (!ok)
+			goto out;
+	}
+	/* "http://" and nothing */
+	sch = strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
 	if (sch > 0 && u[sch] == ':' && strspn(u + sch + 1, "/") == n - sch - 1 && n - sch - 1 <= 2)
-		goto out;   /* "http://" and nothing */
-	if (!starts_nocase(u, n, "http:") && !starts_nocase(u, n, "https:") &&
-	    !starts_nocase(u, n, "ftp:") && !starts_nocase(u, n, "mailto:")) {
-		const char *at = strchr(u, '@'), *slash = strchr(u, '/');
-
-		if (starts_nocase(u, n, "ftp.")) {
-			tmp = xasprintf("ftp://%s", u);
-		} else if (uri_scheme_prefix(u, n) > 0 && starts_nocase(u, n, "www")) {
-			tmp = xasprintf("http://%s", u);
-		} else if (slash != NULL && slash[1] != '\0' && strchr(slash + 2, '@') != NULL) {
-			tmp = xasprintf("http://%s", u);
-		} else if (at != NULL) {
-			const char *p = u;
-
-			/* "foo@bar" with no dot after it is not an address */
-			if (at[1] == '\0' || strchr(at + 2, '.') == NULL || strstr(u, "&nbsp;") != NULL)
-				goto out;
-			/* strip the common misparses: skype:, mail:, e-mail: */
-			if (starts_nocase(p, n, "skype"))
-				p += 5;
-			else if (starts_nocase(p, n, "e-mail"))
-				p += 6;
-			else if (starts_nocase(p, n, "email") || starts_nocase(p, n, "-mail"))
-				p += 5;
-			else if (starts_nocase(p, n, "mail"))
-				p += 4;
-			if (*p == ':') {
-				while (*p == ':')
-					p++;
-			} else {
-				p = u;
-				while (*p == ':')
-					p++;
-			}
-			tmp = xasprintf("mailto:%s", p);
-		} else {
-			goto out;   /* schemeless: needs the TLD list */
-		}
+		goto out;
+	with = uri_text_scheme(u);
+	if (with != u) {
 		free(u);
-		u = tmp;
-		n = strlen(u);
+		u = with;
 	}
-	if (starts_nocase(u, n, "mailto:")) {
-		const char *at;
-		size_t hl;
-
-		if (has_percent_hex(u)) {
-			tmp = uri_percent_fold(u);
-			free(u);
-			u = tmp;
-		}
-		at = strchr(u, '@');
-		if (at == NULL)
-			goto out;
-		hl = strcspn(at + 1, "?&>");
-		while (hl >= 3 && strncmp(at + 1 + hl - 3, "%20", 3) == 0)
-			hl -= 3;
-		if (!uri_domain_plausible(at + 1, hl))
-			goto out;
-	}
+	if (u == NULL || (starts_nocase(u, strlen(u), "mailto:") && !uri_text_mailto_ok(&u)))
+		goto out;
 	uri_add(bd, u, true);
 out:
 	free(u);
@@ -2656,22 +3253,106 @@ struct uri_scan {
 	size_t dom_from, dom_end; /* the run after an '@' */
 };
 
-/* The URI that starts at s[i], if one does: its end, and whether it is an
- * address; 0 when none. */
-static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *sc, bool *mail)
+/* Where a schemeless URI may start: the line's start or after most
+ * punctuation and white space. */
+static bool uri_schemeless_start(const char *s, size_t n, size_t i)
+{
+	size_t p;
+	unsigned char c;
+
+	if (i == 0)
+		return true;
+	p = i - 1;
+	while (p > 0 && ((unsigned char)s[p] & 0xc0) == 0x80)
+		p--;
+	c = (unsigned char)s[p];
+	return space_len(s + p, n - p) > 0 || c == 0x1b ||
+	       (c != '\0' && strchr("!\"#$&'()*+,/:;<=>?@[\\]^`{|}~", c) != NULL);
+}
+
+static bool host_char(unsigned char c)
+{
+	return is_alnum(c) || c == '.' || c == '_' || c == '-';
+}
+
+/* What may follow a schemeless host: ":port" and "/path", each left out
+ * when that is what makes it end at a delimiter; its end, or 0. run_end
+ * is where the non-delimiters from the host on end. */
+static size_t uri_schemeless_tail(const char *s, size_t n, size_t p, size_t run_end)
+{
+	size_t port = p;
+
+	if (p < n && s[p] == ':') {
+		size_t q = p + 1;
+
+		while (q < n && q - p - 1 < 5 && s[q] >= '0' && s[q] <= '9')
+			q++;
+		if (q > p + 1)
+			port = q;
+	}
+	for (int with_port = port > p; with_port >= 0; with_port--) {
+		size_t q = with_port ? port : p;
+
+		if (q < n && s[q] == '/' && run_end > q + 1 && run_end - (q + 1) <= 2048)
+			return run_end;
+		if (q == n || uri_delim(s + q, n - q, DELIM_URI) > 0)
+			return q;
+	}
+	return 0;
+}
+
+/* PerMsgStatus' $urischemeless at s[i]: a host ending in a top-level
+ * domain (the longest that works), then maybe ".", ":port", "/path", then
+ * a delimiter. Its end, or 0; *host_len_r the host's length. */
+static size_t uri_schemeless_at(const char *s, size_t n, size_t i, size_t run_end,
+				size_t *host_len_r)
+{
+	size_t r = i;
+
+	if (!is_alnum((unsigned char)s[i]))
+		return 0;
+	while (r < n && r - i < 400 && host_char((unsigned char)s[r]))
+		r++;
+	for (size_t d = r; d-- > i + 1;) {
+		size_t l = d + 1, e;
+
+		if (s[d] != '.' || d - i > 252)
+			continue;
+		while (l < n && (is_alnum((unsigned char)s[l]) || s[l] == '-'))
+			l++;
+		/* the domain's last label, whole */
+		if (!tld_valid(s + d + 1, l - d - 1) ||
+		    (l + 1 < n && s[l] == '.' && is_alnum((unsigned char)s[l + 1])))
+			continue;
+		for (int dot = l < n && s[l] == '.'; dot >= 0; dot--) {
+			e = uri_schemeless_tail(s, n, l + (size_t)dot, run_end);
+			if (e > 0) {
+				*host_len_r = l - i;
+				return e;
+			}
+		}
+	}
+	return 0;
+}
+
+/* The URI that starts at s[i], if one does: its end and kind; 0 when
+ * none. Tried in PerMsgStatus' order: a known scheme, an address, a
+ * schemeless host. */
+static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *sc,
+			   enum uri_kind *kind, size_t *host_len)
 {
 	size_t pre = uri_scheme_prefix(s + i, n - i), e;
 
 	for (int k = 0; k < 3; k++)
 		if (sc->run_end[k] == SIZE_MAX || sc->run_end[k] <= i)
 			sc->run_end[k] = uri_run_end(s, n, i, (enum uri_delims)k);
-	*mail = false;
+	*kind = URI_KIND_SCHEME;
 	if (pre > 0) {
 		e = sc->run_end[DELIM_URI];
 		if (e > i + pre && e - (i + pre) <= 2048)
 			return e;
 	}
-	*mail = true;
+	*kind = URI_KIND_MAIL;
 	if (starts_nocase(s + i, n - i, "mailto:")) {
 		e = sc->run_end[DELIM_EMAIL];
 		if (e > i + 7 && e - (i + 7) <= 2048)
@@ -2687,6 +3368,9 @@ static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *s
 		if (sc->dom_end > e + 1 && sc->dom_end - (e + 1) <= 251)
 			return sc->dom_end;
 	}
+	*kind = URI_KIND_SCHEMELESS;
+	if (uri_schemeless_start(s, n, i))
+		return uri_schemeless_at(s, n, i, sc->run_end[DELIM_URI], host_len);
 	return 0;
 }
 
@@ -2697,13 +3381,13 @@ static void uri_scan_text(struct build *bd, const char *s, size_t n)
 
 	while (i < n && bd->uris.n < MSGTEXT_URIS_MAX &&
 	       g_hash_table_size(bd->text_seen) < URI_TEXT_CANDIDATES_MAX) {
-		bool mail;
-		size_t e = 0;
+		enum uri_kind kind;
+		size_t e = 0, host_len = 0;
 
 		if (uri_may_start(s, n, i))
-			e = uri_match_at(s, n, i, &sc, &mail);
+			e = uri_match_at(s, n, i, &sc, &kind, &host_len);
 		if (e > i) {
-			uri_from_text(bd, s + i, e - i, mail);
+			uri_from_text(bd, s + i, e - i, kind, host_len);
 			i = e;
 			continue;
 		}

@@ -75,9 +75,10 @@ struct msgtext {
 	const char *full;
 	size_t full_len;
 	/* what "uri" rules see: URIs from the body text (http, https, ftp,
-	 * www., ftp., mailto:, bare e-mail addresses as mailto:) and from HTML
-	 * attributes, each followed by its canonicalised variants; no
-	 * duplicates, in order of appearance (body text first) */
+	 * www., ftp., mailto:, bare e-mail addresses as mailto:, host names
+	 * ending in a top-level domain as http://) and from HTML attributes,
+	 * each followed by its canonicalised variants; no duplicates, in order
+	 * of appearance (body text first) */
 	char **uris;
 	size_t n_uris;
 	struct msgtext_part *parts;

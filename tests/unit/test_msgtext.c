@@ -670,6 +670,110 @@ static void test_long_lines(void **state)
 	msgbody_free(&b);
 }
 
+static void test_schemeless_and_tlds(void **state)
+{
+	static const char msg[] =
+		"Subject: more\n"
+		"Content-Type: text/plain\n"
+		"\n"
+		"Visit sf.net, or example.co.uk/x. Not file.txt nor e.g. this; see (paren.example.com) "
+		"and <angle.example.org>\n"
+		"mailto:x@example.comAre and joe@example.invalidtld\n";
+	/* SpamAssassin 4.0 with the same TLD list: "sf.net," and
+	 * "(paren...)" end in no delimiter it knows, the rest have no TLD */
+	static const char *const uris[] = {
+		"http://example.co.uk/x",
+		"http://angle.example.org",
+	};
+	struct msgbody *b;
+	const struct msgtext *t = text_of(msg, &b);
+
+	assert_strv_equal(t->uris, t->n_uris, uris, N_ELEMENTS(uris));
+	msgbody_free(&b);
+}
+
+static void test_quoted_printable_and_cp1252(void **state)
+{
+	static const char msg[] =
+		"Subject: =?iso-8859-1?q?it=92s?=\n"
+		"Content-Type: multipart/mixed; boundary=Q\n"
+		"\n"
+		"--Q\n"
+		"Content-Type: text/plain; charset=iso-8859-1\n"
+		"Content-Transfer-Encoding: quoted-printable\n"
+		"\n"
+		"it=92s trail   \n"
+		"keep=20\n"
+		"=4=\n"
+		"1 ===\n"
+		"abc\n"
+		"--Q\n"
+		"Content-Type: text/html\n"
+		"\n"
+		"<p>&#149; bullet &#x80;</p>\n"
+		"--Q--\n";
+	struct msgbody *b;
+	const struct msgtext *t = text_of(msg, &b);
+
+	/* SpamAssassin's qp_decode(): blanks before a line end go (not an
+	 * encoded one), "=\n" joins, then =XX — "=4" "1" is an "A" */
+	assert_string_equal(t->rawbody[0], "it\xe2\x80\x99s trail\nkeep \nA =\xc2\xab" "c");
+	/* ISO-8859-1's 0x80-0x9F and &#128;-&#159; are Windows-1252 */
+	assert_string_equal(msgtext_header(t, "Subject", 0, false), "it\xe2\x80\x99s");
+	assert_true(strv_contains(t->body, t->n_body, "\xe2\x80\xa2 bullet \xe2\x82\xac"));
+	msgbody_free(&b);
+}
+
+static void test_broken_structure(void **state)
+{
+	/* no boundary matches: the text is one plain part, as in SpamAssassin */
+	static const char nobound[] =
+		"Subject: b\n"
+		"Content-Type: multipart/alternative; boundary=\"=Real Boundary\"\n"
+		"\n"
+		"--= Real Boundary\n"
+		"Content-Type: text/html\n"
+		"\n"
+		"<p>hidden http://hidden.example.com/</p>\n";
+	/* HTML::Parser's literal elements, a valueless attribute, an
+	 * unclosed tag at the end (a comment to HTML::Parser) */
+	static const char html[] =
+		"Subject: h\n"
+		"Content-Type: text/html\n"
+		"\n"
+		"<iframe>raw <b>&amp;</b></iframe> <textarea>t <i>&amp;</i></textarea>"
+		"<td background>x</td> tail <a href=http://cut.example.com/ ta.\nrest";
+	struct msgbody *b;
+	const struct msgtext *t = text_of(nobound, &b);
+	struct tbuf_like {
+		char *p;
+		size_t len;
+	} many = { NULL, 0 };
+
+	assert_int_equal(t->n_parts, 1);
+	assert_string_equal(t->parts[0].type, "text/plain");
+	assert_true(strv_contains(t->body, t->n_body, "<p>hidden"));
+	assert_true(strv_has(t->uris, t->n_uris, "http://hidden.example.com/"));
+	msgbody_free(&b);
+	t = text_of(html, &b);
+	assert_int_equal(t->n_body, 2);
+	assert_string_equal(t->body[1], "raw <b>&amp;</b> t <i>&</i> x tail ");
+	assert_true(strv_has(t->uris, t->n_uris, "http://background"));
+	assert_false(strv_contains(t->uris, t->n_uris, "cut.example.com"));
+	msgbody_free(&b);
+	/* more than 20 blank lines are 20 (the first and the last 19) */
+	many.p = malloc(256);
+	many.len = (size_t)snprintf(many.p, 256, "Subject: n\n\na\n");
+	for (int i = 0; i < 30; i++)
+		many.len += (size_t)snprintf(many.p + many.len, 256 - many.len, i == 0 ? "\n" : " \n");
+	many.len += (size_t)snprintf(many.p + many.len, 256 - many.len, "b\n");
+	t = text_of(many.p, &b);
+	assert_int_equal(t->n_rawbody, 1);
+	assert_string_equal(t->rawbody[0], "a\n\n \n \n \n \n \n \n \n \n \n \n \n \n \n \n \n \n \n \n \nb\n");
+	msgbody_free(&b);
+	free(many.p);
+}
+
 /* ------------------------------------------------------------- limits */
 
 static char *many_parts_message(size_t n)
@@ -925,6 +1029,9 @@ int main(void)
 		cmocka_unit_test(test_html_rendering),
 		cmocka_unit_test(test_nul_and_crlf),
 		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_schemeless_and_tlds),
+		cmocka_unit_test(test_quoted_printable_and_cp1252),
+		cmocka_unit_test(test_broken_structure),
 		cmocka_unit_test(test_limit_parts),
 		cmocka_unit_test(test_limit_depth),
 		cmocka_unit_test(test_limit_text),
