@@ -161,6 +161,8 @@ struct rule_set {
 	char **replace_rules;
 	size_t n_replace_rules;
 	size_t n_hkeys;     /* distinct header values the header rules read */
+	size_t *index;      /* open-addressing table of rule names: index + 1, 0 empty */
+	size_t index_size;  /* a power of two, over twice n */
 	size_t *order;      /* non-meta rules, then metas with their deps first */
 	size_t n_order;
 	struct rules_stats stats;
@@ -225,14 +227,54 @@ valid_rule_name(const char *s)
 	return true;
 }
 
+static size_t
+name_hash(const char *s)
+{
+	size_t h = 14695981039346656037ULL;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* The slot of name in the index: where it is, or the empty one it goes to. */
+static size_t
+index_slot(const struct rule_set *rs, const char *name)
+{
+	size_t mask = rs->index_size - 1, k = name_hash(name) & mask;
+
+	while (rs->index[k] != 0 && strcmp(rs->rules[rs->index[k] - 1].name, name) != 0)
+		k = (k + 1) & mask;
+	return k;
+}
+
+static void
+index_grow(struct rule_set *rs)
+{
+	free(rs->index);
+	rs->index_size = rs->index_size ? rs->index_size * 2 : 1024;
+	rs->index = xcalloc(rs->index_size, sizeof(*rs->index));
+	for (size_t i = 0; i < rs->n; i++)
+		rs->index[index_slot(rs, rs->rules[i].name)] = i + 1;
+}
+
+static long
+rule_index(const struct rule_set *rs, const char *name)
+{
+	if (rs->index_size == 0)
+		return -1;
+	size_t k = index_slot(rs, name);
+	return rs->index[k] != 0 ? (long)rs->index[k] - 1 : -1;
+}
+
 /* The rule named name, made (RK_NONE) when it is not there yet. */
 static struct rule *
 rule_get(struct rule_set *rs, const char *name)
 {
-	for (size_t i = 0; i < rs->n; i++) {
-		if (strcmp(rs->rules[i].name, name) == 0)
-			return &rs->rules[i];
-	}
+	long i = rule_index(rs, name);
+
+	if (i >= 0)
+		return &rs->rules[i];
 	if (rs->n == rs->alloc) {
 		rs->alloc = rs->alloc ? rs->alloc * 2 : 256;
 		rs->rules = xrealloc(rs->rules, rs->alloc * sizeof(*rs->rules));
@@ -241,17 +283,11 @@ rule_get(struct rule_set *rs, const char *name)
 	memset(r, 0, sizeof(*r));
 	r->name = xstrdup(name);
 	r->maxhits = RULES_MAXHITS_DEFAULT;
+	if (rs->n * 2 > rs->index_size)
+		index_grow(rs);
+	else
+		rs->index[index_slot(rs, name)] = rs->n;
 	return r;
-}
-
-static long
-rule_index(const struct rule_set *rs, const char *name)
-{
-	for (size_t i = 0; i < rs->n; i++) {
-		if (strcmp(rs->rules[i].name, name) == 0)
-			return (long)i;
-	}
-	return -1;
 }
 
 static void
@@ -1706,6 +1742,7 @@ rules_free(struct rule_set **rsp)
 	}
 	free(rs->rules);
 	free(rs->order);
+	free(rs->index);
 	for (size_t i = 0; i < rs->n_tags; i++) {
 		free(rs->tags[i].name);
 		free(rs->tags[i].value);

@@ -69,7 +69,8 @@ GMimeMessage *msgbody_mime(struct msgbody *b)
 
 bool msgbody_mime_parsed(struct msgbody *b)
 {
-	return msgbody_view_built(b);
+	/* this view, not any of the body's views */
+	return msgbody_view_built_by(b, mime_build);
 }
 
 unsigned long msgbody_mime_parse_count(void)
