@@ -27,9 +27,8 @@
 
 #include "ctl/ctl.h"
 #include "filters/filters.h"
-#include "filters/rules.h"
+#include "rules/rules.h"
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 static int
 rules_usage(const char *what)
@@ -119,14 +118,14 @@ read_file(const char *path, size_t *len_r)
 }
 
 static const char *
-action_of(double score, enum verdict v, const double th[3])
+action_of(double score, enum rules_verdict v, const double th[3])
 {
 	switch (v) {
-	case VERDICT_REJECT: return "reject";
-	case VERDICT_TEMPFAIL: return "tempfail";
-	case VERDICT_QUARANTINE: return "quarantine";
-	case VERDICT_DISCARD: return "discard";
-	case VERDICT_ACCEPT: return "accept";
+	case RULES_REJECT: return "reject";
+	case RULES_TEMPFAIL: return "tempfail";
+	case RULES_QUARANTINE: return "quarantine";
+	case RULES_DISCARD: return "discard";
+	case RULES_ACCEPT: return "accept";
 	default: break;
 	}
 	return score >= th[2] ? "reject" : score >= th[1] ? "junk" : score >= th[0] ? "tag" : "deliver";

@@ -1,5 +1,5 @@
 /*
- * msgtext.c — the text views SpamAssassin-style rules read (msgtext.h),
+ * msgtext.c — the text views SpamAssassin-style rules read (declared in lib.h),
  * built from the body's shared GMime tree.
  *
  * What it follows of SpamAssassin 4.0 (Mail::SpamAssassin::Message,
@@ -81,7 +81,7 @@
  *    same reason (GMime decoded those of the tree the buggy way).
  *  - A body GMime does not take for a message is one text/plain part of
  *    all its bytes without a header (SpamAssassin would drop up to three
- *    leading lines as broken header fields). The limits are msgtext.h's;
+ *    leading lines as broken header fields). The limits are lib.h's MSGTEXT_*;
  *    SpamAssassin cuts every part at body_part_scan_size (50,000) instead.
  *
  * Thread safety: the build reads the shared GMime tree only through calls
@@ -104,7 +104,6 @@
 #include <gmime/gmime.h>
 
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 /* How deep a redirector inside a URI is followed (each level is shorter,
  * so this only bounds the work). */

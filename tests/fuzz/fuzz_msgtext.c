@@ -4,7 +4,7 @@
  *
  * The input is a whole message as received. Beyond "no crash, no
  * out-of-bounds access, no hang" it checks what the rules engine relies
- * on: every count within its limit in msgtext.h, every string terminated
+ * on: every count within its limit (MSGTEXT_* in lib.h), every string terminated
  * and (but the raw header values) valid UTF-8, body elements at most one
  * SpamAssassin line long with a line break only at their end and the
  * Subject in front, rawbody pieces at most two line lengths and the text
@@ -22,7 +22,6 @@
 #include <strings.h>
 
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -17,9 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "filters/rules.h"
+#include "rules/rules.h"
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -26,7 +26,6 @@
 #include <cmocka.h>
 
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 static struct msgbody *body_of_len(const char *data, size_t len, size_t threshold)
 {

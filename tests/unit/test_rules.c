@@ -15,9 +15,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "filters/rules.h"
+#include "rules/rules.h"
 #include "lib/lib.h"
-#include "lib/msgtext.h"
 
 static char tmpdir[PATH_MAX];
 
@@ -429,7 +428,7 @@ test_actions(void **state)
 	struct rules_result res;
 
 	rules_eval(rs, NULL, &env, false, &res);
-	assert_int_equal(res.verdict, VERDICT_REJECT);
+	assert_int_equal(res.verdict, RULES_REJECT);
 	assert_string_equal(res.action_rule, "BAD_SENDER");
 	assert_int_equal(res.reply.code, 550);
 	assert_string_equal(res.reply.enhanced, "5.7.1");
@@ -437,21 +436,21 @@ test_actions(void **state)
 	rules_result_clear(&res);
 	env.mail_from = "x@slow.example";
 	rules_eval(rs, NULL, &env, false, &res);
-	assert_int_equal(res.verdict, VERDICT_TEMPFAIL);
+	assert_int_equal(res.verdict, RULES_TEMPFAIL);
 	assert_int_equal(res.reply.code, 0); /* the pipeline's default code */
 	assert_string_equal(res.reply.text, "Try later");
 	rules_result_clear(&res);
 	env.mail_from = "x@hold.example";
 	rules_eval(rs, NULL, &env, false, &res);
-	assert_int_equal(res.verdict, VERDICT_QUARANTINE);
+	assert_int_equal(res.verdict, RULES_QUARANTINE);
 	rules_result_clear(&res);
 	env.mail_from = "x@friend.example";
 	rules_eval(rs, NULL, &env, false, &res);
-	assert_int_equal(res.verdict, VERDICT_ACCEPT);
+	assert_int_equal(res.verdict, RULES_ACCEPT);
 	rules_result_clear(&res);
 	env.mail_from = "x@neutral.example";
 	rules_eval(rs, NULL, &env, false, &res);
-	assert_int_equal(res.verdict, VERDICT_CONTINUE);
+	assert_int_equal(res.verdict, RULES_CONTINUE);
 	assert_null(res.action_rule);
 	rules_result_clear(&res);
 	rules_free(&rs);

@@ -65,8 +65,8 @@
 #include <strings.h>
 #include <time.h>
 
-#include "filters/rules.h"
-#include "lib/msgtext.h"
+#include "rules/rules.h"
+#include "lib/lib.h"
 
 #define RULES_INCLUDE_DEPTH 10
 #define RULES_LINE_MAX 65536
@@ -138,8 +138,8 @@ struct rule {
 	unsigned maxhits;
 	/* action */
 	bool has_action;
-	enum verdict action;
-	struct filter_result action_reply;
+	enum rules_verdict action;
+	struct rules_reply action_reply;
 	/* counters */
 	atomic_uint_fast64_t hits, usec;
 };
@@ -919,10 +919,10 @@ static void
 parse_action(struct loader *ld, const char *line, const char *p, struct rule *r)
 {
 	char *word = next_word(&p);
-	static const struct { const char *w; enum verdict v; } verbs[] = {
-		{ "reject", VERDICT_REJECT }, { "tempfail", VERDICT_TEMPFAIL },
-		{ "quarantine", VERDICT_QUARANTINE }, { "discard", VERDICT_DISCARD },
-		{ "accept", VERDICT_ACCEPT },
+	static const struct { const char *w; enum rules_verdict v; } verbs[] = {
+		{ "reject", RULES_REJECT }, { "tempfail", RULES_TEMPFAIL },
+		{ "quarantine", RULES_QUARANTINE }, { "discard", RULES_DISCARD },
+		{ "accept", RULES_ACCEPT },
 	};
 	size_t k;
 
@@ -940,7 +940,6 @@ parse_action(struct loader *ld, const char *line, const char *p, struct rule *r)
 	memset(&r->action_reply, 0, sizeof(r->action_reply));
 	r->has_action = true;
 	r->action = verbs[k].v;
-	r->action_reply.verdict = verbs[k].v;
 	p = skip_ws(p);
 	if (*p == '\0')
 		return;
@@ -955,12 +954,12 @@ parse_action(struct loader *ld, const char *line, const char *p, struct rule *r)
 	}
 	char *text = xstrndup(s, (size_t)(e - s));
 	const char *t = text;
-	bool temp = r->action == VERDICT_TEMPFAIL;
+	bool temp = r->action == RULES_TEMPFAIL;
 	if (isdigit((unsigned char)t[0]) && isdigit((unsigned char)t[1]) &&
 	    isdigit((unsigned char)t[2]) && (t[3] == ' ' || t[3] == '\0')) {
 		unsigned code = (unsigned)strtoul(t, NULL, 10);
 		if ((temp && code / 100 != 4) || (!temp && code / 100 != 5) ||
-		    (r->action != VERDICT_REJECT && r->action != VERDICT_TEMPFAIL)) {
+		    (r->action != RULES_REJECT && r->action != RULES_TEMPFAIL)) {
 			ldiag(ld, true, (int)(s - line) + 1, "action: code %u does not fit %s", code,
 			      verbs[k].w);
 			free(text);
@@ -2140,14 +2139,14 @@ now_usec(void)
 
 /* Strongest first: what an action line decides when several hit. */
 static int
-verdict_rank(enum verdict v)
+verdict_rank(enum rules_verdict v)
 {
 	switch (v) {
-	case VERDICT_REJECT: return 5;
-	case VERDICT_TEMPFAIL: return 4;
-	case VERDICT_QUARANTINE: return 3;
-	case VERDICT_DISCARD: return 2;
-	case VERDICT_ACCEPT: return 1;
+	case RULES_REJECT: return 5;
+	case RULES_TEMPFAIL: return 4;
+	case RULES_QUARANTINE: return 3;
+	case RULES_DISCARD: return 2;
+	case RULES_ACCEPT: return 1;
 	default: return 0;
 	}
 }
@@ -2169,7 +2168,7 @@ rules_eval(const struct rule_set *rs, const struct msgtext *t, const struct rule
 	if (env == NULL)
 		env = &no_env;
 	memset(res, 0, sizeof(*res));
-	res->verdict = VERDICT_CONTINUE;
+	res->verdict = RULES_CONTINUE;
 	if (t != NULL) {
 		body = join_lines(t->body, t->n_body, &body_len);
 		rawbody = join_lines(t->rawbody, t->n_rawbody, &rawbody_len);
@@ -2293,4 +2292,39 @@ rules_result_clear(struct rules_result *res)
 {
 	free(res->hits);
 	memset(res, 0, sizeof(*res));
+}
+
+/* Expand the globs; a pattern with no file is an error (a typo would
+ * otherwise load no rules quietly). */
+int
+rules_expand_files(char *const *patterns, size_t n, char ***files_r, size_t *n_files_r,
+		   char **error_r)
+{
+	char **files = NULL;
+	size_t nf = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		glob_t g;
+		int rc = glob(patterns[i], GLOB_ERR, NULL, &g);
+		if (rc != 0) {
+			*error_r = xasprintf("rules: files: \"%s\": %s", patterns[i],
+					     rc == GLOB_NOMATCH ? "no such file" : "cannot be read");
+			if (rc != GLOB_NOMATCH)
+				globfree(&g);
+			for (size_t k = 0; k < nf; k++)
+				free(files[k]);
+			free(files);
+			return -1;
+		}
+		files = xrealloc(files, (nf + g.gl_pathc + 1) * sizeof(*files));
+		for (size_t k = 0; k < g.gl_pathc; k++)
+			files[nf++] = xstrdup(g.gl_pathv[k]);
+		globfree(&g);
+	}
+	if (files == NULL)
+		files = xcalloc(1, sizeof(*files));
+	files[nf] = NULL;
+	*files_r = files;
+	*n_files_r = nf;
+	return 0;
 }

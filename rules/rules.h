@@ -1,8 +1,10 @@
 /*
  * rules.h — the policy author's language: rule files in SpamAssassin's
  * syntax (plus mxguard's own lines), compiled with PCRE2 and evaluated
- * against a message's text views (lib/msgtext.h). Used by the "rules"
- * stage (filters/stage_rules.c) and by `mxguardctl rules lint|test`.
+ * against a message's text views (lib/lib.h, lib/msgtext.c). rules/ is the language
+ * (this header, rules.c) and the stock rule files (*.cf); it uses lib/ only.
+ * Used by the "rules" stage (filters/rules_stage.c) and by `mxguardctl
+ * rules lint|test` (ctl/rules_cmd.c).
  *
  * A rule set is built once (start-up, reload) from a list of files and is
  * then read-only but for its atomic counters: every loop and worker thread
@@ -17,10 +19,23 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "filters/filters.h"
+#include "lib/lib.h"
 
 struct rule_set;
 struct msgtext;
+
+/* What an `action` line decides (the stage maps it to a pipeline verdict). */
+enum rules_verdict {
+	RULES_CONTINUE = 0, /* no action rule hit */
+	RULES_ACCEPT, RULES_REJECT, RULES_TEMPFAIL, RULES_DISCARD, RULES_QUARANTINE,
+};
+
+/* An action's reply: 0 / "" mean the pipeline's defaults. */
+struct rules_reply {
+	unsigned code;
+	char enhanced[16];
+	char text[256];
+};
 
 /* What a load or lint says, one line each: "file:line:col: message". */
 struct rules_diag {
@@ -87,9 +102,9 @@ struct rules_result {
 	double score;
 	struct rules_hit *hits;  /* in rule order; __ sub-rules not listed */
 	size_t n_hits;
-	enum verdict verdict;    /* from action lines: CONTINUE when none hit */
-	const char *action_rule; /* the rule whose action decided, or NULL */
-	struct filter_result reply; /* for REJECT/TEMPFAIL */
+	enum rules_verdict verdict; /* from action lines: RULES_CONTINUE when none hit */
+	const char *action_rule;    /* the rule whose action decided, or NULL */
+	struct rules_reply reply;   /* for REJECT/TEMPFAIL */
 	unsigned long limit_hits;   /* matches stopped by the match limit */
 	uint64_t usec;
 };

@@ -1,5 +1,5 @@
 /*
- * stage_rules.c — the "rules" stage: rule files scored at the end of DATA.
+ * rules_stage.c — the "rules" stage: rule files scored at the end of DATA.
  *
  *   rules {
  *       files = {"rules/local.cf"}
@@ -24,8 +24,8 @@
 #include <string.h>
 
 #include "filters/filters.h"
-#include "filters/rules.h"
-#include "lib/msgtext.h"
+#include "rules/rules.h"
+#include "lib/lib.h"
 
 struct rules_stage {
 	struct stage hdr; /* must be first */
@@ -49,41 +49,6 @@ static cfg_opt_t rules_opts[] = {
 	CFG_INT("match_limit", 200000, CFGF_NONE),
 	CFG_END()
 };
-
-/* Expand the globs; a pattern with no file is an error (a typo would
- * otherwise load no rules quietly). */
-int
-rules_expand_files(char *const *patterns, size_t n, char ***files_r, size_t *n_files_r,
-		   char **error_r)
-{
-	char **files = NULL;
-	size_t nf = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		glob_t g;
-		int rc = glob(patterns[i], GLOB_ERR, NULL, &g);
-		if (rc != 0) {
-			*error_r = xasprintf("rules: files: \"%s\": %s", patterns[i],
-					     rc == GLOB_NOMATCH ? "no such file" : "cannot be read");
-			if (rc != GLOB_NOMATCH)
-				globfree(&g);
-			for (size_t k = 0; k < nf; k++)
-				free(files[k]);
-			free(files);
-			return -1;
-		}
-		files = xrealloc(files, (nf + g.gl_pathc + 1) * sizeof(*files));
-		for (size_t k = 0; k < g.gl_pathc; k++)
-			files[nf++] = xstrdup(g.gl_pathv[k]);
-		globfree(&g);
-	}
-	if (files == NULL)
-		files = xcalloc(1, sizeof(*files));
-	files[nf] = NULL;
-	*files_r = files;
-	*n_files_r = nf;
-	return 0;
-}
 
 static int
 rules_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, char **error_r)
@@ -185,11 +150,19 @@ rules_done(struct stage_call *call, void *arg)
 			const struct rules_hit *h = &j->res.hits[i];
 			filter_tx_add_score(call->fx, call->stage->name, h->name, h->score, h->describe);
 		}
+		static const enum verdict verdicts[] = {
+			[RULES_CONTINUE] = VERDICT_CONTINUE, [RULES_ACCEPT] = VERDICT_ACCEPT,
+			[RULES_REJECT] = VERDICT_REJECT, [RULES_TEMPFAIL] = VERDICT_TEMPFAIL,
+			[RULES_DISCARD] = VERDICT_DISCARD, [RULES_QUARANTINE] = VERDICT_QUARANTINE,
+		};
 		memset(&call->result, 0, sizeof(call->result));
-		call->result.verdict = j->res.verdict;
-		if (j->res.verdict == VERDICT_REJECT || j->res.verdict == VERDICT_TEMPFAIL)
-			call->result = j->res.reply;
-		call->result.verdict = j->res.verdict;
+		call->result.verdict = verdicts[j->res.verdict];
+		if (j->res.verdict == RULES_REJECT || j->res.verdict == RULES_TEMPFAIL) {
+			call->result.code = j->res.reply.code;
+			str_copy(call->result.enhanced, j->res.reply.enhanced,
+				 sizeof(call->result.enhanced));
+			str_copy(call->result.text, j->res.reply.text, sizeof(call->result.text));
+		}
 		stage_call_done(call, CHECK_DONE);
 	}
 	rules_job_free(j);
