@@ -1000,6 +1000,35 @@ relay_take_cached(struct relay_tx *rt, const char *key)
 	return false;
 }
 
+/* Where an upstream is: its unix socket, or its host resolved (numeric
+ * service). 0, or -1 with why. */
+static int
+upstream_address(const struct backends_upstream *u, struct sockaddr_storage *ss, socklen_t *len_r,
+		 char *why, size_t wsz)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (u->path != NULL) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+		sun->sun_family = AF_UNIX;
+		str_copy(sun->sun_path, u->path, sizeof(sun->sun_path));
+		*len_r = sizeof(*sun);
+		return 0;
+	}
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	int rc = getaddrinfo(u->host, u->port, &hints, &res);
+	if (rc != 0 || res == NULL) {
+		snprintf(why, wsz, "%s: %s", u->key, gai_strerror(rc));
+		return -1;
+	}
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*len_r = (socklen_t)res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
 static char *
 relay_conn_key(const struct relay *relay, const struct backends_upstream *u)
 {
@@ -1021,27 +1050,10 @@ relay_connect(struct relay_tx *rt, const struct backends_upstream *u, char *why,
 		free(c);
 		return true;
 	}
-	memset(&ss, 0, sizeof(ss));
-	if (u->path != NULL) {
-		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
-		sun->sun_family = AF_UNIX;
-		str_copy(sun->sun_path, u->path, sizeof(sun->sun_path));
-		sl = sizeof(*sun);
-	} else {
-		struct addrinfo hints, *res = NULL;
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_flags = AI_NUMERICSERV;
-		int rc = getaddrinfo(u->host, u->port, &hints, &res);
-		if (rc != 0 || res == NULL) {
-			snprintf(why, wsz, "%s: %s", u->key, gai_strerror(rc));
-			free(c->key);
-			free(c);
-			return false;
-		}
-		memcpy(&ss, res->ai_addr, res->ai_addrlen);
-		sl = (socklen_t)res->ai_addrlen;
-		freeaddrinfo(res);
+	if (upstream_address(u, &ss, &sl, why, wsz) < 0) {
+		free(c->key);
+		free(c);
+		return false;
 	}
 	c->base = rt->base;
 	c->host = xstrdup(u->host);
@@ -1305,41 +1317,26 @@ relay_probe(const struct relay *relay)
 			continue;
 		}
 		int fd = -1;
-		struct addrinfo hints, *res = NULL;
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_flags = AI_NUMERICSERV;
-		if (u->path != NULL) {
-			struct sockaddr_un sun;
-			memset(&sun, 0, sizeof(sun));
-			sun.sun_family = AF_UNIX;
-			str_copy(sun.sun_path, u->path, sizeof(sun.sun_path));
-			fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-			if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		char why[400] = "";
+		struct timeval tv = { relay->connect_timeout < 3 ? relay->connect_timeout : 3, 0 };
+		if (upstream_address(u, &ss, &sl, why, sizeof(why)) == 0 &&
+		    (fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0) {
+			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+			if (connect(fd, (struct sockaddr *)&ss, sl) < 0) {
+				snprintf(why, sizeof(why), "%s", strerror(errno));
 				close(fd);
 				fd = -1;
 			}
-		} else if (getaddrinfo(u->host, u->port, &hints, &res) == 0 && res != NULL) {
-			fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-			struct timeval tv = { relay->connect_timeout < 3 ? relay->connect_timeout : 3, 0 };
-			if (fd >= 0) {
-				setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-				setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-				if (connect(fd, res->ai_addr, res->ai_addrlen) < 0) {
-					close(fd);
-					fd = -1;
-				}
-			}
-			freeaddrinfo(res);
 		}
 		if (fd < 0) {
 			log_msg(LOG_LEVEL_WARN, "route %s: upstream %s not reachable now: %s",
-				relay->name, u->key, strerror(errno));
+				relay->name, u->key, why[0] != '\0' ? why : strerror(errno));
 			free(key);
 			continue;
 		}
-		struct timeval tv = { relay->connect_timeout < 3 ? relay->connect_timeout : 3, 0 };
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 		char buf[8192];
 		size_t have = 0;
 		bool sent = false, done = false, ok = false;
