@@ -24,6 +24,15 @@ def run(args, cwd=None, stdin=""):
                           universal_newlines=True, timeout=60, cwd=cwd)
 
 
+def demo_clamdb(top):
+    """./var/clamav under top as scripts/quickstart makes it, with the demo's
+    own EICAR database (--own: never the system's, which may be large)."""
+    r = run(["sh", os.path.join(mxtest.MX_SRCDIR, "scripts", "demo-clamdb"), "--own",
+             os.path.join(top, "var", "clamav")])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def line_of(text, needle, start=0):
     """1-based number of the first line (from line `start` on) containing needle."""
     for i, l in enumerate(text.splitlines()[start:], start + 1):
@@ -72,6 +81,8 @@ class ConfigCheck(DaemonTestCase):
         os.makedirs(os.path.join(top, "var", "tls"))
         # ... and its rules from ./rules, as in the source tree
         os.symlink(os.path.join(mxtest.MX_SRCDIR, "rules"), os.path.join(top, "rules"))
+        # ... and its ClamAV database from ./var/clamav (scripts/demo-clamdb)
+        demo_clamdb(top)
         for src, name in zip(mxtest.test_cert(), ("cert.pem", "key.pem")):
             shutil.copy(src, os.path.join(top, "var", "tls", name))
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
@@ -124,6 +135,7 @@ class ConfigCheck(DaemonTestCase):
         # and the daemon accepts the pair with the shipped config (which
         # reads its rules from ./rules, as in the source tree)
         os.symlink(os.path.join(mxtest.MX_SRCDIR, "rules"), os.path.join(top, "rules"))
+        demo_clamdb(top)
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
         r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

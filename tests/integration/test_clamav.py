@@ -341,10 +341,12 @@ class MissingDatabase(unittest.TestCase):
             d.cleanup()
 
     def test_on_error_accept_starts_with_warning(self):
-        d = Daemon(start=False, pipeline={"stages": ["clamav"]},
-                   extra_conf=clamav_section(database_dir="/nonexistent/clamdb",
-                                             on_error="accept"))
+        d = Daemon(start=False, pipeline={"stages": ["clamav"]})
         try:
+            db = os.path.join(d.dir, "later-db")
+            d.extra_conf = clamav_section(database_dir=db, on_error="accept",
+                                          db_check_interval=1)
+            d.write_config()
             d.start()
             self.assertIn("starting WITHOUT virus scanning", d.log())
             code, text = send(d, plain("unscanned", EICAR))
@@ -352,8 +354,121 @@ class MissingDatabase(unittest.TestCase):
             got = [m for m in d.messages() if b"Subject: unscanned" in m]
             self.assertEqual(len(got), 1)
             self.assertIn(b"NOT scanned (no database loaded", unfold(got[0]))
+            # freshclam's first download arrives: the watcher loads it
+            off = d.log_size()
+            tmp = d.dir + "-db.tmp"
+            write_db(tmp)
+            os.rename(tmp, db)
+            self.assertTrue(d.wait_log(r"clamav: loaded the database in \S+: %d signatures"
+                                       % count_sigs(db), off, timeout=30), d.log_tail())
+            code, text = send(d, plain("scanned-later", EICAR))
+            self.assertEqual(code, 554, text)
         finally:
             d.cleanup()
+
+
+DEMO_CLAMDB = os.path.join(mxtest.MX_SRCDIR, "scripts", "demo-clamdb")
+
+
+class Quickstart(unittest.TestCase):
+    """The quickstart's configuration (etc/mxguard.conf, listeners moved to
+    free ports) with the database scripts/demo-clamdb writes: EICAR sent
+    with swaks, as the quickstart's banner says, is refused by name."""
+
+    def test_demo_database_refuses_eicar_over_smtp(self):
+        top = tempfile.mkdtemp(prefix="mxtest-quick-")
+        proc = None
+        try:
+            os.makedirs(os.path.join(top, "var", "tls"))
+            for src, name in zip(mxtest.test_cert(), ("cert.pem", "key.pem")):
+                shutil.copy(src, os.path.join(top, "var", "tls", name))
+            os.symlink(os.path.join(mxtest.MX_SRCDIR, "rules"), os.path.join(top, "rules"))
+            r = subprocess.run(["sh", DEMO_CLAMDB, "--own", "var/clamav"], cwd=top,
+                               stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+            self.assertEqual(r.returncode, 0)
+            self.assertIn("demo database", r.stdout)
+            port, tls_port = mxtest.free_port(), mxtest.free_port()
+            with open(os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")) as f:
+                text = f.read()
+            self.assertIn('"clamav"', text)
+            text = text.replace("127.0.0.1:2525", "127.0.0.1:%d" % port)
+            text = text.replace("127.0.0.1:4465", "127.0.0.1:%d" % tls_port)
+            text = text.replace("threads = 0", "threads = 2")
+            conf = os.path.join(top, "mxguard.conf")
+            with open(conf, "w") as f:
+                f.write(text)
+            r = subprocess.run([mxtest.MXGUARDCTL, "-c", conf, "user", "add", "demo@example.test"],
+                               input="demo\n", cwd=top, universal_newlines=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            log = open(os.path.join(top, "log"), "wb")
+            proc = subprocess.Popen([mxtest.MXGUARD, "-f", "-c", conf], cwd=top,
+                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                self.assertIsNone(proc.poll(), "mxguard exited")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                    break
+                except OSError:
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.05)
+            # the banner's command
+            r = subprocess.run(["swaks", "--server", "127.0.0.1:%d" % port,
+                                "--from", "you@sender.test", "--to", "demo@example.test",
+                                "--attach-type", "application/octet-stream",
+                                "--attach-name", "eicar.com", "--attach", "-"],
+                               input=EICAR.decode() + "\n", cwd=top, universal_newlines=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            self.assertRegex(r.stdout, r"<\*\* +554 5\.7\.1 Virus found: MxGuard\.Demo\.EICAR")
+            # and a clean one goes through
+            r = subprocess.run(["swaks", "--server", "127.0.0.1:%d" % port,
+                                "--from", "you@sender.test", "--to", "demo@example.test",
+                                "--h-Subject", "hello", "--body", "first message"],
+                               cwd=top, universal_newlines=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            self.assertRegex(r.stdout, r"<- +250 2\.0\.0")
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            shutil.rmtree(top, ignore_errors=True)
+
+    def test_demo_clamdb_links_the_system_database(self):
+        top = tempfile.mkdtemp(prefix="mxtest-clamdb-")
+        try:
+            system = os.path.join(top, "system")
+            os.mkdir(system)
+            env = dict(os.environ, MXGUARD_SYSTEM_CLAMDB=system)
+            target = os.path.join(top, "var", "clamav")
+
+            def run():
+                r = subprocess.run(["sh", DEMO_CLAMDB, target], env=env, timeout=60,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   universal_newlines=True)
+                self.assertEqual(r.returncode, 0, r.stdout)
+                return r.stdout
+            # no system database: the demo's own
+            self.assertIn("demo database", run())
+            self.assertFalse(os.path.islink(target))
+            self.assertEqual(sorted(os.listdir(target)), ["mxguard-demo.hdb", "mxguard-demo.ndb"])
+            # freshclam fetched one: the next run links it
+            with open(os.path.join(system, "daily.cvd"), "wb") as f:
+                f.write(b"ClamAV-VDB:" + b"x" * 100)
+            self.assertIn("system's ClamAV database", run())
+            self.assertEqual(os.readlink(target), system)
+            self.assertIn("system's ClamAV database", run())
+            # and gone again: back to the demo's own
+            os.unlink(os.path.join(system, "daily.cvd"))
+            self.assertIn("demo database", run())
+            self.assertFalse(os.path.islink(target))
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
 
 
 class Clamd:
