@@ -642,21 +642,16 @@ clam_scan_clamd(struct clam_job *j, const char *data, size_t len)
 	}
 	close(fd);
 	fd = -1;
-	reply[got] = '\0';
-	while (got > 0 && (reply[got - 1] == '\n' || reply[got - 1] == '\0'))
-		reply[--got] = '\0';
 	if (got == 0) {
 		j->outcome = CLAM_ERROR;
 		snprintf(j->name, sizeof(j->name), "clamd at %s gave no answer", st->clamd_socket);
 		return;
 	}
-	/* "stream: OK", "stream: NAME FOUND", "... ERROR" */
-	const char *a = strncmp(reply, "stream: ", 8) == 0 ? reply + 8 : reply;
-	size_t alen = strlen(a);
-	if (strcmp(a, "OK") == 0) {
+	switch (clamd_reply_parse(reply, got, j->name, sizeof(j->name))) {
+	case CLAMD_CLEAN:
 		j->outcome = CLAM_CLEAN;
-	} else if (alen > 6 && strcmp(a + alen - 6, " FOUND") == 0) {
-		snprintf(j->name, sizeof(j->name), "%.*s", (int)(alen - 6), a);
+		break;
+	case CLAMD_FOUND:
 		if (strcmp(j->name, CLAM_SCANTIME_NAME) == 0) {
 			j->outcome = CLAM_ERROR;
 			str_copy(j->name, "scan time limit reached in clamd", sizeof(j->name));
@@ -664,17 +659,18 @@ clam_scan_clamd(struct clam_job *j, const char *data, size_t len)
 			j->outcome = strncmp(j->name, CLAM_LIMIT_PREFIX,
 					     strlen(CLAM_LIMIT_PREFIX)) == 0 ? CLAM_LIMIT : CLAM_VIRUS;
 		}
-	} else if (strstr(a, "size limit exceeded") != NULL) {
+		break;
+	case CLAMD_SIZE_LIMIT:
 		j->outcome = CLAM_LIMIT;
 		str_copy(j->name, "clamd StreamMaxLength", sizeof(j->name));
-	} else {
+		break;
+	case CLAMD_ERROR: {
+		char text[sizeof(j->name)];
+		str_copy(text, j->name, sizeof(text));
 		j->outcome = CLAM_ERROR;
-		/* printable only: it goes into a log line */
-		snprintf(j->name, sizeof(j->name), "clamd: ");
-		size_t o = strlen(j->name);
-		for (const char *c = a; *c != '\0' && o < sizeof(j->name) - 1; c++)
-			j->name[o++] = (*c >= 0x20 && *c < 0x7f) ? *c : '?';
-		j->name[o] = '\0';
+		snprintf(j->name, sizeof(j->name), "clamd: %.140s", text);
+		break;
+	}
 	}
 	return;
 fail:

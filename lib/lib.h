@@ -283,6 +283,18 @@ bool msg_header_next(const char *data, size_t len, const char *prefix, size_t *p
 /* The fields a sender may not bring: mxguard writes its own verdict. */
 #define MSG_FORGED_PREFIX "X-Spam-"
 
+/* ----------------------------------------------------------- clamd reply */
+/*
+ * clamd's answer to INSTREAM (lib/clamd.c), as read from its socket: the
+ * octets up to the first NUL (or all of them), e.g. "stream: OK",
+ * "stream: Win.Test.EICAR_HDB-1 FOUND", "INSTREAM size limit exceeded.
+ * ERROR". Never reads past len. name gets the signature (FOUND), or the
+ * error text (ERROR, or anything unexpected) made printable ASCII, always
+ * NUL-terminated within namesz (namesz > 0).
+ */
+enum clamd_result { CLAMD_CLEAN, CLAMD_FOUND, CLAMD_SIZE_LIMIT, CLAMD_ERROR };
+enum clamd_result clamd_reply_parse(const char *reply, size_t len, char *name, size_t namesz);
+
 /* ------------------------------------------------------------ DATA reader */
 /*
  * Incremental reader for the DATA phase: un-dot-stuffs and finds the end
