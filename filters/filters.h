@@ -36,6 +36,8 @@
  * fresh pipeline, and transactions in flight keep the old one. v2 added
  * loop_init/loop_teardown, struct stage_env (call->env, call->loop_data),
  * stage_submit_job(), and header validation in filter_tx_add_header().
+ * v3 added session_end (pipeline_session_end), for what a stage holds for
+ * a whole session.
  */
 #ifndef MXGUARD_FILTERS_H
 #define MXGUARD_FILTERS_H
@@ -202,6 +204,9 @@ struct stage {
 	const char *name;           /* = ops->name */
 	enum on_error on_error;     /* from the section's "on_error" */
 	long timeout_ms;            /* from "timeout", else pipeline.stage_timeout */
+	/* The phases this instance runs in: create() may set a subset of
+	 * ops->phases (those its configuration uses); left 0, all of them. */
+	unsigned phases;
 };
 
 struct stage_ops {
@@ -232,6 +237,17 @@ struct stage_ops {
 	/* Drop a pending call (timeout or session gone). May be NULL for stages
 	 * that never pend. After it returns, the stage must not complete the call. */
 	void (*cancel)(struct stage *st, struct stage_call *call);
+	/* Optional: the session msg describes is over (the client quit,
+	 * vanished, timed out or was refused) — for what a stage holds for the
+	 * length of a session, such as a concurrency slot. Runs on the
+	 * session's loop, at most once per session, and must not block; it may
+	 * start asynchronous work on loop_data that completes on its own (its
+	 * result goes to nobody). msg has the session's fields only (no
+	 * transaction). The pipeline may be newer than the one whose connect
+	 * phase the session ran (a reload came between): a stage recognises
+	 * what it holds by the session's id, not by its own memory. */
+	void (*session_end)(struct stage *st, const struct stage_env *env, void *loop_data,
+			    const struct filter_msg *msg);
 	/* Runs on the thread that drops the pipeline's last reference, after
 	 * every loop_teardown and every job of the stage. */
 	void (*destroy)(struct stage *st);
@@ -341,5 +357,10 @@ enum pipeline_status pipeline_run(struct pipeline *pl, enum phase phase,
 				  struct pipeline_run **run_r);
 /* Cancel a pending run: pending stages are cancelled; done is not called. */
 void pipeline_run_cancel(struct pipeline_run **run);
+/* The session is over: every stage's session_end() (in pipeline order) on
+ * the loop env describes; stages with loop_init on a loop that was not
+ * started are skipped. */
+void pipeline_session_end(struct pipeline *pl, const struct stage_env *env,
+			  const struct filter_msg *msg);
 
 #endif

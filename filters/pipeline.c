@@ -240,6 +240,8 @@ static int pipeline_create_stage(const struct mx_config *cfg, const char *name,
 	st->ops = ops;
 	st->name = ops->name;
 	st->on_error = on_error;
+	/* create may narrow the phases to those its configuration uses */
+	st->phases = st->phases != 0 ? st->phases & ops->phases : ops->phases;
 	st->timeout_ms = timeout > 0 ? timeout : pipeline_settings(cfg)->stage_timeout;
 	*st_r = st;
 	return 0;
@@ -275,7 +277,7 @@ int pipeline_create(const struct mx_config *cfg, struct pipeline **pl_r, char **
 			return -1;
 		}
 		pl->n_stages++;
-		pl->phases |= pl->stages[i]->ops->phases;
+		pl->phases |= pl->stages[i]->phases;
 	}
 	*pl_r = pl;
 	return 0;
@@ -590,7 +592,7 @@ static bool pipeline_run_stages(struct pipeline_run *run)
 		struct pipeline_call *pc;
 		enum check_status status;
 
-		if ((st->ops->phases & PHASE_BIT(run->phase)) == 0)
+		if ((st->phases & PHASE_BIT(run->phase)) == 0)
 			continue;
 		pc = xcalloc(1, sizeof(*pc));
 		pc->run = run;
@@ -832,4 +834,20 @@ int stage_submit_job(struct stage_call *call, stage_job_work_fn *work,
 		return -1;
 	}
 	return 0;
+}
+
+void pipeline_session_end(struct pipeline *pl, const struct stage_env *env,
+			  const struct filter_msg *msg)
+{
+	struct pipeline_loop *lp = pipeline_loop_get(pl, env->loop_index);
+
+	for (size_t i = 0; i < pl->n_stages; i++) {
+		struct stage *st = pl->stages[i];
+
+		if (st->ops->session_end == NULL)
+			continue;
+		if (st->ops->loop_init != NULL && lp == NULL)
+			continue;
+		st->ops->session_end(st, env, lp != NULL ? lp->loop_data[i] : NULL, msg);
+	}
 }

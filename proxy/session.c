@@ -1449,6 +1449,17 @@ session_gone(void *ctx, const char *reason)
 
 	if (sess->run != NULL)
 		pipeline_run_cancel(&sess->run);
+	if (sess->msg.session_id != NULL) {
+		/* the connect phase ran (or began): stages let go of what they
+		 * hold for the session */
+		struct daemon_loop *loop = conn_loop(sess->conn);
+		const struct stage_env env = {
+			.loop_index = daemon_loop_index(loop),
+			.base = conn_base(sess->conn),
+			.workers = daemon_loop_workers(loop),
+		};
+		pipeline_session_end(sess->st->pipeline, &env, &sess->msg);
+	}
 	if (sess->tx != NULL && sess->tx->body != NULL && sess->state == STATE_DATA)
 		log_msg(LOG_LEVEL_INFO, "%s smtp lost connection during DATA session=%s client=%s "
 			"helo=%s from=<%s> nrcpt=%zu octets=%llu", sess->tx->id, sess->id,
