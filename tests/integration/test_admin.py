@@ -282,24 +282,24 @@ class ConfigCheck(DaemonTestCase):
             names.add(l.split()[0])
         # every setting the shipped config uses is in the table
         shipped = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
-        section = None
+        sections = []  # nested: "ratelimit", "limit" -> ratelimit.limit.count
         missing = []
         with open(shipped) as f:
             for l in f:
                 l = l.split("#", 1)[0].strip()
                 m = re.match(r"(\w+)(\s+\w+)?\s*\{$", l)
                 if m:
-                    section = m.group(1)
+                    sections.append(m.group(1))
                     continue
                 if l == "}":
-                    section = None
+                    sections.pop()
                     continue
                 m = re.match(r"(\w+)\s*=", l)
-                if not m or section == "listen":
+                if not m or sections[:1] == ["listen"]:
                     continue
-                name = m.group(1)
-                if name not in names and "%s.%s" % (section, name) not in names:
-                    missing.append("%s.%s" % (section, name) if section else name)
+                name = ".".join(sections + [m.group(1)])
+                if name not in names:
+                    missing.append(name)
         self.assertEqual(missing, [], "settings missing from --settings:\n" + r.stdout)
         self.assertGreaterEqual(len(names), 20)
 
