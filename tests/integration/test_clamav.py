@@ -591,4 +591,4 @@ class ClamdMode(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    mxtest.main(budget=300)

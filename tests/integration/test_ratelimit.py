@@ -498,4 +498,4 @@ class Config(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    mxtest.main(budget=300)
