@@ -832,6 +832,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	if (core.state == NULL) {
 		log_msg(LOG_LEVEL_ERR, "%s", error);
 		free(error);
+		free(core.config_path);
 		return 1;
 	}
 	const struct mx_config *cfg = app->state_config(core.state);
