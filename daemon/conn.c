@@ -55,6 +55,7 @@ enum conn_flags {
 	CONN_F_SLOT = 0x80,        /* counted against the connection limits */
 	CONN_F_STRICT = 0x100,     /* only CRLF ends a line */
 	CONN_F_OWNS_FD = 0x200,    /* the bufferevent closes the socket */
+	CONN_F_PROXY_WATCH = 0x400, /* untrusted peer on a PROXY listener: a header is refused */
 };
 
 struct conn {
@@ -76,6 +77,12 @@ struct conn {
 	void *ctx;
 	char *reason;
 	SSL *starttls_ssl;     /* made by conn_starttls, used at the switch */
+	/* the PROXY header being read (trusted peers of a PROXY listener) */
+	struct event *proxy_ev;
+	unsigned char *proxy_buf;
+	size_t proxy_len;
+	char via[64];          /* the balancer's address, once the header named the client */
+	int proxy_version;
 };
 
 /* ---------------------------------------------------- connection counts */
@@ -229,6 +236,20 @@ conn_read_line(struct conn *conn, char **line_r, size_t *len_r)
 	in = bufferevent_get_input(conn->bev);
 	style = (conn->flags & CONN_F_STRICT) ? EVBUFFER_EOL_CRLF_STRICT : EVBUFFER_EOL_CRLF;
 	eol = evbuffer_search_eol(in, NULL, &eol_len, style);
+	if ((conn->flags & CONN_F_PROXY_WATCH) && (eol.pos >= 0 || evbuffer_get_length(in) >= 12)) {
+		/* a peer not in proxy_trusted may not say who the client is:
+		 * its header is never read as the protocol */
+		size_t n = evbuffer_get_length(in) < 12 ? evbuffer_get_length(in) : 12;
+		conn->flags &= ~CONN_F_PROXY_WATCH;
+		if (proxy_header_start(evbuffer_pullup(in, (ev_ssize_t)n), n)) {
+			log_msg(LOG_LEVEL_WARN, "%s %s proxy refused client=%s listener=%s "
+				"reason=\"a PROXY header from a peer not in proxy_trusted\"", conn->id,
+				conn->listener->service->name, conn->addr, conn->listener->name);
+			evbuffer_drain(in, evbuffer_get_length(in));
+			conn_close(conn, "proxy_untrusted");
+			return CONN_LINE_NONE;
+		}
+	}
 	if (eol.pos < 0) {
 		/* the cap holds before the line end arrives */
 		if (conn->line_max != 0 && evbuffer_get_length(in) > conn->line_max)
@@ -277,6 +298,7 @@ conn_set_timeout(struct conn *conn, long seconds)
 /* ------------------------------------------------------------- lifecycle */
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_proxy_end(struct conn *conn);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 
@@ -325,6 +347,7 @@ conn_free(struct conn *conn)
 	struct daemon_loop *loop = conn->loop;
 
 	conn->flags |= CONN_F_FREED;
+	conn_proxy_end(conn);
 	conn_slot_release(conn);
 	if (conn->h != NULL)
 		conn->h->gone(conn->ctx, conn->reason != NULL ? conn->reason : "unknown");
@@ -553,6 +576,123 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	conn_free(conn);
 }
 
+/* ----------------------------------------------------------------- PROXY */
+
+static void
+conn_proxy_end(struct conn *conn)
+{
+	if (conn->proxy_ev != NULL)
+		event_free(conn->proxy_ev);
+	conn->proxy_ev = NULL;
+	free(conn->proxy_buf);
+	conn->proxy_buf = NULL;
+}
+
+static void
+conn_proxy_fail(struct conn *conn, const char *why)
+{
+	log_msg(LOG_LEVEL_WARN, "%s %s proxy refused client=%s listener=%s reason=\"%s\"",
+		conn->id, conn->listener->service->name, conn->addr, conn->listener->name, why);
+	conn_proxy_end(conn);
+	conn_set_reason(conn, "proxy_error");
+	conn_free(conn);
+}
+
+/*
+ * The header is read straight from the socket, before any bufferevent (or
+ * TLS) exists, and never an octet past it: what follows belongs to the
+ * protocol (or the TLS handshake). The shortest header is 15 octets
+ * ("PROXY UNKNOWN\r\n"), so that much is read blind; then v2 says its
+ * length, and a v1 line is peeked for its LF and read up to it — all that
+ * is available when there is none yet, since it is all header.
+ */
+static void
+conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *conn = arg;
+	unsigned allowed = conn->listener->proxy_allowed;
+	struct proxy_header h;
+	const char *err;
+	size_t want;
+	ssize_t n;
+
+	if (what & EV_TIMEOUT) {
+		conn_proxy_fail(conn, conn->proxy_len == 0 ? "no PROXY header in time" :
+				"PROXY header not complete in time");
+		return;
+	}
+	if (conn->proxy_len < 15) {
+		want = 15 - conn->proxy_len;
+	} else if (conn->proxy_buf[0] == '\r') {
+		size_t total = conn->proxy_len < 16 ? 16 :
+			       16 + (((size_t)conn->proxy_buf[14] << 8) | conn->proxy_buf[15]);
+		want = total > conn->proxy_len ? total - conn->proxy_len : 1;
+	} else {
+		unsigned char peek[PROXY_V1_MAX];
+		size_t room = PROXY_V1_MAX - conn->proxy_len;
+		n = recv(fd, peek, room, MSG_PEEK);
+		if (n <= 0) {
+			want = 1; /* let recv below report it */
+		} else {
+			const unsigned char *lf = memchr(peek, '\n', (size_t)n);
+			want = lf != NULL ? (size_t)(lf - peek) + 1 : (size_t)n;
+		}
+	}
+	if (conn->proxy_len + want > PROXY_V2_MAX)
+		want = PROXY_V2_MAX - conn->proxy_len;
+	n = recv(fd, conn->proxy_buf + conn->proxy_len, want, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		conn_proxy_fail(conn, n == 0 ? "closed before its PROXY header ended" : strerror(errno));
+		return;
+	}
+	conn->proxy_len += (size_t)n;
+	switch (proxy_header_parse(conn->proxy_buf, conn->proxy_len, allowed, &h, &err)) {
+	case PROXY_NEED_MORE:
+		if (conn->proxy_len >= PROXY_V2_MAX)
+			conn_proxy_fail(conn, "PROXY header too long");
+		return;
+	case PROXY_INVALID:
+		conn_proxy_fail(conn, err);
+		return;
+	case PROXY_DONE:
+		break;
+	}
+	conn->proxy_version = h.version;
+	str_copy(conn->via, conn->addr, sizeof(conn->via));
+	if (!h.local) {
+		str_copy(conn->addr, h.src_addr, sizeof(conn->addr));
+		conn->port = h.src_port;
+	}
+	conn_proxy_end(conn);
+	conn_begin(conn);
+}
+
+void
+conn_accepted(struct conn *conn)
+{
+	const struct daemon_listener *l = conn->listener;
+	bool trusted = false;
+
+	if (l->proxy_allowed == 0) {
+		conn_begin(conn);
+		return;
+	}
+	for (size_t i = 0; i < l->n_proxy_trusted && !trusted; i++)
+		trusted = net_cidr_match(&l->proxy_trusted[i], conn->addr);
+	if (!trusted) {
+		conn->flags |= CONN_F_PROXY_WATCH;
+		conn_begin(conn);
+		return;
+	}
+	struct timeval tv = { .tv_sec = l->proxy_timeout };
+	conn->proxy_buf = xmalloc(PROXY_V2_MAX);
+	conn->proxy_ev = event_new(conn->loop->base, conn->fd, EV_READ | EV_PERSIST,
+				   conn_proxy_cb, conn);
+	event_add(conn->proxy_ev, &tv);
+}
+
 /* ---------------------------------------------------------------- accept */
 
 void
@@ -565,9 +705,12 @@ conn_begin(struct conn *conn)
 	const char *refusal = NULL;
 	bool implicit = conn->listener->implicit_tls;
 
-	log_msg(LOG_LEVEL_INFO, "%s %s connect client=%s port=%u listener=%s tls=%s loop=%u",
+	char via[100] = "";
+	if (conn->proxy_version != 0)
+		snprintf(via, sizeof(via), " via=%s proxy=v%d", conn->via, conn->proxy_version);
+	log_msg(LOG_LEVEL_INFO, "%s %s connect client=%s port=%u listener=%s tls=%s loop=%u%s",
 		conn->id, conn->listener->service->name, conn->addr, conn->port,
-		conn->listener->name, implicit ? "implicit" : "no", loop->index);
+		conn->listener->name, implicit ? "implicit" : "no", loop->index, via);
 	if (implicit && ctx == NULL) {
 		/* a reload removed the certificate: never speak plaintext on a
 		 * port that clients trust to be TLS */

@@ -18,6 +18,10 @@ struct daemon_listener {
 	char *name;
 	char *address;
 	bool implicit_tls;
+	unsigned proxy_allowed;        /* PROXY_ALLOW_V1|V2; 0 = off */
+	struct net_cidr *proxy_trusted;
+	size_t n_proxy_trusted;
+	long proxy_timeout;            /* seconds */
 	const struct service *service;
 	int *fds; /* n_loops of them */
 };
@@ -80,7 +84,10 @@ struct daemon_loop {
 /* conn.c */
 struct conn *conn_new(struct daemon_loop *loop, const struct daemon_listener *l, int fd,
 		      const struct sockaddr *sa);
-/* Accept sequence after conn_new: slot, TLS, then the service. */
+/* Accept sequence after conn_new: the PROXY header when the listener
+ * wants one from this peer, then conn_begin. */
+void conn_accepted(struct conn *conn);
+/* Accept sequence after the PROXY header: slot, TLS, then the service. */
 void conn_begin(struct conn *conn);
 /* Shutdown: tell every connection of the loop. */
 void conn_shutdown_all(struct daemon_loop *loop);

@@ -86,7 +86,7 @@ loop_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *
 
 	for (size_t i = 0; i < core->n_listeners; i++) {
 		if (loop->evl[i] == lev) {
-			conn_begin(conn_new(loop, &core->listeners[i], fd, sa));
+			conn_accepted(conn_new(loop, &core->listeners[i], fd, sa));
 			return;
 		}
 	}
@@ -259,7 +259,11 @@ daemon_log_restart_changes(struct daemon *core, const struct mx_config *old_cfg,
 	for (size_t i = 0; same && i < old->n_listeners; i++) {
 		const struct listen_config *a = &old->listeners[i], *b = &new->listeners[i];
 		same = strcmp(a->name, b->name) == 0 && strcmp(a->address, b->address) == 0 &&
-		       strcmp(a->protocol, b->protocol) == 0 && a->implicit_tls == b->implicit_tls;
+		       strcmp(a->protocol, b->protocol) == 0 && a->implicit_tls == b->implicit_tls &&
+		       a->proxy_protocol == b->proxy_protocol && a->proxy_timeout == b->proxy_timeout &&
+		       a->n_proxy_trusted == b->n_proxy_trusted;
+		for (size_t k = 0; same && k < a->n_proxy_trusted; k++)
+			same = strcmp(a->proxy_trusted[k], b->proxy_trusted[k]) == 0;
 	}
 	if (!same)
 		log_msg(LOG_LEVEL_WARN, "reload: the listen sections changed; NOT applied until a "
@@ -372,6 +376,17 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		l->name = xstrdup(lc->name);
 		l->address = xstrdup(lc->address);
 		l->implicit_tls = lc->implicit_tls;
+		static const unsigned allowed[] = {
+			[LISTEN_PROXY_OFF] = 0, [LISTEN_PROXY_V1] = PROXY_ALLOW_V1,
+			[LISTEN_PROXY_V2] = PROXY_ALLOW_V2,
+			[LISTEN_PROXY_ANY] = PROXY_ALLOW_V1 | PROXY_ALLOW_V2,
+		};
+		l->proxy_allowed = allowed[lc->proxy_protocol];
+		l->proxy_timeout = lc->proxy_timeout;
+		l->n_proxy_trusted = lc->n_proxy_trusted;
+		l->proxy_trusted = xcalloc(lc->n_proxy_trusted + 1, sizeof(*l->proxy_trusted));
+		for (size_t k = 0; k < lc->n_proxy_trusted; k++)
+			(void)net_cidr_parse(lc->proxy_trusted[k], &l->proxy_trusted[k], &err);
 		l->service = daemon_find_service(core->app, lc->protocol);
 		l->fds = xcalloc(core->n_loops, sizeof(*l->fds));
 		for (unsigned j = 0; j < core->n_loops; j++)
@@ -388,9 +403,12 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 				return -1;
 			}
 		}
-		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s", lc->name,
+		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s%s%s", lc->name,
 			lc->protocol, lc->address,
-			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' ? "starttls" : "none");
+			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' ? "starttls" : "none",
+			lc->proxy_protocol != LISTEN_PROXY_OFF ? " proxy_protocol=" : "",
+			lc->proxy_protocol == LISTEN_PROXY_V1 ? "v1" : lc->proxy_protocol == LISTEN_PROXY_V2 ?
+			"v2" : lc->proxy_protocol == LISTEN_PROXY_ANY ? "any" : "");
 	}
 	return 0;
 }
@@ -708,6 +726,7 @@ daemon_free(struct daemon *core)
 		free(core->listeners[j].name);
 		free(core->listeners[j].address);
 		free(core->listeners[j].fds);
+		free(core->listeners[j].proxy_trusted);
 	}
 	free(core->listeners);
 	free(core->loops);

@@ -64,8 +64,13 @@ struct listen_config {
 	char *address;  /* "127.0.0.1:2525", "[::1]:2525" */
 	char *protocol; /* the service that speaks on it ("smtp") */
 	int implicit_tls; /* the "tls" choice: 0 = none, 1 = implicit */
+	int proxy_protocol; /* enum listen_proxy: off, v1, v2, any */
+	char **proxy_trusted; /* networks that must (and alone may) send a PROXY header */
+	size_t n_proxy_trusted;
+	long proxy_timeout; /* seconds for the header to arrive */
 	int line;       /* line of its address (or of its end, when left at the default) */
 };
+enum listen_proxy { LISTEN_PROXY_OFF, LISTEN_PROXY_V1, LISTEN_PROXY_V2, LISTEN_PROXY_ANY };
 
 struct daemon_settings {
 	long threads;   /* 0 = number of cores */

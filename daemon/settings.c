@@ -27,6 +27,20 @@
 /* in the order of enum log_level */
 static const char *const log_levels[] = { "err", "warn", "info", "debug", NULL };
 static const char *const tls_modes[] = { "none", "implicit", NULL };
+static const char *const proxy_modes[] = { "off", "v1", "v2", "any", NULL };
+
+/* Networks: "192.0.2.0/24", "2001:db8::/32", one address. */
+static char *
+daemon_valid_networks(const char *const *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct net_cidr c;
+		const char *err;
+		if (net_cidr_parse(v[i], &c, &err) < 0)
+			return xasprintf("proxy_trusted = {... \"%s\" ...}: %s", v[i], err);
+	}
+	return NULL;
+}
 
 /* A listen address must parse as host:port or [v6]:port. */
 static char *
@@ -68,6 +82,13 @@ static const struct setting_def daemon_rows[] = {
 	{ "listen", "tls", SETTING_CHOICE, "none", 0, 0, LOFF(implicit_tls), 0,
 	  "none (STARTTLS offered when a certificate is set) or implicit (TLS from the first byte)",
 	  .choices = tls_modes },
+	{ "listen", "proxy_protocol", SETTING_CHOICE, "off", 0, 0, LOFF(proxy_protocol), 0,
+	  "off, v1, v2 or any: the PROXY header connections from proxy_trusted must start with",
+	  .choices = proxy_modes },
+	{ "listen", "proxy_trusted", SETTING_STRLIST, "{}", 0, 0, LOFF(proxy_trusted), 0,
+	  "networks of the load balancers that send the PROXY header", .valid = daemon_valid_networks },
+	{ "listen", "proxy_timeout", SETTING_INT, "10", 1, 300, LOFF(proxy_timeout), 0,
+	  "seconds a trusted connection has to send its PROXY header", NULL, NULL },
 
 	{ "limits", "connections_max", SETTING_INT, "1000", 1, 1000000, OFF(connections_max), 0,
 	  "simultaneous connections in total", NULL, NULL },
@@ -179,6 +200,13 @@ daemon_settings_check(void *values, const struct mx_config *cfg, char **error_r)
 		return -1;
 	}
 	for (size_t i = 0; i < ds->n_listeners; i++) {
+		const struct listen_config *l = &ds->listeners[i];
+		if ((l->proxy_protocol != LISTEN_PROXY_OFF) != (l->n_proxy_trusted > 0)) {
+			*error_r = xasprintf("%s:%d: listen %s: proxy_protocol and proxy_trusted go "
+					     "together (which balancers may say who the client is)",
+					     cfg->path, l->line, l->name);
+			return -1;
+		}
 		if (ds->listeners[i].implicit_tls && ds->tls_cert[0] == '\0') {
 			*error_r = xasprintf("%s: listen %s: tls = \"implicit\" needs tls_cert and tls_key",
 					     cfg->path, ds->listeners[i].name);

@@ -204,6 +204,7 @@ enum smtp_verb {
 	SMTP_VERB_DATA, SMTP_VERB_RSET, SMTP_VERB_NOOP, SMTP_VERB_QUIT,
 	SMTP_VERB_HELP, SMTP_VERB_VRFY, SMTP_VERB_EXPN, SMTP_VERB_STARTTLS,
 	SMTP_VERB_AUTH, SMTP_VERB_BDAT, SMTP_VERB_TURN, SMTP_VERB_ETRN,
+	SMTP_VERB_XCLIENT,
 	SMTP_VERB_COUNT
 };
 
@@ -393,6 +394,34 @@ unsigned long msgbody_mime_parse_count(void);
  * tests that want a clean leak report at exit (no view may be alive). */
 void mime_shutdown(void);
 
+/* ---------------------------------------------------------------- PROXY */
+/*
+ * The PROXY protocol header of a load balancer (lib/proxy_proto.c): v1
+ * text, v2 binary. proxy_header_parse() looks at the first len octets of a
+ * connection: PROXY_NEED_MORE (nothing wrong so far: read more, up to the
+ * version's maximum), PROXY_DONE (*h filled; h->length octets are the
+ * header, what follows is the client's), or PROXY_INVALID (*error_r: a
+ * static text). allowed: PROXY_ALLOW_V1 | PROXY_ALLOW_V2.
+ */
+#define PROXY_V1_MAX 107
+#define PROXY_V2_MAX (16 + 1024) /* addresses and TLVs: HAProxy sends far less */
+#define PROXY_ALLOW_V1 1u
+#define PROXY_ALLOW_V2 2u
+enum proxy_result { PROXY_NEED_MORE, PROXY_DONE, PROXY_INVALID };
+struct proxy_header {
+	int version;           /* 1 or 2 */
+	bool local;            /* v2 LOCAL/UNSPEC or v1 UNKNOWN: no client address */
+	int family;            /* AF_INET or AF_INET6 when not local */
+	char src_addr[46], dst_addr[46];
+	unsigned src_port, dst_port;
+	size_t length;         /* octets of the header */
+};
+enum proxy_result proxy_header_parse(const unsigned char *buf, size_t len, unsigned allowed,
+				     struct proxy_header *h, const char **error_r);
+/* Do these first octets of a connection start a PROXY header (v1's
+ * "PROXY ", or v2's signature as far as its NUL)? */
+bool proxy_header_start(const unsigned char *buf, size_t len);
+
 /* ------------------------------------------------------------------ net */
 /* "host:port", "[v6]:port", "*:port". Returns 0 or -1 with *error_r. */
 int net_parse_address(const char *s, struct sockaddr_storage *ss,
@@ -403,6 +432,17 @@ int net_parse_address(const char *s, struct sockaddr_storage *ss,
 int net_listen(const struct sockaddr_storage *ss, socklen_t len, int backlog, bool reuseport);
 /* Numeric host text for an address. */
 void net_addr_str(const struct sockaddr *sa, char *out, size_t outsz);
+/* A network "192.0.2.0/24", "2001:db8::/32", or one address (a /32 or
+ * /128). An IPv4 network also matches the v4-mapped IPv6 form. */
+struct net_cidr {
+	int family;
+	unsigned char addr[16];
+	int prefix;
+};
+/* 0, or -1 with *error_r (static text). */
+int net_cidr_parse(const char *s, struct net_cidr *c, const char **error_r);
+/* Is the numeric address text in the network? */
+bool net_cidr_match(const struct net_cidr *c, const char *addr);
 
 /* ------------------------------------------------------------------ tls */
 typedef struct ssl_ctx_st SSL_CTX;

@@ -127,3 +127,71 @@ net_addr_str(const struct sockaddr *sa, char *out, size_t outsz)
 		str_copy(out, "unknown", outsz);
 	}
 }
+
+int
+net_cidr_parse(const char *s, struct net_cidr *c, const char **error_r)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash = strchr(s, '/');
+	size_t n = slash != NULL ? (size_t)(slash - s) : strlen(s);
+	int bits;
+
+	memset(c, 0, sizeof(*c));
+	if (n == 0 || n >= sizeof(host)) {
+		*error_r = "expected address or address/prefix";
+		return -1;
+	}
+	memcpy(host, s, n);
+	host[n] = '\0';
+	if (inet_pton(AF_INET, host, c->addr) == 1) {
+		c->family = AF_INET;
+		bits = 32;
+	} else if (inet_pton(AF_INET6, host, c->addr) == 1) {
+		c->family = AF_INET6;
+		bits = 128;
+	} else {
+		*error_r = "not a numeric IPv4 or IPv6 address";
+		return -1;
+	}
+	c->prefix = bits;
+	if (slash != NULL) {
+		char *end;
+		long p = strtol(slash + 1, &end, 10);
+		if (slash[1] == '\0' || *end != '\0' || p < 0 || p > bits) {
+			*error_r = "prefix length out of range";
+			return -1;
+		}
+		c->prefix = (int)p;
+	}
+	return 0;
+}
+
+bool
+net_cidr_match(const struct net_cidr *c, const char *addr)
+{
+	unsigned char a[16];
+	const unsigned char *p = a;
+	int family;
+
+	if (inet_pton(AF_INET, addr, a) == 1) {
+		family = AF_INET;
+	} else if (inet_pton(AF_INET6, addr, a) == 1) {
+		family = AF_INET6;
+		static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+		if (c->family == AF_INET && memcmp(a, mapped, 12) == 0) {
+			family = AF_INET;
+			p = a + 12;
+		}
+	} else {
+		return false;
+	}
+	if (family != c->family)
+		return false;
+	int full = c->prefix / 8, rest = c->prefix % 8;
+	if (memcmp(p, c->addr, (size_t)full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	unsigned char mask = (unsigned char)(0xff << (8 - rest));
+	return (p[full] & mask) == (c->addr[full] & mask);
+}

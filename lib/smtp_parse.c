@@ -39,6 +39,7 @@ static const char *const smtp_verb_names[SMTP_VERB_COUNT] = {
 	[SMTP_VERB_BDAT] = "BDAT",
 	[SMTP_VERB_TURN] = "TURN",
 	[SMTP_VERB_ETRN] = "ETRN",
+	[SMTP_VERB_XCLIENT] = "XCLIENT",
 };
 
 /* Locale-independent: protocol text is ASCII whatever LC_CTYPE says. */

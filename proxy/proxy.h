@@ -33,6 +33,8 @@ struct smtp_settings {
 	long timeout_data;
 	long spill_threshold;      /* octets of body kept in memory */
 	long data_line_max;        /* longest message line, octets incl. CRLF */
+	char **xclient_trusted;    /* networks that may send XCLIENT */
+	size_t n_xclient_trusted;
 };
 
 void smtp_register_config(void);

@@ -28,6 +28,7 @@
 #include <strings.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -103,6 +104,9 @@ struct session {
 	unsigned flags;
 	char client_addr[64];
 	unsigned client_port;
+	char client_name[256];          /* the client's name (XCLIENT NAME); "" = unknown */
+	char peer_addr[64];             /* who is connected: what XCLIENT trust is judged by */
+	char login[256];                /* XCLIENT LOGIN, for the log */
 	char helo[256];
 	long errors, commands, transactions;
 	struct tx *tx;
@@ -133,6 +137,7 @@ struct command {
 };
 
 static void session_process(struct session *sess);
+static bool session_xclient_trusted(const struct session *sess);
 static void session_close(struct session *sess, const char *reason);
 static void session_rcpt_abandon(struct session *sess);
 static void session_log_reject(struct session *sess, const char *from, const char *rcpt,
@@ -491,6 +496,8 @@ cmd_helo_cont(struct session *sess, const struct pipeline_outcome *out)
 	if (session_starttls_offered(sess))
 		kw[n++] = "STARTTLS";
 	kw[n++] = "ENHANCEDSTATUSCODES";
+	if (session_xclient_trusted(sess))
+		kw[n++] = "XCLIENT NAME ADDR PORT PROTO HELO LOGIN";
 	const struct backend *be = sess->st->backend;
 	for (const char *const *b = be->ops->ehlo(be); *b != NULL && n < N_ELEMENTS(kw); b++)
 		kw[n++] = *b;
@@ -872,6 +879,203 @@ cmd_starttls(struct session *sess, const char *args, size_t len)
 	sess->flags |= SESSION_F_BUSY;
 }
 
+/* ------------------------------------------------------------- XCLIENT */
+
+/* May the connected peer (an MTA in front of us) name the client? */
+static bool
+session_xclient_trusted(const struct session *sess)
+{
+	const struct smtp_settings *ss = smtp_settings(sess->st->cfg);
+
+	for (size_t i = 0; i < ss->n_xclient_trusted; i++) {
+		struct net_cidr c;
+		const char *err;
+		if (net_cidr_parse(ss->xclient_trusted[i], &c, &err) == 0 &&
+		    net_cidr_match(&c, sess->peer_addr))
+			return true;
+	}
+	return false;
+}
+
+/* RFC 3461 xtext ("+2B" for '+'), into printable ASCII of at most outsz-1
+ * octets; false for anything else. */
+static bool
+xtext_decode(const char *s, size_t n, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '+') {
+			unsigned v = 0;
+			if (i + 2 >= n)
+				return false;
+			for (int k = 1; k <= 2; k++) {
+				char h = s[i + (size_t)k];
+				v <<= 4;
+				if (h >= '0' && h <= '9')
+					v |= (unsigned)(h - '0');
+				else if (h >= 'A' && h <= 'F')
+					v |= (unsigned)(h - 'A' + 10);
+				else
+					return false;
+			}
+			c = (unsigned char)v;
+			i += 2;
+		}
+		if (c < 0x21 || c > 0x7e || o + 1 >= outsz)
+			return false;
+		out[o++] = (char)c;
+	}
+	out[o] = '\0';
+	return true;
+}
+
+/*
+ * XCLIENT (Postfix's): an MTA in front of mxguard says who its client is —
+ * NAME, ADDR, PORT, PROTO, HELO, LOGIN (DESTADDR and DESTPORT are taken and
+ * ignored). Only from xclient_trusted, only outside a transaction. On
+ * success the session starts over as if that client had connected: what
+ * stages hold for the old identity is given back, the connect phase runs
+ * for the new one, and a new 220 greeting follows (the MTA then sends
+ * EHLO again).
+ */
+static void
+cmd_xclient(struct session *sess, const char *args, size_t len)
+{
+	char addr[64] = "", name[256] = "", helo[256] = "", login[256] = "", value[256];
+	unsigned port = 0;
+	bool have_addr = false, have_port = false, have_name = false, have_helo = false;
+	bool have_login = false;
+	int esmtp = -1;
+
+	if (!session_xclient_trusted(sess)) {
+		session_refuse(sess, true, NULL, NULL, "xclient_denied",
+			       "550 5.7.0 Error: insufficient authorization");
+		return;
+	}
+	if (len == 0) {
+		session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+			       "501 5.5.4 Syntax: XCLIENT attribute=value...");
+		return;
+	}
+	for (size_t i = 0; i < len;) {
+		size_t j = i, eq;
+		while (j < len && args[j] != ' ')
+			j++;
+		const char *item = args + i;
+		size_t n = j - i;
+		const char *e = memchr(item, '=', n);
+		i = j;
+		while (i < len && args[i] == ' ')
+			i++;
+		if (n == 0)
+			continue;
+		if (e == NULL || e == item) {
+			session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+				       "501 5.5.4 Bad XCLIENT attribute: %.*s", (int)(n > 64 ? 64 : n), item);
+			return;
+		}
+		eq = (size_t)(e - item);
+		const char *v = e + 1;
+		size_t vn = n - eq - 1;
+		bool unavailable = (vn == 13 && strncasecmp(v, "[UNAVAILABLE]", 13) == 0) ||
+				   (vn == 13 && strncasecmp(v, "[TEMPUNAVAIL]", 13) == 0);
+		if (!unavailable && !xtext_decode(v, vn, value, sizeof(value))) {
+			session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+				       "501 5.5.4 Bad XCLIENT attribute value: %.*s", (int)(n > 64 ? 64 : n),
+				       item);
+			return;
+		}
+		if (unavailable)
+			value[0] = '\0';
+		if (eq == 4 && strncasecmp(item, "ADDR", 4) == 0) {
+			unsigned char bin[16];
+			const char *a = value;
+			int fam = AF_INET;
+			if (strncasecmp(a, "IPV6:", 5) == 0) {
+				a += 5;
+				fam = AF_INET6;
+			}
+			if (!unavailable && inet_pton(fam, a, bin) != 1) {
+				session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+					       "501 5.5.4 Bad XCLIENT ADDR: not a numeric address");
+				return;
+			}
+			if (!unavailable)
+				inet_ntop(fam, bin, addr, sizeof(addr));
+			have_addr = !unavailable;
+		} else if (eq == 4 && strncasecmp(item, "PORT", 4) == 0) {
+			char *end;
+			long p = strtol(value, &end, 10);
+			if (!unavailable && (value[0] == '\0' || *end != '\0' || p < 0 || p > 65535)) {
+				session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+					       "501 5.5.4 Bad XCLIENT PORT");
+				return;
+			}
+			port = (unsigned)p;
+			have_port = !unavailable;
+		} else if (eq == 4 && strncasecmp(item, "NAME", 4) == 0) {
+			str_copy(name, value, sizeof(name));
+			have_name = true;
+		} else if (eq == 4 && strncasecmp(item, "HELO", 4) == 0) {
+			str_copy(helo, value, sizeof(helo));
+			have_helo = true;
+		} else if (eq == 5 && strncasecmp(item, "LOGIN", 5) == 0) {
+			str_copy(login, value, sizeof(login));
+			have_login = true;
+		} else if (eq == 5 && strncasecmp(item, "PROTO", 5) == 0) {
+			esmtp = strcasecmp(value, "ESMTP") == 0 ? 1 : strcasecmp(value, "SMTP") == 0 ? 0 : -1;
+			if (!unavailable && esmtp < 0) {
+				session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+					       "501 5.5.4 Bad XCLIENT PROTO: SMTP or ESMTP");
+				return;
+			}
+		} else if ((eq == 8 && strncasecmp(item, "DESTADDR", 8) == 0) ||
+			   (eq == 8 && strncasecmp(item, "DESTPORT", 8) == 0)) {
+			/* where the client connected to the MTA: not used */
+		} else {
+			session_refuse(sess, true, NULL, NULL, "xclient_syntax",
+				       "501 5.5.4 Bad XCLIENT attribute name: %.*s", (int)(eq > 32 ? 32 : eq),
+				       item);
+			return;
+		}
+	}
+	/* what stages hold for the identity being replaced goes back first */
+	if (sess->msg.session_id != NULL) {
+		struct daemon_loop *loop = conn_loop(sess->conn);
+		const struct stage_env env = {
+			.loop_index = daemon_loop_index(loop),
+			.base = conn_base(sess->conn),
+			.workers = daemon_loop_workers(loop),
+		};
+		pipeline_session_end(sess->st->pipeline, &env, &sess->msg);
+	}
+	log_msg(LOG_LEVEL_INFO, "%s smtp xclient peer=%s client=%s port=%u name=%s helo=%s login=%s",
+		sess->id, sess->peer_addr, have_addr ? addr : sess->client_addr,
+		have_port ? port : sess->client_port, have_name && name[0] ? name : "-",
+		have_helo && helo[0] ? helo : "-", have_login && login[0] ? login : "-");
+	if (have_addr)
+		str_copy(sess->client_addr, addr, sizeof(sess->client_addr));
+	if (have_port)
+		sess->client_port = port;
+	if (have_name)
+		str_copy(sess->client_name, name, sizeof(sess->client_name));
+	if (have_login)
+		str_copy(sess->login, login, sizeof(sess->login));
+	session_forget_helo(sess);
+	if (have_helo && helo[0] != '\0') {
+		str_copy(sess->helo, helo, sizeof(sess->helo));
+		sess->state = STATE_HELO;
+		if (esmtp == 1)
+			sess->flags |= SESSION_F_ESMTP;
+	}
+	filter_tx_free(&sess->connect_fx);
+	sess->connect_fx = filter_tx_new();
+	sess->sticky_connect = VERDICT_CONTINUE;
+	session_greet(sess);
+}
+
 static const struct command commands[] = {
 	{ SMTP_VERB_HELO, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_helo },
 	{ SMTP_VERB_EHLO, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO) | S_BIT(STATE_MAIL) | S_BIT(STATE_RCPT), true, cmd_ehlo },
@@ -889,6 +1093,7 @@ static const struct command commands[] = {
 	{ SMTP_VERB_BDAT, ~0u, true, cmd_not_implemented },
 	{ SMTP_VERB_TURN, ~0u, true, cmd_not_implemented },
 	{ SMTP_VERB_ETRN, ~0u, true, cmd_not_implemented },
+	{ SMTP_VERB_XCLIENT, S_BIT(STATE_CONNECTED) | S_BIT(STATE_HELO), true, cmd_xclient },
 };
 
 /* HELP lists what the table implements, so it cannot drift from it:
@@ -904,6 +1109,8 @@ cmd_help(struct session *sess, const char *args, size_t len)
 		if (c->handler == cmd_not_implemented)
 			continue;
 		if (c->verb == SMTP_VERB_STARTTLS && !session_starttls_offered(sess))
+			continue;
+		if (c->verb == SMTP_VERB_XCLIENT && !session_xclient_trusted(sess))
 			continue;
 		n += (size_t)snprintf(verbs + n, sizeof(verbs) - n, " %s", smtp_verb_name(c->verb));
 	}
@@ -1147,8 +1354,9 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 	 * client's own claim where readers expect the DNS; an IPv6 address is
 	 * an RFC 5321 address literal. A transaction needs a successful
 	 * HELO/EHLO, so the name is never empty. */
-	fprintf(f, "Received: from %s (unknown [%s%s])\n\tby %s (mxguard) with %s id %s",
+	fprintf(f, "Received: from %s (%s [%s%s])\n\tby %s (mxguard) with %s id %s",
 		sess->helo[0] != '\0' ? sess->helo : "unknown",
+		sess->client_name[0] != '\0' ? sess->client_name : "unknown",
 		strchr(sess->client_addr, ':') != NULL ? "IPv6:" : "", sess->client_addr,
 		smtp_settings(sess->st->cfg)->hostname, proto, tx->id);
 	if (tx->n_rcpts == 1)
@@ -1528,6 +1736,7 @@ smtp_service_accept(struct conn *conn, const char *refusal)
 	sess->st = conn_state(conn);
 	str_copy(sess->id, conn_id(conn), sizeof(sess->id));
 	str_copy(sess->client_addr, conn_addr(conn), sizeof(sess->client_addr));
+	str_copy(sess->peer_addr, conn_addr(conn), sizeof(sess->peer_addr));
 	sess->client_port = conn_port(conn);
 	if (conn_tls(conn))
 		sess->flags |= SESSION_F_TLS;

@@ -19,6 +19,19 @@
 /* in the order of enum bare_lf_policy */
 static const char *const bare_lf_policies[] = { "reject", "accept", NULL };
 
+/* Networks: "192.0.2.0/24", "2001:db8::/32", one address. */
+static char *
+smtp_valid_networks(const char *const *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct net_cidr c;
+		const char *err;
+		if (net_cidr_parse(v[i], &c, &err) < 0)
+			return xasprintf("xclient_trusted = {... \"%s\" ...}: %s", v[i], err);
+	}
+	return NULL;
+}
+
 #define OFF(field) offsetof(struct smtp_settings, field)
 
 static const struct setting_def smtp_rows[] = {
@@ -30,6 +43,9 @@ static const struct setting_def smtp_rows[] = {
 	  "message with a bare LF: reject (550 5.6.0 at end of DATA) or accept",
 	  .choices = bare_lf_policies },
 
+	{ NULL, "xclient_trusted", SETTING_STRLIST, "{}", 0, 0, OFF(xclient_trusted), 0,
+	  "networks (MTAs in front of mxguard) that may name the real client with XCLIENT",
+	  .valid = smtp_valid_networks },
 	{ "limits", "line_max", SETTING_INT, "1000", 512, 65536, OFF(line_max), 0,
 	  "SMTP command line length in octets, CRLF included", NULL, NULL },
 	{ "limits", "recipients_max", SETTING_INT, "100", 100, 100000, OFF(recipients_max), 0,

@@ -105,7 +105,8 @@ class ConfigCheck(DaemonTestCase):
         with open(conf) as f:
             text = f.read()
         listeners = re.findall(r'^listen (\w+) \{\n\taddress = "([^"]+)"\n'
-                               r'(?:\tprotocol = "smtp"\n)?\ttls = "(\w+)"\n\}', text, re.M)
+                               r'(?:\tprotocol = "smtp"\n)?\ttls = "(\w+)"\n(?:\t[^\n]*\n)*?\}',
+                               text, re.M)
         self.assertEqual(sorted(l[1:] for l in listeners),
                          [("127.0.0.1:2525", "none"), ("127.0.0.1:4465", "implicit")])
         self.assertRegex(text, r'(?m)^tls_cert = "\./var/tls/cert\.pem"$')

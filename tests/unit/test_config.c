@@ -548,6 +548,46 @@ test_default_paths(void **state)
 }
 
 /* A listen section that sets nothing gets the table's defaults. */
+/* The PROXY protocol rows of a listener: values land, proxy_protocol and
+ * proxy_trusted only together, networks parse, the timeout has bounds. */
+static void
+test_listen_proxy(void **state)
+{
+	struct mx_config *cfg;
+	char *error;
+
+	(void)state;
+	cfg = load_ok("local_domains = {\"example.test\"}\nlisten lb {\n\tproxy_protocol = \"v2\"\n"
+		      "\tproxy_trusted = {\"127.0.0.0/8\", \"::1\"}\n\tproxy_timeout = 3\n}\n");
+	const struct listen_config *l = &daemon_settings(cfg)->listeners[0];
+	assert_int_equal(l->proxy_protocol, LISTEN_PROXY_V2);
+	assert_int_equal(l->n_proxy_trusted, 2);
+	assert_string_equal(l->proxy_trusted[1], "::1");
+	assert_int_equal(l->proxy_timeout, 3);
+	config_unref(&cfg);
+	cfg = load_ok("local_domains = {\"example.test\"}\nlisten plain {\n}\n");
+	l = &daemon_settings(cfg)->listeners[0];
+	assert_int_equal(l->proxy_protocol, LISTEN_PROXY_OFF);
+	assert_int_equal(l->n_proxy_trusted, 0);
+	assert_int_equal(l->proxy_timeout, strtol(table_find("listen", "proxy_timeout")->def, NULL, 10));
+	config_unref(&cfg);
+	error = load_fail(4, "proxy_trusted", "local_domains = {\"example.test\"}\nlisten lb {\n"
+			  "\tproxy_protocol = \"any\"\n\tproxy_trusted = {\"10.0.0.0/33\"}\n}\n");
+	assert_non_null(strstr(error, "prefix length out of range"));
+	free(error);
+	error = load_fail(0, NULL, "local_domains = {\"example.test\"}\nlisten lb {\n"
+			  "\tproxy_protocol = \"v1\"\n}\n");
+	assert_non_null(strstr(error, "proxy_protocol and proxy_trusted go together"));
+	free(error);
+	for (int k = 0; k < 2; k++) {
+		char *text = xasprintf("local_domains = {\"example.test\"}\nlisten lb {\n"
+				       "\tproxy_timeout = %d\n}\n", k == 0 ? 0 : 301);
+		error = load_fail(3, "proxy_timeout", "%s", text);
+		free(error);
+		free(text);
+	}
+}
+
 static void
 test_listen_defaults(void **state)
 {
@@ -611,7 +651,8 @@ test_int_bounds(void **state)
 
 		if (s->type != SETTING_INT || (s->min == 0 && s->max == 0))
 			continue;
-		assert_false(is_listen_row(s));
+		if (is_listen_row(s))
+			continue; /* see test_listen_proxy */
 		assert_true(s->min <= strtol(s->def, NULL, 10));
 		assert_true(strtol(s->def, NULL, 10) <= s->max);
 		n_bounded++;
@@ -1470,6 +1511,7 @@ main(void)
 		cmocka_unit_test(test_relative_paths),
 		cmocka_unit_test(test_local_domains),
 		cmocka_unit_test(test_several_listeners),
+		cmocka_unit_test(test_listen_proxy),
 		cmocka_unit_test(test_listener_overlap),
 		cmocka_unit_test(test_setting_lines),
 		cmocka_unit_test(test_tls_context_errors),

@@ -27,7 +27,7 @@ static const struct {
 	{ SMTP_VERB_HELP, "HELP" }, { SMTP_VERB_VRFY, "VRFY" },
 	{ SMTP_VERB_EXPN, "EXPN" }, { SMTP_VERB_STARTTLS, "STARTTLS" },
 	{ SMTP_VERB_AUTH, "AUTH" }, { SMTP_VERB_BDAT, "BDAT" },
-	{ SMTP_VERB_TURN, "TURN" }, { SMTP_VERB_ETRN, "ETRN" },
+	{ SMTP_VERB_TURN, "TURN" }, { SMTP_VERB_ETRN, "ETRN" }, { SMTP_VERB_XCLIENT, "XCLIENT" },
 };
 
 static int parse_cmd(const char *line, struct smtp_command *cmd)
