@@ -5,7 +5,7 @@
  *   dnsbl {
  *       resolvers = {"127.0.0.1:53"}   # default: /etc/resolv.conf
  *       dns_timeout = 2000             # ms: the deadline of one phase's lookups
- *       reject_score = 10              # sum of the stage's scores that refuses
+ *       threshold = 10                 # the sum of the stage's scores that refuses
  *       list "zen" {
  *           zone = "zen.spamhaus.org"
  *           type = "ip"                # ip | helo | sender | from | uri
@@ -32,7 +32,7 @@
  * header names every list that hit with the answer and what was looked up.
  * A list with action reject or tempfail refuses outright (554/550 5.7.1 or
  * 451 4.7.1 with reject_text) and the sum of the stage's scores reaching
- * reject_score refuses too — both at the phase of the lookup, or at RCPT
+ * threshold refuses too — both at the phase of the lookup, or at RCPT
  * when reject_at = "rcpt" (as postscreen at connect, or Postfix's
  * reject_rbl_client at RCPT, which logs the sender and recipient).
  *
@@ -108,7 +108,7 @@ struct dnsbl_stage {
 	char **resolvers;
 	size_t n_resolvers;
 	long dns_timeout;        /* ms */
-	double reject_score;     /* 0: never */
+	double threshold;        /* 0: never */
 	enum dnsbl_when reject_at;
 	char *reject_text;
 	long cache_size, min_ttl, max_ttl, negative_ttl, recheck_interval, uri_max;
@@ -193,7 +193,7 @@ static cfg_opt_t dnsbl_list_opts[] = {
 static cfg_opt_t dnsbl_opts[] = {
 	CFG_STR_LIST("resolvers", "{}", CFGF_NONE),
 	CFG_INT("dns_timeout", 2000, CFGF_NONE),
-	CFG_FLOAT("reject_score", 0, CFGF_NONE),
+	CFG_FLOAT("threshold", 0, CFGF_NONE),
 	CFG_STR("reject_at", "connect", CFGF_NONE),
 	CFG_STR("reject_text", "Service unavailable; %a blocked using %l", CFGF_NONE),
 	CFG_INT("cache_size", 4096, CFGF_NONE),
@@ -330,7 +330,7 @@ dnsbl_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, c
 	st->negative_ttl = cfg_getint(section, "negative_ttl");
 	st->recheck_interval = cfg_getint(section, "recheck_interval");
 	st->uri_max = cfg_getint(section, "uri_max");
-	st->reject_score = cfg_getfloat(section, "reject_score");
+	st->threshold = cfg_getfloat(section, "threshold");
 	st->rdns = cfg_getbool(section, "rdns");
 	st->header = cfg_getbool(section, "header");
 	st->rdns_none_score = cfg_getfloat(section, "rdns_none_score");
@@ -760,8 +760,8 @@ dnsbl_check_threshold(const struct dnsbl_stage *st, struct stage_call *call, con
 {
 	char names[200], text[256];
 
-	if (st->reject_score <= 0 || call->result.verdict != VERDICT_CONTINUE ||
-	    dnsbl_stage_sum(st, call->fx) < st->reject_score)
+	if (st->threshold <= 0 || call->result.verdict != VERDICT_CONTINUE ||
+	    dnsbl_stage_sum(st, call->fx) < st->threshold)
 		return;
 	dnsbl_hit_names(st, call->fx, names, sizeof(names));
 	dnslist_format(st->reject_text, names, "", what, text, sizeof(text));

@@ -239,8 +239,10 @@ dnslist_filter_parse(const char *text, double def_score, struct dnslist_filter *
 	}
 	if (n == 1 && text[0] == '*') {
 		f->kind = DNSLIST_ANY;
+		/* 127.255.255.x are error codes (Spamhaus: a refused
+		 * resolver, a wrong zone), never listings */
 		f->lo = 0x7f000000u;
-		f->hi = 0x7fffffffu;
+		f->hi = 0x7ffffeffu;
 		return 0;
 	}
 	if (n > 1 && text[0] == '&') {

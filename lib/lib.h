@@ -341,7 +341,9 @@ int dnslist_registered_domain(const char *host, char *out);
  *   ADDR-ADDR      an inclusive range ("127.0.0.2-127.0.0.11")
  *   &MASK          any 127.0.0.x whose last octet has a bit of MASK set
  *                  (SURBL/URIBL style bitmasks, decimal or 0x hex: "&0x04")
- *   *              any address in 127.0.0.0/8
+ *   *              any address in 127.0.0.0/8 but 127.255.255.0/24 (the
+ *                  error codes: Spamhaus answers 127.255.255.254 to a
+ *                  public resolver)
  * optionally followed by "=SCORE" (else the list's score). A filter counts
  * once when any record of the answer matches it; a list's score is the sum
  * of its matching filters' (postscreen's site=filter*weight, each entry

@@ -11,7 +11,7 @@ is a real connection whose address the daemon reads from the socket:
   several return codes (each answer filter counted once), a range, an
   allowlist with a negative score; a list with action = reject (554 at
   connect, or 550 at RCPT with reject_at = "rcpt"); the sum of scores over
-  reject_score refuses at connect;
+  the threshold refuses at connect;
 - a zone that lists everything (redirect): disabled with a loud log line,
   never scored; a zone that never answers and one that answers SERVFAIL:
   skipped at the deadline, mail goes on;
@@ -132,7 +132,7 @@ LISTS = """
 
 def dnsbl_conf(port, extra="", lists=LISTS):
     return ("dnsbl {\n\tresolvers = {\"127.0.0.1:%d\"}\n\tdns_timeout = 3000\n"
-            "\treject_score = 20\n\trdns_none_score = 0.5\n\trdns_unconfirmed_score = 1.5\n"
+            "\tthreshold = 20\n\trdns_none_score = 0.5\n\trdns_unconfirmed_score = 1.5\n"
             "%s%s}\n" % (port, extra, lists))
 
 
@@ -299,7 +299,7 @@ class TestIpLists(DnsblCase):
                                              off))
 
     def test_threshold_at_connect(self):
-        # heavy 18 + testbl 3 + RDNS_NONE 0.5 >= reject_score 20
+        # heavy 18 + testbl 3 + RDNS_NONE 0.5 >= threshold 20
         with self.assertRaises(smtplib.SMTPConnectError) as cm:
             smtplib.SMTP("127.0.0.1", self.d.port, timeout=30, source_address=("127.0.0.7", 0))
         self.assertEqual(cm.exception.smtp_code, 554)

@@ -176,6 +176,10 @@ test_filters(void **state)
 	assert_int_equal(dnslist_filter_parse("*", 2, &f, &err), 0);
 	assert_true(dnslist_filter_match(&f, ip(127, 0, 0, 2)));
 	assert_true(dnslist_filter_match(&f, ip(127, 255, 0, 9)));
+	assert_true(dnslist_filter_match(&f, ip(127, 255, 254, 255)));
+	/* Spamhaus' "your resolver is refused" (and its other error codes) */
+	assert_false(dnslist_filter_match(&f, ip(127, 255, 255, 254)));
+	assert_false(dnslist_filter_match(&f, ip(127, 255, 255, 252)));
 	/* an answer outside 127/8 (a wildcard pointing at a web server) is
 	 * no listing */
 	assert_false(dnslist_filter_match(&f, ip(192, 0, 2, 1)));
