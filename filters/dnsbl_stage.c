@@ -526,6 +526,14 @@ dnsbl_answer(struct dnsbl_call *c, enum dnsbl_qkind kind, size_t idx,
 			r->state = R_LISTED;
 			r->n_addrs = v->n_addrs;
 			memcpy(r->addrs, v->addrs4, v->n_addrs * sizeof(r->addrs[0]));
+			/* in order: resolvers rotate records, the header should not */
+			for (size_t i = 1; i < r->n_addrs; i++) {
+				for (size_t k = i; k > 0 && r->addrs[k - 1] > r->addrs[k]; k--) {
+					uint32_t t = r->addrs[k];
+					r->addrs[k] = r->addrs[k - 1];
+					r->addrs[k - 1] = t;
+				}
+			}
 		} else {
 			r->state = R_CLEAR;
 		}

@@ -246,7 +246,7 @@ class TestIpLists(DnsblCase):
         self.assertIn(b"X-Spam-Score: 5.5\n", data)
         self.assertIn(b"X-Spam-Flag: YES\n", data)
         self.assertRegex(data, rb"X-Spam-Status: Yes, score=5\.5 tests=testbl,RDNS_NONE")
-        self.assertIn(b"testbl=127.0.0.4,127.0.0.2 [127.0.0.3]", data)
+        self.assertIn(b"testbl=127.0.0.2,127.0.0.4 [127.0.0.3]", data)
 
     def test_range(self):
         self.send("127.0.0.4", "listed four")
@@ -393,6 +393,36 @@ class TestFailures(DnsblCase):
         self.assertIsNotNone(skipped)
         lists = set(skipped.group(1).split(","))
         self.assertEqual(lists, {"slow:timeout", "broken:error"})
+
+
+    def test_reload_while_asking(self):
+        """SIGHUP while a connection waits on the list that never answers:
+        the connection finishes on the old pipeline (its greeting after
+        the deadline), the old loop state (resolver, queries in flight) is
+        freed on its loop, the next connection uses the new one; with the
+        sanitizer build, any leak or use after free fails the file."""
+        import signal
+        off = self.d.log_size()
+        s = socket.socket()
+        s.bind(("127.0.0.13", 0))
+        s.settimeout(30)
+        s.connect(("127.0.0.1", self.d.port))
+        self.assertIsNotNone(self.d.wait_log(r"connect client=127\.0\.0\.13 ", off))
+        self.d.signal(signal.SIGHUP)
+        self.assertIsNotNone(self.d.wait_log(r"reloaded configuration from", off, timeout=30),
+                             self.d.log_tail())
+        greeting = b""
+        while not greeting.endswith(b"\n"):
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            greeting += chunk
+        self.assertTrue(greeting.startswith(b"220 "), greeting)
+        s.sendall(b"QUIT\r\n")
+        s.recv(1024)
+        s.close()
+        self.send("127.0.0.2", "after reload")
+        self.assertIn(b"X-Spam-Score: 3.5\n", self.stored("after reload"))
 
 
 class TestRejectAtRcpt(DnsblCase):

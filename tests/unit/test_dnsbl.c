@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "filters/filters.h"
 #include "lib/lib.h"
 
 static void
@@ -319,6 +320,30 @@ test_cache(void **state)
 	dnscache_free(&c);
 }
 
+/* The reverse DNS a connect-phase stage hands back rides in the
+ * accumulator, and every transaction's clone keeps it. */
+static void
+test_rdns_in_filter_tx(void **state)
+{
+	struct filter_tx *fx = filter_tx_new(), *clone;
+	const char *name;
+
+	(void)state;
+	assert_int_equal(filter_tx_rdns(fx, &name), RDNS_UNKNOWN);
+	assert_string_equal(name, "");
+	filter_tx_set_rdns(fx, "mail.example.org", RDNS_CONFIRMED);
+	clone = filter_tx_clone(fx);
+	filter_tx_set_rdns(fx, NULL, RDNS_NONE);
+	assert_int_equal(filter_tx_rdns(fx, &name), RDNS_NONE);
+	assert_string_equal(name, "");
+	assert_int_equal(filter_tx_rdns(clone, &name), RDNS_CONFIRMED);
+	assert_string_equal(name, "mail.example.org");
+	assert_string_equal(rdns_status_name(RDNS_UNCONFIRMED), "unconfirmed");
+	assert_string_equal(rdns_status_name(RDNS_TEMPFAIL), "tempfail");
+	filter_tx_free(&clone);
+	filter_tx_free(&fx);
+}
+
 int
 main(void)
 {
@@ -330,6 +355,7 @@ main(void)
 		cmocka_unit_test(test_score),
 		cmocka_unit_test(test_format),
 		cmocka_unit_test(test_cache),
+		cmocka_unit_test(test_rdns_in_filter_tx),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
