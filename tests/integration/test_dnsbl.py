@@ -147,6 +147,11 @@ class DnsblCase(unittest.TestCase):
     d = None
     extra = ""
     settings = {}
+    stages = ["dnsbl"]
+
+    @classmethod
+    def more_conf(cls):
+        return ""
 
     @classmethod
     def setUpClass(cls):
@@ -156,8 +161,9 @@ class DnsblCase(unittest.TestCase):
             cls.port6 = mxtest.free_port()
             conf = dnsbl_conf(cls.dns.port, cls.extra, cls.lists())
             conf += 'listen smtp6 {\n\taddress = "[::1]:%d"\n\ttls = "none"\n}\n' % cls.port6
+            conf += cls.more_conf()
             cls.d = Daemon(settings=dict(cls.settings),
-                           pipeline={"stages": ["dnsbl"], "tag_score": 5.0},
+                           pipeline={"stages": list(cls.stages), "tag_score": 5.0},
                            extra_conf=conf)
         except Exception:
             cls.dns.stop()
@@ -423,6 +429,29 @@ class TestFailures(DnsblCase):
         s.close()
         self.send("127.0.0.2", "after reload")
         self.assertIn(b"X-Spam-Score: 3.5\n", self.stored("after reload"))
+
+
+class TestRulesSeeRdns(DnsblCase):
+    """The rdns the dnsbl stage found at connect reaches the rules stage at
+    DATA (filter_msg.client_rdns): `rdns NAME /re/` matches the confirmed
+    name, and "" when there is none."""
+    stages = ["dnsbl", "rules"]
+
+    @classmethod
+    def more_conf(cls):
+        path = os.path.join(cls.dns.dir, "rdns.cf")
+        with open(path, "w") as f:
+            f.write("rdns RDNS_OK5 /^ok5\\.rdns\\.test$/\nscore RDNS_OK5 0.25\n"
+                    "rdns RDNS_EMPTY /^$/\nscore RDNS_EMPTY 0.75\n")
+        return 'rules {\n\tfiles = {"%s"}\n}\n' % path
+
+    def test_rules_see_rdns(self):
+        self.send("127.0.0.5", "rules five")
+        self.assertEqual(self.hits(self.tx_line("rules five")), {"RDNS_OK5"})
+        # unconfirmed: no name for the rules
+        self.send("127.0.0.11", "rules eleven")
+        self.assertEqual(self.hits(self.tx_line("rules eleven")),
+                         {"RDNS_UNCONFIRMED", "RDNS_EMPTY"})
 
 
 class TestRejectAtRcpt(DnsblCase):
