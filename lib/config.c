@@ -196,6 +196,45 @@ config_settings(size_t *n_r, const struct settings_module ***module_r)
 	return rl.rows;
 }
 
+/* A stage section's options for --settings: "stage.option", and the
+ * options of a section inside it (dnsbl's "list NAME { }") as
+ * "stage.list.option". */
+static void
+config_print_section_opts(FILE *f, const char *prefix, const cfg_opt_t *opts)
+{
+	for (const cfg_opt_t *o = opts; o != NULL && o->name != NULL; o++) {
+		char name[96], def[64];
+		const char *type = "?";
+		if (o->type == CFGT_SEC) {
+			snprintf(name, sizeof(name), "%s.%s", prefix, o->name);
+			config_print_section_opts(f, name, o->subopts);
+			continue;
+		}
+		if (o->flags & CFGF_LIST) {
+			type = "list";
+			snprintf(def, sizeof(def), "%s", o->def.parsed != NULL ? o->def.parsed : "{}");
+		} else if (o->type == CFGT_INT) {
+			type = "int";
+			snprintf(def, sizeof(def), "%ld", o->def.number);
+		} else if (o->type == CFGT_FLOAT) {
+			type = "float";
+			snprintf(def, sizeof(def), "%g", o->def.fpnumber);
+		} else if (o->type == CFGT_BOOL) {
+			type = "bool";
+			snprintf(def, sizeof(def), "%s", o->def.boolean ? "true" : "false");
+		} else if (o->type == CFGT_STR) {
+			type = "string";
+			snprintf(def, sizeof(def), "%s",
+				 o->def.string != NULL && o->def.string[0] ? o->def.string : "\"\"");
+		} else {
+			continue;
+		}
+		snprintf(name, sizeof(name), "%s.%s", prefix, o->name);
+		fprintf(f, "%-32s %-6s default=%s  # stage option: mxguard.conf(5), STAGE SECTIONS\n",
+			name, type, def);
+	}
+}
+
 void
 config_print_settings(FILE *f)
 {
@@ -220,34 +259,8 @@ config_print_settings(FILE *f)
 	free(rows);
 	/* the stages' own sections (config_register_section): their options,
 	 * documented in mxguard.conf(5) under STAGE SECTIONS */
-	for (size_t i = 0; i < n_registered; i++) {
-		for (const cfg_opt_t *o = registered[i].opts; o != NULL && o->name != NULL; o++) {
-			char name[96], def[64];
-			const char *type = "?";
-			if (o->flags & CFGF_LIST) {
-				type = "list";
-				snprintf(def, sizeof(def), "%s", o->def.parsed != NULL ? o->def.parsed : "{}");
-			} else if (o->type == CFGT_INT) {
-				type = "int";
-				snprintf(def, sizeof(def), "%ld", o->def.number);
-			} else if (o->type == CFGT_FLOAT) {
-				type = "float";
-				snprintf(def, sizeof(def), "%g", o->def.fpnumber);
-			} else if (o->type == CFGT_BOOL) {
-				type = "bool";
-				snprintf(def, sizeof(def), "%s", o->def.boolean ? "true" : "false");
-			} else if (o->type == CFGT_STR) {
-				type = "string";
-				snprintf(def, sizeof(def), "%s",
-					 o->def.string != NULL && o->def.string[0] ? o->def.string : "\"\"");
-			} else {
-				continue;
-			}
-			snprintf(name, sizeof(name), "%s.%s", registered[i].name, o->name);
-			fprintf(f, "%-32s %-6s default=%s  # stage option: mxguard.conf(5), STAGE SECTIONS\n",
-				name, type, def);
-		}
-	}
+	for (size_t i = 0; i < n_registered; i++)
+		config_print_section_opts(f, registered[i].name, registered[i].opts);
 }
 
 /* ------------------------------------------------------------- parsing */
