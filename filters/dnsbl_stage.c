@@ -313,7 +313,6 @@ dnsbl_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, c
 	};
 	int k;
 
-	(void)cfg;
 	for (size_t i = 0; i < N_ELEMENTS(bounds); i++) {
 		long v = cfg_getint(section, bounds[i].name);
 		if (v < bounds[i].min || v > bounds[i].max) {
@@ -343,6 +342,16 @@ dnsbl_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, c
 		return -1;
 	}
 	st->reject_at = (enum dnsbl_when)k;
+	/* the pipeline's limit must not cut the deadline short: the lists
+	 * that did answer would be lost with those that did not */
+	long stage_timeout = cfg_getint(section, "timeout") > 0 ? cfg_getint(section, "timeout") :
+		pipeline_settings(cfg)->stage_timeout;
+	if (st->dns_timeout >= stage_timeout) {
+		*error_r = xasprintf("dnsbl: dns_timeout (%ld ms) must be below the stage's timeout "
+				     "(%ld ms)", st->dns_timeout, stage_timeout);
+		dnsbl_free(st);
+		return -1;
+	}
 	if (st->min_ttl > st->max_ttl) {
 		*error_r = xstrdup("dnsbl: min_ttl must not be above max_ttl");
 		dnsbl_free(st);

@@ -29,6 +29,7 @@ import os
 import re
 import smtplib
 import socket
+import subprocess
 import time
 import unittest
 
@@ -479,6 +480,35 @@ class TestRejectAtRcpt(DnsblCase):
             self.assertIn(b"heavy", text)
         finally:
             s.quit()
+
+
+class TestConfigErrors(unittest.TestCase):
+    """A dnsbl section that cannot work fails `mxguard -t` with the reason."""
+
+    def check(self, section, want):
+        d = Daemon(pipeline={"stages": ["dnsbl"]}, extra_conf=section, start=False)
+        try:
+            r = subprocess.run([mxtest.MXGUARD, "-t", "-c", d.conf], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True,
+                               timeout=30, cwd=d.dir)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(want, r.stdout)
+        finally:
+            d.cleanup()
+
+    def test_errors(self):
+        self.check('dnsbl {\n\tlist "x" {\n\t\tzone = "bad_zone.test"\n\t}\n}\n',
+                   'list "x": zone "bad_zone.test" is not a domain name')
+        self.check('dnsbl {\n\tlist "x" {\n\t\tzone = "bl.test"\n\t\ttype = "asn"\n\t}\n}\n',
+                   "type must be ip, helo, sender, from or uri")
+        self.check('dnsbl {\n\tlist "x" {\n\t\tzone = "bl.test"\n'
+                   '\t\tanswers = {"127.0.0.9-127.0.0.2"}\n\t}\n}\n',
+                   'answer filter "127.0.0.9-127.0.0.2"')
+        self.check('dnsbl {\n\tresolvers = {"dns.example"}\n}\n',
+                   'resolver "dns.example" is not ADDRESS')
+        self.check('dnsbl {\n\tdns_timeout = 5000\n\ttimeout = 4000\n}\n',
+                   "dns_timeout (5000 ms) must be below the stage's timeout (4000 ms)")
+        self.check('dnsbl {\n\treject_at = "data"\n}\n', "reject_at must be connect or rcpt")
 
 
 if __name__ == "__main__":
