@@ -23,8 +23,10 @@
  * lib/dnslist.c before it is queried. All lookups of a phase go out at once
  * and the phase waits for all of them, at most dns_timeout: a list that has
  * not answered by then (or answered SERVFAIL, REFUSED, ...) is skipped and
- * logged — a DNS list never delays mail by more than the deadline, and never
- * refuses it by failing. A late answer still fills the cache.
+ * logged — a DNS list never delays mail by more than the deadline, and
+ * never refuses it by failing, unless on_error = "tempfail" says that a
+ * skipped list must defer the client (4xx). A late answer still fills the
+ * cache.
  *
  * Results: each list that matched adds its score (filter_tx_add_score, the
  * list's name as the rule: the log line's hits=, X-Spam-Status tests=)
@@ -69,6 +71,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -398,6 +401,23 @@ dnsbl_destroy(struct stage *stage)
 
 /* -------------------------------------------------------------- loops */
 
+/* evdns's own messages ("Nameserver 192.0.2.53:53 has failed: request
+ * timed out."), into our log instead of libevent's stderr. The function is
+ * process-wide, set once. */
+static void
+dnsbl_evdns_log(int is_warning, const char *msg)
+{
+	log_msg(is_warning ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "dnsbl: evdns: %s", msg);
+}
+
+static pthread_once_t dnsbl_log_once = PTHREAD_ONCE_INIT;
+
+static void
+dnsbl_log_init(void)
+{
+	evdns_set_log_fn(dnsbl_evdns_log);
+}
+
 static int
 dnsbl_loop_init(struct stage *stage, const struct stage_env *env, void **loop_data_r,
 		char **error_r)
@@ -406,6 +426,7 @@ dnsbl_loop_init(struct stage *stage, const struct stage_env *env, void **loop_da
 	struct dnsbl_loop *lp = xcalloc(1, sizeof(*lp));
 	char val[32];
 
+	pthread_once(&dnsbl_log_once, dnsbl_log_init);
 	lp->base = env->base;
 	lp->dns = evdns_base_new(env->base, 0);
 	if (lp->dns == NULL) {
@@ -785,7 +806,7 @@ dnsbl_check_threshold(const struct dnsbl_stage *st, struct stage_call *call, con
 	dnsbl_set_verdict(call, VERDICT_REJECT, text);
 }
 
-static void
+static bool
 dnsbl_log_skipped(const struct dnsbl_call *c, const struct stage_call *call)
 {
 	char buf[512];
@@ -808,11 +829,13 @@ dnsbl_log_skipped(const struct dnsbl_call *c, const struct stage_call *call)
 		log_msg(LOG_LEVEL_INFO, "%s dnsbl skipped phase=%s lists=%s",
 			call->msg->session_id != NULL ? call->msg->session_id : "-",
 			phase_name(c->phase), buf);
+	return o > 0;
 }
 
 /* Count what came back (everything, or what came by the deadline) into
- * the transaction and the call's result. */
-static void
+ * the transaction and the call's result. CHECK_FAILED when a list was
+ * skipped and on_error = "tempfail" (and no list refused outright). */
+static enum check_status
 dnsbl_finish(struct dnsbl_call *c, struct stage_call *call)
 {
 	const struct dnsbl_stage *st = c->st;
@@ -820,7 +843,7 @@ dnsbl_finish(struct dnsbl_call *c, struct stage_call *call)
 
 	memset(&call->result, 0, sizeof(call->result));
 	call->result.verdict = VERDICT_CONTINUE;
-	dnsbl_log_skipped(c, call);
+	bool skipped = dnsbl_log_skipped(c, call);
 	/* each list once: its best subject */
 	for (size_t li = 0; li < st->n_lists; li++) {
 		const struct dnsbl_list *l = &st->lists[li];
@@ -904,6 +927,8 @@ dnsbl_finish(struct dnsbl_call *c, struct stage_call *call)
 			filter_tx_add_header(call->fx, "X-Spam-DNSBL", value);
 		free(value);
 	}
+	return skipped && st->hdr.on_error == ON_ERROR_TEMPFAIL &&
+		call->result.verdict == VERDICT_CONTINUE ? CHECK_FAILED : CHECK_DONE;
 }
 
 static void
@@ -912,10 +937,10 @@ dnsbl_finish_async(struct dnsbl_call *c)
 	struct stage_call *call = stage_call_find(c->call_id);
 
 	if (call != NULL && call->stage_data == c) {
-		dnsbl_finish(c, call);
+		enum check_status status = dnsbl_finish(c, call);
 		call->stage_data = NULL;
 		dnsbl_call_free(c);
-		stage_call_done(call, CHECK_DONE);
+		stage_call_done(call, status);
 		return;
 	}
 	/* the call is gone without a cancel: cannot happen, but never leak */
@@ -998,9 +1023,9 @@ dnsbl_issued(struct dnsbl_call *c, struct stage_call *call)
 {
 	c->issuing = false;
 	if (c->pending == 0) {
-		dnsbl_finish(c, call);
+		enum check_status status = dnsbl_finish(c, call);
 		dnsbl_call_free(c);
-		return CHECK_DONE;
+		return status;
 	}
 	struct timeval tv = { .tv_sec = c->st->dns_timeout / 1000,
 			      .tv_usec = (c->st->dns_timeout % 1000) * 1000 };
@@ -1147,8 +1172,9 @@ dnsbl_job_done(struct stage_call *call, void *arg)
 		struct dnsbl_call *c = dnsbl_call_new(j->st, call);
 		dnsbl_add_subjects(c, DNSBL_FROM, j->from, j->n_from);
 		dnsbl_add_subjects(c, DNSBL_URI, j->uris, j->n_uris);
-		if (dnsbl_issued(c, call) == CHECK_DONE)
-			stage_call_done(call, CHECK_DONE);
+		enum check_status status = dnsbl_issued(c, call);
+		if (status != CHECK_PENDING)
+			stage_call_done(call, status);
 	}
 	dnsbl_job_free(j);
 }

@@ -432,6 +432,33 @@ class TestFailures(DnsblCase):
         self.assertIn(b"X-Spam-Score: 3.5\n", self.stored("after reload"))
 
 
+class TestFailuresTempfail(DnsblCase):
+    """on_error = "tempfail": a list that did not answer defers the client
+    (a HELO list here, so that the harness's own probe at connect passes)."""
+    extra = '\ton_error = "tempfail"\n'
+
+    @classmethod
+    def lists(cls):
+        return """
+	list "testbl" {
+		zone = "bl.test"
+	}
+	list "slowhelo" {
+		zone = "slow.test"
+		type = "helo"
+	}
+"""
+
+    def test_tempfail(self):
+        s = smtplib.SMTP("127.0.0.1", self.d.port, timeout=30, source_address=("127.0.0.2", 0))
+        try:
+            code, text = s.ehlo("client.example.org")
+            self.assertEqual(code, 451)
+            self.assertIn(b"dnsbl temporarily unavailable", text)
+        finally:
+            s.close()
+
+
 class TestRulesSeeRdns(DnsblCase):
     """The rdns the dnsbl stage found at connect reaches the rules stage at
     DATA (filter_msg.client_rdns): `rdns NAME /re/` matches the confirmed
