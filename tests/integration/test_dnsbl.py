@@ -22,7 +22,9 @@ is a real connection whose address the daemon reads from the socket:
 - reverse DNS: forward-confirmed (in Received: and the log), a PTR that does
   not resolve back, no PTR, each scored as configured; IPv6 too;
 - the cache: a second connection from the same address asks nothing
-  (unbound logs every query it gets).
+  (unbound logs every query it gets);
+- on_error = "tempfail", a reload while a lookup waits, the rules stage
+  seeing the rDNS, many clients at once over both loops, config errors.
 """
 
 import os
@@ -333,6 +335,37 @@ class TestIpLists(DnsblCase):
 
 
 TestIpLists.settings = {"threads": 1}
+
+
+class TestParallel(DnsblCase):
+    """Clients from many addresses at once, over both loops: every lookup
+    finds its own connection (the answers differ per address), the lists'
+    shared health and each loop's cache hold up."""
+
+    def test_parallel(self):
+        import threading
+        want = {"127.0.0.2": b"3.5", "127.0.0.3": b"5.5", "127.0.0.4": b"1.5",
+                "127.0.0.5": b"0.0", "127.0.0.8": b"-1.5", "127.0.0.11": b"1.5",
+                "127.0.0.9": b"0.5", "127.0.0.12": b"0.5"}
+        errors = []
+
+        def client(src, n):
+            try:
+                self.send(src, "par %s %d" % (src, n))
+            except Exception as e:  # reported below
+                errors.append("%s: %r" % (src, e))
+
+        threads = [threading.Thread(target=client, args=(src, n))
+                   for n in range(3) for src in want]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        for src, score in want.items():
+            for n in range(3):
+                data = self.stored("par %s %d" % (src, n))
+                self.assertIn(b"X-Spam-Score: " + score + b"\n", data, src)
 
 
 class TestNameLists(DnsblCase):
