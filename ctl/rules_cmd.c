@@ -3,7 +3,7 @@
  *
  *   mxguardctl [-c CONFIG] rules lint FILE...
  *   mxguardctl [-c CONFIG] rules test [-r FILE]... [--summary] [--list-loaded]
- *              [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] MESSAGE...
+ *              [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME] MESSAGE...
  *
  * lint compiles the files the way the daemon does and prints every error
  * and warning as "file:line:col: error|warning: message"; it exits 1 when
@@ -36,7 +36,7 @@ rules_usage(const char *what)
 	fprintf(stderr, "mxguardctl: rules: %s\n"
 		"usage: mxguardctl [-c CONFIG] rules lint FILE...\n"
 		"       mxguardctl [-c CONFIG] rules test [-r FILE]... [--summary] [--list-loaded]\n"
-		"                  [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] MESSAGE...\n",
+		"                  [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME] MESSAGE...\n",
 		what);
 	return 2;
 }
@@ -138,7 +138,7 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 	size_t n_files = 0;
 	const char **rcpts = NULL;
 	size_t n_rcpts = 0;
-	const char *from = "", *helo = "", *client = "";
+	const char *from = "", *helo = "", *client = "", *rdns = "";
 	bool summary = false, list_loaded = false;
 	double th[3] = { 5.0, 8.0, 15.0 };
 	int i;
@@ -162,6 +162,8 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 			helo = argv[++i];
 		} else if (strcmp(a, "--client") == 0 && has_next) {
 			client = argv[++i];
+		} else if (strcmp(a, "--rdns") == 0 && has_next) {
+			rdns = argv[++i];
 		} else if (a[0] == '-' && a[1] != '\0') {
 			free(files);
 			free(rcpts);
@@ -230,7 +232,7 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 	size_t n_msgs = 0;
 	const struct rules_envelope env = {
 		.mail_from = from, .rcpts = rcpts, .n_rcpts = n_rcpts, .helo = helo,
-		.client_addr = client,
+		.client_addr = client, .client_rdns = rdns,
 	};
 	for (; i < argc; i++) {
 		size_t len = 0;

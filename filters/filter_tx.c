@@ -55,6 +55,8 @@ struct filter_tx {
 	struct filter_refusal *refusals;
 	size_t n_refusals, cap_refusals;
 	const char *stage_now; /* whose side effects these are; NULL: pipeline */
+	char *rdns;            /* NULL: none */
+	enum rdns_status rdns_status;
 };
 
 /* RFC 5322 2.1.1: at most 998 octets per line, 78 recommended. */
@@ -87,6 +89,8 @@ struct filter_tx *filter_tx_clone(const struct filter_tx *src)
 	struct filter_tx *fx = filter_tx_new();
 
 	fx->score = src->score;
+	fx->rdns = filter_tx_strdup_or_null(src->rdns);
+	fx->rdns_status = src->rdns_status;
 	for (size_t i = 0; i < src->n_hits; i++) {
 		const struct filter_hit *h = &src->hits[i];
 
@@ -150,11 +154,38 @@ void filter_tx_free(struct filter_tx **fxp)
 		free((char *)fx->refusals[i].stage);
 		free((char *)fx->refusals[i].name);
 	}
+	free(fx->rdns);
 	free(fx->refusals);
 	free(fx->hits);
 	free(fx->headers);
 	free(fx->log);
 	free(fx);
+}
+
+void filter_tx_set_rdns(struct filter_tx *fx, const char *name, enum rdns_status st)
+{
+	free(fx->rdns);
+	fx->rdns = name != NULL && name[0] != '\0' ? xstrdup(name) : NULL;
+	fx->rdns_status = st;
+}
+
+enum rdns_status filter_tx_rdns(const struct filter_tx *fx, const char **name_r)
+{
+	if (name_r != NULL)
+		*name_r = fx->rdns != NULL ? fx->rdns : "";
+	return fx->rdns_status;
+}
+
+const char *rdns_status_name(enum rdns_status st)
+{
+	switch (st) {
+	case RDNS_UNKNOWN: return "unknown";
+	case RDNS_CONFIRMED: return "confirmed";
+	case RDNS_UNCONFIRMED: return "unconfirmed";
+	case RDNS_NONE: return "none";
+	case RDNS_TEMPFAIL: return "tempfail";
+	}
+	return "unknown";
 }
 
 void filter_tx_add_score(struct filter_tx *fx, const char *stage, const char *rule,

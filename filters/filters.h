@@ -88,6 +88,17 @@ struct filter_result {
 	char text[256];
 };
 
+/* The client's reverse DNS, forward-confirmed (PTR, then A/AAAA of that
+ * name must contain the address), as the dnsbl stage found it at connect. */
+enum rdns_status {
+	RDNS_UNKNOWN = 0,  /* not looked up (no dnsbl stage, or rdns = false) */
+	RDNS_CONFIRMED,    /* the PTR name resolves back to the address */
+	RDNS_UNCONFIRMED,  /* a PTR name that does not (or is not a valid name) */
+	RDNS_NONE,         /* no PTR record (NXDOMAIN, no data) */
+	RDNS_TEMPFAIL,     /* no answer in time, SERVFAIL, ... */
+};
+const char *rdns_status_name(enum rdns_status st);
+
 /* What stages see of the session and transaction. Owned by the caller and
  * valid until the pipeline run finishes or is cancelled. */
 struct filter_msg {
@@ -95,6 +106,11 @@ struct filter_msg {
 	const char *session_id;
 	const char *client_addr;   /* numeric IP text */
 	unsigned client_port;
+	/* from the connect phase on (filter_tx_set_rdns): the PTR name ("" when
+	 * none; only trust it when client_rdns_status is RDNS_CONFIRMED). The
+	 * connect phase's own stages see RDNS_UNKNOWN. */
+	const char *client_rdns;
+	enum rdns_status client_rdns_status;
 	const char *helo;          /* NULL before HELO/EHLO */
 	bool tls;
 	const char *mail_from;     /* "" for <>, NULL before MAIL */
@@ -160,6 +176,11 @@ int filter_tx_add_header(struct filter_tx *fx, const char *name, const char *val
  * pipeline's own). The string must outlive its use (stage names do). */
 void filter_tx_set_stage(struct filter_tx *fx, const char *stage);
 size_t filter_tx_refusals(const struct filter_tx *fx, const struct filter_refusal **r);
+/* The client's reverse DNS, found by a connect-phase stage (dnsbl): the
+ * session reads it after the connect phase into its filter_msg and the
+ * Received: header. name is copied ("" or NULL for none). Cloned with fx. */
+void filter_tx_set_rdns(struct filter_tx *fx, const char *name, enum rdns_status st);
+enum rdns_status filter_tx_rdns(const struct filter_tx *fx, const char **name_r);
 double filter_tx_score(const struct filter_tx *fx);
 size_t filter_tx_hits(const struct filter_tx *fx, const struct filter_hit **hits_r);
 size_t filter_tx_headers(const struct filter_tx *fx, const struct filter_header **hdrs_r);

@@ -34,11 +34,13 @@
 extern const struct stage_ops rules_stage_ops;
 extern const struct stage_ops clamav_stage_ops;
 extern const struct stage_ops ratelimit_stage_ops;
+extern const struct stage_ops dnsbl_stage_ops;
 
 static const struct stage_ops *const stage_table[] = {
 	&rules_stage_ops,
 	&clamav_stage_ops,
 	&ratelimit_stage_ops,
+	&dnsbl_stage_ops,
 	NULL /* end of table */
 };
 

@@ -36,7 +36,7 @@ struct rules_stage {
 struct rules_job {
 	const struct rules_stage *st;
 	struct msgbody *body;      /* the job's reference is the pipeline's */
-	char *mail_from, *helo, *client_addr;
+	char *mail_from, *helo, *client_addr, *client_rdns;
 	char **rcpts;
 	size_t n_rcpts;
 	struct rules_result res;
@@ -119,6 +119,7 @@ rules_job_free(struct rules_job *j)
 	free(j->mail_from);
 	free(j->helo);
 	free(j->client_addr);
+	free(j->client_rdns);
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		free(j->rcpts[i]);
 	free(j->rcpts);
@@ -134,6 +135,7 @@ rules_work(void *arg)
 	const struct rules_envelope env = {
 		.mail_from = j->mail_from, .rcpts = (const char *const *)j->rcpts,
 		.n_rcpts = j->n_rcpts, .helo = j->helo, .client_addr = j->client_addr,
+		.client_rdns = j->client_rdns,
 	};
 
 	j->no_text = t == NULL;
@@ -180,6 +182,8 @@ rules_check(struct stage *stage, struct stage_call *call)
 	j->mail_from = xstrdup(msg->mail_from != NULL ? msg->mail_from : "");
 	j->helo = xstrdup(msg->helo != NULL ? msg->helo : "");
 	j->client_addr = xstrdup(msg->client_addr != NULL ? msg->client_addr : "");
+	j->client_rdns = xstrdup(msg->client_rdns_status == RDNS_CONFIRMED &&
+				 msg->client_rdns != NULL ? msg->client_rdns : "");
 	j->rcpts = xcalloc(msg->n_rcpts + 1, sizeof(*j->rcpts));
 	for (size_t i = 0; i < msg->n_rcpts; i++)
 		j->rcpts[i] = xstrdup(msg->rcpts[i]);

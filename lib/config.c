@@ -196,16 +196,20 @@ config_settings(size_t *n_r, const struct settings_module ***module_r)
 	return rl.rows;
 }
 
-/* One stage section's options as "prefix.name", and those of the sections
- * inside it ("ratelimit.limit.count") after them. */
+/* A stage section's options for --settings: "stage.option", and the
+ * options of a section inside it (dnsbl's "list NAME { }") as
+ * "stage.list.option". */
 static void
-config_print_section(FILE *f, const char *prefix, const cfg_opt_t *opts)
+config_print_section_opts(FILE *f, const char *prefix, const cfg_opt_t *opts)
 {
 	for (const cfg_opt_t *o = opts; o != NULL && o->name != NULL; o++) {
 		char name[96], def[64];
 		const char *type = "?";
-		if (o->type == CFGT_SEC)
+		if (o->type == CFGT_SEC) {
+			snprintf(name, sizeof(name), "%s.%s", prefix, o->name);
+			config_print_section_opts(f, name, o->subopts);
 			continue;
+		}
 		if (o->flags & CFGF_LIST) {
 			type = "list";
 			snprintf(def, sizeof(def), "%s", o->def.parsed != NULL ? o->def.parsed : "{}");
@@ -228,13 +232,6 @@ config_print_section(FILE *f, const char *prefix, const cfg_opt_t *opts)
 		snprintf(name, sizeof(name), "%s.%s", prefix, o->name);
 		fprintf(f, "%-32s %-6s default=%s  # stage option: mxguard.conf(5), STAGE SECTIONS\n",
 			name, type, def);
-	}
-	for (const cfg_opt_t *o = opts; o != NULL && o->name != NULL; o++) {
-		char name[96];
-		if (o->type != CFGT_SEC)
-			continue;
-		snprintf(name, sizeof(name), "%s.%s", prefix, o->name);
-		config_print_section(f, name, o->subopts);
 	}
 }
 
@@ -263,7 +260,7 @@ config_print_settings(FILE *f)
 	/* the stages' own sections (config_register_section): their options,
 	 * documented in mxguard.conf(5) under STAGE SECTIONS */
 	for (size_t i = 0; i < n_registered; i++)
-		config_print_section(f, registered[i].name, registered[i].opts);
+		config_print_section_opts(f, registered[i].name, registered[i].opts);
 }
 
 /* ------------------------------------------------------------- parsing */

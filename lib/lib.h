@@ -296,6 +296,111 @@ bool msg_header_next(const char *data, size_t len, const char *prefix, size_t *p
 enum clamd_result { CLAMD_CLEAN, CLAMD_FOUND, CLAMD_SIZE_LIMIT, CLAMD_ERROR };
 enum clamd_result clamd_reply_parse(const char *reply, size_t len, char *name, size_t namesz);
 
+/* -------------------------------------------------------------- DNS lists */
+/*
+ * lib/dnslist.c: the pure parts of DNS list lookups (the dnsbl stage's):
+ * query names built from hostile input, answer filters, reply templates and
+ * a bounded TTL cache with the clock passed in. No I/O, no globals.
+ *
+ * Names: a name is queried only when dnsname_normalise() accepts it: LDH
+ * labels of 1..63 octets (a hyphen neither first nor last; "_" refused),
+ * at most 253 octets in all, at least two labels, lower-cased, one trailing
+ * dot dropped. out gets at least DNSNAME_BUF octets.
+ */
+#define DNSNAME_MAX 253
+#define DNSLABEL_MAX 63
+#define DNSNAME_BUF 256
+/* out = the normalised name (DNSNAME_BUF); -1 when in is not one */
+int dnsname_normalise(const char *in, size_t len, char *out);
+/* The reversed form of a numeric address a DNSBL is asked about:
+ * "192.0.2.1" -> "1.2.0.192", an IPv6 address as 32 reversed nibbles
+ * ("b.a.9.8....0.2"), an IPv4-mapped IPv6 address as its IPv4 form.
+ * Returns 4 or 6 (the family), or -1 (not a numeric address). out has
+ * room for DNSNAME_BUF. */
+int dnslist_reverse_addr(const char *addr, char *out);
+/* subject "." zone, normalised and checked as a whole; -1 when the result
+ * is not a valid name (too long, bad labels). */
+int dnslist_query_name(const char *subject, const char *zone, char *out);
+/* The domain of an address "local@domain" (the last "@"; "" local part
+ * allowed), normalised; -1 when there is none or it is not a valid name
+ * (an address literal "[192.0.2.1]" is not). */
+int dnslist_addr_domain(const char *addr, char *out);
+/* The host of a URI as msgtext gives them ("http://user@Host:80/p",
+ * "mailto:a@b.example?x", "www.example.org/..."), normalised; -1 when
+ * there is none or it is an IP literal or not a valid name. */
+int dnslist_uri_host(const char *uri, char *out);
+/* The registered domain of a normalised host: its last two labels, or three
+ * when the last two are a known two-level public suffix (co.uk, com.au, ...:
+ * a short built-in list, not the Public Suffix List). -1 when host has a
+ * single label or is itself such a suffix. */
+int dnslist_registered_domain(const char *host, char *out);
+
+/*
+ * Answer filters: which A records of a list's answer count, and for how
+ * much. The text of one filter is
+ *   ADDR           exactly that address ("127.0.0.2")
+ *   ADDR-ADDR      an inclusive range ("127.0.0.2-127.0.0.11")
+ *   &MASK          any 127.0.0.x whose last octet has a bit of MASK set
+ *                  (SURBL/URIBL style bitmasks, decimal or 0x hex: "&0x04")
+ *   *              any address in 127.0.0.0/8 but 127.255.255.0/24 (the
+ *                  error codes: Spamhaus answers 127.255.255.254 to a
+ *                  public resolver)
+ * optionally followed by "=SCORE" (else the list's score). A filter counts
+ * once when any record of the answer matches it; a list's score is the sum
+ * of its matching filters' (postscreen's site=filter*weight, each entry
+ * counted once).
+ */
+enum dnslist_filter_kind { DNSLIST_EXACT, DNSLIST_RANGE, DNSLIST_MASK, DNSLIST_ANY };
+struct dnslist_filter {
+	enum dnslist_filter_kind kind;
+	uint32_t lo, hi;   /* host order; EXACT: lo == hi */
+	uint32_t mask;     /* MASK: bits of the last octet */
+	double score;
+};
+/* 0, or -1 with *error_r malloc'd (names the text) */
+int dnslist_filter_parse(const char *text, double def_score, struct dnslist_filter *f,
+			 char **error_r);
+bool dnslist_filter_match(const struct dnslist_filter *f, uint32_t addr);
+/* Sum of the scores of the filters any of addrs (host order) matches;
+ * *matched_r (may be NULL) the number of such filters. */
+double dnslist_score(const struct dnslist_filter *f, size_t n_f, const uint32_t *addrs,
+		     size_t n_addrs, size_t *matched_r);
+
+/* A reply text from a template: %l the list's name, %z its zone, %a what
+ * was looked up (address or domain), %% a percent sign; anything else is
+ * kept as it is. Control characters become spaces; out is always
+ * NUL-terminated within outsz (outsz > 0). */
+void dnslist_format(const char *tmpl, const char *list, const char *zone, const char *what,
+		    char *out, size_t outsz);
+
+/*
+ * The cache of answers: keyed by (query type, name), bounded to max
+ * entries (the oldest expiry goes first when full), each kept for its TTL
+ * (clamped to [min_ttl, max_ttl] by the caller). Not thread-safe: one per
+ * loop. `now` is seconds on any monotonic clock, passed in so tests can
+ * move time.
+ */
+#define DNSCACHE_ADDRS_MAX 16
+enum dnscache_status { DNSCACHE_FOUND, DNSCACHE_NONE };
+struct dnscache_value {
+	enum dnscache_status status;   /* NONE: NXDOMAIN or no records */
+	size_t n_addrs;                /* A: IPv4 in addrs4; AAAA: IPv6 in addrs6 */
+	union {
+		uint32_t addrs4[DNSCACHE_ADDRS_MAX];   /* host order */
+		uint8_t addrs6[DNSCACHE_ADDRS_MAX][16];
+		char name[DNSNAME_BUF];        /* PTR */
+	};
+};
+struct dnscache;
+struct dnscache *dnscache_new(size_t max);
+void dnscache_free(struct dnscache **c);
+/* true with *v filled when an unexpired entry is there */
+bool dnscache_get(struct dnscache *c, int qtype, const char *name, long long now,
+		  struct dnscache_value *v);
+void dnscache_put(struct dnscache *c, int qtype, const char *name,
+		  const struct dnscache_value *v, long ttl, long long now);
+size_t dnscache_count(const struct dnscache *c);
+
 /* ------------------------------------------------------------ DATA reader */
 /*
  * Incremental reader for the DATA phase: un-dot-stuffs and finds the end

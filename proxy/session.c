@@ -107,6 +107,9 @@ struct session {
 	char client_name[256];          /* the client's name (XCLIENT NAME); "" = unknown */
 	char peer_addr[64];             /* who is connected: what XCLIENT trust is judged by */
 	char login[256];                /* XCLIENT LOGIN, for the log */
+	/* the client's reverse DNS, from the connect phase (filter_tx_rdns) */
+	char rdns[256];
+	enum rdns_status rdns_status;
 	char helo[256];
 	long errors, commands, transactions;
 	struct tx *tx;
@@ -235,6 +238,8 @@ session_fill_msg(struct session *sess, struct filter_msg *msg)
 	msg->session_id = sess->id;
 	msg->client_addr = sess->client_addr;
 	msg->client_port = sess->client_port;
+	msg->client_rdns = sess->rdns;
+	msg->client_rdns_status = sess->rdns_status;
 	msg->helo = sess->helo[0] != '\0' ? sess->helo : NULL;
 	msg->tls = (sess->flags & SESSION_F_TLS) != 0;
 	if (sess->tx != NULL) {
@@ -1208,6 +1213,9 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 	size_t shown = tx->n_rcpts < TX_LOG_RCPTS ? tx->n_rcpts : TX_LOG_RCPTS;
 	size_t tolen = 32;
 	char *to;
+	/* from the transaction's own accumulator: the session may be gone */
+	const char *rdns;
+	enum rdns_status rdns_status = filter_tx_rdns(tx->fx, &rdns);
 
 	for (size_t i = 0; i < shown; i++)
 		tolen += strlen(tx->rcpts[i]) + 3;
@@ -1225,12 +1233,16 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 	log_msg(LOG_LEVEL_INFO,
 		"%s smtp tx session=%s client=%s helo=%s from=<%s> to=%s nrcpt=%zu size=%llu "
 		"msgid=%s verdict=%s action=%s score=%.1f stages=%s hits=%s result=%s dsn=%s "
-		"reason=%s delay=%.3f",
+		"reason=%s delay=%.3f%s%s%s%s",
 		tx->id, session_id, client, helo[0] ? helo : "-", tx->from, to[0] ? to : "-",
 		tx->n_rcpts, (unsigned long long)tx->smtp_size, tx->msgid,
 		verdict_name(tx->outcome.verdict), action_name(tx->outcome.action),
 		tx->outcome.score, stages && stages[0] ? stages : "-", hits && hits[0] ? hits : "-",
-		result, dsn, tx->reason[0] ? tx->reason : "-", delay);
+		result, dsn, tx->reason[0] ? tx->reason : "-", delay,
+		rdns_status != RDNS_UNKNOWN ? " rdns=" : "",
+		rdns_status != RDNS_UNKNOWN ? (rdns[0] != '\0' ? rdns : "-") : "",
+		rdns_status != RDNS_UNKNOWN ? " rdns_status=" : "",
+		rdns_status != RDNS_UNKNOWN ? rdns_status_name(rdns_status) : "");
 	free(stages);
 	free(hits);
 	free(to);
@@ -1349,13 +1361,15 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 		proto = (sess->flags & SESSION_F_TLS) ? "ESMTPS" : "ESMTP";
 	else
 		proto = (sess->flags & SESSION_F_TLS) ? "SMTPS" : "SMTP";
-	/* "from HELO (RDNS [ADDR])": the reverse name is not looked up (yet),
-	 * so it says "unknown" as Postfix does, rather than repeating the
-	 * client's own claim where readers expect the DNS; an IPv6 address is
-	 * an RFC 5321 address literal. A transaction needs a successful
-	 * HELO/EHLO, so the name is never empty. */
+	/* "from HELO (RDNS [ADDR])": the client's reverse name when the dnsbl
+	 * stage found it forward-confirmed, or the one a trusted MTA named
+	 * with XCLIENT NAME, else "unknown" as Postfix says, rather than
+	 * repeating the client's own claim where readers expect the DNS; an
+	 * IPv6 address is an RFC 5321 address literal. A transaction needs a
+	 * successful HELO/EHLO, so the name is never empty. */
 	fprintf(f, "Received: from %s (%s [%s%s])\n\tby %s (mxguard) with %s id %s",
 		sess->helo[0] != '\0' ? sess->helo : "unknown",
+		sess->rdns_status == RDNS_CONFIRMED && sess->rdns[0] != '\0' ? sess->rdns :
 		sess->client_name[0] != '\0' ? sess->client_name : "unknown",
 		strchr(sess->client_addr, ':') != NULL ? "IPv6:" : "", sess->client_addr,
 		smtp_settings(sess->st->cfg)->hostname, proto, tx->id);
@@ -1712,6 +1726,11 @@ session_greet_cont(struct session *sess, const struct pipeline_outcome *out)
 		return;
 	}
 	verdict_stick(&sess->sticky_connect, out->verdict);
+	{
+		const char *rdns;
+		sess->rdns_status = filter_tx_rdns(sess->connect_fx, &rdns);
+		str_copy(sess->rdns, rdns, sizeof(sess->rdns));
+	}
 	filter_tx_free(&sess->fx);
 	sess->fx = filter_tx_clone(sess->connect_fx);
 	session_reply(sess, "220 %s ESMTP mxguard", smtp_settings(cfg)->hostname);

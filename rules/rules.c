@@ -5,7 +5,7 @@
  * `body`, `rawbody`, `full`, `uri`, `meta`, `score`, `describe`, `tflags`,
  * `if`/`ifplugin`/`else`/`endif`, `include`, comments — and mxguard's own
  * lines for what SpamAssassin has no words for: `envfrom`, `envrcpt`,
- * `helo`, `client` (CIDR), `filename`, `mimetype` and `action`. doc/
+ * `helo`, `rdns`, `client` (CIDR), `filename`, `mimetype` and `action`. doc/
  * rules.md is the reference; what follows is how it is done.
  *
  * Loading never fails on what SpamAssassin files legitimately contain but
@@ -82,7 +82,7 @@
 enum rule_kind {
 	RK_NONE = 0, /* only score/describe/tflags seen so far */
 	RK_HEADER, RK_BODY, RK_RAWBODY, RK_FULL, RK_URI, RK_META,
-	RK_ENVFROM, RK_ENVRCPT, RK_HELO, RK_CLIENT, RK_FILENAME, RK_MIMETYPE,
+	RK_ENVFROM, RK_ENVRCPT, RK_HELO, RK_RDNS, RK_CLIENT, RK_FILENAME, RK_MIMETYPE,
 	RK_SKIPPED, /* defined by a construct we cannot run */
 };
 
@@ -1050,7 +1050,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 		{ "header", RK_HEADER }, { "body", RK_BODY }, { "rawbody", RK_RAWBODY },
 		{ "full", RK_FULL }, { "uri", RK_URI }, { "meta", RK_META },
 		{ "envfrom", RK_ENVFROM }, { "envrcpt", RK_ENVRCPT }, { "helo", RK_HELO },
-		{ "client", RK_CLIENT }, { "filename", RK_FILENAME }, { "mimetype", RK_MIMETYPE },
+		{ "rdns", RK_RDNS }, { "client", RK_CLIENT }, { "filename", RK_FILENAME }, { "mimetype", RK_MIMETYPE },
 	};
 	enum rule_kind kind = RK_NONE;
 	for (size_t i = 0; i < N_ELEMENTS(defs); i++) {
@@ -1095,6 +1095,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 	case RK_ENVFROM:
 	case RK_ENVRCPT:
 	case RK_HELO:
+	case RK_RDNS:
 	case RK_FILENAME:
 	case RK_MIMETYPE: {
 		if (strncmp(p, "eval:", 5) == 0) {
@@ -2212,8 +2213,11 @@ rules_eval(const struct rule_set *rs, const struct msgtext *t, const struct rule
 		case RK_ENVRCPT:
 			c = eval_list(&ec, r, env->rcpts, env->n_rcpts);
 			break;
-		case RK_HELO: {
-			const char *v = env->helo != NULL ? env->helo : "";
+		case RK_HELO:
+		case RK_RDNS: {
+			const char *v = r->kind == RK_HELO ? env->helo : env->client_rdns;
+			if (v == NULL)
+				v = "";
 			c = count_matches(&ec, r->re, v, strlen(v), max);
 			break;
 		}

@@ -86,6 +86,9 @@ struct rules_envelope {
 	size_t n_rcpts;
 	const char *helo;
 	const char *client_addr;
+	/* the client's forward-confirmed reverse DNS name; NULL or "" when
+	 * there is none (no PTR, not confirmed, not looked up) */
+	const char *client_rdns;
 };
 
 /* One rule that hit. */

@@ -329,6 +329,8 @@ test_envelope_rules(void **state)
 		"envrcpt ER /^postmaster\\@/\n"
 		"envrcpt ER_COUNT /./\ntflags ER_COUNT multiple\nscore ER_COUNT 0.5\n"
 		"helo HL /^localhost$/\n"
+		"rdns RD /\\.dynamic\\.example$/\n"
+		"rdns RD_NONE /^$/\n"
 		"client NET4 192.0.2.0/24 198.51.100.7\n"
 		"client NET6 2001:db8::/32\n"
 		"client NET_MISS 10.0.0.0/8\n"
@@ -345,12 +347,18 @@ test_envelope_rules(void **state)
 	assert_true(hit(&res, "ER_COUNT", &s));
 	assert_true(s > 1.49 && s < 1.51);
 	assert_true(hit(&res, "HL", NULL));
+	/* no confirmed reverse name: "" */
+	assert_false(hit(&res, "RD", NULL));
+	assert_true(hit(&res, "RD_NONE", NULL));
 	assert_true(hit(&res, "NET4", NULL));
 	assert_false(hit(&res, "NET6", NULL));
 	assert_false(hit(&res, "NET_MISS", NULL));
 	rules_result_clear(&res);
 	env.client_addr = "2001:db8:1::5";
+	env.client_rdns = "host-5.dynamic.example";
 	rules_eval(rs, NULL, &env, false, &res);
+	assert_true(hit(&res, "RD", NULL));
+	assert_false(hit(&res, "RD_NONE", NULL));
 	assert_true(hit(&res, "NET6", NULL));
 	assert_false(hit(&res, "NET4", NULL));
 	rules_result_clear(&res);
