@@ -2,7 +2,10 @@
  * conn.c — the connection layer: one bufferevent wrapped once for every
  * service.
  *
- * A connection is accepted by the core (daemon.c), counted against the
+ * A connection is accepted by the core (daemon.c); on a PROXY listener a
+ * trusted balancer's header is read first (conn_accepted: from the socket,
+ * never past the header) and its client address replaces the balancer's;
+ * then the connection is counted against the
  * per-client and total limits, switched to TLS at once on implicit-TLS
  * listeners, and then handed to its service, which attaches a
  * struct conn_handler. From then on the service sees only the handler
