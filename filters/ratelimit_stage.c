@@ -970,8 +970,10 @@ rl_req_answer(struct rl_req *req, struct stage_call *call)
 			res->verdict = VERDICT_TEMPFAIL;
 			res->code = 451;
 			str_copy(res->enhanced, "4.7.1", sizeof(res->enhanced));
+			if (secs < 1)
+				secs = 1;
 			snprintf(res->text, sizeof(res->text),
-				 "Greylisted: please try again in %ld seconds", secs > 0 ? secs : 1);
+				 "Greylisted: please try again in %ld second%s", secs, secs == 1 ? "" : "s");
 			continue;
 		}
 		res->verdict = l->reject ? VERDICT_REJECT : VERDICT_TEMPFAIL;
@@ -986,8 +988,8 @@ rl_req_answer(struct rl_req *req, struct stage_call *call)
 			snprintf(res->text, sizeof(res->text), "Rate limit exceeded (%s)", l->name);
 		else
 			snprintf(res->text, sizeof(res->text),
-				 "Rate limit exceeded (%s), try again in %ld seconds", l->name,
-				 secs > 0 ? secs : 1);
+				 "Rate limit exceeded (%s), try again in %ld second%s", l->name,
+				 secs > 0 ? secs : 1, secs > 1 ? "s" : "");
 	}
 }
 
