@@ -306,6 +306,26 @@ class RawProxy(unittest.TestCase):
         c = self.raw("pxt", preamble=hdr[:20], greeting=False)
         self.assert_refused(c, "PROXY header not complete in time", off, listener="pxt")
 
+    def test_trickle_does_not_extend_timeout(self):
+        # proxy_timeout (1 s here) is for the whole header: a peer sending
+        # one octet of it every 0.4 s is refused long before the 20th octet
+        # (8 s), not kept as long as it trickles
+        off = self.d.log_size()
+        c = self.raw("pxt", greeting=False, nodelay=True)
+        hdr = v2_tcp4("192.0.2.7", "127.0.0.1", 5000, 25)
+        sent = 0
+        try:
+            for b in hdr[:20]:
+                if "proxy refused" in self.d.log_since(off):
+                    break
+                c.send(bytes([b]))
+                sent += 1
+                time.sleep(0.4)
+        except OSError:
+            pass
+        self.assertLess(sent, 20, "still reading the header after 20 octets over 8 s")
+        self.assert_refused(c, "PROXY header not complete in time", off, listener="pxt")
+
     def test_nothing_times_out(self):
         off = self.d.log_size()
         c = self.raw("pxt", greeting=False)
