@@ -86,6 +86,7 @@ struct conn {
 	size_t proxy_len;
 	char via[64];          /* the balancer's address, once the header named the client */
 	int proxy_version;
+	struct timeval proxy_deadline; /* proxy_timeout is for the whole header */
 };
 
 /* ---------------------------------------------------- connection counts */
@@ -619,6 +620,16 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 	size_t want;
 	ssize_t n;
 
+	struct timeval now, left;
+	evutil_gettimeofday(&now, NULL);
+	if (!(what & EV_TIMEOUT) && evutil_timercmp(&now, &conn->proxy_deadline, <)) {
+		/* a persistent event's timeout restarts at every read: put it back
+		 * to what is left, so octets trickling in do not extend it */
+		evutil_timersub(&conn->proxy_deadline, &now, &left);
+		event_add(conn->proxy_ev, &left);
+	} else {
+		what |= EV_TIMEOUT;
+	}
 	if (what & EV_TIMEOUT) {
 		conn_proxy_fail(conn, conn->proxy_len == 0 ? "no PROXY header in time" :
 				"PROXY header not complete in time");
@@ -689,7 +700,9 @@ conn_accepted(struct conn *conn)
 		conn_begin(conn);
 		return;
 	}
-	struct timeval tv = { .tv_sec = l->proxy_timeout };
+	struct timeval tv = { .tv_sec = l->proxy_timeout }, now;
+	evutil_gettimeofday(&now, NULL);
+	evutil_timeradd(&now, &tv, &conn->proxy_deadline);
 	conn->proxy_buf = xmalloc(PROXY_V2_MAX);
 	conn->proxy_ev = event_new(conn->loop->base, conn->fd, EV_READ | EV_PERSIST,
 				   conn_proxy_cb, conn);

@@ -96,15 +96,21 @@ proxy_v1(const unsigned char *buf, size_t len, struct proxy_header *h, const cha
 	}
 	h->version = 1;
 	h->length = (size_t)(crlf - s) + 2;
-	/* the fields between "PROXY " and CRLF, split at single spaces */
-	const char *f[6];
-	size_t fl[6], nf = 0;
+	/* the fields between "PROXY " and CRLF, split at single spaces:
+	 * protocol, source, destination, source port, destination port */
+	const char *f[5];
+	size_t fl[5], nf = 0;
 	const char *p = s + strlen(proxy_v1_sig);
+	if (crlf - p >= 7 && memcmp(p, "UNKNOWN", 7) == 0 && (p + 7 == crlf || p[7] == ' ')) {
+		/* "the balancer's own connection": the rest of the line is ignored */
+		h->local = true;
+		return PROXY_DONE;
+	}
 	while (p <= crlf) {
 		const char *sp = p;
 		while (sp < crlf && *sp != ' ')
 			sp++;
-		if (nf == 6) {
+		if (nf == 5) {
 			*error_r = "v1 line with too many fields";
 			return PROXY_INVALID;
 		}
@@ -114,13 +120,8 @@ proxy_v1(const unsigned char *buf, size_t len, struct proxy_header *h, const cha
 			break;
 		p = sp + 1;
 	}
-	if (nf >= 1 && fl[0] == 7 && memcmp(f[0], "UNKNOWN", 7) == 0) {
-		/* "the balancer's own connection": the rest of the line is ignored */
-		h->local = true;
-		return PROXY_DONE;
-	}
-	if (nf != 6) {
-		*error_r = "v1 line needs 6 fields";
+	if (nf != 5) {
+		*error_r = "v1 line needs 5 fields after PROXY";
 		return PROXY_INVALID;
 	}
 	for (size_t i = 0; i < nf; i++) {

@@ -148,15 +148,21 @@ class Daemon:
     mxguard has nowhere to deliver postmaster@ and refuses to start, unless
     settings name one); pre_start: callable(daemon) run
     after the config is written and before users are added (e.g. to mount a
-    tmpfs on mail_root); binary: the daemon to run (default MXGUARD)."""
+    tmpfs on mail_root); binary: the daemon to run (default MXGUARD);
+    listen_extra: more listeners, {name: {setting: value}} (each gets a free
+    loopback port, in self.ports[name]; e.g. {"lb": {"proxy_protocol": "v2",
+    "proxy_trusted": ["127.0.0.1"]}}) — the harness probes only the first
+    listener, so these may want a PROXY header from the probe's address."""
 
     def __init__(self, settings=None, limits=None, tls=False, implicit_tls=False,
                  users=("demo@example.test",), domains=(DOMAIN,), pipeline=None,
-                 extra_conf="", pre_start=None, start=True, binary=None):
+                 extra_conf="", pre_start=None, start=True, binary=None, listen_extra=None):
         self.binary = os.path.abspath(binary) if binary else MXGUARD
         self.dir = tempfile.mkdtemp(prefix="mxtest-")
         self.port = free_port()
         self.tls_port = free_port() if implicit_tls else None
+        self.listen_extra = dict(listen_extra or {})
+        self.ports = {name: free_port() for name in self.listen_extra}
         self.settings = dict(settings or {})
         if not users and "postmaster" not in self.settings:
             self.settings["postmaster"] = "postmaster-box@" + list(domains)[0]
@@ -218,6 +224,12 @@ class Daemon:
             out.append("listen smtps {")
             out.append('\taddress = "127.0.0.1:%d"' % self.tls_port)
             out.append('\ttls = "implicit"')
+            out.append("}")
+        for name, opts in self.listen_extra.items():
+            out.append("listen %s {" % name)
+            out.append('\taddress = "127.0.0.1:%d"' % self.ports[name])
+            for k, v in opts.items():
+                out.append("\t%s = %s" % (k, conf_value(v)))
             out.append("}")
         if self.limits:
             out.append("limits {")
