@@ -845,10 +845,14 @@ rl_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 		rl_mark_up(req->st);
 	} else {
 		it->state = RL_ITEM_ERROR;
-		if (reply != NULL && !req->finished)
-			log_msg(LOG_LEVEL_WARN, "ratelimit: redis answered %s%.200s",
-				reply->type == REDIS_REPLY_ERROR ? "an error: " : "an unexpected reply",
-				reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+		if (reply != NULL) {
+			/* an outage like any other: logged once, not per message */
+			char why[200];
+			snprintf(why, sizeof(why), "it answered %s%.150s",
+				 reply->type == REDIS_REPLY_ERROR ? "an error: " : "an unexpected reply",
+				 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+			rl_mark_down(req->st, why);
+		}
 	}
 	if (--req->outstanding > 0)
 		return;

@@ -40,7 +40,8 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class Redis:
     """A throwaway redis-server: TCP on a free loopback port, or a unix socket."""
 
-    def __init__(self, unix=False, port=None):
+    def __init__(self, unix=False, port=None, password=None):
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="mxredis-")
         self.unix = os.path.join(self.dir, "redis.sock") if unix else None
         self.port = 0 if unix else (port or mxtest.free_port())
@@ -53,6 +54,8 @@ class Redis:
                 "--logfile", os.path.join(self.dir, "redis.log")]
         if self.unix:
             args += ["--unixsocket", self.unix, "--unixsocketperm", "700"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -73,6 +76,11 @@ class Redis:
 
     def command(self, *args):
         """One command in RESP; the first line of the answer."""
+        return self.commands([args])[-1]
+
+    def commands(self, cmds):
+        """Several commands on one connection (AUTH first when the server
+        has a password); the first line of each answer."""
         if self.unix:
             s = socket.socket(socket.AF_UNIX)
             s.connect(self.unix)
@@ -80,18 +88,29 @@ class Redis:
             s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         try:
             s.settimeout(5)
-            out = "*%d\r\n" % len(args)
-            for a in args:
-                a = str(a)
-                out += "$%d\r\n%s\r\n" % (len(a.encode()), a)
-            s.sendall(out.encode())
-            data = b""
-            while b"\r\n" not in data:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.split(b"\r\n")[0].decode()
+            if self.password:
+                cmds = [("AUTH", self.password)] + list(cmds)
+            answers = []
+            for args in cmds:
+                out = "*%d\r\n" % len(args)
+                for a in args:
+                    a = str(a)
+                    out += "$%d\r\n%s\r\n" % (len(a.encode()), a)
+                s.sendall(out.encode())
+                data = b""
+                while not data.endswith(b"\r\n"):
+                    chunk = s.recv(1)
+                    if not chunk:
+                        break
+                    data += chunk
+                answers.append(data.rstrip(b"\r\n").decode())
+                if data.startswith(b"$") and not data.startswith(b"$-1"):
+                    # a bulk string: read its body and CRLF
+                    n = int(data[1:].strip()) + 2
+                    body = b""
+                    while len(body) < n:
+                        body += s.recv(n - len(body))
+            return answers
         finally:
             s.close()
 
@@ -220,6 +239,38 @@ class ExactRedisTCP(Exact, unittest.TestCase):
 
 class ExactRedisUnix(Exact, unittest.TestCase):
     redis_kind = "unix"
+
+
+class AuthAndDatabase(unittest.TestCase):
+    def test_password_and_db(self):
+        r = Redis(password="s3cret")
+        d = daemon(section(r.address(), [PER_CLIENT], redis_password="s3cret", redis_db=3))
+        try:
+            self.assertEqual([send(d.port, "a-%d" % i)[0] for i in range(4)],
+                             [250, 250, 250, 451])
+            # in database 3, not 0
+            got = r.commands([("SELECT", "3"), ("EXISTS", "mxguard:rl:per_client:127.0.0.1"),
+                              ("SELECT", "0"), ("EXISTS", "mxguard:rl:per_client:127.0.0.1")])
+            self.assertEqual(got[1:], ["+OK", ":1", "+OK", ":0"])
+            self.assertNotIn("unavailable", d.log())
+        finally:
+            d.cleanup()
+            r.cleanup()
+
+    def test_wrong_password_falls_back(self):
+        r = Redis(password="s3cret")
+        d = daemon(section(r.address(), [PER_CLIENT], redis_password="wrong"))
+        try:
+            # the in-process limiter holds the line
+            self.assertEqual([send(d.port, "w-%d" % i)[0] for i in range(4)],
+                             [250, 250, 250, 451])
+            self.assertTrue(d.wait_log(r"ratelimit: redis at \S+ unavailable \(AUTH/SELECT refused", 0),
+                            d.log_tail())
+            # once, not per message
+            self.assertEqual(len(re.findall(r"ratelimit: redis at", d.log())), 1, d.log())
+        finally:
+            d.cleanup()
+            r.cleanup()
 
 
 class Refill(unittest.TestCase):
