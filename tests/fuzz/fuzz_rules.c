@@ -19,17 +19,7 @@
 
 #include "rules/rules.h"
 #include "lib/lib.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                          \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "%s:%d: invariant failed: %s\n",     \
-				__FILE__, __LINE__, #cond);                  \
-			abort();                                             \
-		}                                                            \
-	} while (0)
+#include "tests/fuzz/fuzz.h"
 
 static const char MESSAGE[] =
 	"From: \"Joe\" <joe@example.org>\r\nTo: a@example.test\r\nSubject: =?UTF-8?Q?caf=C3=A9?=\r\n"
