@@ -57,6 +57,7 @@ enum session_flags {
 	SESSION_F_TLS = 0x02,        /* the dialogue is inside TLS */
 	SESSION_F_BUSY = 0x04,       /* async work pending: don't read commands */
 	SESSION_F_SHUTDOWN = 0x10,   /* server stopping: 421 after this transaction */
+	SESSION_F_ENDED = 0x20,      /* the stages were told the session is over */
 	SESSION_F_FIRST_CMD = 0x400, /* a command arrived: timeout_command from now on */
 };
 
@@ -189,9 +190,29 @@ session_error(struct session *sess, const char *fmt, ...)
 	}
 }
 
+/* Tell the stages the session is over (once): what they hold for it — a
+ * concurrency slot — goes back as soon as the session decides to close,
+ * not only when the connection is finally freed after its lingering
+ * close, so a client that reconnects at once finds it free. */
+static void
+session_end_stages(struct session *sess)
+{
+	if (sess->msg.session_id == NULL || (sess->flags & SESSION_F_ENDED))
+		return;
+	sess->flags |= SESSION_F_ENDED;
+	struct daemon_loop *loop = conn_loop(sess->conn);
+	const struct stage_env env = {
+		.loop_index = daemon_loop_index(loop),
+		.base = conn_base(sess->conn),
+		.workers = daemon_loop_workers(loop),
+	};
+	pipeline_session_end(sess->st->pipeline, &env, &sess->msg);
+}
+
 static void
 session_close(struct session *sess, const char *reason)
 {
+	session_end_stages(sess);
 	conn_close(sess->conn, reason);
 }
 
@@ -1671,17 +1692,9 @@ session_gone(void *ctx, const char *reason)
 
 	if (sess->run != NULL)
 		pipeline_run_cancel(&sess->run);
-	if (sess->msg.session_id != NULL) {
-		/* the connect phase ran (or began): stages let go of what they
-		 * hold for the session */
-		struct daemon_loop *loop = conn_loop(sess->conn);
-		const struct stage_env env = {
-			.loop_index = daemon_loop_index(loop),
-			.base = conn_base(sess->conn),
-			.workers = daemon_loop_workers(loop),
-		};
-		pipeline_session_end(sess->st->pipeline, &env, &sess->msg);
-	}
+	/* the connect phase ran (or began): stages let go of what they hold
+	 * for the session, if session_close did not tell them already */
+	session_end_stages(sess);
 	if (sess->tx != NULL && sess->tx->body != NULL && sess->state == STATE_DATA)
 		log_msg(LOG_LEVEL_INFO, "%s smtp lost connection during DATA session=%s client=%s "
 			"helo=%s from=<%s> nrcpt=%zu octets=%llu", sess->tx->id, sess->id,
