@@ -354,7 +354,9 @@ out:
 	if (resp != NULL)
 		SPF_response_free(resp);
 	SPF_request_free(req);
+	/* a server made with SPF_server_new_dns() leaves its DNS layer to us */
 	SPF_server_free(srv);
+	free(dns);
 	j->spf_done = true;
 }
 
@@ -407,6 +409,19 @@ auth_dkim_start(void *srv, int type, unsigned char *query, unsigned char *buf, s
 	}
 	*qh = q;
 	return DKIM_DNS_SUCCESS;
+}
+
+static int
+auth_dkim_init(void **srv)
+{
+	(void)srv;
+	return 0;
+}
+
+static void
+auth_dkim_close(void *srv)
+{
+	(void)srv;
 }
 
 static int
@@ -1164,7 +1179,12 @@ auth_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, ch
 		}
 		(void)dkim_options(st->dkim_lib, DKIM_OP_SETOPT, DKIM_OPTS_TIMEOUT, &timeout,
 				   sizeof(timeout));
-		dkim_dns_set_query_service(st->dkim_lib, st);
+		/* our hooks replace the library's resolver entirely: its
+		 * init and close would res_ninit/res_nclose+free the service
+		 * handle, which is ours (and unused) */
+		dkim_dns_set_init(st->dkim_lib, auth_dkim_init);
+		dkim_dns_set_close(st->dkim_lib, auth_dkim_close);
+		(void)dkim_dns_set_query_service(st->dkim_lib, st);
 		dkim_dns_set_query_start(st->dkim_lib, auth_dkim_start);
 		dkim_dns_set_query_cancel(st->dkim_lib, auth_dkim_cancel);
 		dkim_dns_set_query_waitreply(st->dkim_lib, auth_dkim_wait);
