@@ -123,6 +123,9 @@ struct maildir_job {
 	const char *prefix;   /* headers common to every copy (Received, X-Spam-*),
 			       * LF endings, written after each target's own headers */
 	size_t prefix_len;
+	/* the sender's Authentication-Results fields with this authserv-id are
+	 * left out, with its X-Spam-* fields (msg_forged_next); NULL: none */
+	const char *authserv_id;
 	struct msgbody *body; /* sealed */
 	bool fsync;           /* false only in tests that measure without it */
 	/* outputs */
@@ -209,6 +212,9 @@ struct backend_message {
 	enum backend_folder folder;
 	const char *prefix;               /* Received: and filter headers, LF endings */
 	size_t prefix_len;
+	const char *authserv_id;          /* our Authentication-Results id (the
+					   * hostname): a sender's field that
+					   * claims it is left out; may be NULL */
 	struct msgbody *body;             /* sealed; the backend holds a reference */
 };
 

@@ -493,13 +493,15 @@ static int maildir_write_body_lf(int fd, const char *body, size_t body_len)
 	return 0;
 }
 
-/* The message without the X-Spam-* fields its sender put in its header
- * (mxguard's own come in the prefix): they would pass for our verdict. */
-static int maildir_write_message(int fd, const char *body, size_t body_len)
+/* The message without the X-Spam-* fields its sender put in its header,
+ * nor an Authentication-Results claiming our authserv-id (mxguard's own
+ * come in the prefix): they would pass for our verdict. */
+static int maildir_write_message(int fd, const char *body, size_t body_len,
+				 const char *authserv_id)
 {
 	size_t pos = 0, done = 0, span[2];
 
-	while (msg_header_next(body, body_len, MSG_FORGED_PREFIX, &pos, span)) {
+	while (msg_forged_next(body, body_len, authserv_id, &pos, span)) {
 		if (maildir_write_body_lf(fd, body + done, span[0] - done) < 0)
 			return -1;
 		done = span[1];
@@ -557,7 +559,7 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 	};
 
 	if (maildir_writev_all(fd, iov, N_ELEMENTS(iov)) < 0 ||
-	    maildir_write_message(fd, body, body_len) < 0) {
+	    maildir_write_message(fd, body, body_len, job->authserv_id) < 0) {
 		maildir_job_fail(job, errno, "write", copy->tmp_path);
 		close(fd);
 		return -1;

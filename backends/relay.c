@@ -255,7 +255,8 @@ struct relay_tx {
 	size_t src_len, src_off;
 	int part;                     /* 0 prefix, 1 body, 2 done */
 	bool bol, pending_cr;
-	size_t skip[2], skip_pos;     /* the next sender's X-Spam-* field */
+	char *authserv_id;            /* msg_forged_next's, or NULL */
+	size_t skip[2], skip_pos;     /* the next field the sender may not bring */
 	bool skip_more;
 	size_t lmtp_left;             /* LMTP replies still to read */
 	struct backend_reply data_reply;
@@ -389,9 +390,9 @@ relay_encode(struct relay_tx *rt, struct evbuffer *out, size_t max)
 
 	while (rt->src_off < rt->src_len && o < sizeof(buf) - 8 && o < max) {
 		if (rt->part == 1 && rt->skip_more && rt->src_off == rt->skip[0]) {
-			/* a sender's X-Spam-* field: left out */
+			/* a sender's X-Spam-* field, a forged Authentication-Results: left out */
 			rt->src_off = rt->skip[1];
-			rt->skip_more = msg_header_next(rt->src, rt->src_len, MSG_FORGED_PREFIX,
+			rt->skip_more = msg_forged_next(rt->src, rt->src_len, rt->authserv_id,
 							&rt->skip_pos, rt->skip);
 			continue;
 		}
@@ -442,7 +443,7 @@ relay_data_feed(struct upconn *c)
 				rt->src_off = 0;
 				rt->skip_pos = 0;
 				rt->skip_more = rt->src != NULL &&
-						msg_header_next(rt->src, rt->src_len, MSG_FORGED_PREFIX,
+						msg_forged_next(rt->src, rt->src_len, rt->authserv_id,
 								&rt->skip_pos, rt->skip);
 				continue;
 			}
@@ -481,6 +482,8 @@ relay_data_finish(struct relay_tx *rt, const struct backend_reply *reply, const 
 	msgbody_unref(&rt->body);
 	free(rt->prefix);
 	rt->prefix = NULL;
+	free(rt->authserv_id);
+	rt->authserv_id = NULL;
 	done(ctx, reply, detail);
 }
 
@@ -1214,6 +1217,8 @@ relay_data(struct backend_tx *tx, const struct backend_message *msg, backend_don
 	rt->body = msgbody_ref(msg->body);
 	rt->prefix = xstrndup(msg->prefix, msg->prefix_len);
 	rt->prefix_len = msg->prefix_len;
+	free(rt->authserv_id);
+	rt->authserv_id = msg->authserv_id != NULL ? xstrdup(msg->authserv_id) : NULL;
 	memset(&rt->data_reply, 0, sizeof(rt->data_reply));
 	relay_data_start(rt);
 }
@@ -1229,6 +1234,7 @@ relay_tx_free(struct relay_tx *rt)
 	free(rt->client_addr);
 	free(rt->helo);
 	free(rt->rcpt_addr);
+	free(rt->authserv_id);
 	free(rt);
 }
 

@@ -321,6 +321,7 @@ router_run_finish(struct router_run *run)
 	free(run->prefix);
 	free((char *)run->msg.id);
 	free((char *)run->msg.from);
+	free((char *)run->msg.authserv_id);
 	msgbody_unref(&run->msg.body);
 	free(run);
 	done(ctx, &reply, detail);
@@ -467,6 +468,7 @@ router_data(struct backend_tx *tx, const struct backend_message *msg, backend_do
 	run->msg = *msg;
 	run->msg.id = xstrdup(msg->id);
 	run->msg.from = xstrdup(msg->from);
+	run->msg.authserv_id = msg->authserv_id != NULL ? xstrdup(msg->authserv_id) : NULL;
 	run->prefix = xstrndup(msg->prefix, msg->prefix_len);
 	run->msg.prefix = run->prefix;
 	run->msg.rcpts = NULL;

@@ -191,6 +191,7 @@ store_job_free(struct store_job *sj)
 	}
 	free(sj->job.targets);
 	free((char *)sj->job.prefix);
+	free((char *)sj->job.authserv_id);
 	msgbody_unref(&sj->job.body);
 	maildir_job_free_results(&sj->job);
 	free(sj);
@@ -291,6 +292,7 @@ store_job_new(struct backend_tx *tx, const struct backend_message *msg, backend_
 	}
 	job->prefix = xstrndup(msg->prefix, msg->prefix_len);
 	job->prefix_len = msg->prefix_len;
+	job->authserv_id = msg->authserv_id != NULL ? xstrdup(msg->authserv_id) : NULL;
 	job->body = msgbody_ref(msg->body);
 	job->fsync = true;
 	return sj;

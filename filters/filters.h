@@ -105,6 +105,10 @@ struct filter_msg {
 	const char *txid;
 	const char *session_id;
 	const char *client_addr;   /* numeric IP text */
+	/* our name (the hostname setting): the authserv-id of the
+	 * Authentication-Results the auth stage writes, which the backends
+	 * also use to drop a sender's forged one */
+	const char *hostname;
 	unsigned client_port;
 	/* from the connect phase on (filter_tx_set_rdns): the PTR name ("" when
 	 * none; only trust it when client_rdns_status is RDNS_CONFIRMED). The

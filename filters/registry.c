@@ -35,12 +35,16 @@ extern const struct stage_ops rules_stage_ops;
 extern const struct stage_ops clamav_stage_ops;
 extern const struct stage_ops ratelimit_stage_ops;
 extern const struct stage_ops dnsbl_stage_ops;
+extern const struct stage_ops auth_stage_ops;
+extern const struct stage_ops format_stage_ops;
 
 static const struct stage_ops *const stage_table[] = {
 	&rules_stage_ops,
 	&clamav_stage_ops,
 	&ratelimit_stage_ops,
 	&dnsbl_stage_ops,
+	&auth_stage_ops,
+	&format_stage_ops,
 	NULL /* end of table */
 };
 

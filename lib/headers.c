@@ -12,6 +12,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 
@@ -58,5 +59,82 @@ msg_header_next(const char *data, size_t len, const char *prefix, size_t *pos, s
 		p = field_end;
 	}
 	*pos = (size_t)(end - data);
+	return false;
+}
+
+/* Skip CFWS (spaces, tabs, line ends, nested comments) from p. */
+static const char *
+skip_cfws(const char *p, const char *end)
+{
+	int depth = 0;
+
+	while (p < end) {
+		if (depth > 0 && *p == '\\' && p + 1 < end) {
+			p += 2;
+			continue;
+		}
+		if (*p == '(')
+			depth++;
+		else if (*p == ')' && depth > 0)
+			depth--;
+		else if (depth == 0 && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+			break;
+		p++;
+	}
+	return p;
+}
+
+bool
+msg_authres_id_is(const char *field, size_t len, const char *authserv_id)
+{
+	static const char name[] = "Authentication-Results";
+	const char *p = field, *end = field + len;
+	size_t nl = sizeof(name) - 1, idl;
+
+	if (authserv_id == NULL || authserv_id[0] == '\0' || len <= nl ||
+	    strncasecmp(field, name, nl) != 0)
+		return false;
+	p += nl;
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	if (p == end || *p != ':')
+		return false;
+	p = skip_cfws(p + 1, end);
+	idl = strlen(authserv_id);
+	if (p < end && *p == '"') {
+		/* a quoted-string: compare its contents (quoted-pairs undone) */
+		size_t i = 0;
+		for (p++; p < end && *p != '"'; p++) {
+			if (*p == '\\' && p + 1 < end)
+				p++;
+			if (i >= idl || tolower((unsigned char)*p) !=
+			    tolower((unsigned char)authserv_id[i]))
+				return false;
+			i++;
+		}
+		return p < end && i == idl;
+	}
+	if ((size_t)(end - p) < idl || strncasecmp(p, authserv_id, idl) != 0)
+		return false;
+	p += idl;
+	/* the token ends here: CFWS, ";" (RFC 8601's version may follow) */
+	return p == end || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n' || *p == ';' ||
+	       *p == '(';
+}
+
+bool
+msg_forged_next(const char *data, size_t len, const char *authserv_id, size_t *pos,
+		size_t span[2])
+{
+	size_t plen = strlen(MSG_FORGED_PREFIX);
+
+	/* every field in turn: "" matches every name */
+	while (msg_header_next(data, len, "", pos, span)) {
+		const char *f = data + span[0];
+		size_t fl = span[1] - span[0];
+		if ((fl > plen && strncasecmp(f, MSG_FORGED_PREFIX, plen) == 0) ||
+		    msg_authres_id_is(f, fl, authserv_id))
+			return true;
+	}
 	return false;
 }

@@ -283,6 +283,38 @@ bool msg_header_next(const char *data, size_t len, const char *prefix, size_t *p
 		     size_t span[2]);
 /* The fields a sender may not bring: mxguard writes its own verdict. */
 #define MSG_FORGED_PREFIX "X-Spam-"
+/* Whether field (a whole "Name: value" field, as msg_header_next gives
+ * it) is an Authentication-Results field (RFC 8601) whose authserv-id is
+ * authserv_id (any case; a token or a quoted-string after optional CFWS).
+ * False for NULL or "" authserv_id. */
+bool msg_authres_id_is(const char *field, size_t len, const char *authserv_id);
+/* Like msg_header_next, for the fields a sender may not bring: every
+ * X-Spam-* field, and an Authentication-Results field that claims our
+ * authserv_id (NULL: none is dropped) — a sender cannot forge our verdict.
+ * The Maildir writer and the relay leave these out. */
+bool msg_forged_next(const char *data, size_t len, const char *authserv_id, size_t *pos,
+		     size_t span[2]);
+
+/* lib/msgformat.c: the header section of a message as received (RFC
+ * 5322), for the format stage's checks and the auth stage. */
+struct msg_format {
+	size_t header_len;    /* the header section with its empty line: where
+			       * the body starts (len when there is none) */
+	bool separator;       /* an empty line ends the header section */
+	bool nul;             /* a NUL octet anywhere in the message */
+	bool header_8bit;     /* an octet >= 0x80 in the header section */
+	size_t n_fields;      /* header fields ("Name:" lines) */
+	size_t n_garbage;     /* header lines that are neither a field nor a
+			       * continuation */
+	size_t longest_line;  /* the longest header line, its line end not counted */
+	unsigned n_from, n_sender, n_to, n_subject, n_date, n_msgid;
+	bool from_malformed;  /* the first From is not a mailbox-list */
+	size_t from_off, from_len; /* the first From field's value (after ':') */
+};
+void msg_format_scan(const char *data, size_t len, struct msg_format *f);
+/* A From value that is a mailbox-list (RFC 5322 3.6.2), comments allowed:
+ * "a@b.example", "Name <a@b.example>, c@d.example". Not a group. */
+bool msg_addr_list_ok(const char *v, size_t len);
 
 /* ----------------------------------------------------------- clamd reply */
 /*

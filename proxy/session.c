@@ -259,6 +259,7 @@ session_fill_msg(struct session *sess, struct filter_msg *msg)
 	msg->session_id = sess->id;
 	msg->client_addr = sess->client_addr;
 	msg->client_port = sess->client_port;
+	msg->hostname = smtp_settings(sess->st->cfg)->hostname;
 	msg->client_rdns = sess->rdns;
 	msg->client_rdns_status = sess->rdns_status;
 	msg->helo = sess->helo[0] != '\0' ? sess->helo : NULL;
@@ -1419,6 +1420,8 @@ session_deliver(struct session *sess)
 		.folder = action == ACTION_QUARANTINE ? BACKEND_FOLDER_QUARANTINE :
 			  action == ACTION_JUNK ? BACKEND_FOLDER_JUNK : BACKEND_FOLDER_INBOX,
 		.body = tx->body,
+		/* our authserv-id is the hostname (doc/auth.md) */
+		.authserv_id = smtp_settings(sess->st->cfg)->hostname,
 	};
 	char *prefix = session_build_prefix(sess, tx, &msg.prefix_len);
 

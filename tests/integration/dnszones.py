@@ -132,7 +132,9 @@ class Unbound:
     """unbound on 127.0.0.1:<free port> serving `zones`.
 
     zones: {zone: ("static" | "redirect", [RR text without the zone's
-    suffix handled by the caller, e.g. "2.0.0.127.bl.test. 300 A 127.0.0.2"])}.
+    suffix handled by the caller, e.g. "2.0.0.127.bl.test. 300 A 127.0.0.2";
+    TXT data in double quotes, split in strings of up to 255 octets: the
+    record is then given to unbound in single quotes)}.
     blackhole_zones / servfail_zones: zones forwarded to a socket that never
     answers / to the SERVFAIL responder. log_queries: unbound logs every
     query it gets ("info: 127.0.0.1 NAME. A IN"), for the cache test."""
@@ -176,7 +178,11 @@ class Unbound:
         for zone, (kind, records) in zones.items():
             conf.append('\tlocal-zone: "%s." %s' % (zone, kind))
             for rr in records:
-                conf.append('\tlocal-data: "%s"' % rr)
+                # TXT data has double quotes of its own: single-quote those
+                if '"' in rr:
+                    conf.append("\tlocal-data: '%s'" % rr)
+                else:
+                    conf.append('\tlocal-data: "%s"' % rr)
         for zone in blackhole_zones:
             conf.append('\tlocal-zone: "%s." transparent' % zone)
         for zone in servfail_zones:

@@ -473,6 +473,26 @@ class VerdictsUpstream(unittest.TestCase):
         self.assertIn(b"\nX-Spam-Flag: YES\n", got[0])
         self.assertIn(b"X-Spam-Score: 3.5", got[0])
 
+    def test_forged_fields_not_relayed(self):
+        # a sender's X-Spam-* and an Authentication-Results naming our
+        # hostname (any case) never reach the upstream; another server's do
+        d = self.daemon(dict(phase="data", score=0.5))
+        s = smtp(d)
+        s.mail("v@example.org")
+        s.rcpt("a@relay.test")
+        code, text = s.data(b"Authentication-Results: MX.example.test; dmarc=pass\r\n"
+                            b"\theader.from=bank.example\r\n"
+                            b"Authentication-Results: other.example; spf=fail\r\n"
+                            b"X-Spam-Status: No, forged\r\n" + message("forged-fields"))
+        s.quit()
+        self.assertEqual(code, 250, text)
+        self.sink.wait_for_messages(1)
+        got = [m for env, m in self.dumps() if b"Subject: forged-fields" in m]
+        self.assertEqual(len(got), 1)
+        self.assertNotIn(b"bank.example", got[0])
+        self.assertNotIn(b"forged", got[0].split(b"Subject:")[0])
+        self.assertIn(b"Authentication-Results: other.example; spf=fail", got[0])
+
     def test_reject_sends_nothing(self):
         d = self.daemon(dict(phase="data", verdict="reject", code=554, enhanced="5.7.9",
                              text="No thanks"))
