@@ -121,6 +121,7 @@ struct filter_msg {
 	const char *const *rcpts;  /* accepted recipients so far */
 	size_t n_rcpts;
 	const char *rcpt;          /* the candidate recipient at PHASE_RCPT */
+	uint64_t declared_size;    /* MAIL's SIZE= (RFC 1870), 0 when not given */
 	/* sealed, at PHASE_DATA: the message as received, un-dot-stuffed, with
 	 * its own line endings (CRLF; a bare LF or CR stays as it came).
 	 * msgbody_mime() gives the parsed view. A stage that reads it from

@@ -22,6 +22,9 @@
  *   FORMAT_HEADER_SIZE, FORMAT_MANY_FIELDS  over max_header_size, max_fields
  *   FORMAT_NUL                           a NUL octet anywhere
  *   FORMAT_NO_SEPARATOR                  no empty line after the header
+ *   FORMAT_SIZE_LIMIT                    larger than a recipient's size_limits
+ *                                        entry (at RCPT from MAIL's SIZE=, and at
+ *                                        the end of DATA: 552 5.3.4)
  * Defaults are conservative: a score, never a refusal — except NUL octets,
  * refused (550 5.6.0) because they break the software downstream (IMAP
  * servers, MUAs, the relay's peers). The scan runs on the worker pool's
@@ -82,9 +85,18 @@ static const struct {
 			     "Message has no empty line after its header" },
 };
 
+/* A size limit: "example.org=10485760" (the domain's recipients) or
+ * "vip@example.org=52428800" (one recipient, before its domain's). */
+struct fmt_size {
+	char *who; /* lower case */
+	uint64_t max;
+};
+
 struct fmt_stage {
 	struct stage hdr; /* must be first */
 	size_t max_header_size, max_fields;
+	struct fmt_size *sizes;
+	size_t n_sizes;
 	double score[F_COUNT];
 	enum fmt_act act[F_COUNT];
 };
@@ -97,6 +109,7 @@ struct fmt_job {
 };
 
 static cfg_opt_t fmt_opts[] = {
+	CFG_STR_LIST("size_limits", "{}", CFGF_NONE),
 	CFG_INT("max_header_size", 262144, CFGF_NONE),
 	CFG_INT("max_fields", 1000, CFGF_NONE),
 	CFG_STR_LIST("scores", "{}", CFGF_NONE),
@@ -186,14 +199,62 @@ fmt_done(struct stage_call *call, void *arg)
 	stage_call_done(call, CHECK_DONE);
 }
 
+/* The size limit of a recipient: its own entry, else its domain's; 0 = none. */
+static uint64_t
+fmt_size_limit(const struct fmt_stage *st, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+	uint64_t domain = 0;
+
+	for (size_t i = 0; i < st->n_sizes; i++) {
+		if (strcasecmp(st->sizes[i].who, rcpt) == 0)
+			return st->sizes[i].max;
+		if (at != NULL && strcasecmp(st->sizes[i].who, at + 1) == 0)
+			domain = st->sizes[i].max;
+	}
+	return domain;
+}
+
+/* Over a recipient's limit: the hit, and 552 5.3.4 (RFC 1870). */
+static void
+fmt_size_refuse(struct stage_call *call, const char *rcpt, uint64_t limit)
+{
+	struct filter_result *res = &call->result;
+
+	filter_tx_add_score(call->fx, call->stage->name, "FORMAT_SIZE_LIMIT", 0.0,
+			    "Message larger than the recipient's size limit");
+	res->verdict = VERDICT_REJECT;
+	res->code = 552;
+	str_copy(res->enhanced, "5.3.4", sizeof(res->enhanced));
+	snprintf(res->text, sizeof(res->text), "Message size exceeds the limit of %.200s "
+		 "(%llu octets)", rcpt, (unsigned long long)limit);
+}
+
 static enum check_status
 fmt_check(struct stage *stage, struct stage_call *call)
 {
+	const struct fmt_stage *st = (const struct fmt_stage *)stage;
 	struct fmt_job *j;
 
 	memset(&call->result, 0, sizeof(call->result));
+	if (call->phase == PHASE_RCPT) {
+		/* what the client declared (SIZE=) against this recipient */
+		uint64_t limit = call->msg->rcpt != NULL ? fmt_size_limit(st, call->msg->rcpt) : 0;
+		if (limit != 0 && call->msg->declared_size > limit)
+			fmt_size_refuse(call, call->msg->rcpt, limit);
+		return CHECK_DONE;
+	}
 	if (call->phase != PHASE_DATA || call->msg->body == NULL)
 		return CHECK_DONE;
+	/* what arrived, against every recipient: the end of DATA answers for
+	 * the whole message, so one recipient over its limit refuses it */
+	for (size_t i = 0; i < call->msg->n_rcpts; i++) {
+		uint64_t limit = fmt_size_limit(st, call->msg->rcpts[i]);
+		if (limit != 0 && msgbody_size(call->msg->body) > limit) {
+			fmt_size_refuse(call, call->msg->rcpts[i], limit);
+			return CHECK_DONE;
+		}
+	}
 	j = xcalloc(1, sizeof(*j));
 	j->st = (const struct fmt_stage *)stage;
 	j->body = call->msg->body;
@@ -204,6 +265,15 @@ fmt_check(struct stage *stage, struct stage_call *call)
 		return CHECK_FAILED;
 	}
 	return CHECK_PENDING;
+}
+
+static void
+fmt_free(struct fmt_stage *st)
+{
+	for (size_t i = 0; i < st->n_sizes; i++)
+		free(st->sizes[i].who);
+	free(st->sizes);
+	free(st);
 }
 
 static int
@@ -231,6 +301,25 @@ fmt_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, cha
 	}
 	st->max_header_size = (size_t)mh;
 	st->max_fields = (size_t)mf;
+	st->n_sizes = cfg_size(section, "size_limits");
+	st->sizes = xcalloc(st->n_sizes + 1, sizeof(*st->sizes));
+	for (size_t i = 0; i < st->n_sizes; i++) {
+		const char *v = cfg_getnstr(section, "size_limits", i), *eq = strrchr(v, '=');
+		char *end = NULL;
+		unsigned long long max = eq != NULL ? strtoull(eq + 1, &end, 10) : 0;
+		if (eq == NULL || eq == v || end == eq + 1 || *end != '\0' || max < 1024 ||
+		    eq[1] == '-') {
+			*error_r = xasprintf("format: size_limits: \"%s\" is not DOMAIN=OCTETS or "
+					     "ADDRESS=OCTETS (at least 1024)", v);
+			fmt_free(st);
+			return -1;
+		}
+		st->sizes[i].who = xstrndup(v, (size_t)(eq - v));
+		for (char *c = st->sizes[i].who; *c != '\0'; c++)
+			*c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+		st->sizes[i].max = max;
+	}
+	st->hdr.phases = PHASE_BIT(PHASE_DATA) | (st->n_sizes > 0 ? PHASE_BIT(PHASE_RCPT) : 0);
 	for (int i = 0; i < F_COUNT; i++) {
 		st->score[i] = fmt_checks[i].score;
 		st->act[i] = fmt_checks[i].act;
@@ -243,7 +332,7 @@ fmt_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, cha
 		if (k < 0 || end == eq + 1 || *end != '\0') {
 			*error_r = xasprintf("format: scores: \"%s\" is not CHECK=SCORE with a check "
 					     "such as FORMAT_NO_DATE", v);
-			free(st);
+			fmt_free(st);
 			return -1;
 		}
 		st->score[k] = s;
@@ -258,7 +347,7 @@ fmt_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, cha
 		if (k < 0 || a < 0) {
 			*error_r = xasprintf("format: actions: \"%s\" is not CHECK=ACTION (score, "
 					     "reject, quarantine or tempfail)", v);
-			free(st);
+			fmt_free(st);
 			return -1;
 		}
 		st->act[k] = (enum fmt_act)a;
@@ -270,12 +359,12 @@ fmt_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, cha
 static void
 fmt_destroy(struct stage *stage)
 {
-	free(stage);
+	fmt_free((struct fmt_stage *)stage);
 }
 
 const struct stage_ops format_stage_ops = {
 	.name = "format",
-	.phases = PHASE_BIT(PHASE_DATA),
+	.phases = PHASE_BIT(PHASE_RCPT) | PHASE_BIT(PHASE_DATA),
 	.default_on_error = ON_ERROR_ACCEPT,
 	.opts = fmt_opts,
 	.create = fmt_create,

@@ -267,6 +267,7 @@ session_fill_msg(struct session *sess, struct filter_msg *msg)
 	if (sess->tx != NULL) {
 		msg->txid = sess->tx->id;
 		msg->mail_from = sess->tx->from;
+		msg->declared_size = sess->tx->declared_size;
 		msg->rcpts = (const char *const *)sess->tx->rcpts;
 		msg->n_rcpts = sess->tx->n_rcpts;
 	}
