@@ -405,8 +405,11 @@ static void q_data_cb(void *ctx, const struct backend_reply *reply, const char *
 static void q_wait(struct event_base *base, struct q_wait *w)
 {
 	while (!w->done) {
-		if (event_base_loop(base, EVLOOP_ONCE) < 0)
+		int rc = event_base_loop(base, EVLOOP_ONCE);
+		if (rc < 0)
 			break;
+		if (rc == 1)
+			usleep(1000); /* nothing added yet: a worker's completion is on its way */
 	}
 }
 
