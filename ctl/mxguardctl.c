@@ -413,6 +413,8 @@ static int ATTR_PRINTF(1, 2) ctl_usage_error(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputs("\nusage: mxguardctl [-c CONFIG] [-p PASSWD_FILE] user add|del|passwd|list|check [USER]\n"
+	      "       mxguardctl [-c CONFIG] rules lint|test ...\n"
+	      "       mxguardctl [-c CONFIG] quarantine list|show|release|delete|expire ...\n"
 	      "Try 'mxguardctl -h' for more.\n", stderr);
 	return CTL_EXIT_USAGE;
 }
