@@ -25,7 +25,9 @@ struct backends_settings {
 	char **local_domains; /* lower-case, NULL-terminated */
 	size_t n_local_domains;
 	char *junk_folder;    /* Maildir++ folder name, e.g. "Junk" */
-	char *quarantine_dir; /* Maildir holding quarantined mail */
+	char *quarantine_dir; /* Maildir holding quarantined mail (+ meta/) */
+	long quarantine_retention; /* days (mxguardctl quarantine expire) */
+	bool quarantine_to_junk;   /* local users' quarantine into their junk folder */
 	char *postmaster;     /* "" or a lower-case mailbox "local@<local domain>" */
 	long message_size_max; /* octets as sent, CRLF counted (SIZE) */
 	struct backends_route *routes; /* `route NAME { ... }` sections, file order */
@@ -113,6 +115,9 @@ struct maildir_target {
 	char *folder;   /* NULL for INBOX, else a Maildir++ folder name ("Junk") */
 	char *headers;  /* header lines for this copy only (Return-Path,
 			 * Delivered-To), LF endings, written first; may be NULL */
+	char *name;     /* NULL: a fresh unique name; else this one (the
+			 * quarantine's id): tmp/NAME, new/NAME,S=<size>, and a
+			 * file already there under it fails the delivery */
 };
 
 struct maildir_copy;
@@ -170,6 +175,65 @@ int maildir_rename_noreplace(const char *from, const char *to);
  * that it can be tested on file systems that have renameat2. */
 int maildir_link_noreplace(const char *from, const char *to);
 
+/* ----------------------------------------------------------- quarantine */
+/*
+ * The quarantine store (backends/quarantine.c, doc/quarantine.md): each
+ * held message is one file in the quarantine Maildir (new/<ID>,S=<size>,
+ * written by the store like any delivery) and one metadata file
+ * <quarantine_dir>/meta/<ID> of "key: value" lines — the envelope, the
+ * time, the verdict, the score, the hits, the reason, and one "event:"
+ * line per release or delete. The metadata is written and fsynced before
+ * the message is renamed into new/, so a message is never visible without
+ * it (a crash in between leaves metadata whose message is missing, which
+ * list skips and expire removes). ID is the transaction id.
+ */
+struct quarantine_meta {
+	char id[MX_ID_LEN];
+	long long time;          /* seconds since the epoch, when it was held */
+	char *client_addr;
+	unsigned client_port;
+	char *helo;
+	char *from;              /* "" for <> */
+	char **rcpts;
+	size_t n_rcpts;
+	char *verdict, *action;
+	double score;
+	char *hits;              /* "" when none */
+	char *reason;
+	unsigned long long size; /* octets received */
+	char **events;           /* "TIME released by WHO to RCPTS: REPLY", "TIME deleted by WHO" */
+	size_t n_events;
+	bool released, deleted;  /* from the events */
+};
+void quarantine_meta_clear(struct quarantine_meta *m);
+/* A quarantine id from the command line: 16 characters of [0-9A-Z] (as
+ * id_new() makes them), so it is always one plain file name. */
+bool quarantine_id_valid(const char *id);
+/* The metadata as its file holds it (malloc'd); values are kept on one
+ * line (control characters become '?'). */
+char *quarantine_meta_format(const struct quarantine_meta *m);
+/* Parse a metadata file's text into *m (cleared first). 0, or -1 with
+ * *error_r malloc'd (not a metadata file, or no valid id). */
+int quarantine_meta_parse(const char *text, size_t len, struct quarantine_meta *m,
+			  char **error_r);
+/* Write <qdir>/meta/<id> durably: tmp/<id>.meta, fsync, rename, fsync meta/
+ * (made when missing; replaces an older version). 0, or -1 with errno and
+ * *error_r malloc'd. */
+int quarantine_meta_write(const char *qdir, const struct quarantine_meta *m, bool fsync,
+			  char **error_r);
+/* Read <qdir>/meta/<id> (id must be valid). 0, or -1 with errno (ENOENT: no
+ * such entry) and *error_r malloc'd. */
+int quarantine_meta_read(const char *qdir, const char *id, struct quarantine_meta *m,
+			 char **error_r);
+int quarantine_meta_remove(const char *qdir, const char *id);
+/* The message file of id in <qdir>/new or cur: 1 found (*path_r malloc'd),
+ * 0 none, -1 error (errno). */
+int quarantine_message_path(const char *qdir, const char *id, char **path_r);
+/* The ids that have metadata, sorted (oldest first). 0 or -1 with errno. */
+int quarantine_list_ids(const char *qdir, char ***ids_r, size_t *n_r, char **error_r);
+/* Add one "event:" line ("TIME TEXT") to id's metadata (rewritten durably). */
+int quarantine_add_event(const char *qdir, const char *id, const char *text, char **error_r);
+
 /* ------------------------------------------------------------ backends */
 /*
  * Where accepted mail goes: a const table of backends found by name, like
@@ -204,8 +268,19 @@ void backend_rcpt_clear(struct backend_rcpt *r);
 
 enum backend_folder { BACKEND_FOLDER_INBOX, BACKEND_FOLDER_JUNK, BACKEND_FOLDER_QUARANTINE };
 
+/* Why a message is held: what the quarantine keeps beside it (the
+ * session fills it from the transaction's filter_tx; doc/quarantine.md). */
+struct backend_verdict {
+	const char *verdict;  /* "quarantine", "continue" (the score decided) */
+	const char *action;   /* "quarantine" */
+	double score;
+	const char *hits;     /* "STAGE:RULE=SCORE,..." ("" when none) */
+	const char *reason;   /* "clamav:CLAMAV_Eicar-Signature", "score>=8.0" */
+};
+
 struct backend_message {
-	const char *id;                   /* the transaction id (in the 250 text) */
+	const char *id;                   /* the transaction id (in the 250 text);
+					   * a quarantined copy is kept under it */
 	const char *from;                 /* "" for <> */
 	const struct backend_rcpt *rcpts; /* accepted by this backend */
 	size_t n_rcpts;
@@ -216,6 +291,8 @@ struct backend_message {
 					   * hostname): a sender's field that
 					   * claims it is left out; may be NULL */
 	struct msgbody *body;             /* sealed; the backend holds a reference */
+	/* with BACKEND_FOLDER_QUARANTINE: why (copied); NULL otherwise */
+	const struct backend_verdict *why;
 };
 
 /* The loop a transaction lives on: answers come back there. */

@@ -391,6 +391,7 @@ struct maildir_copy {
 	char *new_path;
 	bool in_tmp;    /* our file exists at tmp_path */
 	bool in_new;    /* our file has been renamed to new_path */
+	bool fixed;     /* the target named the file: never renamed to another name */
 	long long size; /* octets in the file as stored */
 };
 
@@ -538,13 +539,16 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 	copy->dir = maildir_dir_path(target->root, target->folder);
 
 	for (int attempt = 1;; attempt++) {
-		maildir_next_name(name, sizeof(name));
+		if (target->name != NULL)
+			str_copy(name, target->name, sizeof(name));
+		else
+			maildir_next_name(name, sizeof(name));
 		copy->tmp_path = xasprintf("%s/tmp/%s", copy->dir, name);
 		fd = open(copy->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd >= 0)
 			break;
 		/* EEXIST: a stale file from a clock step back; pick another name */
-		if (errno != EEXIST || attempt == MAILDIR_OPEN_ATTEMPTS) {
+		if (errno != EEXIST || attempt == MAILDIR_OPEN_ATTEMPTS || target->name != NULL) {
 			maildir_job_fail(job, errno, "open", copy->tmp_path);
 			return -1;
 		}
@@ -552,6 +556,7 @@ static int maildir_write_copy(struct maildir_job *job, const struct maildir_targ
 		copy->tmp_path = NULL;
 	}
 	copy->in_tmp = true;
+	copy->fixed = target->name != NULL;
 
 	struct iovec iov[2] = {
 		{ .iov_base = target->headers, .iov_len = target->headers ? strlen(target->headers) : 0 },
@@ -610,7 +615,7 @@ static int maildir_publish_copy(struct maildir_job *job, struct maildir_copy *co
 	for (int attempt = 1;; attempt++) {
 		if (maildir_rename_noreplace(copy->tmp_path, copy->new_path) == 0)
 			break;
-		if (errno != EEXIST || attempt == MAILDIR_RENAME_ATTEMPTS) {
+		if (errno != EEXIST || attempt == MAILDIR_RENAME_ATTEMPTS || copy->fixed) {
 			maildir_job_fail(job, errno, "rename to", copy->new_path);
 			return -1;
 		}

@@ -474,6 +474,7 @@ router_data(struct backend_tx *tx, const struct backend_message *msg, backend_do
 	run->msg.rcpts = NULL;
 	run->msg.n_rcpts = 0;
 	run->msg.body = msgbody_ref(msg->body);
+	run->msg.why = NULL; /* only quarantine has one, and it never gets here */
 	run->stage = RUN_PREPARE;
 	(void)rt;
 	router_run_next(run);

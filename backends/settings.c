@@ -63,7 +63,11 @@ static const struct setting_def backends_rows[] = {
 	{ NULL, "junk_folder", SETTING_STR, "Junk", 0, 0, OFF(junk_folder), 0,
 	  "Maildir++ folder for mail scored at or above pipeline.junk_score", NULL, NULL },
 	{ NULL, "quarantine_dir", SETTING_STR, LOCALSTATEDIR "/lib/mxguard/quarantine", 0, 0, OFF(quarantine_dir), SETTING_F_PATH,
-	  "Maildir that holds quarantined mail", NULL, NULL },
+	  "Maildir that holds quarantined mail, with each message's metadata in its meta/ (doc/quarantine.md)", NULL, NULL },
+	{ NULL, "quarantine_retention", SETTING_INT, "30", 1, 3650, OFF(quarantine_retention), 0,
+	  "days a quarantined message is kept before mxguardctl quarantine expire removes it", NULL, NULL },
+	{ NULL, "quarantine_to_junk", SETTING_BOOL, "false", 0, 0, OFF(quarantine_to_junk), 0,
+	  "quarantine mail whose recipients are all local users into their junk_folder instead", NULL, NULL },
 	{ NULL, "postmaster", SETTING_STR, "", 0, 0, OFF(postmaster), 0,
 	  "mailbox (user@local.domain) that receives postmaster@ every local domain (\"\" = first user of a local domain)", NULL, NULL },
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backends/backends.h"
 
@@ -43,6 +44,10 @@ struct store_job {
 	enum { STORE_DELIVER, STORE_PREPARE, STORE_COMMIT, STORE_DISCARD } step;
 	struct backend_tx *tx;
 	int rc;
+	/* a quarantine copy: its metadata, written between prepare and commit */
+	char *qdir;
+	struct quarantine_meta *meta;
+	bool meta_written;
 };
 
 #define store_reply backend_reply_set
@@ -188,13 +193,70 @@ store_job_free(struct store_job *sj)
 		free(sj->job.targets[i].root);
 		free(sj->job.targets[i].folder);
 		free(sj->job.targets[i].headers);
+		free(sj->job.targets[i].name);
 	}
 	free(sj->job.targets);
 	free((char *)sj->job.prefix);
 	free((char *)sj->job.authserv_id);
 	msgbody_unref(&sj->job.body);
+	bool prepared = sj->job.copies != NULL;
 	maildir_job_free_results(&sj->job);
+	if (prepared && sj->meta_written)
+		(void)quarantine_meta_remove(sj->qdir, sj->meta->id); /* never committed */
+	if (sj->meta != NULL)
+		quarantine_meta_clear(sj->meta);
+	free(sj->meta);
+	free(sj->qdir);
 	free(sj);
+}
+
+/* The message is durable in tmp/: its metadata goes to meta/ (durable too)
+ * before the message becomes visible in new/ — never a message without
+ * metadata. */
+static int
+store_write_meta(struct store_job *sj)
+{
+	char *error = NULL;
+
+	if (quarantine_meta_write(sj->qdir, sj->meta, sj->job.fsync, &error) < 0) {
+		sj->job.error = errno != 0 ? errno : EIO;
+		str_copy(sj->job.error_text, error != NULL ? error : "quarantine: metadata",
+			 sizeof(sj->job.error_text));
+		free(error);
+		(void)quarantine_meta_remove(sj->qdir, sj->meta->id);
+		return -1;
+	}
+	sj->meta_written = true;
+	return 0;
+}
+
+static int
+store_prepare_job(struct store_job *sj)
+{
+	if (maildir_prepare(&sj->job) < 0)
+		return -1;
+	if (sj->meta != NULL && store_write_meta(sj) < 0) {
+		int err = sj->job.error;
+		char text[sizeof(sj->job.error_text)];
+		str_copy(text, sj->job.error_text, sizeof(text));
+		(void)maildir_commit(&sj->job, false);
+		sj->job.error = err;
+		str_copy(sj->job.error_text, text, sizeof(sj->job.error_text));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+store_commit_job(struct store_job *sj, bool keep)
+{
+	int rc = maildir_commit(&sj->job, keep);
+
+	/* metadata whose message did not make it into new/ goes too */
+	if ((rc < 0 || !keep) && sj->meta_written)
+		(void)quarantine_meta_remove(sj->qdir, sj->meta->id);
+	sj->meta_written = rc == 0 && keep;
+	return rc;
 }
 
 static void
@@ -204,14 +266,16 @@ store_work(void *arg)
 
 	switch (sj->step) {
 	case STORE_DELIVER:
-		sj->rc = maildir_deliver(&sj->job);
+		sj->rc = store_prepare_job(sj);
+		if (sj->rc == 0)
+			sj->rc = store_commit_job(sj, true);
 		break;
 	case STORE_PREPARE:
-		sj->rc = maildir_prepare(&sj->job);
+		sj->rc = store_prepare_job(sj);
 		break;
 	case STORE_COMMIT:
 	case STORE_DISCARD:
-		sj->rc = maildir_commit(&sj->job, sj->step == STORE_COMMIT);
+		sj->rc = store_commit_job(sj, sj->step == STORE_COMMIT);
 		break;
 	}
 }
@@ -258,6 +322,31 @@ store_quarantine_headers(const struct backend_message *msg)
 	return hdr;
 }
 
+/* What the quarantine keeps beside the message (backends/quarantine.c). */
+static struct quarantine_meta *
+store_quarantine_meta(const struct backend_tx *tx, const struct backend_message *msg)
+{
+	struct quarantine_meta *m = xcalloc(1, sizeof(*m));
+	const struct backend_verdict *why = msg->why;
+
+	str_copy(m->id, msg->id, sizeof(m->id));
+	m->time = (long long)time(NULL);
+	m->client_addr = xstrdup(tx->client_addr != NULL ? tx->client_addr : "");
+	m->client_port = tx->client_port;
+	m->helo = xstrdup(tx->helo != NULL ? tx->helo : "");
+	m->from = xstrdup(msg->from);
+	m->rcpts = xcalloc(msg->n_rcpts + 1, sizeof(*m->rcpts));
+	for (size_t i = 0; i < msg->n_rcpts; i++)
+		m->rcpts[m->n_rcpts++] = xstrdup(msg->rcpts[i].address);
+	m->verdict = xstrdup(why != NULL && why->verdict != NULL ? why->verdict : "quarantine");
+	m->action = xstrdup(why != NULL && why->action != NULL ? why->action : "quarantine");
+	m->score = why != NULL ? why->score : 0.0;
+	m->hits = xstrdup(why != NULL && why->hits != NULL ? why->hits : "");
+	m->reason = xstrdup(why != NULL && why->reason != NULL ? why->reason : "");
+	m->size = msgbody_size(msg->body);
+	return m;
+}
+
 static struct store_job *
 store_job_new(struct backend_tx *tx, const struct backend_message *msg, backend_done_cb *done,
 	      void *ctx)
@@ -275,6 +364,9 @@ store_job_new(struct backend_tx *tx, const struct backend_message *msg, backend_
 		job->targets = xcalloc(1, sizeof(*job->targets));
 		job->targets[0].root = xstrdup(s->quarantine_dir);
 		job->targets[0].headers = store_quarantine_headers(msg);
+		job->targets[0].name = xstrdup(msg->id);
+		sj->qdir = xstrdup(s->quarantine_dir);
+		sj->meta = store_quarantine_meta(tx, msg);
 	} else {
 		job->targets = xcalloc(msg->n_rcpts, sizeof(*job->targets));
 		for (size_t i = 0; i < msg->n_rcpts; i++) {

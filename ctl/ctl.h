@@ -10,4 +10,8 @@
  * NULL when there is none. argv[0] is "rules". Returns the exit status. */
 int ctl_rules_main(struct mx_config *cfg, int argc, char **argv);
 
+/* `mxguardctl quarantine ...` (ctl/quarantine_cmd.c); cfg is the loaded
+ * config. argv[0] is "quarantine". Returns the exit status. */
+int ctl_quarantine_main(struct mx_config *cfg, int argc, char **argv);
+
 #endif

@@ -3,6 +3,8 @@
  *
  *   mxguardctl [-c CONFIG] [-p PASSWD_FILE] user add|del|passwd|list|check [USER]
  *   mxguardctl [-c CONFIG] rules lint|test ...   (ctl/rules_cmd.c)
+ *   mxguardctl [-c CONFIG] quarantine list|show|release|delete|expire ...
+ *                                                (ctl/quarantine_cmd.c)
  *
  * It reads the same configuration file as the daemon (through the same
  * loader, with the same stage sections registered) so that it edits the
@@ -76,6 +78,11 @@ static void ctl_usage(FILE *out)
 		"  rules lint FILE... check rule files: file:line:col: error|warning: ...\n"
 		"  rules test [-r FILE]... [--summary] [--from A] [--rcpt A] [--helo H]\n"
 		"             [--client IP] MESSAGE...   score messages with the rules\n"
+		"  quarantine list [--since TIME] [--rcpt A] [--sender A] [--reason TEXT] [--all]\n"
+		"  quarantine show ID             metadata and headers of a held message\n"
+		"  quarantine release ID [--to A]...  deliver it (no filters) to its recipients\n"
+		"  quarantine delete ID           remove it (recorded in its metadata)\n"
+		"  quarantine expire              remove what is older than quarantine_retention\n"
 		"\n"
 		"options:\n"
 		"  -c CONFIG          configuration file (default %s)\n"
@@ -406,6 +413,8 @@ static int ATTR_PRINTF(1, 2) ctl_usage_error(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputs("\nusage: mxguardctl [-c CONFIG] [-p PASSWD_FILE] user add|del|passwd|list|check [USER]\n"
+	      "       mxguardctl [-c CONFIG] rules lint|test ...\n"
+	      "       mxguardctl [-c CONFIG] quarantine list|show|release|delete|expire ...\n"
 	      "Try 'mxguardctl -h' for more.\n", stderr);
 	return CTL_EXIT_USAGE;
 }
@@ -451,6 +460,21 @@ int main(int argc, char **argv)
 			}
 		}
 		ret = ctl_rules_main(ctl.cfg, argc, argv);
+		config_unref(&ctl.cfg);
+		return ret;
+	}
+	if (strcmp(argv[0], "quarantine") == 0) {
+		mxguard_register_config();
+		if (config_load(ctl.config_path, &ctl.cfg, &error) < 0) {
+			ctl_error("%s", error != NULL ? error : ctl.config_path);
+			free(error);
+			return CTL_EXIT_FAIL;
+		}
+		ret = ctl_quarantine_main(ctl.cfg, argc, argv);
+		if (fflush(stdout) != 0 || ferror(stdout)) {
+			ctl_error("cannot write to standard output: %s", strerror(errno));
+			ret = CTL_EXIT_FAIL;
+		}
 		config_unref(&ctl.cfg);
 		return ret;
 	}

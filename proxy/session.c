@@ -89,6 +89,8 @@ struct tx {
 	/* delivery: the backend's answer to DATA */
 	struct backend_reply dreply;
 	char *ddetail;                  /* the backend's detail on a failure, for the log */
+	char quarantine[MX_ID_LEN];     /* held: the quarantine id, "junk" when it went to
+					 * the users' junk folders instead; "" otherwise */
 	struct server_state *st;
 	char *log_summary;
 };
@@ -1256,7 +1258,7 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 	log_msg(LOG_LEVEL_INFO,
 		"%s smtp tx session=%s client=%s helo=%s from=<%s> to=%s nrcpt=%zu size=%llu "
 		"msgid=%s verdict=%s action=%s score=%.1f stages=%s hits=%s result=%s dsn=%s "
-		"reason=%s delay=%.3f%s%s%s%s",
+		"reason=%s delay=%.3f%s%s%s%s%s%s",
 		tx->id, session_id, client, helo[0] ? helo : "-", tx->from, to[0] ? to : "-",
 		tx->n_rcpts, (unsigned long long)tx->smtp_size, tx->msgid,
 		verdict_name(tx->outcome.verdict), action_name(tx->outcome.action),
@@ -1265,7 +1267,8 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 		rdns_status != RDNS_UNKNOWN ? " rdns=" : "",
 		rdns_status != RDNS_UNKNOWN ? (rdns[0] != '\0' ? rdns : "-") : "",
 		rdns_status != RDNS_UNKNOWN ? " rdns_status=" : "",
-		rdns_status != RDNS_UNKNOWN ? rdns_status_name(rdns_status) : "");
+		rdns_status != RDNS_UNKNOWN ? rdns_status_name(rdns_status) : "",
+		tx->quarantine[0] != '\0' ? " quarantine=" : "", tx->quarantine);
 	free(stages);
 	free(hits);
 	free(to);
@@ -1338,6 +1341,8 @@ delivery_done(void *arg, const struct backend_reply *r, const char *detail)
 				: r->code / 100 == 4 ? "deferred" : "rejected";
 
 	tx->dreply = *r;
+	if (!ok)
+		tx->quarantine[0] = '\0'; /* not held after all */
 	if (!ok) {
 		str_copy(tx->reason, r->reason[0] ? r->reason : "delivery_error", sizeof(tx->reason));
 		if (detail[0] != '\0')
@@ -1408,6 +1413,68 @@ session_build_prefix(struct session *sess, struct tx *tx, size_t *len_r)
 	return buf;
 }
 
+/* Why the message is held, for the quarantine's metadata: the stage whose
+ * verdict it was and that stage's last hit ("clamav:CLAMAV_Eicar-..."),
+ * or the score threshold. */
+static void
+session_quarantine_reason(struct session *sess, struct tx *tx, char *out, size_t outsz)
+{
+	const struct filter_stage_log *log;
+	const struct filter_hit *hits;
+	size_t n = filter_tx_stage_log(tx->fx, &log);
+	size_t nh = filter_tx_hits(tx->fx, &hits);
+
+	for (size_t i = n; i-- > 0;) {
+		if (strcmp(log[i].result, "quarantine") != 0)
+			continue;
+		for (size_t k = nh; k-- > 0;) {
+			if (strcmp(hits[k].stage, log[i].stage) == 0) {
+				snprintf(out, outsz, "%s:%s", log[i].stage, hits[k].rule);
+				return;
+			}
+		}
+		snprintf(out, outsz, "%s", log[i].stage);
+		return;
+	}
+	snprintf(out, outsz, "score>=%.1f", pipeline_settings(sess->st->cfg)->quarantine_score);
+}
+
+/* "stage:rule=score,..." for the quarantine's metadata. */
+static char *
+session_format_hits(const struct filter_tx *fx)
+{
+	const struct filter_hit *hits;
+	size_t n = filter_tx_hits(fx, &hits);
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (f == NULL)
+		abort(); /* only fails without memory */
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%s%s:%s=%.1f", i > 0 ? "," : "", hits[i].stage, hits[i].rule,
+			hits[i].score);
+	if (fclose(f) != 0)
+		abort();
+	return buf;
+}
+
+/* quarantine_to_junk: only when every recipient is a local user's. */
+static bool
+session_quarantine_to_junk(struct session *sess, const struct tx *tx)
+{
+	const struct mx_config *cfg = sess->st->cfg;
+
+	if (!backends_settings(cfg)->quarantine_to_junk || tx->n_rcpts == 0)
+		return false;
+	for (size_t i = 0; i < tx->n_rcpts; i++) {
+		const char *at = strrchr(tx->rcpts[i], '@');
+		if (at == NULL || !backends_is_local_domain(cfg, at + 1))
+			return false;
+	}
+	return true;
+}
+
 static void
 session_deliver(struct session *sess)
 {
@@ -1424,14 +1491,35 @@ session_deliver(struct session *sess)
 		/* our authserv-id is the hostname (doc/auth.md) */
 		.authserv_id = smtp_settings(sess->st->cfg)->hostname,
 	};
+	char reason[256];
+	char *hits = NULL;
+	struct backend_verdict why;
 	char *prefix = session_build_prefix(sess, tx, &msg.prefix_len);
 
+	if (action == ACTION_QUARANTINE && session_quarantine_to_junk(sess, tx)) {
+		msg.folder = BACKEND_FOLDER_JUNK;
+		str_copy(tx->quarantine, "junk", sizeof(tx->quarantine));
+	} else if (action == ACTION_QUARANTINE) {
+		session_quarantine_reason(sess, tx, reason, sizeof(reason));
+		hits = session_format_hits(tx->fx);
+		why = (struct backend_verdict){
+			.verdict = verdict_name(tx->sticky == VERDICT_QUARANTINE ? VERDICT_QUARANTINE
+										  : tx->outcome.verdict),
+			.action = action_name(action),
+			.score = tx->outcome.score,
+			.hits = hits,
+			.reason = reason,
+		};
+		msg.why = &why;
+		str_copy(tx->quarantine, tx->id, sizeof(tx->quarantine));
+	}
 	msg.prefix = prefix;
 	/* the delivery owns the tx until delivery_done */
 	sess->tx = NULL;
 	sess->flags |= SESSION_F_BUSY;
 	session_arm_timeouts(sess);
 	backend_tx_data(tx->btx, &msg, delivery_done, tx);
+	free(hits);
 	free(prefix);
 }
 

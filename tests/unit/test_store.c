@@ -212,6 +212,9 @@ done_cb(void *ctx, const struct backend_reply *reply, const char *detail)
 	f->done++;
 }
 
+/* what deliver() says of a quarantined message */
+static const struct backend_verdict *deliver_why;
+
 static void
 deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_folder folder)
 {
@@ -234,6 +237,7 @@ deliver(struct fixture *f, const char *const *rcpts, size_t n, enum backend_fold
 	struct backend_message msg = {
 		.id = "TESTID0000000001", .from = "s@x.test", .rcpts = r, .n_rcpts = n,
 		.folder = folder, .prefix = "Received: test\n", .prefix_len = 15, .body = body,
+		.why = folder == BACKEND_FOLDER_QUARANTINE ? deliver_why : NULL,
 	};
 	f->done = 0;
 	struct backend_tx *tx = store_tx(f);
@@ -312,6 +316,66 @@ test_data_failure_is_a_temporary_reply(void **state)
 	free(root);
 }
 
+/* A quarantined copy: new/<ID>,S=<size> and meta/<ID> with the envelope
+ * and the why, as the session passed them. */
+static void
+test_quarantine_metadata(void **state)
+{
+	struct fixture *f = *state;
+	const char *const rcpts[] = { "bob@b.test", "admin@a.test" };
+	const struct backend_verdict why = { .verdict = "quarantine", .action = "quarantine",
+					     .score = 7.5, .hits = "rules:X=7.5",
+					     .reason = "rules:X" };
+	char *qdir = xasprintf("%s/quarantine", f->dir);
+	struct quarantine_meta m = { 0 };
+	char *error = NULL, *path = NULL;
+
+	deliver_why = &why;
+	deliver(f, rcpts, 2, BACKEND_FOLDER_QUARANTINE);
+	deliver_why = NULL;
+	assert_int_equal(f->reply.code, 250);
+	if (quarantine_meta_read(qdir, "TESTID0000000001", &m, &error) < 0)
+		fail_msg("%s", error);
+	assert_string_equal(m.from, "s@x.test");
+	assert_int_equal(m.n_rcpts, 2);
+	assert_string_equal(m.rcpts[0], "bob@b.test");
+	assert_string_equal(m.rcpts[1], "admin@a.test");
+	assert_string_equal(m.reason, "rules:X");
+	assert_string_equal(m.hits, "rules:X=7.5");
+	assert_true(m.score == 7.5);
+	assert_true(m.size > 0);
+	assert_int_equal(quarantine_message_path(qdir, "TESTID0000000001", &path), 1);
+	char *want = xasprintf("%s/new/TESTID0000000001,S=", qdir);
+	assert_memory_equal(path, want, strlen(want));
+	free(want);
+	free(path);
+	quarantine_meta_clear(&m);
+	free(qdir);
+}
+
+/* The metadata cannot be written (meta is a file): the delivery fails with
+ * a 4xx and no message is left in new/ (nor in tmp/) — never a message
+ * without its metadata. */
+static void
+test_quarantine_no_message_without_metadata(void **state)
+{
+	struct fixture *f = *state;
+	const char *const rcpts[] = { "bob@b.test" };
+	char *qdir = xasprintf("%s/quarantine", f->dir);
+	char *cmd = xasprintf("mkdir -p '%s' && touch '%s/meta'", qdir, qdir);
+	char *newdir = xasprintf("%s/new", qdir), *tmpdir = xasprintf("%s/tmp", qdir);
+
+	assert_int_equal(system(cmd), 0);
+	deliver(f, rcpts, 1, BACKEND_FOLDER_QUARANTINE);
+	assert_int_equal(f->reply.code / 100, 4);
+	assert_int_equal(count_files(newdir), 0);
+	assert_int_equal(count_files(tmpdir), 0);
+	free(cmd);
+	free(newdir);
+	free(tmpdir);
+	free(qdir);
+}
+
 int
 main(void)
 {
@@ -321,6 +385,9 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_data_one_copy_per_mailbox, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_junk_and_quarantine, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_failure_is_a_temporary_reply, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quarantine_metadata, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quarantine_no_message_without_metadata, setup,
+						teardown),
 	};
 
 	evthread_use_pthreads();
