@@ -3,7 +3,8 @@
  *
  *   mxguardctl [-c CONFIG] rules lint FILE...
  *   mxguardctl [-c CONFIG] rules test [-r FILE]... [--summary] [--list-loaded]
- *              [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME] MESSAGE...
+ *              [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME]
+ *              [--hit STAGE:RULE]... MESSAGE...
  *
  * lint compiles the files the way the daemon does and prints every error
  * and warning as "file:line:col: error|warning: message"; it exits 1 when
@@ -36,7 +37,8 @@ rules_usage(const char *what)
 	fprintf(stderr, "mxguardctl: rules: %s\n"
 		"usage: mxguardctl [-c CONFIG] rules lint FILE...\n"
 		"       mxguardctl [-c CONFIG] rules test [-r FILE]... [--summary] [--list-loaded]\n"
-		"                  [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME] MESSAGE...\n",
+		"                  [--from ADDR] [--rcpt ADDR]... [--helo NAME] [--client IP] [--rdns NAME]\n"
+		"                  [--hit STAGE:RULE]... MESSAGE...\n",
 		what);
 	return 2;
 }
@@ -136,8 +138,8 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 {
 	const char **files = NULL;
 	size_t n_files = 0;
-	const char **rcpts = NULL;
-	size_t n_rcpts = 0;
+	const char **rcpts = NULL, **hits = NULL;
+	size_t n_rcpts = 0, n_hits = 0;
 	const char *from = "", *helo = "", *client = "", *rdns = "";
 	bool summary = false, list_loaded = false;
 	double th[3] = { 5.0, 8.0, 15.0 };
@@ -164,9 +166,14 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 			client = argv[++i];
 		} else if (strcmp(a, "--rdns") == 0 && has_next) {
 			rdns = argv[++i];
+		} else if (strcmp(a, "--hit") == 0 && has_next) {
+			/* a hit an earlier stage would have made, for `stage` rules */
+			hits = xrealloc(hits, (n_hits + 1) * sizeof(*hits));
+			hits[n_hits++] = argv[++i];
 		} else if (a[0] == '-' && a[1] != '\0') {
 			free(files);
 			free(rcpts);
+			free(hits);
 			return rules_usage("test: unknown option or missing value");
 		} else {
 			break;
@@ -193,6 +200,7 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 				free(err);
 				free(files);
 				free(rcpts);
+				free(hits);
 				return 1;
 			}
 			files = xrealloc(files, (n_expanded + 1) * sizeof(*files));
@@ -203,11 +211,13 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 	if (n_files == 0) {
 		free(files);
 		free(rcpts);
+		free(hits);
 		return rules_usage("test: no rule files (-r FILE, or a config with rules { files })");
 	}
 	if (i == argc && !list_loaded) {
 		free(files);
 		free(rcpts);
+		free(hits);
 		return rules_usage("test: name the messages");
 	}
 	struct rules_diag *d = NULL;
@@ -233,6 +243,7 @@ rules_test(struct mx_config *cfg, int argc, char **argv)
 	const struct rules_envelope env = {
 		.mail_from = from, .rcpts = rcpts, .n_rcpts = n_rcpts, .helo = helo,
 		.client_addr = client, .client_rdns = rdns,
+		.stage_hits = hits, .n_stage_hits = n_hits,
 	};
 	for (; i < argc; i++) {
 		size_t len = 0;
@@ -338,6 +349,7 @@ out:
 	free(expanded);
 	free(files);
 	free(rcpts);
+	free(hits);
 	return ret;
 }
 

@@ -14,7 +14,8 @@
  * lib/msgtext.c) and the rules run on the worker pool's scan lane; every
  * rule that hit adds its score under its own name (the X-Spam-Status
  * tests= list and the log line's hits=), and an `action` rule that hit
- * decides the verdict. The pipeline maps the total to tag/junk/reject.
+ * decides the verdict. The hits of the stages before ("auth:DMARC_FAIL")
+ * are handed to the rules for their `stage` lines. The pipeline maps the total to tag/junk/reject.
  */
 #include "config.h"
 
@@ -37,6 +38,8 @@ struct rules_job {
 	const struct rules_stage *st;
 	struct msgbody *body;      /* the job's reference is the pipeline's */
 	char *mail_from, *helo, *client_addr, *client_rdns;
+	char **stage_hits;      /* "stage:RULE" of the stages before */
+	size_t n_stage_hits;
 	char **rcpts;
 	size_t n_rcpts;
 	struct rules_result res;
@@ -120,6 +123,9 @@ rules_job_free(struct rules_job *j)
 	free(j->helo);
 	free(j->client_addr);
 	free(j->client_rdns);
+	for (size_t i = 0; i < j->n_stage_hits; i++)
+		free(j->stage_hits[i]);
+	free(j->stage_hits);
 	for (size_t i = 0; i < j->n_rcpts; i++)
 		free(j->rcpts[i]);
 	free(j->rcpts);
@@ -136,6 +142,7 @@ rules_work(void *arg)
 		.mail_from = j->mail_from, .rcpts = (const char *const *)j->rcpts,
 		.n_rcpts = j->n_rcpts, .helo = j->helo, .client_addr = j->client_addr,
 		.client_rdns = j->client_rdns,
+		.stage_hits = (const char *const *)j->stage_hits, .n_stage_hits = j->n_stage_hits,
 	};
 
 	j->no_text = t == NULL;
@@ -184,6 +191,16 @@ rules_check(struct stage *stage, struct stage_call *call)
 	j->client_addr = xstrdup(msg->client_addr != NULL ? msg->client_addr : "");
 	j->client_rdns = xstrdup(msg->client_rdns_status == RDNS_CONFIRMED &&
 				 msg->client_rdns != NULL ? msg->client_rdns : "");
+	/* what the stages before found (auth's DMARC_FAIL, dnsbl's lists,
+	 * format's checks): `stage` rules match them, meta rules combine them */
+	const struct filter_hit *hits;
+	size_t n_hits = filter_tx_hits(call->fx, &hits);
+	j->stage_hits = xcalloc(n_hits + 1, sizeof(*j->stage_hits));
+	for (size_t i = 0; i < n_hits; i++) {
+		if (strcmp(hits[i].stage, call->stage->name) != 0)
+			j->stage_hits[j->n_stage_hits++] = xasprintf("%s:%s", hits[i].stage,
+								     hits[i].rule);
+	}
 	j->rcpts = xcalloc(msg->n_rcpts + 1, sizeof(*j->rcpts));
 	for (size_t i = 0; i < msg->n_rcpts; i++)
 		j->rcpts[i] = xstrdup(msg->rcpts[i]);

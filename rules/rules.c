@@ -82,7 +82,7 @@
 enum rule_kind {
 	RK_NONE = 0, /* only score/describe/tflags seen so far */
 	RK_HEADER, RK_BODY, RK_RAWBODY, RK_FULL, RK_URI, RK_META,
-	RK_ENVFROM, RK_ENVRCPT, RK_HELO, RK_RDNS, RK_CLIENT, RK_FILENAME, RK_MIMETYPE,
+	RK_ENVFROM, RK_ENVRCPT, RK_HELO, RK_RDNS, RK_CLIENT, RK_FILENAME, RK_MIMETYPE, RK_STAGE,
 	RK_SKIPPED, /* defined by a construct we cannot run */
 };
 
@@ -1051,6 +1051,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 		{ "full", RK_FULL }, { "uri", RK_URI }, { "meta", RK_META },
 		{ "envfrom", RK_ENVFROM }, { "envrcpt", RK_ENVRCPT }, { "helo", RK_HELO },
 		{ "rdns", RK_RDNS }, { "client", RK_CLIENT }, { "filename", RK_FILENAME }, { "mimetype", RK_MIMETYPE },
+		{ "stage", RK_STAGE },
 	};
 	enum rule_kind kind = RK_NONE;
 	for (size_t i = 0; i < N_ELEMENTS(defs); i++) {
@@ -1058,8 +1059,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 			kind = defs[i].kind;
 	}
 	bool other = strcmp(kw, "score") == 0 || strcmp(kw, "describe") == 0 ||
-		     strcmp(kw, "tflags") == 0 || strcmp(kw, "action") == 0 ||
-		     strcmp(kw, "rdns") == 0;
+		     strcmp(kw, "tflags") == 0 || strcmp(kw, "action") == 0;
 	if (kind == RK_NONE && !other) {
 		if (ignored_directive(kw))
 			ld->rs->stats.ignored_lines++;
@@ -1096,6 +1096,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 	case RK_ENVRCPT:
 	case RK_HELO:
 	case RK_RDNS:
+	case RK_STAGE:
 	case RK_FILENAME:
 	case RK_MIMETYPE: {
 		if (strncmp(p, "eval:", 5) == 0) {
@@ -1168,10 +1169,7 @@ parse_line(struct loader *ld, char *line, const char *dir)
 		break;
 	}
 	default:
-		if (strcmp(kw, "rdns") == 0) {
-			rule_skip(ld, r, "rdns: reverse DNS is not looked up in this build",
-				  &ld->rs->stats.skipped_other);
-		} else if (strcmp(kw, "score") == 0) {
+		if (strcmp(kw, "score") == 0) {
 			char *end;
 			double v = strtod(p, &end);
 			if (end == p || (*end != '\0' && *end != ' ' && *end != '\t') || !isfinite(v)) {
@@ -2212,6 +2210,9 @@ rules_eval(const struct rule_set *rs, const struct msgtext *t, const struct rule
 		}
 		case RK_ENVRCPT:
 			c = eval_list(&ec, r, env->rcpts, env->n_rcpts);
+			break;
+		case RK_STAGE:
+			c = eval_list(&ec, r, env->stage_hits, env->n_stage_hits);
 			break;
 		case RK_HELO:
 		case RK_RDNS: {

@@ -89,6 +89,10 @@ struct rules_envelope {
 	/* the client's forward-confirmed reverse DNS name; NULL or "" when
 	 * there is none (no PTR, not confirmed, not looked up) */
 	const char *client_rdns;
+	/* what the stages before the rules found, "stage:RULE" each
+	 * ("auth:DMARC_FAIL", "dnsbl:zen"): the `stage` rule lines match these */
+	const char *const *stage_hits;
+	size_t n_stage_hits;
 };
 
 /* One rule that hit. */

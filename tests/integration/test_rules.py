@@ -72,6 +72,23 @@ class RulesDaemon(unittest.TestCase):
         cls.d.cleanup()
 
 
+class StageHits(RulesDaemon):
+    """`stage` lines see what the stages before the rules found."""
+    pipeline = {"stages": ["format", "rules"]}
+    extra_rules = ('stage LOCAL_NO_DATE /^format:FORMAT_NO_DATE$/\n'
+                   'action LOCAL_NO_DATE reject "550 5.7.1 Messages need a Date"\n')
+
+    def test_rule_on_an_earlier_stage_hit(self):
+        undated = message("undated").replace(b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n", b"")
+        self.assertNotIn(b"Date:", undated)
+        code, text = send(self.d, undated)
+        self.assertEqual(code, 550, text)
+        self.assertIn(b"5.7.1 Messages need a Date", text)
+        self.assertRegex(self.d.log(), r"hits=\S*FORMAT_NO_DATE\S*LOCAL_NO_DATE")
+        code, text = send(self.d, message("dated"))
+        self.assertEqual(code, 250, text)
+
+
 class Gtube(RulesDaemon):
     extra_rules = (
         'envfrom  LOCAL_BAD_SENDER  /\\@bad\\.example$/\n'

@@ -378,6 +378,27 @@ test_envelope_rules(void **state)
 	assert_true(hit(&res, "MT", NULL));
 	rules_result_clear(&res);
 	rules_free(&rs);
+
+	/* `stage`: what the stages before found, combined by a meta rule */
+	rs = load_text("stage DMARC_BAD /^auth:DMARC_FAIL$/\n"
+		       "stage ANY_LIST /^dnsbl:/\n"
+		       "envfrom FROM_BANK /\\@bank\\.example$/\n"
+		       "meta SPOOFED_BANK (DMARC_BAD && FROM_BANK)\nscore SPOOFED_BANK 6\n");
+	const char *hits[] = { "format:FORMAT_NO_DATE", "auth:DMARC_FAIL" };
+	struct rules_envelope env2 = { .mail_from = "x@bank.example", .stage_hits = hits,
+				       .n_stage_hits = 2 };
+	rules_eval(rs, NULL, &env2, false, &res);
+	assert_true(hit(&res, "DMARC_BAD", NULL));
+	assert_false(hit(&res, "ANY_LIST", NULL));
+	assert_true(hit(&res, "SPOOFED_BANK", &s));
+	assert_true(s > 5.99 && s < 6.01);
+	rules_result_clear(&res);
+	env2.n_stage_hits = 1; /* no DMARC_FAIL */
+	rules_eval(rs, NULL, &env2, false, &res);
+	assert_false(hit(&res, "DMARC_BAD", NULL));
+	assert_false(hit(&res, "SPOOFED_BANK", NULL));
+	rules_result_clear(&res);
+	rules_free(&rs);
 }
 
 static void
