@@ -402,7 +402,8 @@ static int mailbox_scan_cur(const char *dir, struct scan_entry **out, size_t *n_
 	}
 	closedir(d);
 	free(curdir);
-	qsort(v, n, sizeof(*v), cmp_scan);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_scan);
 	*out = v;
 	*n_r = n;
 	return 0;
@@ -499,7 +500,8 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	index = xcalloc(ul.n + 1, sizeof(*index));
 	for (size_t i = 0; i < ul.n; i++)
 		index[i] = &ul.entries[i];
-	qsort(index, ul.n, sizeof(*index), cmp_entry_base);
+	if (ul.n > 1)
+		qsort(index, ul.n, sizeof(*index), cmp_entry_base);
 
 	mb->uidvalidity = ul.uidvalidity;
 	mb->uidnext = ul.uidnext;
@@ -558,7 +560,8 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	}
 	if (mb->n_msgs != ul.n)
 		dirty = true; /* entries whose files are gone are dropped */
-	qsort(mb->msgs, mb->n_msgs, sizeof(*mb->msgs), cmp_msg_uid);
+	if (mb->n_msgs > 1)
+		qsort(mb->msgs, mb->n_msgs, sizeof(*mb->msgs), cmp_msg_uid);
 	if (dirty && uidlist_write(dir, mb, error_r) < 0)
 		goto fail;
 	for (size_t i = 0; i < n_files; i++)
