@@ -48,8 +48,10 @@
 #include "mailbox/mailbox.h"
 #include "pop3/pop3.h"
 
-/* Output queued beyond this stops command processing until it drains. */
-#define POP3_OUTPUT_MAX (64 * 1024)
+/* Output queued beyond this stops command processing until it drains. It
+ * is larger than a chunk, so that the next pipelined RETR reads its
+ * message on the pool while the last one is still being sent. */
+#define POP3_OUTPUT_MAX (384 * 1024)
 /* A message is read and converted this much at a time ... */
 #define POP3_CHUNK (256 * 1024)
 /* ... and the next chunk is read while less than this is queued. */
