@@ -122,12 +122,13 @@ class Pop3Case(DaemonTestCase):
     pop3 = dict(plaintext_auth="loopback", auth_failure_delay=200)
     tls = True
     users = (USER, "alice@example.test")
+    settings = {}
 
     @classmethod
     def setUpClass(cls):
         cls.pop_port = mxtest.free_port()
         cls.pops_port = mxtest.free_port() if cls.tls else None
-        cls.d = mxtest.Daemon(tls=cls.tls, users=cls.users,
+        cls.d = mxtest.Daemon(tls=cls.tls, users=cls.users, settings=cls.settings,
                               extra_conf=pop3_conf(cls.pop_port, cls.pops_port, **cls.pop3))
 
     def pop(self, user=USER, password=PASSWORD):
@@ -626,6 +627,67 @@ class Throttle(Pop3Case):
         self.assertIn("reason=throttled", self.d.log())
 
 
+class Lifecycle(Pop3Case):
+    """Reload and stop with POP3 sessions open. One loop thread, so that
+    once a new session sees a reloaded state, every later one does."""
+    pop3 = dict(plaintext_auth="loopback", auth_failure_delay=100)
+    settings = {"threads": 1}
+
+    def reload_with(self, **pop3):
+        old = self.d.extra_conf
+        self.d.extra_conf = pop3_conf(self.pop_port, self.pops_port, **pop3)
+        self.d.write_config()
+        self.addCleanup(self.restore, old)
+        self.d.signal(mxtest.signal.SIGHUP)
+
+    def restore(self, old):
+        self.d.extra_conf = old
+        self.d.write_config()
+        if self.d.running():
+            self.d.signal(mxtest.signal.SIGHUP)
+            self.wait_user_answer(b"+OK")
+
+    def wait_user_answer(self, prefix):
+        """Every loop switches to a reloaded state on its own: retry a new
+        session (bounded) until one answers USER with prefix."""
+        deadline = time.monotonic() + 10
+        while True:
+            r = RawPop(self.pop_port)
+            got = r.cmd("USER " + USER)
+            r.cmd("QUIT")
+            r.close()
+            if got.startswith(prefix) or time.monotonic() > deadline:
+                return got
+
+    def test_reload_applies_to_new_sessions(self):
+        r = self.raw()
+        self.assertEqual(r.cmd("USER " + USER), b"+OK")
+        self.reload_with(plaintext_auth="tls-only", auth_failure_delay=100)
+        # a new session gets the new settings ...
+        self.assertTrue(self.wait_user_answer(b"-ERR [AUTH]").startswith(b"-ERR [AUTH]"))
+        # ... the open one keeps those it started with
+        self.assertTrue(r.cmd("PASS " + PASSWORD).startswith(b"+OK"))
+        r.cmd("QUIT")
+
+    def test_sigterm_deletes_nothing(self):
+        # (last in this class by name: it stops the daemon)
+        self.empty()
+        send_mail(self.d, USER, "shutdown")
+        r = self.raw()
+        r.cmd("USER " + USER)
+        r.cmd("PASS " + PASSWORD)
+        self.assertTrue(r.cmd("DELE 1").startswith(b"+OK"))
+        self.assertEqual(self.d.stop(), 0)
+        self.assertEqual(r.line(), b"-ERR [SYS/TEMP] Server shutting down.")
+        self.assertTrue(r.closed())
+        self.assertEqual(len(self.stored()), 1)
+        self.assertIn("reason=shutdown", self.d.log())
+
+    def setUp(self):
+        if not self.d.running():
+            self.d.start()
+
+
 # ------------------------------------------------------------ real clients
 def have(prog):
     return shutil.which(prog) is not None
@@ -691,7 +753,10 @@ class RealClients(Pop3Case):
             os.chmod(rc, 0o600)
             env = dict(os.environ, HOME=d, FETCHMAILHOME=d)
             off = self.d.log_size()
-            r = subprocess.run(["fetchmail", "-f", rc, "--nodetach", "--nosyslog", "-v"],
+            # as root fetchmail's lock is /var/run/fetchmail.pid unless told:
+            # a run of its own must not meet another test run's fetchmail
+            r = subprocess.run(["fetchmail", "-f", rc, "--nodetach", "--nosyslog", "-v",
+                                "--pidfile", os.path.join(d, "fetchmail.pid")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
                                env=env, cwd=d)
             self.assertEqual(r.returncode, 0, r.stdout.decode(errors="replace"))
