@@ -421,6 +421,22 @@ static int cmp_msg_uid(const void *a, const void *b)
 	return x->uid < y->uid ? -1 : x->uid > y->uid;
 }
 
+struct new_order {
+	struct timespec mtime;
+	struct mailbox_msg *msg;
+};
+
+static int cmp_new_order(const void *a, const void *b)
+{
+	const struct new_order *x = a, *y = b;
+
+	if (x->mtime.tv_sec != y->mtime.tv_sec)
+		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
+		return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
+	return strcmp(x->msg->base, y->msg->base);
+}
+
 static int mkdir_ok(const char *path)
 {
 	return mkdir(path, 0700) == 0 || errno == EEXIST ? 0 : -1;
@@ -437,6 +453,8 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	int lock_fd = -1, r;
 	uint32_t old_validity = 0;
 	bool dirty = false;
+	size_t first_new = 0, new_cap = 0;
+	struct timespec *new_mtime = NULL;
 
 	*mb_r = NULL;
 	mb->dir = xstrdup(dir);
@@ -505,8 +523,10 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 
 	mb->uidvalidity = ul.uidvalidity;
 	mb->uidnext = ul.uidnext;
-	/* known files first; the new ones (in name order) get UIDs after */
+	/* known files first; the new ones get UIDs after, in delivery order */
 	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1)
+			first_new = mb->n_msgs;
 		for (size_t i = 0; i < n_files; i++) {
 			struct scan_entry *f = &files[i];
 			struct mailbox_uid_entry key, *kp = &key, **hit;
@@ -536,7 +556,8 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 			} else {
 				char *p = xasprintf("%s/cur/%s", dir, m->name);
 				int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-				int64_t vs = fd >= 0 ? mailbox_file_vsize(fd) : -1;
+				struct stat sb;
+				int64_t vs = fd >= 0 && fstat(fd, &sb) == 0 ? mailbox_file_vsize(fd) : -1;
 				if (fd >= 0)
 					close(fd);
 				free(p);
@@ -546,18 +567,42 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 					free(m->name);
 					continue;
 				}
-				if (mb->uidnext == UINT32_MAX) {
-					*error_r = xasprintf("%s: UIDs exhausted", dir);
-					mb->n_msgs++;
-					goto fail;
-				}
-				m->uid = mb->uidnext++;
+				m->uid = 0; /* below, in delivery order */
 				m->vsize = (uint64_t)vs;
+				if (mb->n_msgs - first_new >= new_cap) {
+					new_cap = new_cap ? new_cap * 2 : 64;
+					new_mtime = xrealloc(new_mtime, new_cap * sizeof(*new_mtime));
+				}
+				new_mtime[mb->n_msgs - first_new] = sb.st_mtim;
 				dirty = true;
 			}
 			mb->n_msgs++;
 		}
 	}
+	/* A delivery's file gets its mtime when it is written, before it is
+	 * renamed into new/: the oldest first, ties by name. (Not by name
+	 * alone: the microseconds in our names are not zero-padded.) */
+	if (mb->n_msgs > first_new) {
+		size_t n_new = mb->n_msgs - first_new;
+		struct new_order *order = xcalloc(n_new, sizeof(*order));
+		for (size_t k = 0; k < n_new; k++) {
+			order[k].mtime = new_mtime[k];
+			order[k].msg = &mb->msgs[first_new + k];
+		}
+		if (n_new > 1)
+			qsort(order, n_new, sizeof(*order), cmp_new_order);
+		for (size_t k = 0; k < n_new; k++) {
+			if (mb->uidnext == UINT32_MAX) {
+				free(order);
+				*error_r = xasprintf("%s: UIDs exhausted", dir);
+				goto fail;
+			}
+			order[k].msg->uid = mb->uidnext++;
+		}
+		free(order);
+	}
+	free(new_mtime);
+	new_mtime = NULL;
 	if (mb->n_msgs != ul.n)
 		dirty = true; /* entries whose files are gone are dropped */
 	if (mb->n_msgs > 1)
@@ -575,6 +620,7 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	*mb_r = mb;
 	return 0;
 fail:
+	free(new_mtime);
 	for (size_t i = 0; i < n_files; i++)
 		free(files[i].name);
 	free(files);

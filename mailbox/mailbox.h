@@ -22,8 +22,8 @@
  * can no longer be trusted.
  *
  * Opening moves new/ into cur/ (adding ":2,"), gives UIDs to messages
- * the list does not know yet (in name order, which is delivery order for
- * our names) and drops entries whose files are gone. Everything here is
+ * the list does not know yet (in delivery order: by the file's mtime,
+ * ties by name) and drops entries whose files are gone. Everything here is
  * blocking file-system work: call it from the worker pool, never from a
  * loop thread. A struct mailbox is used by one thread at a time.
  */

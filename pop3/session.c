@@ -1128,6 +1128,9 @@ pop3_command(struct pop3_session *s, const char *line, size_t len)
 		pop3_bad(s, "Invalid command.");
 		return;
 	}
+	if (log_enabled(LOG_LEVEL_DEBUG)) /* the verb only: arguments may hold a password */
+		log_msg(LOG_LEVEL_DEBUG, "%s pop3 command=\"%.*s\"", s->id,
+			(int)(verb != POP3_CMD_UNKNOWN ? (size_t)(args - line) : 0), line);
 	for (size_t i = 0; i < N_ELEMENTS(pop3_commands); i++) {
 		const struct pop3_command *c = &pop3_commands[i];
 		if (c->verb != verb)

@@ -187,6 +187,33 @@ static void test_stable_ascending_uids(void **state)
 	mailbox_free(&mb);
 }
 
+/* New messages are numbered in delivery order (the files' mtimes), not
+ * by name: our names' microseconds are not zero-padded, so within one
+ * second "M99999" sorts after "M123456". */
+static void test_new_in_delivery_order(void **state)
+{
+	struct fixture *f = *state;
+	char dir[128], p[512];
+	struct mailbox *mb;
+	static const char *const names[] = { "1000.M99999P1Q1.h", "1000.M123456P1Q2.h",
+					     "1000.M5P1Q0.h" };
+
+	snprintf(dir, sizeof(dir), "%s/box", f->dir);
+	for (size_t i = 0; i < N_ELEMENTS(names); i++) {
+		struct timespec ts[2] = { { 1000, (long)i * 1000 }, { 1000, (long)i * 1000 } };
+		deliver(dir, names[i], "A: b\n\nx\n");
+		snprintf(p, sizeof(p), "%s/new/%s,S=8", dir, names[i]);
+		assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+	}
+	mb = open_ok(dir);
+	assert_int_equal(mb->n_msgs, 3);
+	for (size_t i = 0; i < N_ELEMENTS(names); i++) {
+		assert_int_equal(mb->msgs[i].uid, i + 1);
+		assert_true(strncmp(mb->msgs[i].base, names[i], strlen(names[i])) == 0);
+	}
+	mailbox_free(&mb);
+}
+
 static void test_flags_keep_identity(void **state)
 {
 	struct fixture *f = *state;
@@ -442,6 +469,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_empty_creates_dirs, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_stable_ascending_uids, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_new_in_delivery_order, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_flags_keep_identity, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_vsize_crlf, setup_dir, teardown_dir),
 		cmocka_unit_test(test_parse),
