@@ -862,19 +862,33 @@ read_work(void *arg)
 			return;
 		}
 	}
+	/* Fill the chunk or reach the end of the file: a message smaller than a
+	 * chunk goes out in one job and one write — "+OK", the message and
+	 * the final "." together. (A "." sent on its own after the rest would
+	 * wait for the client's delayed ACK under Nagle's algorithm: 40 ms a
+	 * message for a client that sends one command at a time.) */
 	in = xmalloc(POP3_CHUNK);
-	do
-		n = read(job->fd, in, POP3_CHUNK);
-	while (n < 0 && errno == EINTR);
-	if (n < 0) {
-		job->err = errno;
-		free(in);
-		return;
+	size_t got = 0;
+	bool eof = false;
+	while (got < POP3_CHUNK) {
+		n = read(job->fd, in + got, POP3_CHUNK - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			job->err = errno;
+			free(in);
+			return;
+		}
+		if (n == 0) {
+			eof = true;
+			break;
+		}
+		got += (size_t)n;
 	}
-	job->out = xrealloc(job->out, 2 * (size_t)n + 8);
-	job->out_len = pop3_stuff_feed(&job->st, in, (size_t)n, job->out);
+	job->out = xrealloc(job->out, 2 * got + 8);
+	job->out_len = pop3_stuff_feed(&job->st, in, got, job->out);
 	free(in);
-	if (n == 0 || job->st.done) {
+	if (eof || job->st.done) {
 		job->out_len += pop3_stuff_end(&job->st, job->out + job->out_len);
 		job->finished = true;
 		close(job->fd);
@@ -1292,6 +1306,7 @@ pop3_session_start(struct conn *conn, const char *refusal, const struct pop3_env
 		s->flags |= P_F_TLS;
 	s->handle = handle_register(s);
 	conn_attach(conn, &pop3_handler, s);
+	conn_set_nodelay(conn); /* RETR replies end in a partial segment */
 	conn_set_lines(conn, (size_t)pop3_cfg(s)->command_line_max, false);
 	pop3_arm_timeouts(s);
 	if (refusal != NULL) {
