@@ -923,6 +923,12 @@ read_done(void *arg)
 	s->flags &= ~P_F_JOB;
 	s->mb = job->mb;
 	job->mb = NULL;
+	if (conn_closing(s->conn)) {
+		/* timed out or stopped meanwhile: read no further */
+		read_job_free(job);
+		conn_settle(s->conn);
+		return;
+	}
 	if (job->flag_err != 0) {
 		errno = job->flag_err;
 		log_errno(LOG_LEVEL_WARN, "%s pop3 cannot set the seen flag of %s", s->id,
