@@ -371,6 +371,26 @@ class Commands(Pop3Case):
         self.assertEqual(octets, size)
         p.quit()
 
+    def test_large_message_in_chunks(self):
+        # larger than the 256 KB the server reads at a time, with a stuffed
+        # line right across where a chunk ends
+        self.empty()
+        line = "z" * 98 + "\r\n"
+        body = line * 2700 + ".dot after the first chunk\r\n" + line * 9000
+        send_mail(self.d, USER, "large", body=body)
+        stored = list(self.stored().values())[0]
+        self.assertGreater(len(stored), 1000000)
+        p = self.pop()
+        size = int(p.list(1).split()[2])
+        self.assertEqual(size, len(crlf(stored)))
+        resp, lines, octets = p.retr(1)
+        self.assertEqual(octets, size)
+        self.assertEqual(b"\r\n".join(lines) + b"\r\n", crlf(stored))
+        # and TOP stops early in a message this big
+        _, lines, _ = p.top(1, 3)
+        self.assertEqual(lines[-3:], [line[:-2].encode()] * 3)
+        p.quit()
+
     def test_pipelining(self):
         self.empty()
         send_mail(self.d, USER, "pipe-1")
