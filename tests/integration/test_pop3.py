@@ -391,6 +391,29 @@ class Commands(Pop3Case):
         self.assertEqual(lines[-3:], [line[:-2].encode()] * 3)
         p.quit()
 
+    def test_other_readers_rename_and_expunge(self):
+        # what an IMAP session (or a user's shell) may do meanwhile: the
+        # snapshot follows a flag change and reports an expunge
+        self.empty()
+        send_mail(self.d, USER, "renamed")
+        send_mail(self.d, USER, "expunged")
+        p = self.pop()
+        files = {}
+        for path in self.d.files("cur"):
+            with open(path, "rb") as f:
+                files[re.search(rb"Subject: (\S+)", f.read()).group(1)] = path
+        base = files[b"renamed"].split(":2,")[0]
+        os.rename(files[b"renamed"], base + ":2,FR")
+        os.unlink(files[b"expunged"])
+        _, lines, _ = p.retr(1)
+        self.assertIn(b"Subject: renamed", lines)
+        with self.assertRaises(poplib.error_proto) as cm:
+            p.retr(2)
+        self.assertEqual(cm.exception.args[0], b"-ERR Message was removed by another session.")
+        p.dele(2)
+        self.assertTrue(p.quit().startswith(b"+OK"))  # deleting what is gone is fine
+        self.assertEqual([os.path.basename(f).split(":2,")[1] for f in self.d.files("cur")], ["FRS"])
+
     def test_pipelining(self):
         self.empty()
         send_mail(self.d, USER, "pipe-1")
