@@ -27,6 +27,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +183,16 @@ conn_attach(struct conn *conn, const struct conn_handler *h, void *ctx)
 }
 
 /* ---------------------------------------------------------------- output */
+
+void
+conn_set_nodelay(struct conn *conn)
+{
+	int one = 1;
+
+	/* not a TCP socket (a socketpair in the standalone loop): nothing to do */
+	if (conn->fd >= 0)
+		(void)setsockopt(conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
 
 void
 conn_write(struct conn *conn, const void *data, size_t len)

@@ -237,6 +237,13 @@ struct server_state *conn_state_update(struct conn *conn);
 /* Output. Never blocks; conn_output_len says how much is queued. */
 void conn_write(struct conn *conn, const void *data, size_t len);
 size_t conn_output_len(const struct conn *conn);
+/* TCP_NODELAY, for a service whose replies are bulk data (a POP3 RETR):
+ * the last partial segment of a reply is sent at once instead of waiting
+ * for the ACK of the one before it, which a client that reads the whole
+ * reply before it answers delays by its delayed-ACK time (40 ms on Linux).
+ * Each reply must then be queued whole in one callback, as the services
+ * do, or it goes out in small segments. */
+void conn_set_nodelay(struct conn *conn);
 
 /*
  * Input. conn_read_line takes the next command line: ended by CRLF, or also

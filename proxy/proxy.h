@@ -5,7 +5,7 @@
  * folder gives it what is mxguard's own: the shared state every session
  * uses (config, pipeline, user database, TLS context — struct server_state,
  * built whole and swapped whole on reload, see state.c) and the services
- * listeners can name (SMTP, session.c). main.c is the command line.
+ * listeners can name (SMTP, session.c; POP3, pop3/). main.c is the command line.
  */
 #ifndef MXGUARD_PROXY_H
 #define MXGUARD_PROXY_H
@@ -17,6 +17,7 @@
 #include "daemon/daemon.h"
 #include "filters/filters.h"
 #include "lib/lib.h"
+#include "pop3/pop3.h"
 
 /* The SMTP service's settings (settings.c). */
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };
@@ -40,8 +41,8 @@ struct smtp_settings {
 void smtp_register_config(void);
 const struct smtp_settings *smtp_settings(const struct mx_config *cfg);
 /* Every settings module of the daemon's config file: the daemon core's,
- * the SMTP service's, the backends' and the filters' (with every stage's
- * section). Call once before config_load(); idempotent. */
+ * the SMTP service's, the POP3 service's, the backends' and the filters'
+ * (with every stage's section). Call once before config_load(); idempotent. */
 void mxguard_register_config(void);
 
 /* Everything a session needs from the outside, swapped whole on reload. */

@@ -126,9 +126,25 @@ state_loop_stop(struct server_state *st, struct daemon_loop *loop)
 	backends_loop_stop(); /* the relay's idle upstream connections of this loop */
 }
 
+/* The POP3 service (pop3/) learns what it needs of the state it was
+ * accepted with; the connection holds that state until it closes. */
+static void
+pop3_service_accept(struct conn *conn, const char *refusal)
+{
+	const struct server_state *st = conn_state(conn);
+	const struct pop3_env env = {
+		.cfg = st->cfg,
+		.userdb = st->userdb,
+		.ssl_ctx = st->ssl_ctx,
+	};
+
+	pop3_session_start(conn, refusal, &env);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ "smtp", smtp_service_accept },
+	{ "pop3", pop3_service_accept },
 };
 
 const struct daemon_app mxguard_app = {

@@ -135,16 +135,16 @@ class Listeners(unittest.TestCase):
             c.close()
 
     def test_unknown_protocol_is_refused(self):
-        d = mxtest.Daemon(start=False, extra_conf='listen pop3 {\n\taddress = "127.0.0.1:%d"\n'
-                          '\tprotocol = "pop3"\n}\n' % mxtest.free_port())
+        d = mxtest.Daemon(start=False, extra_conf='listen imap {\n\taddress = "127.0.0.1:%d"\n'
+                          '\tprotocol = "imap"\n}\n' % mxtest.free_port())
         self.addCleanup(d.cleanup)
         r = run([mxtest.MXGUARD, "-t", "-c", d.conf], cwd=d.dir)
         self.assertEqual(r.returncode, 1)
         with open(d.conf) as f:
             lines = f.read().splitlines()
-        line = lines.index("listen pop3 {") + 2          # its address line
-        self.assertIn('%s:%d: listen pop3: protocol = "pop3": no such service (this build '
-                      'has: smtp)' % (d.conf, line), r.stderr)
+        line = lines.index("listen imap {") + 2          # its address line
+        self.assertIn('%s:%d: listen imap: protocol = "imap": no such service (this build '
+                      'has: smtp, pop3)' % (d.conf, line), r.stderr)
 
 
 class Reload(DaemonTestCase):
