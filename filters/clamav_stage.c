@@ -348,6 +348,13 @@ clam_db_refresh(struct clam_db *db, bool force, char **error_r)
 		return -1;
 	}
 	pthread_mutex_lock(&db->lock);
+	if (db->stopping) {
+		/* the last stage let go while this loaded: nobody will scan */
+		pthread_mutex_unlock(&db->lock);
+		clam_engine_unref(&e);
+		pthread_mutex_unlock(&db->refresh_lock);
+		return 0;
+	}
 	old = db->cur;
 	db->cur = e;
 	pthread_mutex_unlock(&db->lock);
@@ -480,10 +487,18 @@ clam_db_release(struct clam_db *db)
 	}
 	pthread_mutex_unlock(&clam_dbs_lock);
 	if (last) {
+		struct clam_engine *e;
 		pthread_mutex_lock(&db->lock);
 		db->stopping = true;
+		e = db->cur;
+		db->cur = NULL;
 		pthread_cond_broadcast(&db->cond);
 		pthread_mutex_unlock(&db->lock);
+		/* the engine goes here and now, on the thread that let go — at
+		 * exit, the main thread, before the process ends — not on the
+		 * watcher whenever it wakes (scans in flight keep their own
+		 * reference) */
+		clam_engine_unref(&e);
 	}
 	clam_db_unref(db);
 }
