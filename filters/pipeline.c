@@ -548,7 +548,10 @@ static void pipeline_run_outcome(struct pipeline_run *run)
 	}
 	if (run->phase != PHASE_DATA || pl->n_stages == 0)
 		return;
-	snprintf(value, sizeof(value), "%.1f", out->score);
+	/* one decimal, as SpamAssassin writes it; a total that rounds to zero
+	 * from below (-0.04) is 0.0, not "-0.0" */
+	snprintf(value, sizeof(value), "%.1f", out->score > -0.05 && out->score < 0.05 ? 0.0 :
+		 out->score);
 	filter_tx_add_header(run->fx, "X-Spam-Score", value);
 	if (out->action == ACTION_TAG || out->action == ACTION_JUNK ||
 	    (out->action == ACTION_QUARANTINE && out->verdict == VERDICT_CONTINUE)) {
