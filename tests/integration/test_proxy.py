@@ -545,5 +545,33 @@ class Xclient(unittest.TestCase):
                 c.close()
 
 
+class Pop3BehindProxy(unittest.TestCase):
+    """The PROXY header is the connection layer's: POP3 gets it as SMTP does."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon(listen_extra={"pop": {"protocol": "pop3", "proxy_protocol": "v1",
+                                             "proxy_trusted": ["127.0.0.1"]}})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def test_pop3_sees_the_client(self):
+        off = self.d.log_size()
+        s = socket.create_connection(("127.0.0.1", self.d.ports["pop"]), timeout=10)
+        try:
+            s.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 110\r\n")
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            s.sendall(b"QUIT\r\n")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+        finally:
+            s.close()
+        self.assertIsNotNone(self.d.wait_log(
+            r"pop3 connect client=192\.0\.2\.9 port=40000 listener=pop tls=no loop=\d+ "
+            r"via=127\.0\.0\.1 proxy=v1", off), self.d.log_since(off))
+
+
 if __name__ == "__main__":
     mxtest.main(budget=300)
