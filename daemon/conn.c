@@ -201,6 +201,24 @@ conn_write(struct conn *conn, const void *data, size_t len)
 		bufferevent_write(conn->bev, data, len);
 }
 
+void
+conn_write_linev(struct conn *conn, const char *fmt, va_list ap)
+{
+	char line[1024];
+	int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	if (log_enabled(LOG_LEVEL_DEBUG))
+		log_msg(LOG_LEVEL_DEBUG, "%s %s reply=\"%.*s\"", conn->id,
+			conn->listener->service->name, n, line);
+	line[n++] = '\r';
+	line[n++] = '\n';
+	conn_write(conn, line, (size_t)n);
+}
+
 size_t
 conn_output_len(const struct conn *conn)
 {

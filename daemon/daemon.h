@@ -35,6 +35,7 @@
 #ifndef MXGUARD_CORE_H
 #define MXGUARD_CORE_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -236,6 +237,10 @@ struct server_state *conn_state_update(struct conn *conn);
 
 /* Output. Never blocks; conn_output_len says how much is queued. */
 void conn_write(struct conn *conn, const void *data, size_t len);
+/* One reply line of a line protocol (SMTP, POP3): formatted, cut to 1021
+ * octets, logged at debug level as "<id> <service> reply=...", and
+ * written with CRLF. */
+void conn_write_linev(struct conn *conn, const char *fmt, va_list ap) ATTR_PRINTF(2, 0);
 size_t conn_output_len(const struct conn *conn);
 /* TCP_NODELAY, for a service whose replies are bulk data (a POP3 RETR):
  * the last partial segment of a reply is sent at once instead of waiting

@@ -108,22 +108,11 @@ static void pop3_close(struct pop3_session *s, const char *reason);
 static void ATTR_PRINTF(2, 3)
 pop3_reply(struct pop3_session *s, const char *fmt, ...)
 {
-	char line[1024];
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	conn_write_linev(s->conn, fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)sizeof(line) - 3;
-	if (log_enabled(LOG_LEVEL_DEBUG))
-		log_msg(LOG_LEVEL_DEBUG, "%s pop3 reply=\"%.*s\"", s->id, n, line);
-	line[n++] = '\r';
-	line[n++] = '\n';
-	conn_write(s->conn, line, (size_t)n);
 }
 
 static const struct pop3_settings *

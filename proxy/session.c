@@ -154,22 +154,11 @@ static void session_log_reject(struct session *sess, const char *from, const cha
 static void ATTR_PRINTF(2, 3)
 session_reply(struct session *sess, const char *fmt, ...)
 {
-	char line[1024];
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	conn_write_linev(sess->conn, fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)sizeof(line) - 3;
-	line[n++] = '\r';
-	line[n++] = '\n';
-	if (log_enabled(LOG_LEVEL_DEBUG))
-		log_msg(LOG_LEVEL_DEBUG, "%s smtp reply=\"%.*s\"", sess->id, n - 2, line);
-	conn_write(sess->conn, line, (size_t)n);
 }
 
 /* A reply caused by a client error: counts towards limits.errors_max. */
