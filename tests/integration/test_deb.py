@@ -186,8 +186,37 @@ class DebPackage(unittest.TestCase):
         self.assertIn("adduser", r.stdout)
         self.assertIn("libevent", r.stdout, "shlibs:Depends is filled in")
 
+    def test_03_build_depends_cover_the_libraries(self):
+        """Every library package the .deb depends on (dpkg-shlibdeps found
+        it linked) has its -dev package in Build-Depends (or pulled in by
+        one named there): a library that configure.ac gains must be added
+        to debian/control, or a clean build (a chroot, a buildd) fails."""
+        word = r"([a-z0-9][a-z0-9.+-]+)"
+
+        def names(field):
+            return set(re.findall(word, re.sub(r"\([^)]*\)|<[^>]*>|\[[^\]]*\]", "", field)))
+        with open(os.path.join(self.top, "mxguard", "debian", "control")) as f:
+            m = re.search(r"^Build-Depends:(.*?)^\S", f.read(), re.M | re.S)
+        covered = names(m.group(1))
+        for p in list(covered):
+            covered |= names(run(["dpkg-query", "-W", "-f=${Depends}", p]).stdout)
+        # the -dev packages installed here, and what each depends on
+        devs = {}
+        for line in run(["dpkg-query", "-W", "-f=${Package}\t${Depends}\n"]).stdout.splitlines():
+            pkg, _, deps = line.partition("\t")
+            if pkg.endswith("-dev"):
+                devs[pkg] = names(deps)
+        runtime = names(run(["dpkg-deb", "-f", self.deb, "Depends"]).stdout) - {"adduser", "libc6"}
+        self.assertIn("libssl3", runtime)
+        missing = []
+        for lib in sorted(runtime):
+            providers = {d for d, deps in devs.items() if lib in deps}
+            if not providers & covered:
+                missing.append("%s (from %s)" % (lib, ", ".join(sorted(providers)) or "?"))
+        self.assertEqual(missing, [], "libraries linked but not in debian/control's Build-Depends")
+
     # ---------------------------------------------------------- install
-    def test_03_install(self):
+    def test_04_install(self):
         r = dpkg("-i", self.deb)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertEqual(pkg_status(), "install ok installed")
@@ -219,7 +248,7 @@ class DebPackage(unittest.TestCase):
                 r = run(["man", "-w", sect, name])
                 self.assertEqual(r.stdout.strip(), m)
 
-    def test_04_config(self):
+    def test_05_config(self):
         with open(CONF) as f:
             text = f.read()
         self.assertIn('\nuser = "mxguard"\n', text)
@@ -229,7 +258,7 @@ class DebPackage(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
 
     # ---------------------------------------------------------- run it
-    def test_05_service_delivers(self):
+    def test_06_service_delivers(self):
         with open(CONF) as f:
             text = f.read()
         ports = []
@@ -315,7 +344,7 @@ class DebPackage(unittest.TestCase):
             self.assertFalse(port_answers(ports[0]), "stopped")
 
     # ------------------------------------------------- remove and purge
-    def test_06_remove_keeps_config_and_mail(self):
+    def test_07_remove_keeps_config_and_mail(self):
         r = dpkg("-r", PKG)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertEqual(pkg_status(), "deinstall ok config-files")
@@ -325,7 +354,7 @@ class DebPackage(unittest.TestCase):
         self.assertTrue(os.path.isfile("/etc/mxguard/passwd"))
         self.assertTrue(glob.glob(os.path.join(MAILDIR, "new", "*")))
 
-    def test_07_purge(self):
+    def test_08_purge(self):
         r = dpkg("-P", PKG)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertIn(pkg_status(), GONE)
