@@ -76,7 +76,8 @@ def dpkg(*args):
     while True:
         r = run(["dpkg"] + list(args), timeout=300,
                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        if r.returncode == 0 or "lock" not in r.stdout or time.monotonic() > deadline:
+        if r.returncode == 0 or not re.search(r"frontend lock|database is locked", r.stdout) \
+                or time.monotonic() > deadline:
             return r
         time.sleep(2)
 
@@ -116,6 +117,14 @@ def port_answers(port):
         return False
 
 
+class _Stopper:
+    """Put among mxtest's live daemons, so that its watchdog (and an early
+    exit) stops the installed daemon this file started."""
+
+    def cleanup(self):
+        DebPackage.stop_daemon()
+
+
 class DebPackage(unittest.TestCase):
     """The tests run in order (the names say it) on one build and install."""
 
@@ -127,6 +136,8 @@ class DebPackage(unittest.TestCase):
             if shutil.which(tool) is None:
                 raise RuntimeError("%s is missing: run scripts/install-deps" % tool)
         cls.proc = None
+        with mxtest._lock:
+            mxtest._live_daemons.add(_Stopper())
         cls.top = tempfile.mkdtemp(prefix="mxtest-deb-")
         purge()
         src = os.path.join(cls.top, "mxguard")
