@@ -128,14 +128,25 @@ class _Stopper:
 class DebPackage(unittest.TestCase):
     """The tests run in order (the names say it) on one build and install."""
 
+    proc = None
+    top = None
+
     @classmethod
     def setUpClass(cls):
+        try:
+            cls.build()
+        except BaseException:
+            if cls.top:
+                shutil.rmtree(cls.top, ignore_errors=True)
+            raise
+
+    @classmethod
+    def build(cls):
         if os.geteuid() != 0:
             raise RuntimeError("test_deb installs a package: it must run as root")
         for tool in ("dpkg-buildpackage", "dh", "lintian", "fakeroot"):
             if shutil.which(tool) is None:
                 raise RuntimeError("%s is missing: run scripts/install-deps" % tool)
-        cls.proc = None
         with mxtest._lock:
             mxtest._live_daemons.add(_Stopper())
         cls.top = tempfile.mkdtemp(prefix="mxtest-deb-")
