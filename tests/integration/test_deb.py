@@ -9,7 +9,9 @@ systemd unit (enabled), the man pages. Then the service runs — through
 systemctl when systemd is PID 1, else the installed daemon as root with
 (a copy of) the installed config, which drops to mxguard — on free loopback
 ports, and a message sent with smtplib to a user added with the installed
-mxguardctl lands in its Maildir under /var/lib/mxguard. `dpkg -r` keeps the
+mxguardctl lands in its Maildir under /var/lib/mxguard. An upgrade (the
+package repacked with a higher version) keeps the admin's edited conffile,
+the users and the mail. `dpkg -r` keeps the
 config and the mail, `dpkg -P` removes the config, the spool, the unit's
 enablement and (once it holds no mail) /var/lib/mxguard, and keeps the
 system user (debian/mxguard.postrm says why).
@@ -365,8 +367,48 @@ class DebPackage(unittest.TestCase):
         if not systemd_running():
             self.assertFalse(port_answers(ports[0]), "stopped")
 
+    # ----------------------------------------------------------- upgrade
+    def test_07_upgrade_keeps_the_admins_files(self):
+        """A newer package (this one repacked with a higher version and a
+        changed shipped config) over an admin-edited conffile: dpkg keeps
+        the admin's file (--force-confold) and puts the new one beside it;
+        users, mail and the system user stay."""
+        tree = os.path.join(self.top, "repack")
+        r = run(["dpkg-deb", "-R", self.deb, tree])
+        self.assertEqual(r.returncode, 0, r.stdout)
+        control = os.path.join(tree, "DEBIAN", "control")
+        with open(control) as f:
+            text = f.read()
+        version = re.search(r"^Version: (\S+)$", text, re.M).group(1) + "+upgrade1"
+        with open(control, "w") as f:
+            f.write(re.sub(r"^Version: .*$", "Version: " + version, text, flags=re.M))
+        with open(os.path.join(tree, CONF.lstrip("/")), "a") as f:
+            f.write("# a setting the newer release added\n")
+        newer = os.path.join(self.top, "mxguard_upgrade.deb")
+        r = run(["dpkg-deb", "--root-owner-group", "-b", tree, newer])
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+        with open(CONF, "a") as f:
+            f.write("# the admin's change\n")
+        uid = pwd.getpwnam("mxguard").pw_uid
+        mail = glob.glob(os.path.join(MAILDIR, "new", "*"))
+        self.assertTrue(mail)
+        r = dpkg("--force-confold", "-i", newer)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        r = run(["dpkg-query", "-W", "-f=${Status} ${Version}", PKG])
+        self.assertEqual(r.stdout, "install ok installed " + version)
+        with open(CONF) as f:
+            self.assertIn("# the admin's change\n", f.read())
+        with open(CONF + ".dpkg-dist") as f:
+            self.assertIn("# a setting the newer release added\n", f.read())
+        r = run(["/usr/sbin/mxguardctl", "-c", CONF, "user", "list"])
+        self.assertIn(USER, r.stdout)
+        self.assertEqual(glob.glob(os.path.join(MAILDIR, "new", "*")), mail)
+        self.assertEqual(pwd.getpwnam("mxguard").pw_uid, uid)
+        self.assertEqual(os.stat(LIB).st_uid, uid)
+
     # ------------------------------------------------- remove and purge
-    def test_07_remove_keeps_config_and_mail(self):
+    def test_08_remove_keeps_config_and_mail(self):
         r = dpkg("-r", PKG)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertEqual(pkg_status(), "deinstall ok config-files")
@@ -376,7 +418,7 @@ class DebPackage(unittest.TestCase):
         self.assertTrue(os.path.isfile("/etc/mxguard/passwd"))
         self.assertTrue(glob.glob(os.path.join(MAILDIR, "new", "*")))
 
-    def test_08_purge(self):
+    def test_09_purge(self):
         r = dpkg("-P", PKG)
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertIn(pkg_status(), GONE)
