@@ -209,6 +209,14 @@ class DebPackage(unittest.TestCase):
         r = run(["dpkg-deb", "-f", self.deb, "Depends"])
         self.assertIn("adduser", r.stdout)
         self.assertIn("libevent", r.stdout, "shlibs:Depends is filled in")
+        # the unit: every placeholder filled in, and Type=notify only from a
+        # daemon that can notify (systemd would wait for READY=1 in vain)
+        with open(os.path.join(self.top, "mxguard", "debian", "mxguard", UNIT.lstrip("/"))) as f:
+            unit = f.read()
+        self.assertNotRegex(unit, r"@[A-Za-z_]+@")
+        self.assertIn("ExecStart=/usr/sbin/mxguard -f -c %s\n" % CONF, unit)
+        if re.search(r"^Type=notify$", unit, re.M):
+            self.assertIn("libsystemd0", r.stdout, "Type=notify, but mxguard is built without sd_notify")
 
     def test_03_build_depends_cover_the_libraries(self):
         """Every library package the .deb depends on (dpkg-shlibdeps found
