@@ -344,10 +344,20 @@ class DebPackage(unittest.TestCase):
                 run(["journalctl", "-u", "mxguard", "-n", "50"]).stdout
             self.fail("mxguard did not answer on port %d:\n%s" % (ports[0], out))
 
-        # it dropped to the package's system user
-        with open("/proc/%d/status" % pid) as f:
-            uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", f.read(), re.M)
-        self.assertEqual(int(uids.group(2)), pwd.getpwnam("mxguard").pw_uid)
+        # it drops to the package's system user (after binding: the port
+        # answers before that, so wait for it, bounded)
+        want = pwd.getpwnam("mxguard").pw_uid
+        said = "running as user=mxguard uid=%d" % want
+        deadline = time.monotonic() + mxtest.START_TIMEOUT
+        while True:
+            with open("/proc/%d/status" % pid) as f:
+                euid = int(re.search(r"^Uid:\s+\d+\s+(\d+)", f.read(), re.M).group(1))
+            logged = self.proc is None or said in open(log_path).read()
+            if (euid == want and logged) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(euid, want, "mxguard runs as the user mxguard")
+        self.assertTrue(logged, "the log says: " + said)
 
         subject = "deb-%s" % uuid.uuid4().hex
         msg = ("From: Sender <sender@example.org>\r\nTo: <%s>\r\nSubject: %s\r\n"
