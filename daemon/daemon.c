@@ -43,6 +43,11 @@
 struct event_base *daemon_loop_base(const struct daemon_loop *loop) { return loop->base; }
 unsigned daemon_loop_index(const struct daemon_loop *loop) { return loop->index; }
 struct workers *daemon_loop_workers(const struct daemon_loop *loop) { return loop->core->workers; }
+struct server_state *
+daemon_loop_state(const struct daemon_loop *loop)
+{
+	return loop->current != NULL ? loop->current->st : NULL;
+}
 
 static void
 loop_push_cb(evutil_socket_t fd, short what, void *arg)
@@ -141,6 +146,12 @@ loop_close_listeners(struct daemon_loop *loop)
 			loop->evl[i] = NULL;
 			loop->core->listeners[i].fds[loop->index] = -1;
 		}
+		if (loop->serve_ctx != NULL && loop->serve_ctx[i] != NULL) {
+			/* the service closes the socket it was handed */
+			loop->core->listeners[i].service->serve_stop(loop, loop->serve_ctx[i]);
+			loop->serve_ctx[i] = NULL;
+			loop->core->listeners[i].fds[loop->index] = -1;
+		}
 	}
 }
 
@@ -229,6 +240,14 @@ daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg,
 			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\": no such service "
 					     "(this build has: %s)", cfg->path, lc->line, lc->name,
 					     lc->protocol, names);
+			return -1;
+		}
+		/* a service that serves its socket itself has no conn layer */
+		if (daemon_find_service(app, lc->protocol)->serve_start != NULL &&
+		    (lc->implicit_tls || lc->proxy_protocol != LISTEN_PROXY_OFF)) {
+			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\" takes neither "
+					     "tls = implicit nor proxy_protocol", cfg->path, lc->line,
+					     lc->name, lc->protocol);
 			return -1;
 		}
 	}
@@ -396,6 +415,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 			return -1;
 		}
 		for (unsigned j = 0; j < core->n_loops; j++) {
+			if (j > 0 && l->service->serve_start != NULL && l->service->serve_one_loop)
+				break;
 			l->fds[j] = net_listen(&ss, len, 512, true);
 			if (l->fds[j] < 0) {
 				log_errno(LOG_LEVEL_ERR, "listen %s: cannot listen on %s", lc->name,
@@ -677,6 +698,21 @@ daemon_start_loops(struct daemon *core)
 		struct daemon_loop *loop = &core->loops[i];
 
 		for (size_t j = 0; j < core->n_listeners; j++) {
+			const struct service *sv = core->listeners[j].service;
+			if (sv->serve_start != NULL) {
+				char *error = NULL;
+				if (core->listeners[j].fds[i] < 0)
+					continue; /* serve_one_loop: loop 0 only */
+				loop->serve_ctx[j] = sv->serve_start(loop, core->listeners[j].fds[i],
+								     core->listeners[j].name, &error);
+				if (loop->serve_ctx[j] == NULL) {
+					log_msg(LOG_LEVEL_ERR, "listen %s: %s", core->listeners[j].name,
+						error != NULL ? error : "cannot serve");
+					free(error);
+					return -1;
+				}
+				continue;
+			}
 			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
 							  LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_CLOSE_ON_FREE,
 							  -1, core->listeners[j].fds[i]);
@@ -710,8 +746,13 @@ daemon_free(struct daemon *core)
 		for (size_t j = 0; j < core->n_listeners; j++) {
 			if (loop->evl != NULL && loop->evl[j] != NULL)
 				evconnlistener_free(loop->evl[j]);
+			if (loop->serve_ctx != NULL && loop->serve_ctx[j] != NULL) {
+				core->listeners[j].service->serve_stop(loop, loop->serve_ctx[j]);
+				core->listeners[j].fds[i] = -1;
+			}
 		}
 		free(loop->evl);
+		free(loop->serve_ctx);
 		if (loop->ev_push != NULL)
 			event_free(loop->ev_push);
 		if (loop->ev_shutdown != NULL)
@@ -788,7 +829,8 @@ daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol)
 	sin.sin_port = htons(12345);
 	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
 	for (size_t i = 0; i < core->n_listeners; i++) {
-		if (strcmp(core->listeners[i].service->name, protocol) == 0) {
+		if (strcmp(core->listeners[i].service->name, protocol) == 0 &&
+		    core->listeners[i].service->accept != NULL) {
 			conn_begin(conn_new(loop, &core->listeners[i], fd,
 					    (const struct sockaddr *)&sin));
 			return 0;
@@ -909,6 +951,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 			return 1;
 		}
 		loop->evl = xcalloc(core.n_listeners, sizeof(*loop->evl));
+		loop->serve_ctx = xcalloc(core.n_listeners, sizeof(*loop->serve_ctx));
 		loop->ev_push = event_new(loop->base, -1, 0, loop_push_cb, loop);
 		loop->ev_shutdown = event_new(loop->base, -1, 0, loop_shutdown_cb, loop);
 		loop->ev_exit = event_new(loop->base, -1, 0, loop_exit_cb, loop);
