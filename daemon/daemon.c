@@ -30,6 +30,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -37,6 +38,7 @@
 #include <event2/thread.h>
 
 #include "daemon/daemon-internal.h"
+#include "lib/metrics.h"
 
 /* ---------------------------------------------------------- loop states */
 
@@ -310,12 +312,14 @@ daemon_reload(struct daemon *core)
 
 	if (st == NULL) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
+		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
 		free(error);
 		return;
 	}
 	const struct mx_config *cfg = app->state_config(st);
 	if (daemon_make_dirs(app, st, false, false) < 0) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
+		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
 		app->state_unref(&st);
 		return;
 	}
@@ -328,6 +332,8 @@ daemon_reload(struct daemon *core)
 	for (unsigned i = 0; i < core->n_loops; i++)
 		loop_push(&core->loops[i], st);
 	app->state_unref(&old);
+	metrics_add_label(METRIC_CONFIG_RELOADS, "ok", 1);
+	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
 	log_msg(LOG_LEVEL_INFO, "reloaded configuration from %s", core->config_path);
 }
 
@@ -958,6 +964,10 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	}
 	if (daemon_start_loops(&core) < 0)
 		return 1;
+	metrics_set(METRIC_START_TIME, (int64_t)time(NULL));
+	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
+	metrics_set_label(METRIC_CONFIG_INFO, cfg->path, 1);
+	metrics_set_label(METRIC_BUILD_INFO, PACKAGE_VERSION, 1);
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
 
