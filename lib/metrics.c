@@ -232,6 +232,12 @@ metric_slot(enum metric m, const char *label, bool claim)
 	pthread_once(&preset_once, metrics_presets);
 	if (label == NULL)
 		label = "";
+	if (strcmp(label, METRICS_LABEL_OTHER) == 0) {
+		/* the overflow slot, also for a label that happens to say so */
+		if (claim || atomic_load_explicit(&f->slots[f->cap].label, memory_order_acquire))
+			return family_other(f);
+		return NULL;
+	}
 	size_t len = strnlen(label, METRICS_LABEL_MAX);
 	return family_slot_claim(f, label, len, claim);
 }
@@ -438,8 +444,7 @@ metrics_reset(void)
 		for (size_t i = 0; i <= f->cap; i++) {
 			struct metric_slot *s = &f->slots[i];
 			const char *l = atomic_load(&s->label);
-			if (l != NULL && l != unlabelled && l != (const char *)METRICS_LABEL_OTHER &&
-			    i != f->cap)
+			if (l != NULL && l != unlabelled && i != f->cap)
 				free((char *)l);
 			atomic_store(&s->label, NULL);
 			atomic_store(&s->value, 0);
