@@ -458,3 +458,105 @@ metrics_reset(void)
 	/* the presets again, now */
 	metrics_presets();
 }
+
+/* ------------------------------------------------------------- parsing */
+
+static bool
+name_char(char c, bool first)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' ||
+	       (!first && c >= '0' && c <= '9');
+}
+
+int
+metrics_parse_line(const char *line, size_t len, struct metrics_sample *s)
+{
+	size_t i = 0, n;
+
+	memset(s, 0, sizeof(*s));
+	if (len > METRICS_LINE_MAX)
+		return -1;
+	if (len > 0 && line[len - 1] == '\n')
+		len--;
+	if (len == 0 || line[0] == '#')
+		return 0;
+	for (n = 0; i < len && name_char(line[i], n == 0); i++, n++) {
+		if (n + 1 >= sizeof(s->name))
+			return -1;
+		s->name[n] = line[i];
+	}
+	if (n == 0)
+		return -1;
+	if (i < len && line[i] == '{') {
+		unsigned labels = 0;
+		i++;
+		while (i < len && line[i] != '}') {
+			char lname[64];
+			size_t ln = 0, vn = 0;
+			bool is_le, is_first;
+			char *dst;
+			size_t dstsz;
+
+			if (++labels > METRICS_PARSE_LABELS)
+				return -1;
+			for (; i < len && name_char(line[i], ln == 0); i++, ln++) {
+				if (ln + 1 >= sizeof(lname))
+					return -1;
+				lname[ln] = line[i];
+			}
+			lname[ln] = '\0';
+			if (ln == 0 || i + 1 >= len || line[i] != '=' || line[i + 1] != '"')
+				return -1;
+			i += 2;
+			is_le = strcmp(lname, "le") == 0;
+			is_first = !is_le && s->label[0] == '\0';
+			dst = is_le ? s->le : is_first ? s->label : NULL;
+			dstsz = is_le ? sizeof(s->le) : sizeof(s->label);
+			for (;;) {
+				char c;
+				if (i >= len)
+					return -1;
+				c = line[i++];
+				if (c == '"')
+					break;
+				if (c == '\\') {
+					if (i >= len)
+						return -1;
+					c = line[i++];
+					if (c == 'n')
+						c = '\n';
+					else if (c != '\\' && c != '"')
+						return -1;
+				}
+				if (dst != NULL && vn + 1 < dstsz)
+					dst[vn++] = c;
+			}
+			if (i < len && line[i] == ',')
+				i++;
+			else if (i >= len || line[i] != '}')
+				return -1;
+		}
+		if (i >= len)
+			return -1;
+		i++; /* } */
+	}
+	if (i >= len || line[i] != ' ')
+		return -1;
+	i++;
+	/* the value: up to a space (a timestamp may follow) or the end */
+	char num[64];
+	size_t k = 0;
+	for (; i < len && line[i] != ' '; i++) {
+		if (k + 1 >= sizeof(num))
+			return -1;
+		num[k++] = line[i];
+	}
+	num[k] = '\0';
+	if (k == 0)
+		return -1;
+	char *end;
+	s->value = strtod(num, &end);
+	if (*end != '\0')
+		return -1;
+	return 1;
+}

@@ -98,6 +98,24 @@ const char *metrics_name(enum metric m);
  * count: each value is read once, atomically. */
 char *metrics_render(size_t *len_r);
 
+/*
+ * The reading side, for mxguardctl status: one line of exposition text.
+ * Pure (no I/O, no globals); a line longer than METRICS_LINE_MAX, a name
+ * longer than the buffer, more than METRICS_PARSE_LABELS labels or a bad
+ * escape is malformed. label is the value of the first label that is not
+ * `le` (unescaped, cut to its buffer), le the `le` label's ("" without).
+ */
+#define METRICS_LINE_MAX 2048
+#define METRICS_PARSE_LABELS 4
+struct metrics_sample {
+	char name[128];
+	char label[METRICS_LABEL_MAX + 1];
+	char le[32];
+	double value;
+};
+/* 1: a sample in *s; 0: a comment or an empty line; -1: malformed. */
+int metrics_parse_line(const char *line, size_t len, struct metrics_sample *s);
+
 /* Tests only, with nobody counting: zero every value, forget label values. */
 void metrics_reset(void);
 

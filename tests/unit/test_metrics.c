@@ -195,6 +195,68 @@ test_dependency(void **state)
 	assert_true(metrics_get(METRIC_DEPENDENCY_LAST_ERROR, "redis") > 1700000000);
 }
 
+/* What the daemon renders, mxguardctl reads back: every line parses, and
+ * the values and labels come back as they were counted. */
+static void
+test_parse_round_trip(void **state)
+{
+	(void)state;
+	metrics_add_label(METRIC_RULE_HITS, "we\"ird\\name\n", 5);
+	metrics_observe(METRIC_STAGE_DURATION, "rules", 700);
+	metrics_add(METRIC_SMTP_BYTES_RECEIVED, 12345);
+	char *text = metrics_render(NULL);
+	size_t samples = 0;
+	bool weird = false, inf = false, bytes = false;
+
+	for (char *p = text; *p != '\0';) {
+		char *nl = strchr(p, '\n');
+		struct metrics_sample s;
+		int r = metrics_parse_line(p, (size_t)(nl - p + 1), &s);
+		assert_int_not_equal(r, -1);
+		if (r == 1) {
+			samples++;
+			if (strcmp(s.name, "mxguard_rule_hits_total") == 0 &&
+			    strcmp(s.label, "we\"ird\\name\n") == 0 && s.value == 5)
+				weird = true;
+			if (strcmp(s.name, "mxguard_stage_duration_seconds_bucket") == 0 &&
+			    strcmp(s.label, "rules") == 0 && strcmp(s.le, "+Inf") == 0 && s.value == 1)
+				inf = true;
+			if (strcmp(s.name, "mxguard_smtp_received_bytes_total") == 0 && s.value == 12345)
+				bytes = true;
+		}
+		p = nl + 1;
+	}
+	assert_true(samples > 20);
+	assert_true(weird && inf && bytes);
+	free(text);
+}
+
+static void
+test_parse_malformed(void **state)
+{
+	static const char *const bad[] = {
+		"", /* (a comment-free empty line is 0, checked below) */
+		"{a=\"b\"} 1", "x{a=\"b} 1", "x{a=b} 1", "x{a=\"\\q\"} 1", "x 1x",
+		"x", "x ", "x{a=\"1\",b=\"2\",c=\"3\",d=\"4\",e=\"5\"} 1", "9x 1",
+		"x{a=\"1\" 1",
+	};
+	struct metrics_sample s;
+
+	assert_int_equal(metrics_parse_line("", 0, &s), 0);
+	assert_int_equal(metrics_parse_line("# HELP x y\n", 11, &s), 0);
+	for (size_t i = 1; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(metrics_parse_line(bad[i], strlen(bad[i]), &s), -1);
+	const char *ok = "x{le=\"0.5\",a=\"v\",} 2 1700000000";
+	assert_int_equal(metrics_parse_line(ok, strlen(ok), &s), 1);
+	assert_true(s.value == 2);
+	assert_string_equal(s.label, "v");
+	assert_string_equal(s.le, "0.5");
+	char *big = xmalloc(METRICS_LINE_MAX + 10);
+	memset(big, 'a', METRICS_LINE_MAX + 10);
+	assert_int_equal(metrics_parse_line(big, METRICS_LINE_MAX + 10, &s), -1);
+	free(big);
+}
+
 #define THREADS 4
 #define ROUNDS 20000
 
@@ -249,6 +311,8 @@ main(void)
 		cmocka_unit_test_setup(test_escaping, setup),
 		cmocka_unit_test_setup(test_histogram, setup),
 		cmocka_unit_test_setup(test_dependency, setup),
+		cmocka_unit_test_setup(test_parse_round_trip, setup),
+		cmocka_unit_test_setup(test_parse_malformed, setup),
 		cmocka_unit_test_setup(test_threads, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
