@@ -14,7 +14,8 @@ sessions and logins, the upstream's health gauge. A second daemon with
 connections_per_client = 1 counts a refused connection by its reason.
 The exposition format itself (HELP/TYPE, histogram buckets cumulative and
 +Inf == _count) is checked on the scraped text; unknown paths are 404 and
-POST is refused.
+POST is refused. `mxguardctl status` (text and --json) shows the same
+numbers, and fails clearly without a metrics listener or a daemon.
 """
 import os
 import poplib
@@ -228,6 +229,51 @@ class Metrics(unittest.TestCase):
         finally:
             s.close()
         self.scrape()
+
+
+    def test_status(self):
+        """mxguardctl status: the same numbers, from the config's metrics listener."""
+        import json
+        send(self.d, message("status", "status"))
+        r = self.d.ctl("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        v, _ = self.scrape()
+        self.assertEqual(j["config"], self.d.conf)
+        self.assertEqual(j["rules"]["count"], v[("mxguard_rules_count", "")])
+        self.assertEqual(j["transactions"]["deliver"],
+                         v[("mxguard_smtp_transactions_total", '{verdict="deliver"}')])
+        self.assertEqual(j["messages"]["delivered"], v[("mxguard_messages_delivered_total", "")])
+        self.assertEqual(j["stages"]["rules"]["checks"],
+                         v[("mxguard_stage_duration_seconds_count", '{stage="rules"}')])
+        self.assertGreaterEqual(j["uptime_seconds"], 0)
+        self.assertEqual(j["virus_db"]["signatures"], 0)
+        r = self.d.ctl("status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("config:        %s" % self.d.conf, r.stdout)
+        self.assertRegex(r.stdout, r"rule set: +%d rules, built 20" % j["rules"]["count"])
+        self.assertRegex(r.stdout, r"stages: +rules %d checks" % j["stages"]["rules"]["checks"])
+        self.assertIn("virus db:      none loaded", r.stdout)
+        r = self.d.ctl("status", "--bogus")
+        self.assertEqual(r.returncode, 2)
+
+
+class StatusErrors(unittest.TestCase):
+    def test_no_metrics_listener_and_not_running(self):
+        d = Daemon()
+        try:
+            r = d.ctl("status")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('no listen section with protocol = "metrics"', r.stderr)
+        finally:
+            d.cleanup()
+        d = Daemon(start=False, listen_extra={"metrics": {"protocol": "metrics"}})
+        try:
+            r = d.ctl("status")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot connect to the metrics listener", r.stderr)
+        finally:
+            d.cleanup()
 
 
 class Refused(unittest.TestCase):
