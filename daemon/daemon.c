@@ -25,6 +25,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -39,6 +40,35 @@
 
 #include "daemon/daemon-internal.h"
 #include "lib/metrics.h"
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+/* -------------------------------------------------------------- systemd */
+/* Tell the service manager (Type=notify) what happens: a no-op without
+ * libsystemd or outside systemd (no NOTIFY_SOCKET). */
+static void ATTR_PRINTF(1, 2)
+daemon_notify(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+	va_list ap;
+	char *text;
+
+	if (getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&text, fmt, ap) < 0)
+		text = NULL;
+	va_end(ap);
+	if (text != NULL) {
+		(void)sd_notify(0, text);
+		free(text);
+	}
+#else
+	(void)fmt;
+#endif
+}
 
 /* ---------------------------------------------------------- loop states */
 
@@ -308,11 +338,14 @@ daemon_reload(struct daemon *core)
 {
 	const struct daemon_app *app = core->app;
 	char *error = NULL;
-	struct server_state *st = daemon_build_state(app, core->config_path, &error);
+	struct server_state *st;
 
+	daemon_notify("RELOADING=1\nSTATUS=reloading %s", core->config_path);
+	st = daemon_build_state(app, core->config_path, &error);
 	if (st == NULL) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
 		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
+		daemon_notify("READY=1\nSTATUS=serving; the last reload failed: %.200s", error);
 		free(error);
 		return;
 	}
@@ -320,6 +353,7 @@ daemon_reload(struct daemon *core)
 	if (daemon_make_dirs(app, st, false, false) < 0) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
 		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
+		daemon_notify("READY=1\nSTATUS=serving; the last reload failed (directories)");
 		app->state_unref(&st);
 		return;
 	}
@@ -335,6 +369,7 @@ daemon_reload(struct daemon *core)
 	metrics_add_label(METRIC_CONFIG_RELOADS, "ok", 1);
 	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
 	log_msg(LOG_LEVEL_INFO, "reloaded configuration from %s", core->config_path);
+	daemon_notify("READY=1\nSTATUS=serving (reloaded %s)", core->config_path);
 }
 
 static void
@@ -370,6 +405,7 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	m->stopping = true;
 	log_msg(LOG_LEVEL_INFO, "stopping on signal %d: finishing transactions in flight", (int)sig);
+	daemon_notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight");
 	for (unsigned i = 0; i < core->n_loops; i++)
 		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
 	pthread_mutex_lock(&core->state_lock);
@@ -970,6 +1006,8 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	metrics_set_label(METRIC_BUILD_INFO, PACKAGE_VERSION, 1);
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
+	daemon_notify("READY=1\nMAINPID=%d\nSTATUS=serving: %zu listener(s), %u loop(s)",
+		      (int)getpid(), core.n_listeners, core.n_loops);
 
 	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 
