@@ -707,6 +707,21 @@ daemon_write_pid(int fd)
 		log_errno(LOG_LEVEL_WARN, "cannot write the pid file");
 }
 
+/* Root with no user to drop to serves every client as root: refused
+ * unless the config says run_as_root = true. */
+static int
+daemon_refuse_root(const struct mx_config *cfg)
+{
+	const struct daemon_settings *ds = daemon_settings(cfg);
+
+	if (geteuid() != 0 || ds->run_user[0] != '\0' || ds->run_as_root)
+		return 0;
+	log_msg(LOG_LEVEL_ERR, "%s: started as root with user = \"\": refusing to serve as root; "
+		"set user to an unprivileged user (mxguard binds its ports first), or "
+		"run_as_root = true", cfg->path);
+	return -1;
+}
+
 int
 daemon_check(const struct daemon_app *app, const char *config_path)
 {
@@ -721,7 +736,8 @@ daemon_check(const struct daemon_app *app, const char *config_path)
 	}
 	const struct daemon_settings *ds = daemon_settings(app->state_config(st));
 	/* the same checks start-up makes, short of binding and creating */
-	if (daemon_make_dirs(app, st, true, true) < 0 || daemon_check_readable_as_user(app, st) < 0)
+	if (daemon_refuse_root(app->state_config(st)) < 0 || daemon_make_dirs(app, st, true, true) < 0 ||
+	    daemon_check_readable_as_user(app, st) < 0)
 		ret = 1;
 	if (ret == 0) {
 		char *more = app->state_summary != NULL ? app->state_summary(st) : NULL;
@@ -951,6 +967,8 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	core.n_loops = (unsigned)n;
 	core.loops = xcalloc(core.n_loops, sizeof(*core.loops));
 
+	if (daemon_refuse_root(cfg) < 0)
+		return 1;
 	if (daemon_make_dirs(app, core.state, true, false) < 0)
 		return 1;
 	pidfd = daemon_lock_pidfile(ds, &pidpath);
@@ -967,6 +985,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 			log_errno(LOG_LEVEL_ERR, "daemon");
 			return 1;
 		}
+		log_set_facility((enum log_facility)ds->syslog_facility);
 		log_open(app->ident, false, (enum log_level)ds->log_level);
 	}
 	/* signals are caught from before the pid is out: a SIGTERM sent as soon

@@ -78,6 +78,8 @@ struct daemon_settings {
 	long workers;
 	char *run_user; /* drop privileges to this user, "" = stay */
 	int log_level;  /* enum log_level (the choices are in its order) */
+	bool run_as_root;   /* root with run_user "" is refused unless set */
+	int syslog_facility; /* enum log_facility */
 	char *state_dir;
 	char *tls_cert; /* "" = no TLS */
 	char *tls_key;
