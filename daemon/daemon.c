@@ -468,7 +468,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		}
 		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s%s%s", lc->name,
 			lc->protocol, lc->address,
-			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' ? "starttls" : "none",
+			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' &&
+			l->service->serve_start == NULL ? "starttls" : "none",
 			lc->proxy_protocol != LISTEN_PROXY_OFF ? " proxy_protocol=" : "",
 			lc->proxy_protocol == LISTEN_PROXY_V1 ? "v1" : lc->proxy_protocol == LISTEN_PROXY_V2 ?
 			"v2" : lc->proxy_protocol == LISTEN_PROXY_ANY ? "any" : "");

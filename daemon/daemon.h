@@ -5,9 +5,11 @@
  * The core knows nothing of SMTP, stages or mailboxes. A program (the
  * mxguard daemon in proxy/main.c) hands daemon_run() a struct daemon_app: how to
  * build its shared state from a config file, and its table of services. A
- * service is one protocol (SMTP today; POP3, IMAP, HTTP later): a name that
+ * service is one protocol (SMTP, POP3, the metrics endpoint): a name that
  * listeners refer to with `protocol = ...`, and an accept function that
- * turns a new connection into a session of that protocol.
+ * turns a new connection into a session of that protocol — or, for a
+ * server whose library owns its sockets (evhttp, libmilter), serve_start/
+ * serve_stop, which take the listening socket itself.
  *
  * Threads. The main thread binds, then only handles signals. N loop threads
  * each run their own event_base; every loop has its own listening socket per
