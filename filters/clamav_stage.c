@@ -334,6 +334,8 @@ clam_db_refresh(struct clam_db *db, bool force, char **error_r)
 	db->fp = fp;
 	db->fp_ok = fp_ok;
 	e = clam_engine_load(db->dir, &db->lim, &err);
+	/* "clamav-db": whether the last load of a changed database worked */
+	metrics_dependency("clamav-db", e != NULL);
 	if (e == NULL) {
 		if (had) {
 			log_msg(LOG_LEVEL_ERR, "clamav: %s; keeping the engine loaded before", err);

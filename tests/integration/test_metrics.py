@@ -11,7 +11,9 @@ verdict, delivered/relayed/quarantined, octets received, rule hits (GTUBE
 and the test's rule), the rules stage's latency histogram count (the rules
 stage runs at DATA only, so one observation per transaction), POP3
 sessions and logins, the upstream's health gauge. A second daemon with
-connections_per_client = 1 counts a refused connection by its reason.
+connections_per_client = 1 counts a refused connection by its reason; one
+with the ratelimit stage on a real redis-server, stopped and started again,
+shows the Redis health gauge go down and up.
 The exposition format itself (HELP/TYPE, histogram buckets cumulative and
 +Inf == _count) is checked on the scraped text; unknown paths are 404 and
 POST is refused. `mxguardctl status` (text and --json) shows the same
@@ -274,6 +276,47 @@ class StatusErrors(unittest.TestCase):
             self.assertIn("cannot connect to the metrics listener", r.stderr)
         finally:
             d.cleanup()
+
+
+class RedisHealth(unittest.TestCase):
+    """mxguard_dependency_*{dependency="redis"} follow a real redis-server
+    that the test stops and starts again."""
+
+    def test_redis_down_and_back(self):
+        import test_ratelimit as rl
+        r = rl.Redis()
+        self.addCleanup(r.cleanup)
+        d = Daemon(pipeline={"stages": ["ratelimit"]},
+                   listen_extra={"metrics": {"protocol": "metrics"}},
+                   extra_conf=rl.section(r.address(), [("per_sender", {
+                       "key": "sender", "count": 1000, "period": 3600, "on_error": "accept"})]))
+        self.addCleanup(d.cleanup)
+        url = "http://127.0.0.1:%d/metrics" % d.ports["metrics"]
+        up = ("mxguard_dependency_up", '{dependency="redis"}')
+        errors = ("mxguard_dependency_errors_total", '{dependency="redis"}')
+        last = ("mxguard_dependency_last_error_time_seconds", '{dependency="redis"}')
+
+        self.assertEqual(rl.send(d.port, "before")[0], 250)
+        v, _ = parse(curl(url).stdout)
+        self.assertEqual(v[up], 1)
+        self.assertEqual(v.get(errors, 0), 0)
+        r.kill()
+        self.assertEqual(rl.send(d.port, "during")[0], 250)  # on_error = accept
+        self.assertTrue(d.wait_log(r"ratelimit: redis at \S+ unavailable", 0), d.log_tail())
+        v, _ = parse(curl(url).stdout)
+        self.assertEqual(v[up], 0)
+        self.assertGreaterEqual(v[errors], 1)
+        self.assertGreater(v[last], 1.7e9)
+        r.start()
+        deadline = time.monotonic() + 30
+        while True:
+            rl.send(d.port, "probe", sender="probe-%f@example.org" % time.monotonic())
+            v, _ = parse(curl(url).stdout)
+            if v[up] == 1:
+                break
+            self.assertLess(time.monotonic(), deadline, d.log_tail())
+            time.sleep(0.2)
+        self.assertGreaterEqual(v[errors], 1)  # the history stays
 
 
 class Refused(unittest.TestCase):
