@@ -345,7 +345,11 @@ daemon_reload(struct daemon *core)
 	if (st == NULL) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
 		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
-		daemon_notify("READY=1\nSTATUS=serving; the last reload failed: %.200s", error);
+		/* one line: a newline would start another assignment */
+		if (error != NULL)
+			error[strcspn(error, "\n")] = '\0';
+		daemon_notify("READY=1\nSTATUS=serving; the last reload failed: %.200s",
+			      error != NULL ? error : "?");
 		free(error);
 		return;
 	}

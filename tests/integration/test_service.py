@@ -12,8 +12,9 @@
   says why, mxguard_config_reloads_total{result="failed"} counts it), and
   the fixed config reloads.
 - sd_notify (when built with libsystemd): READY=1 after start, RELOADING=1
-  then READY=1 around a SIGHUP, STOPPING=1 at SIGTERM, on a NOTIFY_SOCKET of
-  the test's own (a real datagram socket, as systemd makes).
+  then READY=1 around a SIGHUP (a failed one says why in STATUS=),
+  STOPPING=1 at SIGTERM, on a NOTIFY_SOCKET of the test's own (a real
+  datagram socket, as systemd makes).
 - syslog_facility takes the syslog names and refuses others with file:line.
 The tests that need root skip without it (CI runs them as root).
 """
@@ -222,6 +223,15 @@ class Notify(unittest.TestCase):
         got = self.recv(sock, "RELOADING=1", deadline)
         got = self.recv(sock, "READY=1", deadline)
         self.assertRegex(got[-1], r"STATUS=serving \(reloaded ")
+        # a broken config: still READY, and the STATUS says why
+        good = d.render_config()
+        d.write_config(good + "threads = many\n")
+        d.signal(signal.SIGHUP)
+        got = self.recv(sock, "RELOADING=1", deadline)
+        got = self.recv(sock, "READY=1", deadline)
+        self.assertRegex(got[-1], r"STATUS=serving; the last reload failed: %s:\d+: "
+                         % re.escape(d.conf))
+        d.write_config(good)
         d.proc.send_signal(signal.SIGTERM)
         got = self.recv(sock, "STOPPING=1", deadline)
         self.assertEqual(d.proc.wait(30), 0)
