@@ -52,6 +52,7 @@
 #include <stdarg.h>
 
 #include "backends/backends.h"
+#include "lib/metrics.h"
 
 #define RELAY_CAP_8BITMIME 0x01u
 #define RELAY_CAP_SIZE 0x02u
@@ -508,6 +509,16 @@ relay_data_start(struct relay_tx *rt)
 
 /* ----------------------------------------------------- the conversation */
 
+/* The route's upstream health for /metrics: "upstream:NAME". */
+static void
+relay_health(const char *route, bool up)
+{
+	char dep[96];
+
+	snprintf(dep, sizeof(dep), "upstream:%s", route);
+	metrics_dependency(dep, up);
+}
+
 static void
 upconn_lost(struct upconn *c, const char *why)
 {
@@ -524,6 +535,8 @@ upconn_lost(struct upconn *c, const char *why)
 	bool reused_first = c->reused && !c->got_reply;
 	enum upconn_step step = c->step;
 	upconn_free(c);
+	if (!(step <= UP_MAIL && reused_first))
+		relay_health(rt->relay->name, false);
 	if (step <= UP_MAIL && reused_first) {
 		/* a cached connection the upstream had closed: a fresh one */
 		rt->host = 0;
@@ -701,6 +714,8 @@ relay_on_reply(struct upconn *c, const struct smtp_reply *r)
 			upconn_lost(c, why);
 			return;
 		}
+		if (c->owner != NULL)
+			relay_health(c->owner->relay->name, true);
 		c->step = UP_EHLO;
 		up_timeouts(c, c->command_timeout);
 		upconn_ehlo(c, rt);
@@ -838,6 +853,8 @@ relay_on_reply(struct upconn *c, const struct smtp_reply *r)
 		c->step = UP_READY;
 		rt->mail_ok = false;
 		br = rt->data_reply;
+		if (br.code / 100 == 2)
+			metrics_add(METRIC_MESSAGES_RELAYED, 1);
 		relay_data_finish(rt, &br, br.code / 100 == 2 ? "" : why);
 		return;
 	default:

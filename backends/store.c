@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "backends/backends.h"
+#include "lib/metrics.h"
 
 struct store {
 	struct backend hdr; /* must be first */
@@ -278,6 +279,9 @@ store_work(void *arg)
 		sj->rc = store_commit_job(sj, sj->step == STORE_COMMIT);
 		break;
 	}
+	if (sj->rc == 0 && (sj->step == STORE_DELIVER || sj->step == STORE_COMMIT))
+		metrics_add(sj->meta != NULL ? METRIC_MESSAGES_QUARANTINED :
+			    METRIC_MESSAGES_DELIVERED, 1);
 }
 
 static void

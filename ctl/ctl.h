@@ -14,4 +14,8 @@ int ctl_rules_main(struct mx_config *cfg, int argc, char **argv);
  * config. argv[0] is "quarantine". Returns the exit status. */
 int ctl_quarantine_main(struct mx_config *cfg, int argc, char **argv);
 
+/* `mxguardctl status [--json]` (ctl/status_cmd.c): the running daemon's
+ * /metrics, read from the config's metrics listener and summed up. */
+int ctl_status_main(struct mx_config *cfg, int argc, char **argv);
+
 #endif

@@ -5,6 +5,7 @@
  *   mxguardctl [-c CONFIG] rules lint|test ...   (ctl/rules_cmd.c)
  *   mxguardctl [-c CONFIG] quarantine list|show|release|delete|expire ...
  *                                                (ctl/quarantine_cmd.c)
+ *   mxguardctl [-c CONFIG] status [--json]       (ctl/status_cmd.c)
  *
  * It reads the same configuration file as the daemon (through the same
  * loader, with the same stage sections registered) so that it edits the
@@ -83,6 +84,7 @@ static void ctl_usage(FILE *out)
 		"  quarantine release ID [--to A]...  deliver it (no filters) to its recipients\n"
 		"  quarantine delete ID           remove it (recorded in its metadata)\n"
 		"  quarantine expire              remove what is older than quarantine_retention\n"
+		"  status [--json]    the running daemon's summary, read from its /metrics\n"
 		"\n"
 		"options:\n"
 		"  -c CONFIG          configuration file (default %s)\n"
@@ -460,6 +462,21 @@ int main(int argc, char **argv)
 			}
 		}
 		ret = ctl_rules_main(ctl.cfg, argc, argv);
+		config_unref(&ctl.cfg);
+		return ret;
+	}
+	if (strcmp(argv[0], "status") == 0) {
+		mxguard_register_config();
+		if (config_load(ctl.config_path, &ctl.cfg, &error) < 0) {
+			ctl_error("%s", error != NULL ? error : ctl.config_path);
+			free(error);
+			return CTL_EXIT_FAIL;
+		}
+		ret = ctl_status_main(ctl.cfg, argc, argv);
+		if (fflush(stdout) != 0 || ferror(stdout)) {
+			ctl_error("cannot write to standard output: %s", strerror(errno));
+			ret = CTL_EXIT_FAIL;
+		}
 		config_unref(&ctl.cfg);
 		return ret;
 	}

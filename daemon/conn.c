@@ -44,6 +44,7 @@
 #include <openssl/ssl.h>
 
 #include "daemon/daemon-internal.h"
+#include "lib/metrics.h"
 
 /* Input buffered while the service is busy (pipelined commands) before
  * reads pause. */
@@ -371,6 +372,8 @@ conn_new(struct daemon_loop *loop, const struct daemon_listener *l, int fd, cons
 		loop->conns->prev = conn;
 	loop->conns = conn;
 	atomic_fetch_add(&loop->core->n_conns, 1);
+	metrics_add_label(METRIC_CONNECTIONS, l->service->name, 1);
+	metrics_add_label(METRIC_CONNECTIONS_CURRENT, l->service->name, 1);
 	evutil_make_socket_nonblocking(fd);
 	return conn;
 }
@@ -409,6 +412,7 @@ conn_free(struct conn *conn)
 	if (conn->next != NULL)
 		conn->next->prev = conn->prev;
 	daemon_loop_state_release(loop, &conn->ls);
+	metrics_add_label(METRIC_CONNECTIONS_CURRENT, conn->listener->service->name, -1);
 	free(conn->reason);
 	free(conn);
 	atomic_fetch_sub(&loop->core->n_conns, 1);
@@ -766,9 +770,12 @@ conn_begin(struct conn *conn)
 	}
 	if (loop->shutting_down)
 		refusal = DAEMON_REFUSAL_SHUTDOWN;
-	else
-		(void)conn_slot_acquire(conn, ds->connections_per_client, ds->connections_max,
-					&refusal);
+	else if (!conn_slot_acquire(conn, ds->connections_per_client, ds->connections_max,
+				    &refusal))
+		metrics_add_label(METRIC_CONNECTIONS_REFUSED, strstr(refusal, "your host") != NULL ?
+				  "connections_per_client" : "connections_max", 1);
+	if (loop->shutting_down)
+		metrics_add_label(METRIC_CONNECTIONS_REFUSED, "shutdown", 1);
 	if (refusal != NULL && implicit) {
 		/* a refusal can only be said inside TLS; do not spend a handshake */
 		log_msg(LOG_LEVEL_INFO, "%s %s refused client=%s reason=\"%s\"", conn->id,

@@ -69,6 +69,7 @@ struct daemon_loop {
 	pthread_t thread;
 	struct event_base *base;
 	struct evconnlistener **evl; /* one per listener */
+	void **serve_ctx;            /* per listener: a serve_start service's context */
 	struct conn *conns;          /* this loop's connections */
 	struct loop_state *states;   /* every state in use here */
 	struct loop_state *current;  /* the one new connections take */

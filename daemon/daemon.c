@@ -25,11 +25,13 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -37,12 +39,47 @@
 #include <event2/thread.h>
 
 #include "daemon/daemon-internal.h"
+#include "lib/metrics.h"
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+/* -------------------------------------------------------------- systemd */
+/* Tell the service manager (Type=notify) what happens: a no-op without
+ * libsystemd or outside systemd (no NOTIFY_SOCKET). */
+static void ATTR_PRINTF(1, 2)
+daemon_notify(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+	va_list ap;
+	char *text;
+
+	if (getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&text, fmt, ap) < 0)
+		text = NULL;
+	va_end(ap);
+	if (text != NULL) {
+		(void)sd_notify(0, text);
+		free(text);
+	}
+#else
+	(void)fmt;
+#endif
+}
 
 /* ---------------------------------------------------------- loop states */
 
 struct event_base *daemon_loop_base(const struct daemon_loop *loop) { return loop->base; }
 unsigned daemon_loop_index(const struct daemon_loop *loop) { return loop->index; }
 struct workers *daemon_loop_workers(const struct daemon_loop *loop) { return loop->core->workers; }
+struct server_state *
+daemon_loop_state(const struct daemon_loop *loop)
+{
+	return loop->current != NULL ? loop->current->st : NULL;
+}
 
 static void
 loop_push_cb(evutil_socket_t fd, short what, void *arg)
@@ -141,6 +178,12 @@ loop_close_listeners(struct daemon_loop *loop)
 			loop->evl[i] = NULL;
 			loop->core->listeners[i].fds[loop->index] = -1;
 		}
+		if (loop->serve_ctx != NULL && loop->serve_ctx[i] != NULL) {
+			/* the service closes the socket it was handed */
+			loop->core->listeners[i].service->serve_stop(loop, loop->serve_ctx[i]);
+			loop->serve_ctx[i] = NULL;
+			loop->core->listeners[i].fds[loop->index] = -1;
+		}
 	}
 }
 
@@ -231,6 +274,14 @@ daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg,
 					     lc->protocol, names);
 			return -1;
 		}
+		/* a service that serves its socket itself has no conn layer */
+		if (daemon_find_service(app, lc->protocol)->serve_start != NULL &&
+		    (lc->implicit_tls || lc->proxy_protocol != LISTEN_PROXY_OFF)) {
+			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\" takes neither "
+					     "tls = implicit nor proxy_protocol", cfg->path, lc->line,
+					     lc->name, lc->protocol);
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -287,16 +338,26 @@ daemon_reload(struct daemon *core)
 {
 	const struct daemon_app *app = core->app;
 	char *error = NULL;
-	struct server_state *st = daemon_build_state(app, core->config_path, &error);
+	struct server_state *st;
 
+	daemon_notify("RELOADING=1\nSTATUS=reloading %s", core->config_path);
+	st = daemon_build_state(app, core->config_path, &error);
 	if (st == NULL) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration: %s", error);
+		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
+		/* one line: a newline would start another assignment */
+		if (error != NULL)
+			error[strcspn(error, "\n")] = '\0';
+		daemon_notify("READY=1\nSTATUS=serving; the last reload failed: %.200s",
+			      error != NULL ? error : "?");
 		free(error);
 		return;
 	}
 	const struct mx_config *cfg = app->state_config(st);
 	if (daemon_make_dirs(app, st, false, false) < 0) {
 		log_msg(LOG_LEVEL_ERR, "reload failed, keeping the running configuration");
+		metrics_add_label(METRIC_CONFIG_RELOADS, "failed", 1);
+		daemon_notify("READY=1\nSTATUS=serving; the last reload failed (directories)");
 		app->state_unref(&st);
 		return;
 	}
@@ -309,7 +370,10 @@ daemon_reload(struct daemon *core)
 	for (unsigned i = 0; i < core->n_loops; i++)
 		loop_push(&core->loops[i], st);
 	app->state_unref(&old);
+	metrics_add_label(METRIC_CONFIG_RELOADS, "ok", 1);
+	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
 	log_msg(LOG_LEVEL_INFO, "reloaded configuration from %s", core->config_path);
+	daemon_notify("READY=1\nSTATUS=serving (reloaded %s)", core->config_path);
 }
 
 static void
@@ -345,6 +409,7 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	m->stopping = true;
 	log_msg(LOG_LEVEL_INFO, "stopping on signal %d: finishing transactions in flight", (int)sig);
+	daemon_notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight");
 	for (unsigned i = 0; i < core->n_loops; i++)
 		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
 	pthread_mutex_lock(&core->state_lock);
@@ -396,6 +461,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 			return -1;
 		}
 		for (unsigned j = 0; j < core->n_loops; j++) {
+			if (j > 0 && l->service->serve_start != NULL && l->service->serve_one_loop)
+				break;
 			l->fds[j] = net_listen(&ss, len, 512, true);
 			if (l->fds[j] < 0) {
 				log_errno(LOG_LEVEL_ERR, "listen %s: cannot listen on %s", lc->name,
@@ -405,7 +472,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		}
 		log_msg(LOG_LEVEL_INFO, "listening name=%s protocol=%s address=%s tls=%s%s%s", lc->name,
 			lc->protocol, lc->address,
-			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' ? "starttls" : "none",
+			lc->implicit_tls ? "implicit" : ds->tls_cert[0] != '\0' &&
+			l->service->serve_start == NULL ? "starttls" : "none",
 			lc->proxy_protocol != LISTEN_PROXY_OFF ? " proxy_protocol=" : "",
 			lc->proxy_protocol == LISTEN_PROXY_V1 ? "v1" : lc->proxy_protocol == LISTEN_PROXY_V2 ?
 			"v2" : lc->proxy_protocol == LISTEN_PROXY_ANY ? "any" : "");
@@ -644,6 +712,21 @@ daemon_write_pid(int fd)
 		log_errno(LOG_LEVEL_WARN, "cannot write the pid file");
 }
 
+/* Root with no user to drop to serves every client as root: refused
+ * unless the config says run_as_root = true. */
+static int
+daemon_refuse_root(const struct mx_config *cfg)
+{
+	const struct daemon_settings *ds = daemon_settings(cfg);
+
+	if (geteuid() != 0 || ds->run_user[0] != '\0' || ds->run_as_root)
+		return 0;
+	log_msg(LOG_LEVEL_ERR, "%s: started as root with user = \"\": refusing to serve as root; "
+		"set user to an unprivileged user (mxguard binds its ports first), or "
+		"run_as_root = true", cfg->path);
+	return -1;
+}
+
 int
 daemon_check(const struct daemon_app *app, const char *config_path)
 {
@@ -658,7 +741,8 @@ daemon_check(const struct daemon_app *app, const char *config_path)
 	}
 	const struct daemon_settings *ds = daemon_settings(app->state_config(st));
 	/* the same checks start-up makes, short of binding and creating */
-	if (daemon_make_dirs(app, st, true, true) < 0 || daemon_check_readable_as_user(app, st) < 0)
+	if (daemon_refuse_root(app->state_config(st)) < 0 || daemon_make_dirs(app, st, true, true) < 0 ||
+	    daemon_check_readable_as_user(app, st) < 0)
 		ret = 1;
 	if (ret == 0) {
 		char *more = app->state_summary != NULL ? app->state_summary(st) : NULL;
@@ -677,6 +761,21 @@ daemon_start_loops(struct daemon *core)
 		struct daemon_loop *loop = &core->loops[i];
 
 		for (size_t j = 0; j < core->n_listeners; j++) {
+			const struct service *sv = core->listeners[j].service;
+			if (sv->serve_start != NULL) {
+				char *error = NULL;
+				if (core->listeners[j].fds[i] < 0)
+					continue; /* serve_one_loop: loop 0 only */
+				loop->serve_ctx[j] = sv->serve_start(loop, core->listeners[j].fds[i],
+								     core->listeners[j].name, &error);
+				if (loop->serve_ctx[j] == NULL) {
+					log_msg(LOG_LEVEL_ERR, "listen %s: %s", core->listeners[j].name,
+						error != NULL ? error : "cannot serve");
+					free(error);
+					return -1;
+				}
+				continue;
+			}
 			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
 							  LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_CLOSE_ON_FREE,
 							  -1, core->listeners[j].fds[i]);
@@ -710,8 +809,13 @@ daemon_free(struct daemon *core)
 		for (size_t j = 0; j < core->n_listeners; j++) {
 			if (loop->evl != NULL && loop->evl[j] != NULL)
 				evconnlistener_free(loop->evl[j]);
+			if (loop->serve_ctx != NULL && loop->serve_ctx[j] != NULL) {
+				core->listeners[j].service->serve_stop(loop, loop->serve_ctx[j]);
+				core->listeners[j].fds[i] = -1;
+			}
 		}
 		free(loop->evl);
+		free(loop->serve_ctx);
 		if (loop->ev_push != NULL)
 			event_free(loop->ev_push);
 		if (loop->ev_shutdown != NULL)
@@ -788,7 +892,8 @@ daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol)
 	sin.sin_port = htons(12345);
 	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
 	for (size_t i = 0; i < core->n_listeners; i++) {
-		if (strcmp(core->listeners[i].service->name, protocol) == 0) {
+		if (strcmp(core->listeners[i].service->name, protocol) == 0 &&
+		    core->listeners[i].service->accept != NULL) {
 			conn_begin(conn_new(loop, &core->listeners[i], fd,
 					    (const struct sockaddr *)&sin));
 			return 0;
@@ -867,6 +972,8 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	core.n_loops = (unsigned)n;
 	core.loops = xcalloc(core.n_loops, sizeof(*core.loops));
 
+	if (daemon_refuse_root(cfg) < 0)
+		return 1;
 	if (daemon_make_dirs(app, core.state, true, false) < 0)
 		return 1;
 	pidfd = daemon_lock_pidfile(ds, &pidpath);
@@ -883,6 +990,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 			log_errno(LOG_LEVEL_ERR, "daemon");
 			return 1;
 		}
+		log_set_facility((enum log_facility)ds->syslog_facility);
 		log_open(app->ident, false, (enum log_level)ds->log_level);
 	}
 	/* signals are caught from before the pid is out: a SIGTERM sent as soon
@@ -909,14 +1017,21 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 			return 1;
 		}
 		loop->evl = xcalloc(core.n_listeners, sizeof(*loop->evl));
+		loop->serve_ctx = xcalloc(core.n_listeners, sizeof(*loop->serve_ctx));
 		loop->ev_push = event_new(loop->base, -1, 0, loop_push_cb, loop);
 		loop->ev_shutdown = event_new(loop->base, -1, 0, loop_shutdown_cb, loop);
 		loop->ev_exit = event_new(loop->base, -1, 0, loop_exit_cb, loop);
 	}
 	if (daemon_start_loops(&core) < 0)
 		return 1;
+	metrics_set(METRIC_START_TIME, (int64_t)time(NULL));
+	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
+	metrics_set_label(METRIC_CONFIG_INFO, cfg->path, 1);
+	metrics_set_label(METRIC_BUILD_INFO, PACKAGE_VERSION, 1);
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
+	daemon_notify("READY=1\nMAINPID=%d\nSTATUS=serving: %zu listener(s), %u loop(s)",
+		      (int)getpid(), core.n_listeners, core.n_loops);
 
 	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 

@@ -5,9 +5,11 @@
  * The core knows nothing of SMTP, stages or mailboxes. A program (the
  * mxguard daemon in proxy/main.c) hands daemon_run() a struct daemon_app: how to
  * build its shared state from a config file, and its table of services. A
- * service is one protocol (SMTP today; POP3, IMAP, HTTP later): a name that
+ * service is one protocol (SMTP, POP3, the metrics endpoint): a name that
  * listeners refer to with `protocol = ...`, and an accept function that
- * turns a new connection into a session of that protocol.
+ * turns a new connection into a session of that protocol — or, for a
+ * server whose library owns its sockets (evhttp, libmilter), serve_start/
+ * serve_stop, which take the listening socket itself.
  *
  * Threads. The main thread binds, then only handles signals. N loop threads
  * each run their own event_base; every loop has its own listening socket per
@@ -78,6 +80,8 @@ struct daemon_settings {
 	long workers;
 	char *run_user; /* drop privileges to this user, "" = stay */
 	int log_level;  /* enum log_level (the choices are in its order) */
+	bool run_as_root;   /* root with run_user "" is refused unless set */
+	int syslog_facility; /* enum log_facility */
 	char *state_dir;
 	char *tls_cert; /* "" = no TLS */
 	char *tls_key;
@@ -115,6 +119,29 @@ int daemon_tls_context(const struct mx_config *cfg, struct ssl_ctx_st **ctx_r, c
 struct service {
 	const char *name; /* what `listen X { protocol = NAME }` says */
 	void (*accept)(struct conn *conn, const char *refusal);
+	/*
+	 * Optional, instead of accept: a service that serves a listening socket
+	 * itself (an evhttp server, libmilter), where the core does no
+	 * per-connection accept, no connection layer and no connection counting
+	 * (limits.connections_* do not apply; the service bounds itself).
+	 * serve_start runs on the main thread at start, before the loops run,
+	 * once per loop that has a socket for the listener (every loop,
+	 * SO_REUSEPORT like any other listener; loop 0 only when
+	 * serve_one_loop); from then on it owns `fd` (nonblocking, listening)
+	 * and serves it on `loop`'s event base, thread and worker pool — or on
+	 * threads of its own. It returns its context, or NULL with *error_r
+	 * malloc'd (the daemon does not start).
+	 * serve_stop runs on the loop's thread when the daemon stops (or on the
+	 * main thread if start-up failed): close fd and free everything.
+	 * Listen sections are not re-read at a reload (like every listener);
+	 * a service that needs the configuration asks daemon_loop_state().
+	 * A listener of such a service may not ask for implicit TLS or the
+	 * PROXY protocol (a config error).
+	 */
+	void *(*serve_start)(struct daemon_loop *loop, int fd, const char *listener,
+			     char **error_r);
+	void (*serve_stop)(struct daemon_loop *loop, void *ctx);
+	bool serve_one_loop;
 };
 
 /* A setting that names a path, for the core's checks and messages. */
@@ -186,6 +213,10 @@ void daemon_loop_standalone_free(struct daemon_loop **loop);
 struct event_base *daemon_loop_base(const struct daemon_loop *loop);
 unsigned daemon_loop_index(const struct daemon_loop *loop);
 struct workers *daemon_loop_workers(const struct daemon_loop *loop);
+/* The loop's current shared state (only on that loop's thread; NULL before
+ * its first state): what a serve_start service reads its settings from.
+ * Borrowed: take app->state_ref for work that outlives the callback. */
+struct server_state *daemon_loop_state(const struct daemon_loop *loop);
 
 /* ---------------------------------------------------------- connections */
 

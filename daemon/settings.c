@@ -26,6 +26,10 @@
 
 /* in the order of enum log_level */
 static const char *const log_levels[] = { "err", "warn", "info", "debug", NULL };
+/* in the order of enum log_facility (lib/lib.h) */
+static const char *const syslog_facilities[] = { "mail", "daemon", "user", "local0", "local1",
+						  "local2", "local3", "local4", "local5",
+						  "local6", "local7", NULL };
 static const char *const tls_modes[] = { "none", "implicit", NULL };
 static const char *const proxy_modes[] = { "off", "v1", "v2", "any", NULL };
 
@@ -67,6 +71,11 @@ static const struct setting_def daemon_rows[] = {
 	  "drop privileges to this user after binding (\"\" = stay)", NULL, NULL },
 	{ NULL, "log_level", SETTING_CHOICE, "info", 0, 0, OFF(log_level), SETTING_F_ANYCASE,
 	  "err, warn, info or debug", .choices = log_levels },
+	{ NULL, "run_as_root", SETTING_BOOL, "false", 0, 0, OFF(run_as_root), 0,
+	  "start as root with user = \"\" (refused unless true)", NULL, NULL },
+	{ NULL, "syslog_facility", SETTING_CHOICE, "mail", 0, 0, OFF(syslog_facility),
+	  SETTING_F_ANYCASE, "mail, daemon, user or local0 to local7 (without -f)",
+	  .choices = syslog_facilities },
 	{ NULL, "state_dir", SETTING_STR, RUNSTATEDIR "/mxguard", 0, 0, OFF(state_dir), SETTING_F_PATH,
 	  "runtime state (pid file)", NULL, NULL },
 	{ NULL, "tls_cert", SETTING_STR, "", 0, 0, OFF(tls_cert), SETTING_F_PATH,

@@ -64,6 +64,7 @@
 #include <unistd.h>
 
 #include "filters/filters.h"
+#include "lib/metrics.h"
 #include "lib/lib.h"
 
 #define CLAM_LIMIT_PREFIX "Heuristics.Limits.Exceeded"
@@ -333,6 +334,8 @@ clam_db_refresh(struct clam_db *db, bool force, char **error_r)
 	db->fp = fp;
 	db->fp_ok = fp_ok;
 	e = clam_engine_load(db->dir, &db->lim, &err);
+	/* "clamav-db": whether the last load of a changed database worked */
+	metrics_dependency("clamav-db", e != NULL);
 	if (e == NULL) {
 		if (had) {
 			log_msg(LOG_LEVEL_ERR, "clamav: %s; keeping the engine loaded before", err);
@@ -360,6 +363,11 @@ clam_db_refresh(struct clam_db *db, bool force, char **error_r)
 	pthread_mutex_unlock(&db->lock);
 	log_msg(LOG_LEVEL_INFO, "clamav: %s database in %s: %u signatures, version %u (ClamAV %s)",
 		had ? "reloaded the" : "loaded the", db->dir, e->sigs, e->version, cl_retver());
+	/* the engine loaded last (with two databases configured, the gauges
+	 * follow whichever loaded last) */
+	metrics_set(METRIC_CLAMAV_DB_VERSION, e->version);
+	metrics_set(METRIC_CLAMAV_DB_SIGNATURES, e->sigs);
+	metrics_set(METRIC_CLAMAV_DB_LOAD_TIME, (int64_t)time(NULL));
 	clam_engine_unref(&old); /* scans in flight keep it until they end */
 	pthread_mutex_unlock(&db->refresh_lock);
 	return 0;
@@ -660,8 +668,10 @@ clam_scan_clamd(struct clam_job *j, const char *data, size_t len)
 	if (got == 0) {
 		j->outcome = CLAM_ERROR;
 		snprintf(j->name, sizeof(j->name), "clamd at %s gave no answer", st->clamd_socket);
+		metrics_dependency("clamd", false);
 		return;
 	}
+	metrics_dependency("clamd", true); /* it answered, whatever it said */
 	switch (clamd_reply_parse(reply, got, j->name, sizeof(j->name))) {
 	case CLAMD_CLEAN:
 		j->outcome = CLAM_CLEAN;
@@ -691,6 +701,7 @@ clam_scan_clamd(struct clam_job *j, const char *data, size_t len)
 fail:
 	j->outcome = CLAM_ERROR;
 	snprintf(j->name, sizeof(j->name), "clamd at %s: %s", st->clamd_socket, strerror(errno));
+	metrics_dependency("clamd", false);
 	if (fd >= 0)
 		close(fd);
 }

@@ -79,6 +79,7 @@
 #include <time.h>
 
 #include "filters/filters.h"
+#include "lib/metrics.h"
 #include "lib/lib.h"
 
 enum dnsbl_type { DNSBL_IP, DNSBL_HELO, DNSBL_SENDER, DNSBL_FROM, DNSBL_URI, DNSBL_N_TYPES };
@@ -649,6 +650,8 @@ dnsbl_dns_cb(int result, char type, int count, int ttl, void *addresses, void *a
 		ok = false; /* SERVFAIL, REFUSED, timeout, ...: skipped, not cached */
 		keep = 0;
 	}
+	/* the resolver's health: it answered (even "no such name") or not */
+	metrics_dependency("dns", ok);
 	if (ok && q->st->cache_size > 0)
 		dnscache_put(q->loop->cache, q->qtype, q->name, &v, keep, dnsbl_now());
 	if (q->kind == Q_PROBE)

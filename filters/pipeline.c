@@ -66,6 +66,7 @@
 #include <time.h>
 
 #include "filters/filters.h"
+#include "lib/metrics.h"
 
 #define PIPELINE_REJECT_CODE 550
 #define PIPELINE_REJECT_ENHANCED "5.7.1"
@@ -505,6 +506,9 @@ static void pipeline_run_apply(struct pipeline_run *run, struct pipeline_call *p
 	}
 	filter_tx_add_stage_log(run->fx, st->name, run->phase, word, usec);
 	filter_tx_set_stage(run->fx, NULL);
+	metrics_observe(METRIC_STAGE_DURATION, st->name, usec > 0 ? (uint64_t)usec : 0);
+	if (strcmp(word, "error") == 0 || strcmp(word, "timeout") == 0)
+		metrics_add_label(METRIC_STAGE_ERRORS, st->name, 1);
 }
 
 static void pipeline_call_free(struct pipeline_call *pc)

@@ -58,6 +58,7 @@
 #include <time.h>
 
 #include "filters/filters.h"
+#include "lib/metrics.h"
 #include "filters/ratelimit.h"
 #include "lib/lib.h"
 
@@ -644,6 +645,7 @@ static void rl_conn_connect(struct rl_conn *rc);
 static void
 rl_mark_down(const struct rl_stage *st, const char *why)
 {
+	metrics_dependency("redis", false);
 	if (atomic_exchange(&rl_redis_down, 1) == 0)
 		log_msg(LOG_LEVEL_WARN, "ratelimit: redis at %s unavailable (%s): limits follow "
 			"their on_error (accept: in-process limits) until it is back",
@@ -653,6 +655,7 @@ rl_mark_down(const struct rl_stage *st, const char *why)
 static void
 rl_mark_up(const struct rl_stage *st)
 {
+	metrics_set_label(METRIC_DEPENDENCY_UP, "redis", 1);
 	if (atomic_exchange(&rl_redis_down, 0) == 1)
 		log_msg(LOG_LEVEL_INFO, "ratelimit: redis at %s is back", st->redis_text);
 }

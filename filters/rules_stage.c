@@ -23,8 +23,10 @@
 #include <glob.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "filters/filters.h"
+#include "lib/metrics.h"
 #include "rules/rules.h"
 #include "lib/lib.h"
 
@@ -108,6 +110,10 @@ rules_create(cfg_t *section, const struct mx_config *cfg, struct stage **st_r, c
 	}
 	struct rules_stats s;
 	rules_get_stats(st->rs, &s);
+	/* the set built last (a reload that fails after this keeps the old
+	 * pipeline: the gauges then name the set it did not install) */
+	metrics_set(METRIC_RULES_LOAD_TIME, (int64_t)time(NULL));
+	metrics_set(METRIC_RULES_COUNT, (int64_t)rules_count(st->rs));
 	log_msg(LOG_LEVEL_INFO, "rules: %zu loaded, %zu skipped (eval %zu, plugins %zu, other %zu), "
 		"%zu lines ignored, %zu warnings", s.loaded,
 		s.skipped_eval + s.skipped_plugin + s.skipped_other, s.skipped_eval,
@@ -158,6 +164,7 @@ rules_done(struct stage_call *call, void *arg)
 		for (size_t i = 0; i < j->res.n_hits; i++) {
 			const struct rules_hit *h = &j->res.hits[i];
 			filter_tx_add_score(call->fx, call->stage->name, h->name, h->score, h->describe);
+			metrics_add_label(METRIC_RULE_HITS, h->name, 1);
 		}
 		static const enum verdict verdicts[] = {
 			[RULES_CONTINUE] = VERDICT_CONTINUE, [RULES_ACCEPT] = VERDICT_ACCEPT,

@@ -36,6 +36,14 @@ enum log_level { LOG_LEVEL_ERR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG 
 
 /* Log to stderr when foreground is true, otherwise to syslog(3). */
 void log_open(const char *ident, bool foreground, enum log_level level);
+/* The syslog facility of later log_open calls (without foreground); the
+ * daemon's syslog_facility setting, in this order. */
+enum log_facility {
+	LOG_FACILITY_MAIL, LOG_FACILITY_DAEMON, LOG_FACILITY_USER, LOG_FACILITY_LOCAL0,
+	LOG_FACILITY_LOCAL1, LOG_FACILITY_LOCAL2, LOG_FACILITY_LOCAL3, LOG_FACILITY_LOCAL4,
+	LOG_FACILITY_LOCAL5, LOG_FACILITY_LOCAL6, LOG_FACILITY_LOCAL7,
+};
+void log_set_facility(enum log_facility facility);
 void log_set_level(enum log_level level);
 bool log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) ATTR_PRINTF(2, 3);

@@ -20,6 +20,7 @@
 static bool log_foreground = true;
 static enum log_level log_current = LOG_LEVEL_INFO;
 static const char *log_ident = "mxguard";
+static int log_facility = LOG_MAIL;
 
 static const char *const level_names[] = { "err", "warn", "info", "debug" };
 static const int level_syslog[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
@@ -31,7 +32,23 @@ log_open(const char *ident, bool foreground, enum log_level level)
 	log_foreground = foreground;
 	log_current = level;
 	if (!foreground)
-		openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
+		openlog(ident, LOG_PID | LOG_NDELAY, log_facility);
+}
+
+void
+log_set_facility(enum log_facility facility)
+{
+	static const int facilities[] = {
+		[LOG_FACILITY_MAIL] = LOG_MAIL, [LOG_FACILITY_DAEMON] = LOG_DAEMON,
+		[LOG_FACILITY_USER] = LOG_USER, [LOG_FACILITY_LOCAL0] = LOG_LOCAL0,
+		[LOG_FACILITY_LOCAL1] = LOG_LOCAL1, [LOG_FACILITY_LOCAL2] = LOG_LOCAL2,
+		[LOG_FACILITY_LOCAL3] = LOG_LOCAL3, [LOG_FACILITY_LOCAL4] = LOG_LOCAL4,
+		[LOG_FACILITY_LOCAL5] = LOG_LOCAL5, [LOG_FACILITY_LOCAL6] = LOG_LOCAL6,
+		[LOG_FACILITY_LOCAL7] = LOG_LOCAL7,
+	};
+
+	if ((unsigned)facility < N_ELEMENTS(facilities))
+		log_facility = facilities[facility];
 }
 
 /* The level changes on reload (main thread) while loops log: atomic. */

@@ -45,6 +45,7 @@
 
 #include "backends/backends.h"
 #include "daemon/daemon.h"
+#include "lib/metrics.h"
 #include "mailbox/mailbox.h"
 #include "pop3/pop3.h"
 
@@ -386,6 +387,7 @@ login_done(void *arg)
 		log_msg(LOG_LEVEL_INFO, "%s pop3 login client=%s user=%s mech=%s tls=%s messages=%zu octets=%llu",
 			s->id, s->client_addr, who, s->mech, (s->flags & P_F_TLS) ? "yes" : "no",
 			s->mb->n_msgs, (unsigned long long)octets);
+		metrics_add_label(METRIC_POP3_LOGINS, "ok", 1);
 		pop3_reply(s, "+OK Logged in: %zu messages (%llu octets).", s->mb->n_msgs,
 			   (unsigned long long)octets);
 		break;
@@ -396,6 +398,7 @@ login_done(void *arg)
 		pop3_throttle_fail(ku, pop3_cfg(s)->auth_failure_window, now_sec());
 		log_msg(LOG_LEVEL_INFO, "%s pop3 auth failed client=%s user=%s mech=%s reason=bad_credentials",
 			s->id, s->client_addr, who, s->mech);
+		metrics_add_label(METRIC_POP3_LOGINS, "failed", 1);
 		pop3_fail_later(s, "-ERR [AUTH] Authentication failed.");
 		login_job_free(job);
 		conn_settle(s->conn);
@@ -432,6 +435,7 @@ pop3_login(struct pop3_session *s, const char *user, const char *password, const
 		log_name(user, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s pop3 auth failed client=%s user=%s mech=%s reason=throttled",
 			s->id, s->client_addr, who, mech);
+		metrics_add_label(METRIC_POP3_LOGINS, "failed", 1);
 		pop3_fail_later(s, "-ERR [SYS/TEMP] Too many failed logins, try again later.");
 		return;
 	}
@@ -1301,6 +1305,7 @@ pop3_session_start(struct conn *conn, const char *refusal, const struct pop3_env
 		s->flags |= P_F_TLS;
 	s->handle = handle_register(s);
 	conn_attach(conn, &pop3_handler, s);
+	metrics_add(METRIC_POP3_SESSIONS, 1);
 	conn_set_nodelay(conn); /* RETR replies end in a partial segment */
 	conn_set_lines(conn, (size_t)pop3_cfg(s)->command_line_max, false);
 	pop3_arm_timeouts(s);

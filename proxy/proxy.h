@@ -67,5 +67,9 @@ extern const struct daemon_app mxguard_app;
 
 /* session.c: the SMTP service's accept (a row of the service table). */
 void smtp_service_accept(struct conn *conn, const char *refusal);
+/* metrics_http.c: the `metrics` service (GET /metrics), a row that serves
+ * its listening socket itself (struct service.serve_start). */
+void *metrics_serve_start(struct daemon_loop *loop, int fd, const char *listener, char **error_r);
+void metrics_serve_stop(struct daemon_loop *loop, void *ctx);
 
 #endif

@@ -34,6 +34,7 @@
 #include <event2/buffer.h>
 #include <openssl/ssl.h>
 
+#include "lib/metrics.h"
 #include "proxy/proxy.h"
 
 /* Output queued beyond this stops command processing until it drains, so a
@@ -1241,6 +1242,8 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 	}
 	if (shown < tx->n_rcpts)
 		snprintf(to + strlen(to), tolen + 1 - strlen(to), ",...(+%zu more)", tx->n_rcpts - shown);
+	metrics_add_label(METRIC_SMTP_TRANSACTIONS, action_name(tx->outcome.action), 1);
+	metrics_add(METRIC_SMTP_BYTES_RECEIVED, (int64_t)tx->smtp_size);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double delay = (double)(now.tv_sec - tx->start.tv_sec) +
 		       (double)(now.tv_nsec - tx->start.tv_nsec) / 1e9;

@@ -143,8 +143,11 @@ pop3_service_accept(struct conn *conn, const char *refusal)
 
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
-	{ "smtp", smtp_service_accept },
-	{ "pop3", pop3_service_accept },
+	{ .name = "smtp", .accept = smtp_service_accept },
+	{ .name = "pop3", .accept = pop3_service_accept },
+	/* GET /metrics (metrics_http.c): evhttp serves its socket, on loop 0 */
+	{ .name = "metrics", .serve_start = metrics_serve_start, .serve_stop = metrics_serve_stop,
+	  .serve_one_loop = true },
 };
 
 const struct daemon_app mxguard_app = {

@@ -209,6 +209,10 @@ class Daemon:
             cert, key = test_cert()
             s["tls_cert"] = cert
             s["tls_key"] = key
+        # started as root with no user to drop to, mxguard refuses to serve
+        # unless the config says so (test_service checks the refusal)
+        if os.geteuid() == 0 and not self.settings.get("user"):
+            s["run_as_root"] = True
         s.update(self.settings)
         # no comment lines: libconfuse 3.3 miscounts lines after a comment,
         # and tests that check "file:line" errors want exact numbers here

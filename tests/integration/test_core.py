@@ -144,7 +144,7 @@ class Listeners(unittest.TestCase):
             lines = f.read().splitlines()
         line = lines.index("listen imap {") + 2          # its address line
         self.assertIn('%s:%d: listen imap: protocol = "imap": no such service (this build '
-                      'has: smtp, pop3)' % (d.conf, line), r.stderr)
+                      'has: smtp, pop3, metrics)' % (d.conf, line), r.stderr)
 
 
 class Reload(DaemonTestCase):
