@@ -340,8 +340,11 @@ class DebPackage(unittest.TestCase):
                 break
             time.sleep(0.05)
         if not port_answers(ports[0]):
-            out = open(log_path).read() if os.path.exists(log_path) else \
-                run(["journalctl", "-u", "mxguard", "-n", "50"]).stdout
+            if os.path.exists(log_path):
+                with open(log_path) as f:
+                    out = f.read()
+            else:
+                out = run(["journalctl", "-u", "mxguard", "-n", "50"]).stdout
             self.fail("mxguard did not answer on port %d:\n%s" % (ports[0], out))
 
         # it drops to the package's system user (after binding: the port
@@ -352,7 +355,11 @@ class DebPackage(unittest.TestCase):
         while True:
             with open("/proc/%d/status" % pid) as f:
                 euid = int(re.search(r"^Uid:\s+\d+\s+(\d+)", f.read(), re.M).group(1))
-            logged = self.proc is None or said in open(log_path).read()
+            if self.proc is None:
+                logged = True  # systemd: the journal has it
+            else:
+                with open(log_path) as f:
+                    logged = said in f.read()
             if (euid == want and logged) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
