@@ -164,6 +164,10 @@ loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 		loop->forced = true;
 		conn_drop_all(loop, "shutdown_timeout");
 	}
+	/* what is still used now is held by sessions of a service that owns
+	 * its socket (daemon_hold): their posts no longer run, let go */
+	for (struct loop_state *ls = loop->states; ls != NULL; ls = ls->next)
+		ls->users = 0;
 	/* a state pushed too late, then every state this loop holds */
 	loop_push_cb(-1, 0, loop);
 	loop->current = NULL;
@@ -247,6 +251,7 @@ daemon_build_state(const struct daemon_app *app, const char *path, char **error_
 
 static int daemon_make_dirs(const struct daemon_app *app, const struct server_state *st,
 			    bool at_start, bool check_only);
+static void daemon_stop_owned(struct daemon *core);
 
 /* What a reload cannot change in a running process, said out loud. */
 static void
@@ -345,6 +350,7 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	m->stopping = true;
 	log_msg(LOG_LEVEL_INFO, "stopping on signal %d: finishing transactions in flight", (int)sig);
+	daemon_stop_owned(core);
 	for (unsigned i = 0; i < core->n_loops; i++)
 		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
 	pthread_mutex_lock(&core->state_lock);
@@ -354,6 +360,84 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 	m->deadline.tv_sec += timeout;
 	m->ev_wait = event_new(m->base, -1, EV_PERSIST, main_wait_cb, m);
 	event_add(m->ev_wait, &tick);
+}
+
+/* ------------------------------------- services that own their socket */
+
+unsigned daemon_n_loops(const struct daemon *core) { return core->n_loops; }
+
+struct daemon_post {
+	struct daemon_loop *loop;
+	daemon_post_fn *fn;
+	void *arg;
+};
+
+static void
+daemon_post_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon_post p = *(struct daemon_post *)arg;
+
+	free(arg);
+	p.fn(p.loop, p.arg);
+}
+
+int
+daemon_post(struct daemon *core, unsigned index, daemon_post_fn *fn, void *arg)
+{
+	static const struct timeval now = { 0, 0 };
+	struct daemon_post *p = xcalloc(1, sizeof(*p));
+	int ret = -1;
+
+	p->loop = &core->loops[index % core->n_loops];
+	p->fn = fn;
+	p->arg = arg;
+	/* under the lock: the loops' bases are not freed while we post */
+	pthread_mutex_lock(&core->post_lock);
+	if (!core->posts_closed && p->loop->base != NULL &&
+	    event_base_once(p->loop->base, -1, EV_TIMEOUT, daemon_post_cb, p, &now) == 0)
+		ret = 0;
+	pthread_mutex_unlock(&core->post_lock);
+	if (ret < 0)
+		free(p);
+	return ret;
+}
+
+/* After the loops run: each listener of a service that owns its socket. */
+static int
+daemon_start_owned(struct daemon *core, const struct mx_config *cfg)
+{
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	char *error = NULL;
+
+	core->owned_started = true;
+	for (size_t i = 0; i < core->n_listeners && i < ds->n_listeners; i++) {
+		const struct service *svc = core->listeners[i].service;
+		if (svc->start == NULL)
+			continue;
+		if (svc->start(core, &ds->listeners[i], &error) < 0) {
+			log_msg(LOG_LEVEL_ERR, "listen %s: %s", ds->listeners[i].name, error);
+			free(error);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Once per service, at the stop: no new sessions. */
+static void
+daemon_stop_owned(struct daemon *core)
+{
+	if (!core->owned_started)
+		return;
+	core->owned_started = false;
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		const struct service *svc = core->listeners[i].service;
+		bool seen = false;
+		for (size_t j = 0; j < i; j++)
+			seen = seen || core->listeners[j].service == svc;
+		if (svc->stop != NULL && !seen)
+			svc->stop();
+	}
 }
 
 /* -------------------------------------------------------------- setup */
@@ -391,6 +475,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		l->fds = xcalloc(core->n_loops, sizeof(*l->fds));
 		for (unsigned j = 0; j < core->n_loops; j++)
 			l->fds[j] = -1;
+		if (l->service->start != NULL)
+			continue; /* the service binds it itself (daemon_start_owned) */
 		if (net_parse_address(lc->address, &ss, &len, &err) < 0) {
 			log_msg(LOG_LEVEL_ERR, "listen %s: %s: %s", lc->name, lc->address, err);
 			return -1;
@@ -677,6 +763,8 @@ daemon_start_loops(struct daemon *core)
 		struct daemon_loop *loop = &core->loops[i];
 
 		for (size_t j = 0; j < core->n_listeners; j++) {
+			if (core->listeners[j].fds[i] < 0)
+				continue; /* a service that owns its socket */
 			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
 							  LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_CLOSE_ON_FREE,
 							  -1, core->listeners[j].fds[i]);
@@ -754,6 +842,7 @@ daemon_loop_standalone(const struct daemon_app *app, struct server_state *st,
 	core->workers = workers;
 	pthread_mutex_init(&core->state_lock, NULL);
 	pthread_mutex_init(&core->conn_lock, NULL);
+	pthread_mutex_init(&core->post_lock, NULL);
 	core->state = app->state_ref(st);
 	core->n_listeners = app->n_services;
 	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
@@ -841,6 +930,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	pthread_mutex_init(&core.conn_lock, NULL);
 	pthread_mutex_init(&core.start_lock, NULL);
 	pthread_cond_init(&core.start_cond, NULL);
+	pthread_mutex_init(&core.post_lock, NULL);
 
 	/* errors up to the detach go to stderr (log_open comes after) */
 	if (evthread_use_pthreads() != 0) {
@@ -915,12 +1005,21 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	}
 	if (daemon_start_loops(&core) < 0)
 		return 1;
+	if (daemon_start_owned(&core, cfg) < 0) {
+		daemon_stop_owned(&core);
+		return 1;
+	}
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
 		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
 
 	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 
-	/* sessions are done (or the deadline passed): stop the loops */
+	/* sessions are done (or the deadline passed): stop the loops; a
+	 * service that owns its socket can no longer reach them */
+	daemon_stop_owned(&core);
+	pthread_mutex_lock(&core.post_lock);
+	core.posts_closed = true;
+	pthread_mutex_unlock(&core.post_lock);
 	for (unsigned i = 0; i < core.n_loops; i++)
 		event_active(core.loops[i].ev_exit, EV_TIMEOUT, 0);
 	for (unsigned i = 0; i < core.n_loops; i++)

@@ -141,10 +141,34 @@ pop3_service_accept(struct conn *conn, const char *refusal)
 	pop3_session_start(conn, refusal, &env);
 }
 
+/* The milter service (milter/) learns what it needs of the state a
+ * session holds; libmilter owns the socket, so the row has start/stop
+ * instead of accept. */
+static void
+milter_env_of(const struct server_state *st, struct milter_env *env)
+{
+	const struct smtp_settings *ss = smtp_settings(st->cfg);
+
+	*env = (struct milter_env){
+		.pipeline = st->pipeline,
+		.hostname = ss->hostname,
+		.spool_dir = ss->spool_dir,
+		.spill_threshold = (size_t)ss->spill_threshold,
+		.message_size_max = (uint64_t)backends_settings(st->cfg)->message_size_max,
+	};
+}
+
+static int
+milter_service_start_row(struct daemon *core, const struct listen_config *lc, char **error_r)
+{
+	return milter_service_start(core, lc, milter_env_of, error_r);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
-	{ "smtp", smtp_service_accept },
-	{ "pop3", pop3_service_accept },
+	{ .name = "smtp", .accept = smtp_service_accept },
+	{ .name = "pop3", .accept = pop3_service_accept },
+	{ .name = "milter", .start = milter_service_start_row, .stop = milter_service_stop },
 };
 
 const struct daemon_app mxguard_app = {

@@ -111,8 +111,8 @@ static void echo_accept(struct conn *c, const char *r) { echo_accept_mode(c, r, 
 static void echo_strict_accept(struct conn *c, const char *r) { echo_accept_mode(c, r, true); }
 
 static const struct service services[] = {
-	{ "echo", echo_accept },
-	{ "echo-strict", echo_strict_accept },
+	{ .name = "echo", .accept = echo_accept },
+	{ .name = "echo-strict", .accept = echo_strict_accept },
 };
 
 static struct server_state *st_ref(struct server_state *st) { st->refs++; return st; }
