@@ -61,10 +61,7 @@ struct daemon {
 	pthread_mutex_t conn_lock;
 	struct conn_count *conn_counts;
 	long conn_total;
-	/* services that own their socket (struct service.start): started, and
-	 * whether daemon_post may still reach the loops (under post_lock) */
-	pthread_mutex_t post_lock;
-	bool posts_closed;
+	/* services that own their socket (struct service.start) were started */
 	bool owned_started;
 };
 

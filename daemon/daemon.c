@@ -366,6 +366,21 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 
 unsigned daemon_n_loops(const struct daemon *core) { return core->n_loops; }
 
+/* Whether daemon_post may still reach the loops: process-wide, not in the
+ * core, because a thread of such a service may post while daemon_run()
+ * returns (its core is on daemon_run's stack). Closed for good before the
+ * loops stop. */
+static pthread_mutex_t post_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool posts_closed;
+
+static void
+daemon_close_posts(void)
+{
+	pthread_mutex_lock(&post_lock);
+	posts_closed = true;
+	pthread_mutex_unlock(&post_lock);
+}
+
 struct daemon_post {
 	struct daemon_loop *loop;
 	daemon_post_fn *fn;
@@ -388,15 +403,18 @@ daemon_post(struct daemon *core, unsigned index, daemon_post_fn *fn, void *arg)
 	struct daemon_post *p = xcalloc(1, sizeof(*p));
 	int ret = -1;
 
-	p->loop = &core->loops[index % core->n_loops];
 	p->fn = fn;
 	p->arg = arg;
-	/* under the lock: the loops' bases are not freed while we post */
-	pthread_mutex_lock(&core->post_lock);
-	if (!core->posts_closed && p->loop->base != NULL &&
-	    event_base_once(p->loop->base, -1, EV_TIMEOUT, daemon_post_cb, p, &now) == 0)
-		ret = 0;
-	pthread_mutex_unlock(&core->post_lock);
+	/* under the lock: the core and its loops' bases are not freed while
+	 * we post */
+	pthread_mutex_lock(&post_lock);
+	if (!posts_closed) {
+		p->loop = &core->loops[index % core->n_loops];
+		if (p->loop->base != NULL &&
+		    event_base_once(p->loop->base, -1, EV_TIMEOUT, daemon_post_cb, p, &now) == 0)
+			ret = 0;
+	}
+	pthread_mutex_unlock(&post_lock);
 	if (ret < 0)
 		free(p);
 	return ret;
@@ -842,7 +860,6 @@ daemon_loop_standalone(const struct daemon_app *app, struct server_state *st,
 	core->workers = workers;
 	pthread_mutex_init(&core->state_lock, NULL);
 	pthread_mutex_init(&core->conn_lock, NULL);
-	pthread_mutex_init(&core->post_lock, NULL);
 	core->state = app->state_ref(st);
 	core->n_listeners = app->n_services;
 	core->listeners = xcalloc(core->n_listeners, sizeof(*core->listeners));
@@ -930,7 +947,6 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	pthread_mutex_init(&core.conn_lock, NULL);
 	pthread_mutex_init(&core.start_lock, NULL);
 	pthread_cond_init(&core.start_cond, NULL);
-	pthread_mutex_init(&core.post_lock, NULL);
 
 	/* errors up to the detach go to stderr (log_open comes after) */
 	if (evthread_use_pthreads() != 0) {
@@ -1007,6 +1023,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		return 1;
 	if (daemon_start_owned(&core, cfg) < 0) {
 		daemon_stop_owned(&core);
+		daemon_close_posts();
 		return 1;
 	}
 	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
@@ -1017,9 +1034,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	/* sessions are done (or the deadline passed): stop the loops; a
 	 * service that owns its socket can no longer reach them */
 	daemon_stop_owned(&core);
-	pthread_mutex_lock(&core.post_lock);
-	core.posts_closed = true;
-	pthread_mutex_unlock(&core.post_lock);
+	daemon_close_posts();
 	for (unsigned i = 0; i < core.n_loops; i++)
 		event_active(core.loops[i].ev_exit, EV_TIMEOUT, 0);
 	for (unsigned i = 0; i < core.n_loops; i++)
