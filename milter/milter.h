@@ -55,4 +55,13 @@ void milter_service_stop(void);
  */
 int milter_conn_spec(const char *address, char *out, size_t outsz);
 
+/*
+ * The header field the MTA handed (libmilter's header callback: name and
+ * value, NUL-terminated) as it stands in the message: "Name: value" and
+ * CRLF, every bare LF of a folded value made CRLF (a control character
+ * in the name becomes '_'). malloc'd, NUL-ended,
+ * *len_r octets (at most strlen(name) + 2 * strlen(value) + 4).
+ */
+char *milter_header_field(const char *name, const char *value, size_t *len_r);
+
 #endif

@@ -129,48 +129,6 @@ struct msession {
 	struct pipeline_outcome out;
 };
 
-/* --------------------------------------------------------------- spec */
-
-int
-milter_conn_spec(const char *address, char *out, size_t outsz)
-{
-	const char *colon;
-	char host[256];
-	size_t hlen;
-	int n;
-
-	if (address == NULL || out == NULL || outsz == 0)
-		return -1;
-	if (address[0] == '[') {
-		const char *end = strchr(address, ']');
-		if (end == NULL || end[1] != ':' || end == address + 1)
-			return -1;
-		hlen = (size_t)(end - address - 1);
-		if (hlen >= sizeof(host))
-			return -1;
-		memcpy(host, address + 1, hlen);
-		host[hlen] = '\0';
-		colon = end + 1;
-	} else {
-		colon = strrchr(address, ':');
-		if (colon == NULL || colon == address || memchr(address, ':', (size_t)(colon - address)))
-			return -1;
-		hlen = (size_t)(colon - address);
-		if (hlen >= sizeof(host))
-			return -1;
-		memcpy(host, address, hlen);
-		host[hlen] = '\0';
-	}
-	const char *port = colon + 1;
-	if (*port == '\0' || strlen(port) > 5 || strspn(port, "0123456789") != strlen(port) ||
-	    atoi(port) <= 0 || atoi(port) > 65535)
-		return -1;
-	if (strspn(host, "0123456789abcdefABCDEF.:") != strlen(host))
-		return -1; /* numeric addresses only, as every listener */
-	n = snprintf(out, outsz, "%s:%s@%s", address[0] == '[' ? "inet6" : "inet", port, host);
-	return n < 0 || (size_t)n >= outsz ? -1 : 0;
-}
-
 /* ------------------------------------------------------ the loop side */
 
 static void
@@ -600,7 +558,7 @@ cb_header(SMFICTX *ctx, char *name, char *value)
 {
 	struct msession *ms = ms_of(ctx);
 	char *field;
-	size_t len = 0, cap;
+	size_t len;
 	int index = 1;
 
 	if (ms == NULL || !ms->in_tx)
@@ -609,19 +567,7 @@ cb_header(SMFICTX *ctx, char *name, char *value)
 		return SMFIS_CONTINUE;
 	if (value == NULL)
 		value = "";
-	/* "Name: value" with CRLF line ends: the MTA hands folded values
-	 * with bare LF between their lines */
-	cap = strlen(name) + 2 * strlen(value) + 5;
-	field = xmalloc(cap);
-	len = (size_t)snprintf(field, cap, "%s: ", name);
-	for (const char *p = value; *p != '\0'; p++) {
-		if (*p == '\n' && (p == value || p[-1] != '\r'))
-			field[len++] = '\r';
-		field[len++] = *p;
-	}
-	field[len++] = '\r';
-	field[len++] = '\n';
-	field[len] = '\0';
+	field = milter_header_field(name, value, &len);
 	ms_append(ms, field, len);
 	if (ms->n_hnames < MILTER_HEADERS_MAX) {
 		for (size_t i = 0; i < ms->n_hnames; i++)
