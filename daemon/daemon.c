@@ -1021,15 +1021,14 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	}
 	if (daemon_start_loops(&core) < 0)
 		return 1;
-	if (daemon_start_owned(&core, cfg) < 0) {
-		daemon_stop_owned(&core);
-		daemon_close_posts();
-		return 1;
+	/* a service that owns its socket failed to start: the loops run, so
+	 * stop them the normal way, with exit status 1 */
+	int status = daemon_start_owned(&core, cfg) < 0 ? 1 : 0;
+	if (status == 0) {
+		log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
+			PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
+		event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 	}
-	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
-		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
-
-	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
 
 	/* sessions are done (or the deadline passed): stop the loops; a
 	 * service that owns its socket can no longer reach them */
@@ -1047,7 +1046,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		/* deliveries still running own their transactions: leave without
 		 * tearing anything down; nothing unacknowledged is lost by this */
 		log_msg(LOG_LEVEL_INFO, "stopped (forced)");
-		_exit(0);
+		_exit(status);
 	}
 	event_free(m.ev_term);
 	event_free(m.ev_int);
@@ -1059,5 +1058,5 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	if (pidfd >= 0)
 		close(pidfd);
 	log_msg(LOG_LEVEL_INFO, "stopped");
-	return 0;
+	return status;
 }
