@@ -110,6 +110,7 @@ struct msession {
 	struct msgbody *body;
 	int body_errno;
 	bool too_big;
+	bool too_many_headers; /* past MILTER_HEADERS_MAX: refused at eom */
 	uint64_t size;
 	uint64_t declared_size;
 	char **hnames; /* every header name so far, for the indexes */
@@ -311,6 +312,7 @@ ms_tx_end(struct msession *ms)
 	msgbody_free(&ms->body);
 	ms->body_errno = 0;
 	ms->too_big = false;
+	ms->too_many_headers = false;
 	ms->size = ms->declared_size = 0;
 	ms->queue_id[0] = ms->auth[0] = '\0';
 	ms->in_tx = false;
@@ -569,7 +571,9 @@ cb_header(SMFICTX *ctx, char *name, char *value)
 		value = "";
 	field = milter_header_field(name, value, &len);
 	ms_append(ms, field, len);
-	if (ms->n_hnames < MILTER_HEADERS_MAX) {
+	if (ms->n_hnames >= MILTER_HEADERS_MAX) {
+		ms->too_many_headers = true; /* a forged one could not be removed */
+	} else {
 		for (size_t i = 0; i < ms->n_hnames; i++)
 			index += strcasecmp(ms->hnames[i], name) == 0;
 		ms->hnames = xrealloc(ms->hnames, (ms->n_hnames + 1) * sizeof(*ms->hnames));
@@ -658,6 +662,13 @@ cb_eom(SMFICTX *ctx)
 		memset(&out, 0, sizeof(out));
 		ms_tx_log(ms, &out, ACTION_REJECT, "rejected");
 		r = ms_refuse(ctx, false, 552, "5.3.4", "Message size exceeds fixed maximum message size");
+		ms_tx_end(ms);
+		return r;
+	}
+	if (ms->too_many_headers) {
+		memset(&out, 0, sizeof(out));
+		ms_tx_log(ms, &out, ACTION_REJECT, "rejected");
+		r = ms_refuse(ctx, false, 552, "5.3.4", "Too many header fields");
 		ms_tx_end(ms);
 		return r;
 	}
