@@ -389,7 +389,7 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
 	(void)f2;
 	(void)f3;
 	/* add and delete headers, quarantine; every step, each answered */
-	*pf0 = f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE);
+	*pf0 = f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE | SMFIF_SETSYMLIST);
 	*pf1 = 0;
 	*pf2 = *pf3 = 0;
 	/* the macros we use instead of guesses (Postfix: milter_*_macros
