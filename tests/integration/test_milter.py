@@ -112,6 +112,7 @@ class SideBySide(unittest.TestCase):
     stages = ["rules", "clamav"]
     pipeline = {}
     extra_settings = {}
+    extra_rules = ""  # a rule file of the class's own, beside the stock one
 
     @classmethod
     def more_conf(cls):
@@ -129,7 +130,13 @@ class SideBySide(unittest.TestCase):
         try:
             cls.db = os.path.join(cls.d.dir, "clamdb")
             write_db(cls.db)
-            cls.d.extra_conf = ('rules {\n\tfiles = {"%s"}\n}\n' % STOCK +
+            files = ['"%s"' % STOCK]
+            if cls.extra_rules:
+                path = os.path.join(cls.d.dir, "extra.cf")
+                with open(path, "w") as f:
+                    f.write(cls.extra_rules)
+                files.append('"%s"' % path)
+            cls.d.extra_conf = ('rules {\n\tfiles = {%s}\n}\n' % ", ".join(files) +
                                 'clamav {\n\tdatabase_dir = "%s"\n}\n' % cls.db +
                                 cls.more_conf())
             cls.d.write_config()
@@ -241,6 +248,19 @@ class Quarantined(SideBySide):
     quarantine store, the milter has Postfix hold it (smfi_quarantine)."""
     stages = ["rules"]
     pipeline = {"quarantine_score": 500.0, "reject_score": 5000.0}
+    extra_rules = "body DROPME /drop-me-please/\naction DROPME discard\n"
+
+    def test_discarded(self):
+        proxy, milter = self.both(message("dropped", "drop-me-please"))
+        self.assertEqual(proxy[:2], ("data", 250), proxy)
+        self.assertEqual(milter[:2], ("data", 250), milter)
+        self.assertRegex(self.d.log(), r"smtp tx .*action=discard .*result=discarded")
+        self.assertRegex(self.d.log(), r"milter tx .*action=discard .*result=discarded")
+        # Postfix drops it (SMFIS_DISCARD), mxguard's store never had it
+        self.pf.wait_for_log(r"milter-discard: END-OF-MESSAGE from ")
+        self.assertEqual(mx_delivered(self.d, "dropped"), [])
+        self.assertEqual([m for m in self.pf.maildir_messages("demo", "example.test")
+                          if subject_of("dropped")(m)], [])
 
     def test_gtube_held(self):
         proxy, milter = self.both(message("held", GTUBE))
