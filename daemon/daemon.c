@@ -164,15 +164,16 @@ loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 		loop->forced = true;
 		conn_drop_all(loop, "shutdown_timeout");
 	}
-	/* what is still used now is held by sessions of a service that owns
-	 * its socket (daemon_hold): their posts no longer run, let go */
-	for (struct loop_state *ls = loop->states; ls != NULL; ls = ls->next)
-		ls->users = 0;
-	/* a state pushed too late, then every state this loop holds */
+	/* a state pushed too late, then every state this loop holds — but
+	 * one still held by a session of a service that owns its socket
+	 * (daemon_hold, only after the shutdown deadline): a phase may still
+	 * be pending on it, so it is left to the process's exit */
 	loop_push_cb(-1, 0, loop);
 	loop->current = NULL;
-	while (loop->states != NULL)
-		daemon_loop_state_drop(loop, loop->states);
+	for (struct loop_state *ls = loop->states, *next; ls != NULL; ls = next) {
+		next = ls->next;
+		daemon_loop_state_drop(loop, ls); /* only when nobody uses it */
+	}
 	event_base_loopbreak(loop->base);
 }
 

@@ -408,6 +408,38 @@ class DefaultAction(unittest.TestCase):
             pf.stop()
 
 
+class StopWithSessionOpen(unittest.TestCase):
+    def test_sigterm_waits_then_exits(self):
+        """SIGTERM while Postfix holds a milter connection open (an SMTP
+        session after EHLO): the daemon waits for it up to
+        limits.timeout_shutdown, then exits; Postfix's session goes on and
+        follows milter_default_action for what comes after."""
+        d = Daemon(limits={"timeout_shutdown": 2}, listen_extra={"milter": {"protocol": "milter"}})
+        pf = None
+        try:
+            pf = milter_postfix(d.ports["milter"]).start()
+            s = smtplib.SMTP("127.0.0.1", pf.port, timeout=60)
+            try:
+                self.assertEqual(s.ehlo("client.example.org")[0], 250)
+                d.wait_log(r"milter connect client=127\.0\.0\.1")
+                off = d.log_size()
+                self.assertEqual(d.stop(), 0)
+                log = d.log_since(off)
+                self.assertRegex(log, r"shutdown: timeout with 1 sessions")
+                self.assertRegex(log, r"info: stopped")
+                code, text = s.mail("sender@example.org")
+                self.assertEqual(code, 451, text)
+            finally:
+                try:
+                    s.quit()
+                except (smtplib.SMTPException, OSError):
+                    pass
+        finally:
+            if pf:
+                pf.stop()
+            d.cleanup()
+
+
 class Config(unittest.TestCase):
     def test_two_milter_listeners_refused(self):
         d = Daemon(start=False, listen_extra={"milter": {"protocol": "milter"},
@@ -427,4 +459,4 @@ class Config(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    mxtest.main(budget=400)
+    mxtest.main(budget=300)
