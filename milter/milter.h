@@ -55,6 +55,11 @@ void milter_service_stop(void);
  */
 int milter_conn_spec(const char *address, char *out, size_t outsz);
 
+/* The config's milter listeners: at most one, each address a spec. 0, or
+ * -1 with *error_r ("file:line: listen NAME: ..."). For the program's
+ * state build (start, reload, `mxguard -t`). */
+int milter_check_config(const struct mx_config *cfg, char **error_r);
+
 /*
  * The header field the MTA handed (libmilter's header callback: name and
  * value, NUL-terminated) as it stands in the message: "Name: value" and

@@ -782,6 +782,33 @@ static struct smfiDesc milter_desc = {
 };
 
 /* ------------------------------------------------------------- service */
+int
+milter_check_config(const struct mx_config *cfg, char **error_r)
+{
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	const struct listen_config *first = NULL;
+	char spec[300];
+
+	for (size_t i = 0; i < ds->n_listeners; i++) {
+		const struct listen_config *lc = &ds->listeners[i];
+		if (strcmp(lc->protocol, "milter") != 0)
+			continue;
+		if (first != NULL) {
+			*error_r = xasprintf("%s:%d: listen %s: only one milter listener per process "
+					     "(libmilter has one socket; listen %s has it)", cfg->path,
+					     lc->line, lc->name, first->name);
+			return -1;
+		}
+		if (milter_conn_spec(lc->address, spec, sizeof(spec)) < 0) {
+			*error_r = xasprintf("%s:%d: listen %s: address = \"%s\": not a numeric host:port",
+					     cfg->path, lc->line, lc->name, lc->address);
+			return -1;
+		}
+		first = lc;
+	}
+	return 0;
+}
+
 
 /* Seconds libmilter waits for the MTA's next command (libmilter's own
  * default): the MTA keeps a milter connection for a whole SMTP session. */

@@ -26,6 +26,8 @@ server_state_build(const char *config_path, char **error_r)
 	atomic_init(&st->refcount, 1);
 	if (config_load(config_path, &st->cfg, error_r) < 0)
 		goto fail;
+	if (milter_check_config(st->cfg, error_r) < 0)
+		goto fail;
 	if (pipeline_create(st->cfg, &st->pipeline, error_r) < 0)
 		goto fail;
 	const struct backends_settings *bs = backends_settings(st->cfg);

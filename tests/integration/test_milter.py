@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import smtplib
+import subprocess
 import time
 import unittest
 
@@ -445,15 +446,17 @@ class Config(unittest.TestCase):
         d = Daemon(start=False, listen_extra={"milter": {"protocol": "milter"},
                                              "milter2": {"protocol": "milter"}})
         try:
-            # the SMTP port is bound (and its backlog takes the harness's
-            # probe) before the milter starts, so the start may look fine
-            # for a moment: the exit status and the log tell
-            try:
+            r = subprocess.run([mxtest.MXGUARD, "-t", "-c", d.conf], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+            self.assertEqual(r.returncode, 1)
+            with open(d.conf) as f:
+                line = f.read().splitlines().index("listen milter2 {") + 2
+            self.assertIn("%s:%d: listen milter2: only one milter listener per process "
+                          "(libmilter has one socket; listen milter has it)" % (d.conf, line),
+                          r.stderr)
+            with self.assertRaises(RuntimeError) as e:
                 d.start()
-            except RuntimeError:
-                pass
-            self.assertEqual(d.proc.wait(20), 1)
-            self.assertRegex(d.log(), r"listen milter2: only one milter listener per process")
+            self.assertIn("only one milter listener", str(e.exception))
         finally:
             d.cleanup()
 
