@@ -372,6 +372,21 @@ strip_brackets(const char *s)
 	return xstrdup(s);
 }
 
+/* The stages take numeric address text: an MTA's "IPv6:" prefix goes, and
+ * anything else that is not an address is dropped (the socket's address
+ * is used then). */
+static void
+ms_numeric_addr(char *addr)
+{
+	unsigned char bin[16];
+
+	if (strncasecmp(addr, "IPv6:", 5) == 0)
+		memmove(addr, addr + 5, strlen(addr + 5) + 1);
+	if (addr[0] != '\0' && inet_pton(AF_INET, addr, bin) != 1 &&
+	    inet_pton(AF_INET6, addr, bin) != 1)
+		addr[0] = '\0';
+}
+
 static struct msession *
 ms_of(SMFICTX *ctx)
 {
@@ -419,6 +434,7 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *sa)
 	 * callback got; {client_name} (Postfix: the verified name or
 	 * "unknown"), else the callback's host name */
 	macro_copy(ctx, "{client_addr}", ms->client_addr, sizeof(ms->client_addr));
+	ms_numeric_addr(ms->client_addr);
 	if (ms->client_addr[0] == '\0' && sa != NULL) {
 		if (sa->sa_family == AF_INET) {
 			const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
@@ -439,13 +455,13 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *sa)
 	if (ms->client_name[0] == '\0' && hostname != NULL)
 		str_copy(ms->client_name, hostname, sizeof(ms->client_name));
 	ms->connect_fx = filter_tx_new();
+	log_msg(LOG_LEVEL_INFO, "%s milter connect client=%s port=%u name=%s", ms->id,
+		ms->client_addr, ms->client_port, ms->client_name[0] ? ms->client_name : "-");
 	if (atomic_load(&M.stopping))
 		return ms_unavailable(ctx);
 	ms_fill_msg(ms);
 	if (!ms_request(ms, REQ_PHASE, PHASE_CONNECT, ms->connect_fx, &out))
 		return ms_unavailable(ctx);
-	log_msg(LOG_LEVEL_INFO, "%s milter connect client=%s port=%u name=%s", ms->id,
-		ms->client_addr, ms->client_port, ms->client_name[0] ? ms->client_name : "-");
 	/* the client's reverse DNS, as the dnsbl stage found it */
 	const char *rdns;
 	ms->rdns_status = filter_tx_rdns(ms->connect_fx, &rdns);
