@@ -7,7 +7,9 @@
  * build its shared state from a config file, and its table of services. A
  * service is one protocol (SMTP today; POP3, IMAP, HTTP later): a name that
  * listeners refer to with `protocol = ...`, and an accept function that
- * turns a new connection into a session of that protocol.
+ * turns a new connection into a session of that protocol — or, for a
+ * service that owns its socket (the milter), start/stop hooks the core
+ * calls instead, with daemon_post()/daemon_hold() to reach the loops.
  *
  * Threads. The main thread binds, then only handles signals. N loop threads
  * each run their own event_base; every loop has its own listening socket per
