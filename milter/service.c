@@ -893,10 +893,28 @@ milter_service_start(struct daemon *core, const struct listen_config *lc, milter
 	return 0;
 }
 
+/* smfi_stop() closes the listening socket under the lock libmilter's
+ * listener holds while it polls (up to 5 s): on a thread of its own, so
+ * the main thread's shutdown never waits for that. */
+static void *
+milter_stop_thread(void *arg)
+{
+	(void)arg;
+	(void)smfi_stop();
+	return NULL;
+}
+
 void
 milter_service_stop(void)
 {
+	pthread_attr_t attr;
+	pthread_t t;
+
 	if (!M.started || atomic_exchange(&M.stopping, true))
 		return;
-	(void)smfi_stop(); /* closes the listening socket */
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, milter_stop_thread, NULL) != 0)
+		(void)smfi_stop(); /* no thread: wait here then */
+	pthread_attr_destroy(&attr);
 }

@@ -409,6 +409,33 @@ class DefaultAction(unittest.TestCase):
             pf.stop()
 
 
+class Restart(unittest.TestCase):
+    def test_restart_serves_again(self):
+        """mxguard stopped and started again on the same port: the next
+        Postfix session is filtered again (a new milter connection)."""
+        d = Daemon(pipeline={"stages": ["rules"]},
+                   extra_conf='rules {\n\tfiles = {"%s"}\n}\n' % STOCK,
+                   listen_extra={"milter": {"protocol": "milter"}})
+        pf = None
+        try:
+            pf = milter_postfix(d.ports["milter"]).start()
+            self.assertEqual(d.stop(), 0)
+            r = send(pf.port, message("while-down", "fine"))
+            self.assertEqual(r[1], 451, r)
+            d.start()
+            r = send(pf.port, message("restarted", GTUBE))
+            self.assertEqual(r[:2], ("data", 550), r)
+            r = send(pf.port, message("restarted-clean", "fine"))
+            self.assertEqual(r[:2], ("data", 250), r)
+            got = pf.wait_for_messages("demo", "example.test", 1,
+                                       match=subject_of("restarted-clean"))
+            self.assertRegex(got[0], re.compile(rb"^X-Spam-Score: ", re.M))
+        finally:
+            if pf:
+                pf.stop()
+            d.cleanup()
+
+
 class StopWithSessionOpen(unittest.TestCase):
     def test_sigterm_waits_then_exits(self):
         """SIGTERM while Postfix holds a milter connection open (an SMTP
