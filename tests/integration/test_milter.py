@@ -173,6 +173,8 @@ class SideBySide(unittest.TestCase):
 
 
 class ContentVerdicts(SideBySide):
+    # test_reload_while_serving writes a rule here before its SIGHUP
+    extra_rules = "# no rule until the reload test\n"
     def test_gtube_rejected_with_our_text(self):
         proxy, milter = self.both(message("gtube", GTUBE))
         self.assert_same_refusal(proxy, milter, "data", 550, "5.7.1", rb"(?i)spam|reject")
@@ -220,28 +222,40 @@ class ContentVerdicts(SideBySide):
 
     def test_reload_while_serving(self):
         """SIGHUP with a Postfix session (and its milter connection) open:
-        the daemon reloads, the open session still works, and a new one
-        gets the new configuration."""
+        the daemon reloads, the open session goes on with the rules it
+        connected with, a new session (milter and proxy alike) gets the
+        new ones, and the whole daemon serves on."""
+        marker = "reload-marker-7"
         s = smtplib.SMTP("127.0.0.1", self.pf.port, timeout=60)
         try:
             self.assertEqual(s.ehlo("client.example.org")[0], 250)
-            # the milter saw the connect and the HELO: its connection is open
-            self.d.wait_log(r"milter connect client=127\.0\.0\.1")
+            # Postfix greets only after the milter answered its connect
+            with open(os.path.join(self.d.dir, "extra.cf"), "w") as f:
+                f.write('body RELOADED /%s/\naction RELOADED reject '
+                        '"550 5.7.1 The reloaded rule says no"\n' % marker)
             off = self.d.log_size()
             self.d.signal(signal.SIGHUP)
             self.d.wait_log(r"reloaded configuration", offset=off)
             self.assertEqual(s.mail("sender@example.org")[0], 250)
             self.assertEqual(s.rcpt(RCPT)[0], 250)
-            code, text = s.data(message("during-reload", GTUBE))
+            code, text = s.data(message("during-reload", marker))
+            self.assertEqual(code, 250, text)
+            # and the old rules still work in it
+            self.assertEqual(s.mail("sender@example.org")[0], 250)
+            self.assertEqual(s.rcpt(RCPT)[0], 250)
+            code, text = s.data(message("during-reload-gtube", GTUBE))
             self.assertEqual(code, 550, text)
         finally:
             s.quit()
         self.assertTrue(self.d.running())
-        # the whole daemon still serves both ways after the reload
-        proxy, milter = self.both(message("after-reload", "fine"))
+        proxy, milter = self.both(message("after-reload", marker))
+        self.assert_same_refusal(proxy, milter, "data", 550, "5.7.1",
+                                 rb"The reloaded rule says no")
+        proxy, milter = self.both(message("after-reload-clean", "fine"))
         self.assertEqual(proxy[:2], ("data", 250), proxy)
         self.assertEqual(milter[:2], ("data", 250), milter)
-        self.pf.wait_for_messages("demo", "example.test", 1, match=subject_of("after-reload"))
+        self.pf.wait_for_messages("demo", "example.test", 1,
+                                  match=subject_of("after-reload-clean"))
 
 
 class Quarantined(SideBySide):
