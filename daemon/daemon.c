@@ -895,7 +895,8 @@ daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol)
 	sin.sin_port = htons(12345);
 	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
 	for (size_t i = 0; i < core->n_listeners; i++) {
-		if (strcmp(core->listeners[i].service->name, protocol) == 0) {
+		if (strcmp(core->listeners[i].service->name, protocol) == 0 &&
+		    core->listeners[i].service->accept != NULL) { /* not one that owns its socket */
 			conn_begin(conn_new(loop, &core->listeners[i], fd,
 					    (const struct sockaddr *)&sin));
 			return 0;
