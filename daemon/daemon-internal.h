@@ -61,6 +61,8 @@ struct daemon {
 	pthread_mutex_t conn_lock;
 	struct conn_count *conn_counts;
 	long conn_total;
+	/* services that own their socket (struct service.start) were started */
+	bool owned_started;
 };
 
 struct daemon_loop {

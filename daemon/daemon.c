@@ -207,11 +207,16 @@ loop_exit_cb(evutil_socket_t fd, short what, void *arg)
 		loop->forced = true;
 		conn_drop_all(loop, "shutdown_timeout");
 	}
-	/* a state pushed too late, then every state this loop holds */
+	/* a state pushed too late, then every state this loop holds — but
+	 * one still held by a session of a service that owns its socket
+	 * (daemon_hold, only after the shutdown deadline): a phase may still
+	 * be pending on it, so it is left to the process's exit */
 	loop_push_cb(-1, 0, loop);
 	loop->current = NULL;
-	while (loop->states != NULL)
-		daemon_loop_state_drop(loop, loop->states);
+	for (struct loop_state *ls = loop->states, *next; ls != NULL; ls = next) {
+		next = ls->next;
+		daemon_loop_state_drop(loop, ls); /* only when nobody uses it */
+	}
 	event_base_loopbreak(loop->base);
 }
 
@@ -298,6 +303,7 @@ daemon_build_state(const struct daemon_app *app, const char *path, char **error_
 
 static int daemon_make_dirs(const struct daemon_app *app, const struct server_state *st,
 			    bool at_start, bool check_only);
+static void daemon_stop_owned(struct daemon *core);
 
 /* What a reload cannot change in a running process, said out loud. */
 static void
@@ -410,6 +416,7 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 	m->stopping = true;
 	log_msg(LOG_LEVEL_INFO, "stopping on signal %d: finishing transactions in flight", (int)sig);
 	daemon_notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight");
+	daemon_stop_owned(core);
 	for (unsigned i = 0; i < core->n_loops; i++)
 		event_active(core->loops[i].ev_shutdown, EV_TIMEOUT, 0);
 	pthread_mutex_lock(&core->state_lock);
@@ -419,6 +426,102 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
 	m->deadline.tv_sec += timeout;
 	m->ev_wait = event_new(m->base, -1, EV_PERSIST, main_wait_cb, m);
 	event_add(m->ev_wait, &tick);
+}
+
+/* ------------------------------------- services that own their socket */
+
+unsigned daemon_n_loops(const struct daemon *core) { return core->n_loops; }
+
+/* Whether daemon_post may still reach the loops: process-wide, not in the
+ * core, because a thread of such a service may post while daemon_run()
+ * returns (its core is on daemon_run's stack). Closed for good before the
+ * loops stop. */
+static pthread_mutex_t post_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool posts_closed;
+
+static void
+daemon_close_posts(void)
+{
+	pthread_mutex_lock(&post_lock);
+	posts_closed = true;
+	pthread_mutex_unlock(&post_lock);
+}
+
+struct daemon_post {
+	struct daemon_loop *loop;
+	daemon_post_fn *fn;
+	void *arg;
+};
+
+static void
+daemon_post_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon_post p = *(struct daemon_post *)arg;
+
+	free(arg);
+	p.fn(p.loop, p.arg);
+}
+
+int
+daemon_post(struct daemon *core, unsigned index, daemon_post_fn *fn, void *arg)
+{
+	static const struct timeval now = { 0, 0 };
+	struct daemon_post *p = xcalloc(1, sizeof(*p));
+	int ret = -1;
+
+	p->fn = fn;
+	p->arg = arg;
+	/* under the lock: the core and its loops' bases are not freed while
+	 * we post */
+	pthread_mutex_lock(&post_lock);
+	if (!posts_closed) {
+		p->loop = &core->loops[index % core->n_loops];
+		if (p->loop->base != NULL &&
+		    event_base_once(p->loop->base, -1, EV_TIMEOUT, daemon_post_cb, p, &now) == 0)
+			ret = 0;
+	}
+	pthread_mutex_unlock(&post_lock);
+	if (ret < 0)
+		free(p);
+	return ret;
+}
+
+/* After the loops run: each listener of a service that owns its socket. */
+static int
+daemon_start_owned(struct daemon *core, const struct mx_config *cfg)
+{
+	const struct daemon_settings *ds = daemon_settings(cfg);
+	char *error = NULL;
+
+	core->owned_started = true;
+	for (size_t i = 0; i < core->n_listeners && i < ds->n_listeners; i++) {
+		const struct service *svc = core->listeners[i].service;
+		if (svc->start == NULL)
+			continue;
+		if (svc->start(core, &ds->listeners[i], &error) < 0) {
+			log_msg(LOG_LEVEL_ERR, "listen %s: %s", ds->listeners[i].name, error);
+			free(error);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Once per service, at the stop: no new sessions. */
+static void
+daemon_stop_owned(struct daemon *core)
+{
+	if (!core->owned_started)
+		return;
+	core->owned_started = false;
+	for (size_t i = 0; i < core->n_listeners; i++) {
+		const struct service *svc = core->listeners[i].service;
+		bool seen = false;
+		for (size_t j = 0; j < i; j++)
+			seen = seen || core->listeners[j].service == svc;
+		if (svc->stop != NULL && !seen)
+			svc->stop();
+	}
 }
 
 /* -------------------------------------------------------------- setup */
@@ -456,6 +559,8 @@ daemon_bind(struct daemon *core, const struct mx_config *cfg)
 		l->fds = xcalloc(core->n_loops, sizeof(*l->fds));
 		for (unsigned j = 0; j < core->n_loops; j++)
 			l->fds[j] = -1;
+		if (l->service->start != NULL)
+			continue; /* the service binds it itself (daemon_start_owned) */
 		if (net_parse_address(lc->address, &ss, &len, &err) < 0) {
 			log_msg(LOG_LEVEL_ERR, "listen %s: %s: %s", lc->name, lc->address, err);
 			return -1;
@@ -762,10 +867,10 @@ daemon_start_loops(struct daemon *core)
 
 		for (size_t j = 0; j < core->n_listeners; j++) {
 			const struct service *sv = core->listeners[j].service;
+			if (core->listeners[j].fds[i] < 0)
+				continue; /* a service that owns its socket; serve_one_loop off loop 0 */
 			if (sv->serve_start != NULL) {
 				char *error = NULL;
-				if (core->listeners[j].fds[i] < 0)
-					continue; /* serve_one_loop: loop 0 only */
 				loop->serve_ctx[j] = sv->serve_start(loop, core->listeners[j].fds[i],
 								     core->listeners[j].name, &error);
 				if (loop->serve_ctx[j] == NULL) {
@@ -893,7 +998,7 @@ daemon_loop_adopt(struct daemon_loop *loop, int fd, const char *protocol)
 	sin.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1, TEST-NET-1 */
 	for (size_t i = 0; i < core->n_listeners; i++) {
 		if (strcmp(core->listeners[i].service->name, protocol) == 0 &&
-		    core->listeners[i].service->accept != NULL) {
+		    core->listeners[i].service->accept != NULL) { /* not one that serves its socket */
 			conn_begin(conn_new(loop, &core->listeners[i], fd,
 					    (const struct sockaddr *)&sin));
 			return 0;
@@ -1028,14 +1133,21 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	metrics_set(METRIC_CONFIG_LOAD_TIME, (int64_t)time(NULL));
 	metrics_set_label(METRIC_CONFIG_INFO, cfg->path, 1);
 	metrics_set_label(METRIC_BUILD_INFO, PACKAGE_VERSION, 1);
-	log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
-		PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
-	daemon_notify("READY=1\nMAINPID=%d\nSTATUS=serving: %zu listener(s), %u loop(s)",
-		      (int)getpid(), core.n_listeners, core.n_loops);
+	/* a service that owns its socket failed to start: the loops run, so
+	 * stop them the normal way, with exit status 1 */
+	int status = daemon_start_owned(&core, cfg) < 0 ? 1 : 0;
+	if (status == 0) {
+		log_msg(LOG_LEVEL_INFO, "started version=%s threads=%u workers=%ld config=%s",
+			PACKAGE_VERSION, core.n_loops, ds->workers, config_path);
+		daemon_notify("READY=1\nMAINPID=%d\nSTATUS=serving: %zu listener(s), %u loop(s)",
+			      (int)getpid(), core.n_listeners, core.n_loops);
+		event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
+	}
 
-	event_base_loop(m.base, EVLOOP_NO_EXIT_ON_EMPTY);
-
-	/* sessions are done (or the deadline passed): stop the loops */
+	/* sessions are done (or the deadline passed): stop the loops; a
+	 * service that owns its socket can no longer reach them */
+	daemon_stop_owned(&core);
+	daemon_close_posts();
 	for (unsigned i = 0; i < core.n_loops; i++)
 		event_active(core.loops[i].ev_exit, EV_TIMEOUT, 0);
 	for (unsigned i = 0; i < core.n_loops; i++)
@@ -1048,7 +1160,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		/* deliveries still running own their transactions: leave without
 		 * tearing anything down; nothing unacknowledged is lost by this */
 		log_msg(LOG_LEVEL_INFO, "stopped (forced)");
-		_exit(0);
+		_exit(status);
 	}
 	event_free(m.ev_term);
 	event_free(m.ev_int);
@@ -1060,5 +1172,5 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 	if (pidfd >= 0)
 		close(pidfd);
 	log_msg(LOG_LEVEL_INFO, "stopped");
-	return 0;
+	return status;
 }

@@ -8,8 +8,11 @@
  * service is one protocol (SMTP, POP3, the metrics endpoint): a name that
  * listeners refer to with `protocol = ...`, and an accept function that
  * turns a new connection into a session of that protocol — or, for a
- * server whose library owns its sockets (evhttp, libmilter), serve_start/
- * serve_stop, which take the listening socket itself.
+ * server whose library serves its own sockets, one of two hooks instead:
+ * serve_start/serve_stop when the core binds and the library serves the
+ * listening socket on a loop (evhttp: the metrics endpoint), or
+ * start/stop when the library must bind and accept itself on threads of
+ * its own (libmilter), reaching the loops with daemon_post()/daemon_hold().
  *
  * Threads. The main thread binds, then only handles signals. N loop threads
  * each run their own event_base; every loop has its own listening socket per
@@ -116,12 +119,14 @@ int daemon_tls_context(const struct mx_config *cfg, struct ssl_ctx_st **ctx_r, c
 /* The refusal text while the daemon stops (a service may word it its own way). */
 #define DAEMON_REFUSAL_SHUTDOWN "Service shutting down"
 
+struct daemon; /* the running core, for services that own their socket */
+
 struct service {
 	const char *name; /* what `listen X { protocol = NAME }` says */
 	void (*accept)(struct conn *conn, const char *refusal);
 	/*
-	 * Optional, instead of accept: a service that serves a listening socket
-	 * itself (an evhttp server, libmilter), where the core does no
+	 * Optional, instead of accept (1 of 2): a service that serves a
+	 * listening socket the core bound (an evhttp server), where the core does no
 	 * per-connection accept, no connection layer and no connection counting
 	 * (limits.connections_* do not apply; the service bounds itself).
 	 * serve_start runs on the main thread at start, before the loops run,
@@ -142,6 +147,22 @@ struct service {
 			     char **error_r);
 	void (*serve_stop)(struct daemon_loop *loop, void *ctx);
 	bool serve_one_loop;
+	/*
+	 * Optional, instead of accept (2 of 2): a service that binds its
+	 * listening socket itself and serves it on threads of its own
+	 * (the milter: libmilter listens and runs one thread per MTA
+	 * connection). The core binds nothing for such a listener and never
+	 * calls accept: start() runs once per listener on the main thread
+	 * after the loops run (before that, nothing could serve a phase), with
+	 * the listener's settings; -1 with *error_r stops the start-up.
+	 * stop() runs once on the main thread when the daemon stops
+	 * (SIGTERM/SIGINT, or a failed start): stop accepting, never block.
+	 * Such a service reaches the loops with daemon_post() and holds a
+	 * loop's state per session with daemon_hold(); the shutdown waits for
+	 * the holds as for connections.
+	 */
+	int (*start)(struct daemon *core, const struct listen_config *lc, char **error_r);
+	void (*stop)(void);
 };
 
 /* A setting that names a path, for the core's checks and messages. */
@@ -217,6 +238,28 @@ struct workers *daemon_loop_workers(const struct daemon_loop *loop);
  * its first state): what a serve_start service reads its settings from.
  * Borrowed: take app->state_ref for work that outlives the callback. */
 struct server_state *daemon_loop_state(const struct daemon_loop *loop);
+
+/* ------------------------------------- services that own their socket */
+/*
+ * From any thread: run fn(loop, arg) on the thread of loop number
+ * index % (number of loops), soon, once. Never blocks on the loop. -1 when
+ * the loops are stopping for good (after the shutdown's wait, or the
+ * deadline): fn will not run then, and the caller answers by itself.
+ */
+typedef void daemon_post_fn(struct daemon_loop *loop, void *arg);
+int daemon_post(struct daemon *core, unsigned index, daemon_post_fn *fn, void *arg);
+unsigned daemon_n_loops(const struct daemon *core);
+/*
+ * On a loop thread: hold the loop's current state for a session the core
+ * did not accept, as a connection holds it — the state stays started on
+ * this loop until daemon_release(), and the shutdown waits for every hold
+ * (bounded by limits.timeout_shutdown). NULL while the loop is shutting
+ * down (refuse the session). daemon_release() runs on the same loop.
+ */
+struct daemon_hold;
+struct daemon_hold *daemon_hold(struct daemon_loop *loop);
+struct server_state *daemon_hold_state(const struct daemon_hold *h);
+void daemon_release(struct daemon_loop *loop, struct daemon_hold **h);
 
 /* ---------------------------------------------------------- connections */
 

@@ -82,3 +82,42 @@ daemon_loop_install(struct daemon_loop *loop, struct server_state *st)
 		daemon_loop_state_drop(loop, old);
 	return 0;
 }
+
+/* ------------------------------- holds (services that own their socket) */
+
+struct daemon_hold {
+	struct loop_state *ls;
+};
+
+struct daemon_hold *
+daemon_hold(struct daemon_loop *loop)
+{
+	struct daemon_hold *h;
+
+	if (loop->shutting_down || loop->current == NULL)
+		return NULL;
+	h = xcalloc(1, sizeof(*h));
+	h->ls = daemon_loop_state_take(loop);
+	/* counted like a connection: the shutdown waits for it */
+	atomic_fetch_add(&loop->core->n_conns, 1);
+	return h;
+}
+
+struct server_state *
+daemon_hold_state(const struct daemon_hold *h)
+{
+	return h->ls->st;
+}
+
+void
+daemon_release(struct daemon_loop *loop, struct daemon_hold **hp)
+{
+	struct daemon_hold *h = *hp;
+
+	*hp = NULL;
+	if (h == NULL)
+		return;
+	daemon_loop_state_release(loop, &h->ls);
+	atomic_fetch_sub(&loop->core->n_conns, 1);
+	free(h);
+}

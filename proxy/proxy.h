@@ -17,6 +17,7 @@
 #include "daemon/daemon.h"
 #include "filters/filters.h"
 #include "lib/lib.h"
+#include "milter/milter.h"
 #include "pop3/pop3.h"
 
 /* The SMTP service's settings (settings.c). */

@@ -26,6 +26,8 @@ server_state_build(const char *config_path, char **error_r)
 	atomic_init(&st->refcount, 1);
 	if (config_load(config_path, &st->cfg, error_r) < 0)
 		goto fail;
+	if (milter_check_config(st->cfg, error_r) < 0)
+		goto fail;
 	if (pipeline_create(st->cfg, &st->pipeline, error_r) < 0)
 		goto fail;
 	const struct backends_settings *bs = backends_settings(st->cfg);
@@ -141,6 +143,29 @@ pop3_service_accept(struct conn *conn, const char *refusal)
 	pop3_session_start(conn, refusal, &env);
 }
 
+/* The milter service (milter/) learns what it needs of the state a
+ * session holds; libmilter owns the socket, so the row has start/stop
+ * instead of accept. */
+static void
+milter_env_of(const struct server_state *st, struct milter_env *env)
+{
+	const struct smtp_settings *ss = smtp_settings(st->cfg);
+
+	*env = (struct milter_env){
+		.pipeline = st->pipeline,
+		.hostname = ss->hostname,
+		.spool_dir = ss->spool_dir,
+		.spill_threshold = (size_t)ss->spill_threshold,
+		.message_size_max = (uint64_t)backends_settings(st->cfg)->message_size_max,
+	};
+}
+
+static int
+milter_service_start_row(struct daemon *core, const struct listen_config *lc, char **error_r)
+{
+	return milter_service_start(core, lc, milter_env_of, error_r);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ .name = "smtp", .accept = smtp_service_accept },
@@ -148,6 +173,7 @@ static const struct service services[] = {
 	/* GET /metrics (metrics_http.c): evhttp serves its socket, on loop 0 */
 	{ .name = "metrics", .serve_start = metrics_serve_start, .serve_stop = metrics_serve_stop,
 	  .serve_one_loop = true },
+	{ .name = "milter", .start = milter_service_start_row, .stop = milter_service_stop },
 };
 
 const struct daemon_app mxguard_app = {
