@@ -31,6 +31,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -39,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <gmime/gmime.h>
@@ -94,15 +96,19 @@ static void sb_addc(struct sbuf *b, char c)
 static void sb_printf(struct sbuf *b, const char *fmt, ...) ATTR_PRINTF(2, 3);
 static void sb_printf(struct sbuf *b, const char *fmt, ...)
 {
-	char tmp[64];
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	if (n > 0)
-		sb_addn(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+	if (n <= 0)
+		return;
+	sb_grow(b, (size_t)n);
+	va_start(ap, fmt);
+	vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
 }
 
 /* empty, but a string ("" rather than NULL) */
@@ -1792,7 +1798,7 @@ static void write_part(const struct imap_msg *m, const struct part *p, bool ext,
 		text = (p->flags & PART_TEXT) != 0;
 		imap_nstring(out, sb_str(&pd.type));
 		sb_addc(out, ' ');
-		imap_nstring(out, pd.have_subtype ? sb_str(&pd.subtype) : NULL);
+		imap_nstring(out, sb_str(&pd.subtype));
 	}
 	sb_addc(out, ' ');
 	write_params(out, &pd.type_params, text);
@@ -1839,12 +1845,44 @@ static void flush_out(struct sbuf *b, struct evbuffer *out)
 	sb_free(b);
 }
 
+/* Dovecot's test for a message that is one plain 7-bit text/plain part
+ * with no parameter but charset=us-ascii, whose BODY it writes in a
+ * canonical form (the charset in lower case). */
+static bool plain_7bit(const struct imap_msg *m)
+{
+	const struct part *p = m->root;
+	struct part_data pd;
+	bool plain;
+
+	if (!(p->flags & PART_TEXT) || p->children != NULL)
+		return false;
+	part_data_read(m, p, &pd);
+	plain = (!pd.have_type || strcasecmp(sb_str(&pd.subtype), "plain") == 0) &&
+		(pd.type_params.n == 0 ||
+		 (pd.type_params.n == 1 && strcasecmp(pd.type_params.v[0].name, "charset") == 0 &&
+		  strcasecmp(pd.type_params.v[0].value, "us-ascii") == 0)) &&
+		!pd.have_id && !pd.have_description &&
+		(!pd.have_encoding || strcasecmp(sb_str(&pd.encoding), "7bit") == 0) &&
+		!pd.have_md5 && !pd.have_disposition && pd.n_langs == 0 && !pd.have_location;
+	part_data_free(&pd);
+	return plain;
+}
+
 void imap_msg_bodystructure(struct imap_msg *m, bool extended, struct evbuffer *out)
 {
 	struct sbuf b = {0};
 
 	ensure_tree(m);
 	sb_addc(&b, '(');
+	if (!extended && plain_7bit(m)) {
+		size_t vsize, lines;
+
+		range_size(m->data, m->root->body_start, m->root->body_end, &vsize, &lines);
+		sb_printf(&b, "\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" %zu %zu)",
+			  vsize, lines);
+		flush_out(&b, out);
+		return;
+	}
 	write_part(m, m->root, extended, &b);
 	sb_addc(&b, ')');
 	flush_out(&b, out);
@@ -1909,10 +1947,11 @@ static void add_header(struct evbuffer *out, const struct imap_msg *m, size_t hs
 		if (listed != (sec->kind == IMAP_SECTION_HEADER_FIELDS))
 			continue;
 		add_crlf(out, m->data, (size_t)(f.start - m->data), (size_t)(f.end - m->data));
-		if (f.end[-1] != '\n')
-			evbuffer_add(out, "\r\n", 2);
 	}
-	evbuffer_add(out, "\r\n", 2);
+	/* Dovecot: HEADER.FIELDS always ends with the blank line, the .NOT
+	 * form only when the message's header has one */
+	if (sec->kind == IMAP_SECTION_HEADER_FIELDS || cur < end)
+		evbuffer_add(out, "\r\n", 2);
 }
 
 bool imap_msg_section(struct imap_msg *m, const struct imap_section *sec, struct evbuffer *out)
@@ -1941,26 +1980,33 @@ bool imap_msg_section(struct imap_msg *m, const struct imap_section *sec, struct
 	}
 	ensure_tree(m);
 	p = m->root;
+	/* Dovecot's walk: a multipart's n-th part; a message's (or a leaf's)
+	 * own "1" once — the body of a non-multipart message is its part 1,
+	 * but 1.1 is not there; a message/rfc822 part with numbers after it
+	 * stands for the message it holds. */
+	bool stayed = false;
 	for (size_t i = 0; i < sec->n_part && i < IMAP_SECTION_DEPTH_MAX; i++) {
 		unsigned n = sec->part[i];
 		const struct part *c;
 
 		if (n == 0)
 			return false;
-		if ((p->flags & PART_RFC822) && p->children != NULL) {
-			/* into the attached message: its body's parts */
-			p = p->children;
-		}
 		if (p->flags & PART_MULTIPART) {
 			for (c = p->children; c != NULL && n > 1; c = c->next)
 				n--;
 			if (c == NULL)
 				return false;
 			p = c;
-		} else if (n != 1) {
+			stayed = false;
+		} else if (n != 1 || stayed) {
 			return false;
+		} else {
+			stayed = true;
 		}
-		/* a non-multipart's part 1 is its body */
+		if (i + 1 < sec->n_part && (p->flags & PART_RFC822) && p->children != NULL) {
+			p = p->children;
+			stayed = false;
+		}
 	}
 	switch (sec->kind) {
 	case IMAP_SECTION_ALL:
@@ -2015,12 +2061,106 @@ static bool value_has(const char *value, const char *needle)
 	return found;
 }
 
-/* any field of the header [hs, he) (named name, or any) holding needle */
+/* An address list written back the way Dovecot normalises it before
+ * matching FROM/TO/CC/BCC: "Name <box@domain>", "group: a@b;", comments
+ * that did not become names gone. */
+static void append_maybe_quoted(struct sbuf *out, const char *s, bool escape_dot)
+{
+	const char *p;
+	bool escape = false;
+
+	for (p = s; *p != '\0'; p++)
+		if (!IS_ATEXT(*p) && (escape_dot || *p != '.'))
+			break;
+	if (*p == '\0') {
+		sb_add(out, s);
+		return;
+	}
+	for (p = s; *p != '\0'; p++)
+		if (*p == '"' || *p == '\\' || *p == '\'')
+			escape = true;
+	sb_addc(out, '"');
+	for (p = s; *p != '\0'; p++) {
+		if (escape && (*p == '"' || *p == '\\' || *p == '\''))
+			sb_addc(out, '\\');
+		sb_addc(out, *p);
+	}
+	sb_addc(out, '"');
+}
+
+static void addresses_string(const struct addr *a, struct sbuf *out)
+{
+	bool first = true, in_group = false;
+
+	sb_reset(out);
+	for (; a != NULL; a = a->next) {
+		if (!first)
+			sb_add(out, ", ");
+		first = false;
+		if (a->domain == NULL) {
+			if (!in_group) {
+				if (a->mailbox != NULL && *a->mailbox != '\0') {
+					if (strstr(a->mailbox, "=?") != NULL)
+						sb_add(out, a->mailbox);
+					else
+						append_maybe_quoted(out, a->mailbox, true);
+				} else {
+					sb_add(out, "\"\"");
+				}
+				sb_add(out, ": ");
+				first = true;
+			} else {
+				/* the group's end: drop the ", " (or the space after ':') */
+				if (out->len >= 2 && out->s[out->len - 2] == ',')
+					out->len -= 2;
+				else if (out->len >= 1 && out->s[out->len - 1] == ' ')
+					out->len -= 1;
+				out->s[out->len] = '\0';
+				sb_addc(out, ';');
+			}
+			in_group = !in_group;
+			continue;
+		}
+		if (a->name != NULL) {
+			if (strstr(a->name, "=?") != NULL)
+				sb_add(out, a->name);
+			else
+				append_maybe_quoted(out, a->name, true);
+		}
+		if (a->route != NULL || a->mailbox[0] != '\0' || a->domain[0] != '\0') {
+			if (a->name != NULL && a->name[0] != '\0')
+				sb_addc(out, ' ');
+			sb_addc(out, '<');
+			if (a->route != NULL) {
+				sb_add(out, a->route);
+				sb_addc(out, ':');
+			}
+			if (a->mailbox[0] == '\0')
+				sb_add(out, "\"\"");
+			else
+				append_maybe_quoted(out, a->mailbox, false);
+			if (a->domain[0] != '\0') {
+				sb_addc(out, '@');
+				sb_add(out, a->domain);
+			}
+			sb_addc(out, '>');
+		}
+	}
+}
+
+static bool is_address_field(const struct hfield *f)
+{
+	return field_is(f, "From") || field_is(f, "To") || field_is(f, "Cc") ||
+	       field_is(f, "Bcc") || field_is(f, "Sender") || field_is(f, "Reply-To");
+}
+
+/* any field of the header [hs, he) (named name, or any) holding needle;
+ * with_names: "Name: value" is matched (TEXT), else the value */
 static bool header_has(const struct imap_msg *m, size_t hs, size_t he, const char *name,
-		       const char *needle)
+		       const char *needle, bool with_names)
 {
 	const char *cur = m->data + hs, *end = m->data + he;
-	struct sbuf v = {0};
+	struct sbuf v = {0}, t = {0};
 	struct hfield f;
 	bool found = false;
 
@@ -2029,15 +2169,34 @@ static bool header_has(const struct imap_msg *m, size_t hs, size_t he, const cha
 		if (!f.has_colon || (name != NULL && !field_is(&f, name)))
 			continue;
 		field_value(&f, &v);
-		found = value_has(sb_str(&v), needle);
+		if (!with_names && is_address_field(&f)) {
+			struct addr *first = NULL, *last = NULL;
+			size_t count = 0;
+
+			addr_parse(sb_str(&v), v.len, &first, &last, &count);
+			addresses_string(first, &t);
+			addr_free(&first);
+			sb_reset(&v);
+			sb_add(&v, sb_str(&t));
+		}
+		if (with_names) {
+			sb_reset(&t);
+			sb_addn(&t, f.name, f.name_len);
+			sb_add(&t, ": ");
+			sb_add(&t, sb_str(&v));
+			found = value_has(sb_str(&t), needle);
+		} else {
+			found = value_has(sb_str(&v), needle);
+		}
 	}
 	sb_free(&v);
+	sb_free(&t);
 	return found;
 }
 
 bool imap_msg_header_contains(struct imap_msg *m, const char *field, const char *needle)
 {
-	return header_has(m, 0, (size_t)(top_header_end(m) - m->data), field, needle);
+	return header_has(m, 0, (size_t)(top_header_end(m) - m->data), field, needle, false);
 }
 
 /* a text part's body decoded (transfer encoding, charset) to UTF-8 */
@@ -2091,7 +2250,7 @@ static bool parts_have(const struct imap_msg *m, const struct part *p, const cha
 {
 	for (; p != NULL; p = p->next) {
 		if (headers && p->parent != NULL &&
-		    header_has(m, p->hdr_start, p->hdr_end, NULL, needle))
+		    header_has(m, p->hdr_start, p->hdr_end, NULL, needle, true))
 			return true;
 		if (p->children != NULL) {
 			if (parts_have(m, p->children, needle, headers, tmp))
@@ -2122,7 +2281,7 @@ bool imap_msg_text_contains(struct imap_msg *m, const char *needle)
 	struct sbuf tmp = {0};
 	bool found;
 
-	if (imap_msg_header_contains(m, NULL, needle))
+	if (header_has(m, 0, (size_t)(top_header_end(m) - m->data), NULL, needle, true))
 		return true;
 	pthread_once(&gmime_once, gmime_init_once);
 	ensure_tree(m);
@@ -2132,13 +2291,160 @@ bool imap_msg_text_contains(struct imap_msg *m, const char *needle)
 }
 
 /* ----------------------------------------------------------------- Date */
+/* A Date: value as Dovecot reads it: [weekday ","] d month [yy]yy
+ * h[h]:mm[:ss] [zone], tokens being RFC 822 atoms; an unknown zone is
+ * +0000. Anything else (asctime's format too) is no date. */
+static int date_token(struct rp *r, struct sbuf *t)
+{
+	int ret;
+
+	sb_reset(t);
+	ret = r->p == r->end ? 0 : rp_atom(r, t);
+	return ret < 0 ? -1 : t->len > 0;
+}
+
+static int date_zone(const char *z, size_t len)
+{
+	int off;
+
+	if (len == 5 && (z[0] == '+' || z[0] == '-')) {
+		for (int i = 1; i < 5; i++)
+			if (z[i] < '0' || z[i] > '9')
+				return 0;
+		off = ((z[1] - '0') * 10 + (z[2] - '0')) * 60 + (z[3] - '0') * 10 + (z[4] - '0');
+		return z[0] == '+' ? off : -off;
+	}
+	if (len == 1) {
+		/* military zones, the way they were meant */
+		char c = (char)toupper((unsigned char)z[0]);
+		if (c < 'J')
+			return (z[0] - 'A' + 1) * 60;
+		if (c == 'J')
+			return 0;
+		if (c <= 'M')
+			return (z[0] - 'A') * 60;
+		if (c < 'Z')
+			return ('M' - z[0]) * 60;
+		return 0;
+	}
+	if (len == 3 && z[2] == 'T') {
+		switch (toupper((unsigned char)z[0])) {
+		case 'E':
+			off = -5 * 60;
+			break;
+		case 'C':
+			off = -6 * 60;
+			break;
+		case 'M':
+			off = -7 * 60;
+			break;
+		case 'P':
+			off = -8 * 60;
+			break;
+		default:
+			return 0;
+		}
+		if (toupper((unsigned char)z[1]) == 'D')
+			return off + 60;
+		if (toupper((unsigned char)z[1]) == 'S')
+			return off;
+	}
+	return 0;
+}
+
+static bool digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+static bool parse_date(const char *v, size_t vlen, time_t *t_r, int *tz_r)
+{
+	static const char *const months[12] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+	struct rp r = {v, v + vlen, NULL};
+	struct sbuf t = {0};
+	struct tm tm;
+	const char *s;
+	bool ok = false;
+	int ret, zone = 0, i;
+	time_t when;
+
+	memset(&tm, 0, sizeof(tm));
+	rp_skip_lwsp(&r);
+	if (date_token(&r, &t) <= 0)
+		goto out;
+	if (t.len == 3) {
+		if (r.p == r.end || *r.p != ',')
+			goto out;
+		r.p++;
+		rp_skip_lwsp(&r);
+		if (date_token(&r, &t) <= 0)
+			goto out;
+	}
+	s = sb_str(&t);
+	if (t.len < 1 || t.len > 2 || !digits(s, t.len))
+		goto out;
+	tm.tm_mday = t.len == 1 ? s[0] - '0' : (s[0] - '0') * 10 + (s[1] - '0');
+	if (date_token(&r, &t) <= 0 || t.len < 3)
+		goto out;
+	for (i = 0; i < 12; i++)
+		if (strncasecmp(months[i], sb_str(&t), 3) == 0)
+			break;
+	if (i == 12)
+		goto out;
+	tm.tm_mon = i;
+	if (date_token(&r, &t) <= 0 || (t.len != 2 && t.len != 4) || !digits(sb_str(&t), t.len))
+		goto out;
+	tm.tm_year = atoi(sb_str(&t));
+	if (t.len == 2) {
+		if (tm.tm_year < 70)
+			tm.tm_year += 100;
+	} else {
+		if (tm.tm_year < 1900)
+			goto out;
+		tm.tm_year -= 1900;
+	}
+	if (date_token(&r, &t) <= 0 || t.len < 1 || t.len > 2 || !digits(sb_str(&t), t.len))
+		goto out;
+	tm.tm_hour = atoi(sb_str(&t));
+	if (r.p == r.end || (*r.p != ':' && *r.p != '.'))
+		goto out;
+	r.p++;
+	rp_skip_lwsp(&r);
+	if (date_token(&r, &t) < 0 || t.len != 2 || !digits(sb_str(&t), 2))
+		goto out;
+	tm.tm_min = atoi(sb_str(&t));
+	if (r.p != r.end && (*r.p == ':' || *r.p == '.')) {
+		r.p++;
+		rp_skip_lwsp(&r);
+		if (date_token(&r, &t) <= 0 || t.len != 2 || !digits(sb_str(&t), 2))
+			goto out;
+		tm.tm_sec = atoi(sb_str(&t));
+	}
+	if ((ret = date_token(&r, &t)) < 0)
+		goto out;
+	if (ret > 0)
+		zone = date_zone(sb_str(&t), t.len);
+	when = timegm(&tm);
+	if (when == (time_t)-1)
+		goto out;
+	*t_r = when - zone * 60;
+	*tz_r = zone * 60;
+	ok = true;
+out:
+	sb_free(&t);
+	return ok;
+}
+
 bool imap_msg_sent_date(struct imap_msg *m, time_t *t_r, int *tz_offset_r)
 {
 	const char *cur = m->data, *end = top_header_end(m);
 	struct sbuf v = {0};
 	struct hfield f;
-	GDateTime *dt;
-	bool have = false;
+	bool have = false, ok;
 
 	while (!have && header_next(&cur, end, &f)) {
 		if (f.has_colon && field_is(&f, "Date")) {
@@ -2146,17 +2452,7 @@ bool imap_msg_sent_date(struct imap_msg *m, time_t *t_r, int *tz_offset_r)
 			have = true;
 		}
 	}
-	if (!have) {
-		sb_free(&v);
-		return false;
-	}
-	pthread_once(&gmime_once, gmime_init_once);
-	dt = g_mime_utils_header_decode_date(sb_str(&v));
+	ok = have && parse_date(sb_str(&v), v.len, t_r, tz_offset_r);
 	sb_free(&v);
-	if (dt == NULL)
-		return false;
-	*t_r = (time_t)g_date_time_to_unix(dt);
-	*tz_offset_r = (int)(g_date_time_get_utc_offset(dt) / G_TIME_SPAN_SECOND);
-	g_date_time_unref(dt);
-	return true;
+	return ok;
 }

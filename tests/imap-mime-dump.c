@@ -172,8 +172,11 @@ static int search_sent(struct imap_msg *m, const char *key, const char *value)
 
 	if (!parse_day(value, &want))
 		return -1;
-	if (!imap_msg_sent_date(m, &t, &tz))
-		return 0; /* no Date: never matches (Dovecot uses 0 = 1970) */
+	if (!imap_msg_sent_date(m, &t, &tz)) {
+		/* no (readable) Date: Dovecot takes 1970-01-01 */
+		t = 0;
+		tz = 0;
+	}
 	day = floor_div((long long)t + tz, 86400);
 	if (strcasecmp(key, "SENTBEFORE") == 0)
 		return day < want;
