@@ -397,12 +397,34 @@ static int rp_dot_atom(struct rp *r, struct sbuf *s)
 			return 1;
 		r->p++;
 		sb_addc(s, '.');
-		if ((ret = rp_skip_lwsp(r)) <= 0)
-			return ret;
+		/* a dot must be followed by an atom (Dovecot 2.3: "b.c." and
+		 * "b..c" are no domains) */
+		if (rp_skip_lwsp(r) <= 0 || !IS_ATEXT(*r->p))
+			return -1;
 		start = r->p;
 	}
 	sb_addn(s, start, (size_t)(r->p - start));
 	return 0;
+}
+
+/* a local part's dot-atom, dots anywhere (".a", "a..b", "x.", "....") */
+static int rp_loose_dot_atom(struct rp *r, struct sbuf *s)
+{
+	int ret = -1;
+
+	do {
+		while (*r->p == '.') {
+			sb_addc(s, '.');
+			r->p++;
+			if (r->p == r->end)
+				return 0;
+			ret = 1;
+		}
+		if (*r->p == '@')
+			break;
+		ret = rp_atom(r, s);
+	} while (ret > 0 && *r->p == '.');
+	return ret;
 }
 
 static int rp_mime_token(struct rp *r, struct sbuf *s)
@@ -515,19 +537,35 @@ static int rp_domain(struct rp *r, struct sbuf *s)
 	return rp_dot_atom(r, s);
 }
 
+/* type "/" subtype into s. On a syntax error s keeps a lone type
+ * ("text") but is emptied otherwise, and anything but a parameter list
+ * after the subtype is an error: Dovecot 2.3's reading, which shows
+ * such a part as ("" "" NIL ...). */
 static int rp_content_type(struct rp *r, struct sbuf *s)
 {
+	size_t orig = s->len, after;
+	int ret;
+
 	if (rp_skip_lwsp(r) <= 0)
 		return -1;
-	if (rp_mime_token(r, s) <= 0)
+	if (rp_mime_token(r, s) <= 0 || s->len == orig)
 		return -1;
 	if (*r->p != '/')
-		return -1;
+		goto bad;
 	r->p++;
 	if (rp_skip_lwsp(r) <= 0)
-		return -1;
+		goto bad;
 	sb_addc(s, '/');
-	return rp_mime_token(r, s);
+	after = s->len;
+	if ((ret = rp_mime_token(r, s)) < 0 || s->len == after)
+		goto bad;
+	if (ret > 0 && *r->p != ';')
+		goto bad;
+	return ret;
+bad:
+	s->len = orig;
+	s->s[orig] = '\0';
+	return -1;
 }
 
 /* one ";" key "=" value */
@@ -837,6 +875,7 @@ struct addr_ctx {
 	struct addr cur;
 	struct addr *first, *last;
 	size_t count;
+	bool at_seen; /* the addr-spec had an "@domain" (even a broken one) */
 };
 
 static void addr_clear(struct addr *a)
@@ -877,7 +916,7 @@ static int addr_local_part(struct addr_ctx *c)
 	if (*c->r.p == '"')
 		ret = rp_quoted_string(&c->r, &c->str);
 	else
-		ret = rp_dot_atom(&c->r, &c->str);
+		ret = rp_loose_dot_atom(&c->r, &c->str);
 	if (ret < 0)
 		return -1;
 	addr_set(&c->cur.mailbox, sdup(&c->str));
@@ -966,8 +1005,10 @@ static int addr_spec(struct addr_ctx *c)
 
 	sb_reset(&c->comment);
 	quoted = *c->r.p == '"';
+	c->at_seen = false;
 	ret = addr_local_part(c);
 	if (ret != 0 && c->r.p < c->r.end && *c->r.p == '@') {
+		c->at_seen = true;
 		ret2 = addr_domain(c);
 		if (ret2 <= 0)
 			ret = ret2;
@@ -1010,7 +1051,7 @@ static int addr_mailbox(struct addr_ctx *c)
 		c->r.p = start;
 		addr_clear(&c->cur);
 		ret = addr_spec(c);
-		if (ret < 0 && c->cur.name == NULL && c->cur.mailbox != NULL &&
+		if (ret < 0 && !c->at_seen && c->cur.name == NULL && c->cur.mailbox != NULL &&
 		    c->cur.domain == NULL) {
 			c->cur.name = c->cur.mailbox;
 			c->cur.mailbox = NULL;
@@ -1231,6 +1272,9 @@ enum {
 	PART_RFC822 = 1 << 2,
 	PART_IS_MIME = 1 << 3,
 	PART_DIGEST = 1 << 4,
+	/* a multipart or message/rfc822 past the limits: a leaf, shown as
+	 * application/octet-stream as Dovecot does */
+	PART_OVERFLOW = 1 << 5,
 };
 
 /* A part: offsets into the message. The header section [hdr_start,
@@ -1491,12 +1535,15 @@ static void build_tree(struct imap_msg *m)
 
 			pos = parse_header(&ps, cur, pos);
 			own = ps.bounds != NULL && ps.bounds->part == cur;
-			if (own && too_deep(&ps, cur)) {
-				/* past the limits: this multipart is a leaf */
-				bounds_pop_to(&ps, ps.bounds->next);
+			if ((cur->flags & (PART_MULTIPART | PART_RFC822)) && too_deep(&ps, cur)) {
+				/* past the limits: a leaf */
+				if (own)
+					bounds_pop_to(&ps, ps.bounds->next);
 				own = false;
+				cur->flags &= ~(unsigned)(PART_MULTIPART | PART_RFC822 | PART_DIGEST);
+				cur->flags |= PART_OVERFLOW;
 			}
-			if (!own && (cur->flags & PART_RFC822) && !too_deep(&ps, cur)) {
+			if (!own && (cur->flags & PART_RFC822)) {
 				cur = part_new(&ps, cur, pos);
 				continue;
 			}
@@ -1542,6 +1589,10 @@ static void build_tree(struct imap_msg *m)
 			cur = part_new(&ps, cur, pos);
 			cur->flags = PART_IS_MIME;
 			header = true;
+			/* the last part allowed: it runs to the end, boundaries
+			 * and all (Dovecot's behaviour at its limit) */
+			if (m->n_parts >= IMAP_MIME_PARTS_MAX)
+				bounds_pop_to(&ps, NULL);
 		} else if (ps.bounds == NULL) {
 			close_parts(cur, NULL, ps.len);
 			break;
@@ -1789,6 +1840,9 @@ static void write_part(const struct imap_msg *m, const struct part *p, bool ext,
 	}
 	if (p->flags & PART_RFC822) {
 		sb_add(out, "\"message\" \"rfc822\"");
+		text = false;
+	} else if (p->flags & PART_OVERFLOW) {
+		sb_add(out, "\"application\" \"octet-stream\"");
 		text = false;
 	} else if (!pd.have_type) {
 		text = true;
@@ -2244,6 +2298,37 @@ static void body_text(const struct imap_msg *m, const struct part *p, struct sbu
 	part_data_free(&pd);
 }
 
+/* Which leaves SEARCH reads, as Dovecot: those without a Content-Type
+ * and those of a text/ or message/ type (a message/rfc822 past the
+ * limits too; not a multipart past them). */
+static bool searchable(const struct imap_msg *m, const struct part *p)
+{
+	const char *cur = m->data + p->hdr_start, *end = m->data + p->hdr_end;
+	struct sbuf v = {0}, t = {0};
+	struct hfield f;
+	bool found = false, yes = true;
+
+	while (!found && header_next(&cur, end, &f)) {
+		struct rp r;
+
+		if (!f.has_colon || !field_is(&f, "Content-Type"))
+			continue;
+		found = true;
+		field_value(&f, &v);
+		r.p = sb_str(&v);
+		r.end = r.p + v.len;
+		r.last_comment = NULL;
+		sb_reset(&t);
+		rp_skip_lwsp(&r);
+		(void)rp_content_type(&r, &t);
+		yes = strncasecmp(sb_str(&t), "text/", 5) == 0 ||
+		      strncasecmp(sb_str(&t), "message/", 8) == 0;
+	}
+	sb_free(&v);
+	sb_free(&t);
+	return yes;
+}
+
 /* needle in the text parts under p (and in their headers, with headers) */
 static bool parts_have(const struct imap_msg *m, const struct part *p, const char *needle,
 		       bool headers, struct sbuf *tmp)
@@ -2255,7 +2340,7 @@ static bool parts_have(const struct imap_msg *m, const struct part *p, const cha
 		if (p->children != NULL) {
 			if (parts_have(m, p->children, needle, headers, tmp))
 				return true;
-		} else if (p->flags & PART_TEXT) {
+		} else if (searchable(m, p)) {
 			body_text(m, p, tmp);
 			if (text_has(sb_str(tmp), tmp->len, needle))
 				return true;

@@ -39,6 +39,8 @@ DUMP = os.path.join(BUILD, "tests", "imap-mime-dump")
 CORPUS = os.environ.get("MXGUARD_CORPUS", "/var/tmp/mxguard-corpus")
 SAMPLE = int(os.environ.get("IMAP_DIFF_SAMPLE", "300"))
 USER = "demo@example.test"
+# a BODYSTRUCTURE of 10,000 parts is one long line
+imaplib._MAXLINE = 64 * 1024 * 1024
 
 SECTIONS = [
     "", "HEADER", "TEXT", "HEADER.FIELDS (FROM SUBJECT)", "HEADER.FIELDS (date to Cc)",
@@ -50,7 +52,8 @@ SECTIONS = [
 # (key, args...) -> the words after UID SEARCH (bytes values go as literals)
 SEARCHES = [
     ("BODY", "money"), ("BODY", "the"), ("BODY", "CLICK HERE"), ("BODY", "unsubscribe"),
-    ("BODY", "\u00e9"), ("BODY", "w\u00f6rld"), ("BODY", "b\u00f6rd"),
+    ("BODY", "\u00e9"), ("BODY", "w\u00f6rld"), ("BODY", "deep"), ("BODY", "zebrafinch"), ("BODY", "platypusword"),
+    ("BODY", "wombatword"), ("BODY", "koalaword"), ("BODY", "emuword"), ("BODY", "quokkaword"), ("TEXT", "innermost"), ("BODY", "b\u00f6rd"),
     ("TEXT", "free"), ("TEXT", "Content-Type"), ("TEXT", "j\u00f6rg"),
     ("SUBJECT", "re:"), ("SUBJECT", "free"), ("SUBJECT", "j\u00f6rg"), ("SUBJECT", "caf\u00e9"),
     ("FROM", "com"), ("FROM", "yahoo"), ("TO", "net"), ("CC", "a"),
@@ -194,6 +197,28 @@ def hard_cases():
         "From: deep@example.org\nMIME-Version: 1.0\n" +
         "".join("Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
                 for i in range(40)) + "\ninnermost\n")
+    c["too-deep"] = crlf(
+        "From: deep@example.org\nMIME-Version: 1.0\n" +
+        "".join("Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+                for i in range(120)) + "\ninnermost\n")
+    c["too-deep-rfc822"] = crlf(
+        "From: deep@example.org\nSubject: rfc822 in rfc822 ...\n" +
+        "Content-Type: message/rfc822\n\nSubject: next\n" * 120 + "\ninnermost\n")
+    c["non-text-leaves"] = crlf(
+        "From: leaves@example.org\nMIME-Version: 1.0\nContent-Type: multipart/report; boundary=r\n\n"
+        "--r\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; zebrafinch\n"
+        "--r\nContent-Type: application/octet-stream\n\nplatypusword\n"
+        "--r\nContent-Type: image/gif\n\nwombatword\n"
+        "--r\nContent-Type: TEXT\n\nkoalaword\n"
+        "--r\nContent-Type: textual/thing\n\nemuword\n"
+        "--r\nContent-Type: message/partial; id=1\n\nquokkaword\n--r--\n")
+    c["too-many-parts"] = crlf(
+        "From: many@example.org\nContent-Type: multipart/mixed; boundary=x\n\n" +
+        "--x\n\nz\n" * 12000 + "--x--\n")
+    c["very-deep"] = crlf(
+        "MIME-Version: 1.0\n" +
+        "".join("Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+                for i in range(500)) + "\ndeep\n")
     return c
 
 
