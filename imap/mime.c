@@ -2354,6 +2354,9 @@ bool imap_msg_body_contains(struct imap_msg *m, const char *needle)
 	struct sbuf tmp = {0};
 	bool found;
 
+	/* "" matches every message, with text parts or not (Dovecot) */
+	if (*needle == '\0')
+		return true;
 	pthread_once(&gmime_once, gmime_init_once);
 	ensure_tree(m);
 	found = parts_have(m, m->root, needle, false, &tmp);
@@ -2366,6 +2369,8 @@ bool imap_msg_text_contains(struct imap_msg *m, const char *needle)
 	struct sbuf tmp = {0};
 	bool found;
 
+	if (*needle == '\0')
+		return true;
 	if (header_has(m, 0, (size_t)(top_header_end(m) - m->data), NULL, needle, true))
 		return true;
 	pthread_once(&gmime_once, gmime_init_once);

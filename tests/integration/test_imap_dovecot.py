@@ -52,7 +52,7 @@ SECTIONS = [
 # (key, args...) -> the words after UID SEARCH (bytes values go as literals)
 SEARCHES = [
     ("BODY", "money"), ("BODY", "the"), ("BODY", "CLICK HERE"), ("BODY", "unsubscribe"),
-    ("BODY", "\u00e9"), ("BODY", "w\u00f6rld"), ("BODY", "deep"), ("BODY", "zebrafinch"), ("BODY", "platypusword"),
+    ("BODY", "\u00e9"), ("BODY", "w\u00f6rld"), ("BODY", "deep"), ("BODY", ""), ("TEXT", ""), ("SUBJECT", ""), ("BODY", "zebrafinch"), ("BODY", "platypusword"),
     ("BODY", "wombatword"), ("BODY", "koalaword"), ("BODY", "emuword"), ("BODY", "quokkaword"), ("TEXT", "innermost"), ("BODY", "b\u00f6rd"),
     ("TEXT", "free"), ("TEXT", "Content-Type"), ("TEXT", "j\u00f6rg"),
     ("SUBJECT", "re:"), ("SUBJECT", "free"), ("SUBJECT", "j\u00f6rg"), ("SUBJECT", "caf\u00e9"),
