@@ -126,6 +126,9 @@ static bool parse_section(const char *s, struct imap_section *sec)
 static void put(struct evbuffer *b)
 {
 	size_t n = evbuffer_get_length(b);
+
+	if (n == 0)
+		return;
 	fwrite(evbuffer_pullup(b, -1), 1, n, stdout);
 	evbuffer_drain(b, n);
 }

@@ -384,6 +384,8 @@ class DovecotDiff(unittest.TestCase):
               % (agree, total - len(excluded), 100.0 * agree / max(1, total - len(excluded)),
                  len(self.cases), "" if self.corpus_used else " (no corpus: generated)"),
               flush=True)
+        if not EXCLUDED:
+            print("  excluded cases: none")
         for name, why in sorted(EXCLUDED.items()):
             print("  excluded %s: %s" % (name, why))
         for name, item, t, o in bad[:40]:
