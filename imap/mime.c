@@ -1224,9 +1224,14 @@ static void write_envelope(struct sbuf *out, const char *p, const char *end)
 		case ENV_SUBJECT:
 		case ENV_IN_REPLY_TO:
 		case ENV_MESSAGE_ID:
-			/* the last one counts */
+			/* the last one counts; a NUL becomes U+FFFD, as in Dovecot */
 			sb_reset(&str[i]);
-			sb_addn(&str[i], sb_str(&v), v.len);
+			for (size_t k = 0; k < v.len; k++) {
+				if (v.s[k] == '\0')
+					sb_add(&str[i], "\xef\xbf\xbd");
+				else
+					sb_addc(&str[i], v.s[k]);
+			}
 			have[i] = true;
 			break;
 		default:
@@ -1958,6 +1963,21 @@ void imap_msg_envelope(struct imap_msg *m, struct evbuffer *out)
 }
 
 /* ------------------------------------------------------------- sections */
+/* d[start, end) to out with NULs made 0x80 (Dovecot, without BINARY) */
+static void add_octets(struct evbuffer *out, const char *p, size_t n)
+{
+	const char *nul;
+
+	while (n > 0 && (nul = memchr(p, '\0', n)) != NULL) {
+		evbuffer_add(out, p, (size_t)(nul - p));
+		evbuffer_add(out, "\x80", 1);
+		n -= (size_t)(nul - p) + 1;
+		p = nul + 1;
+	}
+	if (n > 0)
+		evbuffer_add(out, p, n);
+}
+
 /* d[start, end) to out, every bare LF made CRLF */
 static void add_crlf(struct evbuffer *out, const char *d, size_t start, size_t end)
 {
@@ -1965,15 +1985,15 @@ static void add_crlf(struct evbuffer *out, const char *d, size_t start, size_t e
 
 	while (p < e && (lf = memchr(p, '\n', (size_t)(e - p))) != NULL) {
 		if (lf > d + start && lf[-1] == '\r') {
-			evbuffer_add(out, p, (size_t)(lf + 1 - p));
+			add_octets(out, p, (size_t)(lf + 1 - p));
 		} else {
-			evbuffer_add(out, p, (size_t)(lf - p));
+			add_octets(out, p, (size_t)(lf - p));
 			evbuffer_add(out, "\r\n", 2);
 		}
 		p = lf + 1;
 	}
 	if (p < e)
-		evbuffer_add(out, p, (size_t)(e - p));
+		add_octets(out, p, (size_t)(e - p));
 }
 
 static bool name_listed(const struct hfield *f, const struct imap_section *sec)
@@ -1990,6 +2010,7 @@ static void add_header(struct evbuffer *out, const struct imap_msg *m, size_t hs
 		       const struct imap_section *sec)
 {
 	const char *cur = m->data + hs, *end = m->data + he;
+	bool unterminated = false, cut = false;
 	struct hfield f;
 
 	if (sec->kind == IMAP_SECTION_HEADER) {
@@ -1998,14 +2019,46 @@ static void add_header(struct evbuffer *out, const struct imap_msg *m, size_t hs
 	}
 	while (header_next(&cur, end, &f)) {
 		bool listed = f.has_colon && name_listed(&f, sec);
+		size_t fe = (size_t)(f.end - m->data);
+
+		unterminated = f.end[-1] != '\n';
 		if (listed != (sec->kind == IMAP_SECTION_HEADER_FIELDS))
 			continue;
-		add_crlf(out, m->data, (size_t)(f.start - m->data), (size_t)(f.end - m->data));
+		if (sec->kind == IMAP_SECTION_HEADER_FIELDS && unterminated) {
+			/* a last line cut by the end: its CR (if any) and a CRLF */
+			if (m->data[fe - 1] == '\r')
+				fe--;
+			add_crlf(out, m->data, (size_t)(f.start - m->data), fe);
+			evbuffer_add(out, "\r\n", 2);
+			cut = true;
+		} else {
+			add_crlf(out, m->data, (size_t)(f.start - m->data), fe);
+		}
 	}
-	/* Dovecot: HEADER.FIELDS always ends with the blank line, the .NOT
-	 * form only when the message's header has one */
-	if (sec->kind == IMAP_SECTION_HEADER_FIELDS || cur < end)
+	/* Dovecot: HEADER.FIELDS ends with a blank line, unless the last line
+	 * it wrote was one cut by the end of the message (whose CRLF stands
+	 * for it); the .NOT form only when the header has a blank line */
+	if (sec->kind == IMAP_SECTION_HEADER_FIELDS ? !cut : cur < end)
 		evbuffer_add(out, "\r\n", 2);
+}
+
+/* Where a part's header is to end in HEADER and MIME sections: without
+ * its blank line when a boundary line follows that directly (Dovecot
+ * gives that line end to the boundary there, not in the sizes). */
+static size_t header_out_end(const struct imap_msg *m, const struct part *p)
+{
+	const char *d = m->data;
+	size_t he = p->hdr_end, blank;
+
+	if (p->body_end != p->body_start || p->body_end >= m->len || he <= p->hdr_start ||
+	    d[he - 1] != '\n')
+		return he;
+	blank = he - p->hdr_start >= 2 && d[he - 2] == '\r' ? 2 : 1;
+	/* the header ends with an empty line: a lone line end after a line
+	 * end, or the whole header */
+	if (he - blank == p->hdr_start || d[he - blank - 1] == '\n')
+		return he - blank;
+	return he;
 }
 
 bool imap_msg_section(struct imap_msg *m, const struct imap_section *sec, struct evbuffer *out)
@@ -2067,7 +2120,7 @@ bool imap_msg_section(struct imap_msg *m, const struct imap_section *sec, struct
 		add_crlf(out, m->data, p->body_start, p->body_end);
 		return true;
 	case IMAP_SECTION_MIME:
-		add_crlf(out, m->data, p->hdr_start, p->hdr_end);
+		add_crlf(out, m->data, p->hdr_start, header_out_end(m, p));
 		return true;
 	case IMAP_SECTION_HEADER:
 	case IMAP_SECTION_HEADER_FIELDS:
@@ -2079,7 +2132,10 @@ bool imap_msg_section(struct imap_msg *m, const struct imap_section *sec, struct
 		if (sec->kind == IMAP_SECTION_TEXT)
 			add_crlf(out, m->data, p->body_start, p->body_end);
 		else
-			add_header(out, m, p->hdr_start, p->hdr_end, sec);
+			add_header(out, m, p->hdr_start,
+				   sec->kind == IMAP_SECTION_HEADER_FIELDS ? p->hdr_end
+									   : header_out_end(m, p),
+				   sec);
 		return true;
 	}
 	return false;

@@ -212,6 +212,23 @@ def hard_cases():
         "--r\nContent-Type: TEXT\n\nkoalaword\n"
         "--r\nContent-Type: textual/thing\n\nemuword\n"
         "--r\nContent-Type: message/partial; id=1\n\nquokkaword\n--r--\n")
+    c["empty-boundary"] = crlf(
+        "From: x@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"\"\n\n"
+        "--\nContent-Type: text/plain\n\none\n--\n\ntwo\n----\n")
+    c["cr-only"] = b"From: cr@example.org\rSubject: cr only\r\rbody\rmore\r"
+    c["nul-bytes"] = b"From: n\x00ul@example.org\r\nSubject: a\x00b\r\n\r\nbo\x00dy\r\n"
+    c["disposition-twice"] = crlf(
+        "From: x@example.org\nMIME-Version: 1.0\nContent-Type: text/plain\n"
+        "Content-Disposition: inline\nContent-Disposition: attachment; filename=a.txt\n"
+        "Content-Language: (comment) en-GB ,fr\nContent-ID: <a\n b@c>\n\nx\n")
+    c["params-8bit"] = crlf(
+        "From: x@example.org\nMIME-Version: 1.0\nContent-Type: text/plain; name=\"caf\u00e9.txt\";"
+        " title*=utf-8'fr'caf%C3%A9; q=\"a\\\"b\\\\c\\\"d\\\"e\\\"f\"\n\nx\n")
+    c["long-header"] = crlf("From: x@example.org\nSubject: " + "word " * 4000 + "\nX-Long: " +
+                            "y" * 20000 + "\n\nbody\n")
+    c["rfc822-no-body"] = crlf(
+        "From: x@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=q\n\n"
+        "--q\nContent-Type: message/rfc822\n--q\nContent-Type: message/rfc822\n\n--q--\n")
     c["too-many-parts"] = crlf(
         "From: many@example.org\nContent-Type: multipart/mixed; boundary=x\n\n" +
         "--x\n\nz\n" * 12000 + "--x--\n")
@@ -268,8 +285,8 @@ def corpus_sample():
 
 
 def norm(data):
-    """the message as IMAP gives it back: CRLF line ends"""
-    return data.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
+    """the message as IMAP gives it back: CRLF line ends, NUL as 0x80"""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", CRLF).replace(b"\0", b"\x80")
 
 
 def search_args(key):

@@ -302,9 +302,44 @@ static void test_sections(void **state)
 	check_section("Subject: x\r\n\r\nhello\r\n", p1, 1, IMAP_SECTION_ALL, NULL, "hello\r\n");
 	check_section("Subject: x\r\n\r\nhello\r\n", p11, 2, IMAP_SECTION_ALL, NULL, NULL);
 	check_section("Subject: x\r\n\r\nhello\r\n", NULL, 0, IMAP_SECTION_TEXT, NULL, "hello\r\n");
-	/* no blank line: .FIELDS still ends with one */
+	/* a last line cut by the end: its CRLF ends .FIELDS */
 	check_section("From: a@b\r\nSubject: s", NULL, 0, IMAP_SECTION_HEADER_FIELDS, from_subject,
 		      "From: a@b\r\nSubject: s\r\n");
+	check_section("From: a@b\r\nSubject: s\r\n", NULL, 0, IMAP_SECTION_HEADER_FIELDS,
+		      from_subject, "From: a@b\r\nSubject: s\r\n\r\n");
+	check_section("From: a@b\r\nSubject: s\r\n", NULL, 0, IMAP_SECTION_HEADER_FIELDS_NOT,
+		      from_subject, "");
+	/* a blank line right before a boundary is the boundary's in MIME */
+	check_section("Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n"
+		      "Content-Type: text/plain\r\n\r\n--q\r\nX-A: 1\r\n\r\n",
+		      p1, 1, IMAP_SECTION_MIME, NULL, "Content-Type: text/plain\r\n");
+	check_section("Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n"
+		      "Content-Type: text/plain\r\n\r\n--q\r\nX-A: 1\r\n\r\n",
+		      p2, 1, IMAP_SECTION_MIME, NULL, "X-A: 1\r\n\r\n");
+}
+
+static void test_nul(void **state)
+{
+	static const char msg[] = "Subject: a\0b\r\n\r\nbo\0dy\r\n";
+	static const unsigned p1[] = {1};
+	char *s;
+
+	(void)state;
+	/* NUL is 0x80 in sections, U+FFFD in ENVELOPE strings (Dovecot) */
+	s = section(msg, sizeof(msg) - 1, p1, 1, IMAP_SECTION_ALL, NULL);
+	assert_non_null(s);
+	assert_memory_equal(s, "bo\x80" "dy\r\n", 7);
+	free(s);
+	{
+		struct evbuffer *b = evbuffer_new();
+		struct imap_msg *m = imap_msg_new(msg, sizeof(msg) - 1);
+		imap_msg_envelope(m, b);
+		s = take(b);
+		assert_string_equal(s, "(NIL {5}\r\na\xef\xbf\xbd" "b NIL NIL NIL NIL NIL NIL NIL NIL)");
+		free(s);
+		imap_msg_free(&m);
+		evbuffer_free(b);
+	}
 }
 
 static bool search(const char *msg, const char *key, const char *field, const char *needle)
@@ -477,6 +512,7 @@ int main(void)
 		cmocka_unit_test(test_folding),
 		cmocka_unit_test(test_lf_sizes),
 		cmocka_unit_test(test_sections),
+		cmocka_unit_test(test_nul),
 		cmocka_unit_test(test_search),
 		cmocka_unit_test(test_sent_date),
 		cmocka_unit_test(test_header_only),
