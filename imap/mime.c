@@ -2050,8 +2050,9 @@ static size_t header_out_end(const struct imap_msg *m, const struct part *p)
 	const char *d = m->data;
 	size_t he = p->hdr_end, blank;
 
-	if (p->body_end != p->body_start || p->body_end >= m->len || he <= p->hdr_start ||
-	    d[he - 1] != '\n')
+	/* the body is empty and the boundary line starts right there */
+	if (p->body_end != p->body_start || p->body_start != he || he + 2 > m->len ||
+	    d[he] != '-' || d[he + 1] != '-' || he <= p->hdr_start || d[he - 1] != '\n')
 		return he;
 	blank = he - p->hdr_start >= 2 && d[he - 2] == '\r' ? 2 : 1;
 	/* the header ends with an empty line: a lone line end after a line

@@ -229,6 +229,11 @@ def hard_cases():
     c["rfc822-no-body"] = crlf(
         "From: x@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=q\n\n"
         "--q\nContent-Type: message/rfc822\n--q\nContent-Type: message/rfc822\n\n--q--\n")
+    c["blank-before-boundary"] = crlf(
+        "From: x@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=q\n\n"
+        "--q\nContent-Type: text/plain\n\n--q\nContent-Type: text/plain\n\n\n--q\n"
+        "Content-Type: message/rfc822\n\nSubject: x\n\n--q\nContent-Type: message/rfc822\n\n"
+        "\n--q--\n")
     c["too-many-parts"] = crlf(
         "From: many@example.org\nContent-Type: multipart/mixed; boundary=x\n\n" +
         "--x\n\nz\n" * 12000 + "--x--\n")
