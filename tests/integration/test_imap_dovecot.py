@@ -25,6 +25,7 @@ with the reason, and printed.
 import hashlib
 import imaplib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -329,15 +330,26 @@ class DovecotDiff(unittest.TestCase):
                 f.write(data)
             cls.files[name] = path
         cls.dovecot = DovecotIMAP(md, user=USER).start()
+        try:
+            cls._connect()
+        except BaseException:
+            # tearDownClass does not run when setUpClass fails
+            cls.dovecot.stop()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _connect(cls):
         cls.imap = imaplib.IMAP4(cls.dovecot.host, cls.dovecot.port, timeout=60)
         cls.imap.login(USER, PASSWORD)
         typ, data = cls.imap.select("INBOX", readonly=True)
         assert typ == "OK", data
+        n = len(cls.cases)
+        assert int(data[0]) == n, "Dovecot sees %s of %d messages" % (data[0], n)
         # which sequence number is which case: by the message's octets
         by_hash = {}
-        for name, data in cls.cases.items():
-            by_hash.setdefault(hashlib.sha256(norm(data)).hexdigest(), []).append(name)
-        n = int(data[0]) if False else len(cls.cases)
+        for name, msg in cls.cases.items():
+            by_hash.setdefault(hashlib.sha256(norm(msg)).hexdigest(), []).append(name)
         typ, data = cls.imap.fetch("1:*", "(BODY.PEEK[])")
         assert typ == "OK"
         cls.seq = {}
@@ -357,7 +369,6 @@ class DovecotDiff(unittest.TestCase):
         except Exception:
             pass
         cls.dovecot.stop()
-        import shutil
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def dump(self, path, *args):
