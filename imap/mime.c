@@ -14,20 +14,25 @@
  * bytes and must agree to the octet with what clients cached from
  * another server. A part is a few offsets into the caller's buffer:
  * nothing is copied. The content layer is GMime 3, the parser the filters
- * use: RFC 2047 words, transfer encodings, charsets and dates are decoded
- * by it for SEARCH.
+ * use: RFC 2047 words, transfer encodings and charsets are decoded by it
+ * for SEARCH. Address lists and dates are read with Dovecot's RFC 822
+ * rules (its tokenizer, its leniencies), for the same reason as the parts.
  *
  * Header-only questions (ENVELOPE, HEADER*, the Date, header SEARCH keys)
  * scan the top-level header and never build the part tree. The tree is
  * built on the first structure question and kept until imap_msg_free().
  *
- * Limits, so that a hostile message costs bounded memory and time: parts
- * nest at most IMAP_MIME_DEPTH_MAX deep and a message has at most
- * IMAP_MIME_PARTS_MAX parts (beyond, a part is a leaf: its body is shown
- * as it is); at most IMAP_MIME_HEADER_MAX octets of one part's header are
+ * Limits, so that a hostile message costs bounded memory and time (the
+ * first two are Dovecot's, and behave as there): parts nest at most
+ * IMAP_MIME_DEPTH_MAX deep (a multipart or message/rfc822 below is a leaf,
+ * shown as application/octet-stream) and a message has at most
+ * IMAP_MIME_PARTS_MAX parts (the last one runs to the end of the
+ * message); at most IMAP_MIME_HEADER_MAX octets of one part's header are
  * read as fields; MIME parameters beyond IMAP_MIME_PARAMS_MAX are
  * dropped; an address list stops after IMAP_MIME_ADDRS_MAX addresses;
- * SEARCH decodes at most IMAP_MIME_SEARCH_MAX octets of a part.
+ * SEARCH decodes at most IMAP_MIME_SEARCH_MAX octets of a part. Every
+ * scan is linear in the input (a line is compared with at most
+ * IMAP_MIME_DEPTH_MAX open boundaries).
  */
 #include "config.h"
 
@@ -1634,7 +1639,6 @@ struct part_data {
 	bool have_type, have_id, have_description, have_encoding, have_md5, have_location,
 		have_disposition;
 	struct sbuf type, subtype, id, description, encoding, md5, location, disposition;
-	bool have_subtype;
 	struct params type_params, disp_params;
 	char **langs;
 	size_t n_langs;
@@ -1702,7 +1706,6 @@ static void part_data_read(const struct imap_msg *m, const struct part *p, struc
 			if (slash != NULL) {
 				sb_addn(&pd->type, ts, (size_t)(slash - ts));
 				sb_add(&pd->subtype, slash + 1);
-				pd->have_subtype = true;
 			} else {
 				sb_add(&pd->type, ts);
 			}
