@@ -22,6 +22,7 @@ cases kept. Known Dovecot quirks we do not copy are listed in EXCLUDED
 with the reason, and printed.
 """
 
+import fcntl
 import hashlib
 import imaplib
 import os
@@ -269,13 +270,26 @@ def corpus_sample():
     """The SAMPLE corpus messages with the smallest MD5s, or None."""
     index = os.path.join(CORPUS, "eml", "index.tsv")
     if not os.path.exists(index):
+        # one fetch at a time (tests run two at a time)
         try:
-            subprocess.run([sys.executable, os.path.join(SRC, "bench", "corpus"), "--dir", CORPUS],
-                           check=True, timeout=300, stdout=subprocess.DEVNULL)
+            os.makedirs(CORPUS, exist_ok=True)
+            lock = open(os.path.join(CORPUS, ".fetch-lock"), "w")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:
+            print("test_imap_dovecot: corpus not available (%s): generated messages instead" % e,
+                  flush=True)
+            return None
+        try:
+            if not os.path.exists(index):
+                subprocess.run([sys.executable, os.path.join(SRC, "bench", "corpus"),
+                                "--dir", CORPUS], check=True, timeout=300,
+                               stdout=subprocess.DEVNULL)
         except (subprocess.SubprocessError, OSError) as e:
             print("test_imap_dovecot: corpus not available (%s): generated messages instead" % e,
                   flush=True)
             return None
+        finally:
+            lock.close()
     rows = []
     with open(index) as f:
         next(f)
