@@ -422,6 +422,7 @@ static int cmp_msg_uid(const void *a, const void *b)
 }
 
 struct new_order {
+	size_t rank;
 	struct timespec mtime;
 	struct mailbox_msg *msg;
 };
@@ -430,6 +431,8 @@ static int cmp_new_order(const void *a, const void *b)
 {
 	const struct new_order *x = a, *y = b;
 
+	if (x->rank != y->rank)
+		return x->rank < y->rank ? -1 : 1;
 	if (x->mtime.tv_sec != y->mtime.tv_sec)
 		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
 	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
@@ -442,23 +445,12 @@ static int mkdir_ok(const char *path)
 	return mkdir(path, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
 
-int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
+int mailbox_lock(const char *dir, bool create, char **error_r)
 {
-	struct mailbox *mb = xcalloc(1, sizeof(*mb));
-	struct mailbox_uidlist ul = { 0 };
-	struct mailbox_uid_entry **index = NULL;
-	struct scan_entry *files = NULL;
-	size_t n_files = 0, cap = 0;
-	char *lock_path = NULL, *list_path = NULL;
-	int lock_fd = -1, r;
-	uint32_t old_validity = 0;
-	bool dirty = false;
-	size_t first_new = 0, new_cap = 0;
-	struct timespec *new_mtime = NULL;
+	char *lock_path;
+	int lock_fd, r;
 
-	*mb_r = NULL;
-	mb->dir = xstrdup(dir);
-	{
+	if (create) {
 		static const char *const subs[] = { "", "/tmp", "/new", "/cur" };
 		for (size_t i = 0; i < N_ELEMENTS(subs); i++) {
 			char *p = xasprintf("%s%s", dir, subs[i]);
@@ -467,21 +459,99 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 				*error_r = mailbox_err("mkdir", p);
 			free(p);
 			if (rc < 0)
-				goto fail;
+				return -1;
 		}
 	}
 	lock_path = xasprintf("%s/%s", dir, MAILBOX_UIDLIST_LOCK);
 	lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (lock_fd < 0) {
 		*error_r = mailbox_err("open", lock_path);
-		goto fail;
+		free(lock_path);
+		return -1;
 	}
 	while ((r = flock(lock_fd, LOCK_EX)) < 0 && errno == EINTR)
 		;
 	if (r < 0) {
 		*error_r = mailbox_err("flock", lock_path);
-		goto fail;
+		close(lock_fd);
+		free(lock_path);
+		return -1;
 	}
+	free(lock_path);
+	return lock_fd;
+}
+
+/* stat stamps of what a change touches: new/, cur/ and the list */
+static void mailbox_take_stamp(const char *dir, struct mailbox_stamp *st)
+{
+	static const char *const subs[] = { "new", "cur", MAILBOX_UIDLIST_NAME };
+	struct stat sb;
+
+	memset(st, 0, sizeof(*st));
+	for (size_t i = 0; i < N_ELEMENTS(subs); i++) {
+		char *p = xasprintf("%s/%s", dir, subs[i]);
+		if (stat(p, &sb) == 0) {
+			st->mtime[i] = sb.st_mtim;
+			st->ctime[i] = sb.st_ctim;
+			st->ino[i] = (uint64_t)sb.st_ino;
+			st->size[i] = (uint64_t)sb.st_size;
+		}
+		free(p);
+	}
+}
+
+bool mailbox_changed(const struct mailbox *mb)
+{
+	struct mailbox_stamp now;
+
+	mailbox_take_stamp(mb->dir, &now);
+	return memcmp(&now, &mb->stamp, sizeof(now)) != 0;
+}
+
+void mailbox_restamp(struct mailbox *mb)
+{
+	mailbox_take_stamp(mb->dir, &mb->stamp);
+}
+
+int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
+{
+	int lock_fd = mailbox_lock(dir, true, error_r);
+	int rc;
+
+	*mb_r = NULL;
+	if (lock_fd < 0)
+		return -1;
+	rc = mailbox_sync_locked(dir, NULL, 0, mb_r, error_r);
+	close(lock_fd); /* unlocks */
+	return rc;
+}
+
+/* rank of a base name in the caller's preferred order (SIZE_MAX: none) */
+static size_t prefer_rank(const char *base, const char *const *prefer, size_t n_prefer)
+{
+	for (size_t i = 0; i < n_prefer; i++)
+		if (strcmp(prefer[i], base) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
+int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_prefer,
+			struct mailbox **mb_r, char **error_r)
+{
+	struct mailbox *mb = xcalloc(1, sizeof(*mb));
+	struct mailbox_uidlist ul = { 0 };
+	struct mailbox_uid_entry **index = NULL;
+	struct scan_entry *files = NULL;
+	size_t n_files = 0, cap = 0;
+	char *list_path = NULL;
+	int r;
+	uint32_t old_validity = 0;
+	bool dirty = false;
+	size_t first_new = 0, new_cap = 0;
+	struct timespec *new_mtime = NULL;
+
+	*mb_r = NULL;
+	mb->dir = xstrdup(dir);
 	list_path = xasprintf("%s/%s", dir, MAILBOX_UIDLIST_NAME);
 	r = uidlist_read(list_path, &ul, &old_validity, error_r);
 	if (r == -1)
@@ -588,6 +658,7 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 		for (size_t k = 0; k < n_new; k++) {
 			order[k].mtime = new_mtime[k];
 			order[k].msg = &mb->msgs[first_new + k];
+			order[k].rank = prefer_rank(order[k].msg->base, prefer, n_prefer);
 		}
 		if (n_new > 1)
 			qsort(order, n_new, sizeof(*order), cmp_new_order);
@@ -614,9 +685,8 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	free(files);
 	free(index);
 	mailbox_uidlist_clear(&ul);
-	close(lock_fd); /* unlocks */
-	free(lock_path);
 	free(list_path);
+	mailbox_take_stamp(dir, &mb->stamp);
 	*mb_r = mb;
 	return 0;
 fail:
@@ -626,9 +696,6 @@ fail:
 	free(files);
 	free(index);
 	mailbox_uidlist_clear(&ul);
-	if (lock_fd >= 0)
-		close(lock_fd);
-	free(lock_path);
 	free(list_path);
 	mailbox_free(&mb);
 	return -1;
@@ -648,6 +715,22 @@ void mailbox_free(struct mailbox **mbp)
 	free(mb->msgs);
 	free(mb->dir);
 	free(mb);
+}
+
+long mailbox_find_uid(const struct mailbox *mb, uint32_t uid)
+{
+	size_t lo = 0, hi = mb->n_msgs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (mb->msgs[mid].uid == uid)
+			return (long)mid;
+		if (mb->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
 }
 
 char *mailbox_msg_path(const struct mailbox *mb, size_t i)
@@ -698,28 +781,28 @@ int mailbox_msg_open(struct mailbox *mb, size_t i)
 	return -1;
 }
 
-int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
+/* letters sorted (the Maildir spec's order), no repeats, letters only */
+static void flags_normalise(const char *in, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	for (int c = 'A'; c <= 'z' && o + 1 < outsz; c++)
+		if (((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) && strchr(in, c) != NULL)
+			out[o++] = (char)c;
+	out[o] = '\0';
+}
+
+int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters)
 {
 	struct mailbox_msg *m = &mb->msgs[i];
+	char flags[sizeof(m->flags)];
 
+	flags_normalise(letters, flags, sizeof(flags));
 	for (int attempt = 0; attempt < 2; attempt++) {
-		char flags[sizeof(m->flags) + 2], *from, *to, *newname;
-		size_t o = 0;
-		bool added = false;
+		char *from, *to, *newname;
 
-		if (strchr(m->flags, flag) != NULL)
+		if (strcmp(m->flags, flags) == 0 && strstr(m->name, ":2,") != NULL)
 			return 0;
-		/* keep the letters sorted (the Maildir spec's order) */
-		for (const char *f = m->flags; *f != '\0' && o + 2 < sizeof(flags); f++) {
-			if (!added && flag < *f) {
-				flags[o++] = flag;
-				added = true;
-			}
-			flags[o++] = *f;
-		}
-		if (!added)
-			flags[o++] = flag;
-		flags[o] = '\0';
 		newname = xasprintf("%s:2,%s", m->base, flags);
 		from = mailbox_msg_path(mb, i);
 		to = xasprintf("%s/cur/%s", mb->dir, newname);
@@ -739,6 +822,16 @@ int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
 			return -1;
 	}
 	return -1;
+}
+
+int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
+{
+	char flags[sizeof(mb->msgs[i].flags) + 2];
+
+	if (strchr(mb->msgs[i].flags, flag) != NULL)
+		return 0;
+	snprintf(flags, sizeof(flags), "%s%c", mb->msgs[i].flags, flag);
+	return mailbox_msg_set_flags(mb, i, flags);
 }
 
 int mailbox_msg_expunge(struct mailbox *mb, size_t i)

@@ -18,6 +18,7 @@
 #include "filters/filters.h"
 #include "lib/lib.h"
 #include "pop3/pop3.h"
+#include "imap/imap.h"
 
 /* The SMTP service's settings (settings.c). */
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };

@@ -141,10 +141,25 @@ pop3_service_accept(struct conn *conn, const char *refusal)
 	pop3_session_start(conn, refusal, &env);
 }
 
+/* The IMAP service (imap/), the same way. */
+static void
+imap_service_accept(struct conn *conn, const char *refusal)
+{
+	const struct server_state *st = conn_state(conn);
+	const struct imap_env env = {
+		.cfg = st->cfg,
+		.userdb = st->userdb,
+		.ssl_ctx = st->ssl_ctx,
+	};
+
+	imap_session_start(conn, refusal, &env);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ "smtp", smtp_service_accept },
 	{ "pop3", pop3_service_accept },
+	{ "imap", imap_service_accept },
 };
 
 const struct daemon_app mxguard_app = {
