@@ -888,28 +888,19 @@ work_store(struct imap_job *job)
 	clean = !mailbox_changed(mb);
 	for (size_t k = 0; k < n; k++) {
 		struct mailbox_msg *m = &mb->msgs[idx[k]];
-		char letters[40];
-		size_t o = 0;
+		int rc;
 		switch (job->store_mode) {
-		case STORE_SET:
-			/* the keyword letters (a-z) of the name are kept */
-			for (const char *f = m->flags; *f; f++)
-				if (*f >= 'a' && *f <= 'z' && o + 1 < sizeof(letters))
-					letters[o++] = *f;
-			letters[o] = '\0';
-			strncat(letters, job->flags.letters, sizeof(letters) - o - 1);
+		case STORE_SET: /* the system flags become these; keyword letters stay */
+			rc = mailbox_msg_change_flags(mb, idx[k], job->flags.letters, "DFRST");
 			break;
 		case STORE_ADD:
-			snprintf(letters, sizeof(letters), "%s%s", m->flags, job->flags.letters);
+			rc = mailbox_msg_change_flags(mb, idx[k], job->flags.letters, "");
 			break;
-		case STORE_REMOVE:
-			for (const char *f = m->flags; *f; f++)
-				if (strchr(job->flags.letters, *f) == NULL && o + 1 < sizeof(letters))
-					letters[o++] = *f;
-			letters[o] = '\0';
+		default:
+			rc = mailbox_msg_change_flags(mb, idx[k], "", job->flags.letters);
 			break;
 		}
-		if (mailbox_msg_set_flags(mb, idx[k], letters) < 0) {
+		if (rc < 0) {
 			failed = true;
 			continue;
 		}

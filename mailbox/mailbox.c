@@ -792,46 +792,68 @@ static void flags_normalise(const char *in, char *out, size_t outsz)
 	out[o] = '\0';
 }
 
-int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters)
+/* one rename to base:2,flags (flags normalised already) */
+static int msg_rename_flags(struct mailbox *mb, size_t i, const char *flags)
 {
 	struct mailbox_msg *m = &mb->msgs[i];
-	char flags[sizeof(m->flags)];
+	char *from, *to, *newname;
 
-	flags_normalise(letters, flags, sizeof(flags));
+	if (strcmp(m->flags, flags) == 0 && strstr(m->name, ":2,") != NULL)
+		return 0;
+	newname = xasprintf("%s:2,%s", m->base, flags);
+	from = mailbox_msg_path(mb, i);
+	to = xasprintf("%s/cur/%s", mb->dir, newname);
+	int rc = rename(from, to);
+	int err = errno;
+	free(from);
+	free(to);
+	if (rc == 0) {
+		free(m->name);
+		m->name = newname;
+		str_copy(m->flags, flags, sizeof(m->flags));
+		return 0;
+	}
+	free(newname);
+	errno = err;
+	return -1;
+}
+
+int mailbox_msg_change_flags(struct mailbox *mb, size_t i, const char *add, const char *remove)
+{
+	struct mailbox_msg *m = &mb->msgs[i];
+
+	/* computed from the name as it is now: a rename by someone else
+	 * (found by relocating) is kept, not overwritten */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		char *from, *to, *newname;
-
-		if (strcmp(m->flags, flags) == 0 && strstr(m->name, ":2,") != NULL)
+		char want[sizeof(m->flags) * 2 + 8], flags[sizeof(m->flags)];
+		size_t o = 0;
+		for (const char *f = m->flags; *f != '\0' && o + 1 < sizeof(want); f++)
+			if (strchr(remove, *f) == NULL)
+				want[o++] = *f;
+		for (const char *f = add; *f != '\0' && o + 1 < sizeof(want); f++)
+			want[o++] = *f;
+		want[o] = '\0';
+		flags_normalise(want, flags, sizeof(flags));
+		if (msg_rename_flags(mb, i, flags) == 0)
 			return 0;
-		newname = xasprintf("%s:2,%s", m->base, flags);
-		from = mailbox_msg_path(mb, i);
-		to = xasprintf("%s/cur/%s", mb->dir, newname);
-		int rc = rename(from, to);
-		int err = errno;
-		free(from);
-		free(to);
-		if (rc == 0) {
-			free(m->name);
-			m->name = newname;
-			str_copy(m->flags, flags, sizeof(m->flags));
-			return 0;
-		}
-		free(newname);
-		errno = err;
-		if (err != ENOENT || attempt > 0 || mailbox_msg_relocate(mb, i) < 0)
+		if (errno != ENOENT || attempt > 0 || mailbox_msg_relocate(mb, i) < 0)
 			return -1;
 	}
 	return -1;
 }
 
+int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters)
+{
+	/* every letter goes, the given ones come */
+	return mailbox_msg_change_flags(mb, i, letters,
+					"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+}
+
 int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
 {
-	char flags[sizeof(mb->msgs[i].flags) + 2];
+	char add[2] = { flag, '\0' };
 
-	if (strchr(mb->msgs[i].flags, flag) != NULL)
-		return 0;
-	snprintf(flags, sizeof(flags), "%s%c", mb->msgs[i].flags, flag);
-	return mailbox_msg_set_flags(mb, i, flags);
+	return mailbox_msg_change_flags(mb, i, add, "");
 }
 
 int mailbox_msg_expunge(struct mailbox *mb, size_t i)

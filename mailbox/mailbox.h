@@ -88,6 +88,9 @@ int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag);
 /* Make message i's flag letters exactly `letters` (any order; sorted
  * and deduplicated here) by renaming its file. 0 or -1 with errno. */
 int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters);
+/* Add the letters of add and take away those of remove, from the flags
+ * the file has now (following a rename by another session). */
+int mailbox_msg_change_flags(struct mailbox *mb, size_t i, const char *add, const char *remove);
 /* Unlink message i's file (a file already gone counts as done). */
 int mailbox_msg_expunge(struct mailbox *mb, size_t i);
 /* fsync the folder's cur/ after renames or unlinks. */

@@ -193,7 +193,7 @@ static void test_throttle(void **state)
 	/* the window passes */
 	assert_false(mailbox_throttle_blocked("a:192.0.2.1", 3, 60, 1060));
 	/* many keys: bounded, and the newest still counts */
-	for (int i = 0; i < 3 * POP3_THROTTLE_SLOTS; i++) {
+	for (int i = 0; i < 3 * MAILBOX_THROTTLE_SLOTS; i++) {
 		char k[32];
 		snprintf(k, sizeof(k), "u:user%d", i);
 		mailbox_throttle_fail(k, 60, 2000 + i / 100);
