@@ -284,6 +284,7 @@ struct imap_job {
 	char *junk;           /* the junk folder's name */
 	struct imap_sel *sel; /* the session's, lent */
 	struct evbuffer *out;
+	struct evbuffer *tagged; /* the tagged line: after the refresh's news */
 	bool refresh;         /* may report expunges: refresh at the end */
 	bool uid;             /* a UID command */
 	/* results */
@@ -319,6 +320,8 @@ job_free(struct imap_job *job)
 	sel_free(&job->new_sel);
 	if (job->out != NULL)
 		evbuffer_free(job->out);
+	if (job->tagged != NULL)
+		evbuffer_free(job->tagged);
 	free(job->name);
 	free(job->name2);
 	imap_seqset_clear(&job->set);
@@ -341,6 +344,7 @@ job_new(struct imap_session *s, const char *tag, imap_work_fn work)
 	job->root = s->root != NULL ? xstrdup(s->root) : NULL;
 	job->junk = xstrdup(backends_settings(s->env.cfg)->junk_folder);
 	job->out = evbuffer_new();
+	job->tagged = evbuffer_new();
 	job->finished = true;
 	return job;
 }
@@ -428,6 +432,8 @@ job_run(void *arg)
 	job->work(job);
 	if (job->finished && job->refresh)
 		job_refresh(job);
+	if (job->finished)
+		evbuffer_add_buffer(job->out, job->tagged);
 }
 
 static void
@@ -849,7 +855,7 @@ work_fetch(struct imap_job *job)
 
 	if (job->idx == NULL) {
 		if (!job->uid && !seqset_valid(mb, &job->set)) {
-			evbuffer_add_printf(job->out, "%s BAD Invalid message sequence number.\r\n", job->tag);
+			evbuffer_add_printf(job->tagged, "%s BAD Invalid message sequence number.\r\n", job->tag);
 			return;
 		}
 		job->idx = resolve_set(mb, &job->set, job->uid, &job->n_idx);
@@ -861,9 +867,9 @@ work_fetch(struct imap_job *job)
 		return;
 	job->finished = true;
 	if (job->some_gone)
-		evbuffer_add_printf(job->out, "%s NO Some messages were expunged meanwhile.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Some messages were expunged meanwhile.\r\n", job->tag);
 	else
-		evbuffer_add_printf(job->out, "%s OK Fetch completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Fetch completed.\r\n", job->tag);
 }
 
 /* ---------------------------------------------------------------- STORE */
@@ -877,11 +883,11 @@ work_store(struct imap_job *job)
 	bool clean, failed = false;
 
 	if (job->sel->readonly) {
-		evbuffer_add_printf(job->out, "%s NO Mailbox is read-only.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Mailbox is read-only.\r\n", job->tag);
 		return;
 	}
 	if (!job->uid && !seqset_valid(mb, &job->set)) {
-		evbuffer_add_printf(job->out, "%s BAD Invalid message sequence number.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s BAD Invalid message sequence number.\r\n", job->tag);
 		return;
 	}
 	idx = resolve_set(mb, &job->set, job->uid, &n);
@@ -917,9 +923,9 @@ work_store(struct imap_job *job)
 		mailbox_restamp(mb);
 	free(idx);
 	if (failed)
-		evbuffer_add_printf(job->out, "%s NO Some messages were expunged meanwhile.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Some messages were expunged meanwhile.\r\n", job->tag);
 	else
-		evbuffer_add_printf(job->out, "%s OK Store completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Store completed.\r\n", job->tag);
 }
 
 /* -------------------------------------------------------------- SEARCH */
@@ -1048,7 +1054,8 @@ work_search(struct imap_job *job)
 		imap_msg_free(&sm.im);
 		free(sm.data);
 	}
-	evbuffer_add_printf(job->out, "\r\n%s OK Search completed.\r\n", job->tag);
+	evbuffer_add_printf(job->out, "\r\n");
+	evbuffer_add_printf(job->tagged, "%s OK Search completed.\r\n", job->tag);
 }
 
 /* ------------------------------------------------------------- EXPUNGE */
@@ -1098,7 +1105,7 @@ work_expunge(struct imap_job *job)
 	bool *only = NULL;
 
 	if (job->sel->readonly) {
-		evbuffer_add_printf(job->out, "%s NO Mailbox is read-only.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Mailbox is read-only.\r\n", job->tag);
 		return;
 	}
 	if (job->uid) {
@@ -1111,7 +1118,7 @@ work_expunge(struct imap_job *job)
 	}
 	expunge_messages(job, only);
 	free(only);
-	evbuffer_add_printf(job->out, "%s OK Expunge completed.\r\n", job->tag);
+	evbuffer_add_printf(job->tagged, "%s OK Expunge completed.\r\n", job->tag);
 }
 
 static void
@@ -1122,7 +1129,7 @@ work_close(struct imap_job *job)
 		expunge_messages(job, NULL);
 	}
 	job->deselect = true;
-	evbuffer_add_printf(job->out, "%s OK Close completed.\r\n", job->tag);
+	evbuffer_add_printf(job->tagged, "%s OK Close completed.\r\n", job->tag);
 }
 
 /* ---------------------------------------------------------- COPY, MOVE */
@@ -1185,26 +1192,26 @@ work_copy(struct imap_job *job)
 	uint32_t *uids, validity = 0;
 
 	if (!job->uid && !seqset_valid(mb, &job->set)) {
-		evbuffer_add_printf(job->out, "%s BAD Invalid message sequence number.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s BAD Invalid message sequence number.\r\n", job->tag);
 		return;
 	}
 	if (job->is_move && job->sel->readonly) {
-		evbuffer_add_printf(job->out, "%s NO Mailbox is read-only.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Mailbox is read-only.\r\n", job->tag);
 		return;
 	}
 	dst = mailbox_folder_dir(job->root, job->name);
 	if (dst == NULL) {
-		evbuffer_add_printf(job->out, "%s NO Invalid mailbox name.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Invalid mailbox name.\r\n", job->tag);
 		return;
 	}
 	if (mailbox_folder_exists(job->root, job->name) != 1) {
-		evbuffer_add_printf(job->out, "%s NO [TRYCREATE] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [TRYCREATE] Mailbox does not exist.\r\n", job->tag);
 		free(dst);
 		return;
 	}
 	idx = resolve_set(mb, &job->set, job->uid, &n);
 	if (n == 0) {
-		evbuffer_add_printf(job->out, "%s OK %s completed.\r\n", job->tag, job->is_move ? "Move" : "Copy");
+		evbuffer_add_printf(job->tagged, "%s OK %s completed.\r\n", job->tag, job->is_move ? "Move" : "Copy");
 		free(idx);
 		free(dst);
 		return;
@@ -1212,7 +1219,7 @@ work_copy(struct imap_job *job)
 	uids = xcalloc(n, sizeof(*uids));
 	if (mailbox_copy(mb, idx, n, dst, uids, &validity, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap copy into %s failed: %s", dst, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Copy failed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Copy failed.\r\n", job->tag);
 		free(err);
 		free(uids);
 		free(idx);
@@ -1259,9 +1266,9 @@ work_copy(struct imap_job *job)
 		evbuffer_add_printf(job->out, "* OK %.*sMoved.\r\n", (int)cl, cs);
 		expunge_messages(job, only);
 		free(only);
-		evbuffer_add_printf(job->out, "%s OK Move completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Move completed.\r\n", job->tag);
 	} else {
-		evbuffer_add_printf(job->out, "%s OK %.*sCopy completed.\r\n", job->tag, (int)cl, cs);
+		evbuffer_add_printf(job->tagged, "%s OK %.*sCopy completed.\r\n", job->tag, (int)cl, cs);
 	}
 	evbuffer_free(code);
 	free(su);
@@ -1310,14 +1317,15 @@ work_list(struct imap_job *job)
 	char *pattern;
 
 	if (job->name2[0] == '\0' && !lsub) {
-		evbuffer_add_printf(job->out, "* LIST (\\Noselect) \".\" \"\"\r\n%s OK List completed.\r\n", job->tag);
+		evbuffer_add_printf(job->out, "* LIST (\\Noselect) \".\" \"\"\r\n");
+		evbuffer_add_printf(job->tagged, "%s OK List completed.\r\n", job->tag);
 		return;
 	}
 	pattern = xasprintf("%s%s", job->name, job->name2);
 	if (mailbox_folder_list(job->root, &names, &n, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap list %s: %s", job->root, err);
 		free(err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot list mailboxes.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot list mailboxes.\r\n", job->tag);
 		free(pattern);
 		return;
 	}
@@ -1396,7 +1404,7 @@ work_list(struct imap_job *job)
 	free(e);
 	mailbox_names_free(subs, nsubs);
 	free(pattern);
-	evbuffer_add_printf(job->out, "%s OK %s completed.\r\n", job->tag, lsub ? "Lsub" : "List");
+	evbuffer_add_printf(job->tagged, "%s OK %s completed.\r\n", job->tag, lsub ? "Lsub" : "List");
 }
 
 static void
@@ -1408,21 +1416,21 @@ work_create(struct imap_job *job)
 	if (l > 0 && job->name[l - 1] == '.')
 		job->name[l - 1] = '\0'; /* "a." asks for a folder that will have children */
 	if (mailbox_folder_is_inbox(job->name)) {
-		evbuffer_add_printf(job->out, "%s NO [ALREADYEXISTS] Mailbox already exists.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [ALREADYEXISTS] Mailbox already exists.\r\n", job->tag);
 		return;
 	}
 	if (!mailbox_folder_name_ok(job->name)) {
-		evbuffer_add_printf(job->out, "%s NO Invalid mailbox name.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Invalid mailbox name.\r\n", job->tag);
 		return;
 	}
 	int rc = mailbox_folder_create(job->root, job->name, &err);
 	if (rc == -2)
-		evbuffer_add_printf(job->out, "%s NO [ALREADYEXISTS] Mailbox already exists.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [ALREADYEXISTS] Mailbox already exists.\r\n", job->tag);
 	else if (rc < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap create %s: %s", job->name, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot create the mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot create the mailbox.\r\n", job->tag);
 	} else
-		evbuffer_add_printf(job->out, "%s OK Create completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Create completed.\r\n", job->tag);
 	free(err);
 }
 
@@ -1433,21 +1441,21 @@ work_delete(struct imap_job *job)
 	int rc;
 
 	if (mailbox_folder_is_inbox(job->name)) {
-		evbuffer_add_printf(job->out, "%s NO INBOX cannot be deleted.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO INBOX cannot be deleted.\r\n", job->tag);
 		return;
 	}
 	if (job->sel != NULL && strcmp(job->sel->name, job->name) == 0) {
-		evbuffer_add_printf(job->out, "%s NO Cannot delete the selected mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Cannot delete the selected mailbox.\r\n", job->tag);
 		return;
 	}
 	rc = mailbox_folder_delete(job->root, job->name, &err);
 	if (rc == -2)
-		evbuffer_add_printf(job->out, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
 	else if (rc < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap delete %s: %s", job->name, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot delete the mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot delete the mailbox.\r\n", job->tag);
 	} else
-		evbuffer_add_printf(job->out, "%s OK Delete completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Delete completed.\r\n", job->tag);
 	free(err);
 }
 
@@ -1458,27 +1466,27 @@ work_rename(struct imap_job *job)
 	int rc;
 
 	if (mailbox_folder_is_inbox(job->name) || mailbox_folder_is_inbox(job->name2)) {
-		evbuffer_add_printf(job->out, "%s NO Renaming INBOX is not supported.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Renaming INBOX is not supported.\r\n", job->tag);
 		return;
 	}
 	if (!mailbox_folder_name_ok(job->name2) || !mailbox_folder_name_ok(job->name)) {
-		evbuffer_add_printf(job->out, "%s NO Invalid mailbox name.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Invalid mailbox name.\r\n", job->tag);
 		return;
 	}
 	if (job->sel != NULL && strcmp(job->sel->name, job->name) == 0) {
-		evbuffer_add_printf(job->out, "%s NO Cannot rename the selected mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Cannot rename the selected mailbox.\r\n", job->tag);
 		return;
 	}
 	rc = mailbox_folder_rename(job->root, job->name, job->name2, &err);
 	if (rc == -2)
-		evbuffer_add_printf(job->out, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
 	else if (rc == -3)
-		evbuffer_add_printf(job->out, "%s NO [ALREADYEXISTS] Target mailbox already exists.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [ALREADYEXISTS] Target mailbox already exists.\r\n", job->tag);
 	else if (rc < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap rename %s: %s", job->name, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot rename the mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot rename the mailbox.\r\n", job->tag);
 	} else
-		evbuffer_add_printf(job->out, "%s OK Rename completed.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s OK Rename completed.\r\n", job->tag);
 	free(err);
 }
 
@@ -1489,12 +1497,12 @@ work_subscribe(struct imap_job *job)
 	int rc = mailbox_subscribe(job->root, job->name, !job->is_move, &err);
 
 	if (rc == -2)
-		evbuffer_add_printf(job->out, "%s NO Invalid mailbox name.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO Invalid mailbox name.\r\n", job->tag);
 	else if (rc < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap subscribe %s: %s", job->name, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot change subscriptions.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot change subscriptions.\r\n", job->tag);
 	} else
-		evbuffer_add_printf(job->out, "%s OK %s completed.\r\n", job->tag,
+		evbuffer_add_printf(job->tagged, "%s OK %s completed.\r\n", job->tag,
 				    job->is_move ? "Unsubscribe" : "Subscribe");
 	free(err);
 }
@@ -1509,13 +1517,13 @@ work_status(struct imap_job *job)
 	int ex = mailbox_folder_exists(job->root, job->name);
 
 	if (ex != 1) {
-		evbuffer_add_printf(job->out, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
 		return;
 	}
 	dir = mailbox_folder_dir(job->root, job->name);
 	if (mailbox_open(dir, &mb, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap status %s: %s", dir, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot open the mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot open the mailbox.\r\n", job->tag);
 		free(err);
 		free(dir);
 		return;
@@ -1545,7 +1553,8 @@ work_status(struct imap_job *job)
 	}
 	if (job->status_items & ST_UNSEEN)
 		evbuffer_add_printf(job->out, "%sUNSEEN %zu", sp, unseen);
-	evbuffer_add_printf(job->out, ")\r\n%s OK Status completed.\r\n", job->tag);
+	evbuffer_add_printf(job->out, ")\r\n");
+	evbuffer_add_printf(job->tagged, "%s OK Status completed.\r\n", job->tag);
 	mailbox_free(&mb);
 	free(dir);
 }
@@ -1561,13 +1570,13 @@ work_select(struct imap_job *job)
 	job->deselect = true;
 	ex = mailbox_folder_exists(job->root, job->name);
 	if (ex != 1) {
-		evbuffer_add_printf(job->out, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [NONEXISTENT] Mailbox does not exist.\r\n", job->tag);
 		return;
 	}
 	dir = mailbox_folder_dir(job->root, job->name);
 	if (mailbox_open(dir, &mb, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap select %s: %s", dir, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot open the mailbox.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot open the mailbox.\r\n", job->tag);
 		free(err);
 		free(dir);
 		return;
@@ -1587,7 +1596,7 @@ work_select(struct imap_job *job)
 		evbuffer_add_printf(job->out, "* OK [UNSEEN %zu] First unseen.\r\n", first_unseen);
 	evbuffer_add_printf(job->out, "* OK [UIDVALIDITY %u] UIDs valid\r\n* OK [UIDNEXT %u] Predicted next UID\r\n",
 			    mb->uidvalidity, mb->uidnext);
-	evbuffer_add_printf(job->out, "%s OK [%s] %s completed.\r\n", job->tag,
+	evbuffer_add_printf(job->tagged, "%s OK [%s] %s completed.\r\n", job->tag,
 			    job->readonly ? "READ-ONLY" : "READ-WRITE", job->readonly ? "Examine" : "Select");
 	job->new_sel = xcalloc(1, sizeof(*job->new_sel));
 	job->new_sel->mb = mb;
@@ -1602,25 +1611,25 @@ work_append(struct imap_job *job)
 	uint32_t uid, validity;
 
 	if (mailbox_folder_exists(job->root, job->name) != 1) {
-		evbuffer_add_printf(job->out, "%s NO [TRYCREATE] Mailbox does not exist.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [TRYCREATE] Mailbox does not exist.\r\n", job->tag);
 		return;
 	}
 	dir = mailbox_folder_dir(job->root, job->name);
 	if (mailbox_append(dir, job->msg, job->msg_len, job->flags.letters, job->date, &uid, &validity, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap append to %s: %s", dir, err);
-		evbuffer_add_printf(job->out, "%s NO [SERVERBUG] Cannot store the message.\r\n", job->tag);
+		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot store the message.\r\n", job->tag);
 		free(err);
 		free(dir);
 		return;
 	}
 	free(dir);
-	evbuffer_add_printf(job->out, "%s OK [APPENDUID %u %u] Append completed.\r\n", job->tag, validity, uid);
+	evbuffer_add_printf(job->tagged, "%s OK [APPENDUID %u %u] Append completed.\r\n", job->tag, validity, uid);
 }
 
 static void
 work_noop(struct imap_job *job)
 {
-	evbuffer_add_printf(job->out, "%s OK %s completed.\r\n", job->tag, job->name != NULL ? job->name : "NOOP");
+	evbuffer_add_printf(job->tagged, "%s OK %s completed.\r\n", job->tag, job->name != NULL ? job->name : "NOOP");
 }
 
 /* -------------------------------------------------------------- login */

@@ -470,7 +470,16 @@ int mailbox_append(const char *dir, const char *data, size_t len, const char *fl
 		unlink(tmp);
 		goto out;
 	}
-	cur = xasprintf("%s/cur/%s:2,%s", dir, base, flags);
+	{
+		/* the letters sorted, as the Maildir spec has them */
+		char sorted[32];
+		size_t o = 0;
+		for (int c = 'A'; c <= 'z' && o + 1 < sizeof(sorted); c++)
+			if (((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) && strchr(flags, c) != NULL)
+				sorted[o++] = (char)c;
+		sorted[o] = '\0';
+		cur = xasprintf("%s/cur/%s:2,%s", dir, base, sorted);
+	}
 	if (rename(tmp, cur) < 0) {
 		*error_r = folder_err("rename", tmp);
 		unlink(tmp);
