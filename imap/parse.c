@@ -760,7 +760,11 @@ bad:
 void imap_fetch_clear(struct imap_fetch *f)
 {
 	for (size_t i = 0; i < f->n; i++) {
-		imap_section_clear(&f->items[i].sec);
+		/* the section's names by hand, not imap_section_clear (mime.c):
+		 * the parser links without the MIME side */
+		for (size_t k = 0; k < f->items[i].sec.n_fields; k++)
+			free(f->items[i].sec.fields[k]);
+		f->items[i].sec.n_fields = 0;
 		free(f->items[i].name);
 	}
 	free(f->items);
@@ -841,6 +845,7 @@ static bool search_key(struct search_ctx *c, struct imap_search **out)
 {
 	struct imap_parser *ps = c->ps;
 	struct imap_search *s = NULL;
+	const char *start = ps->p;
 
 	if (++c->keys > IMAP_SEARCH_KEYS_MAX)
 		return fail(ps, "Too many search keys");
@@ -912,15 +917,12 @@ static bool search_key(struct search_ctx *c, struct imap_search **out)
 		if (!sk_string(ps, &s->value))
 			goto bad;
 	} else if (word_is(ps, "KEYWORD") || word_is(ps, "UNKEYWORD")) {
-		s = sk_new(ps->p[-9] == 'U' || ps->p[-9] == 'u' ? IMAP_SK_UNKEYWORD : IMAP_SK_KEYWORD);
+		/* which one: the word just taken is 7 or 9 octets long */
+		s = sk_new(ps->p - start == 9 ? IMAP_SK_UNKEYWORD : IMAP_SK_KEYWORD);
 		if (!imap_parse_sp(ps) || !imap_parse_atom(ps, &s->value))
 			goto bad;
 	} else if (word_is(ps, "LARGER") || word_is(ps, "SMALLER")) {
-		s = sk_new(ps->p[-1] == 'R' || ps->p[-1] == 'r' ? IMAP_SK_LARGER : IMAP_SK_SMALLER);
-		if (ps->p[-6] == 'L' || ps->p[-6] == 'l')
-			s->kind = IMAP_SK_LARGER;
-		else
-			s->kind = IMAP_SK_SMALLER;
+		s = sk_new(ps->p - start == 6 ? IMAP_SK_LARGER : IMAP_SK_SMALLER);
 		if (!imap_parse_sp(ps) || !imap_parse_number(ps, UINT64_MAX >> 1, &s->n))
 			goto bad;
 	} else if (word_is(ps, "UID")) {
