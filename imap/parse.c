@@ -811,6 +811,7 @@ static bool sk_string(struct imap_parser *ps, char **v)
 		return false;
 	if (strlen(*v) != l) {
 		free(*v);
+		*v = NULL;
 		return fail(ps, "NUL in a search string");
 	}
 	return true;

@@ -103,7 +103,7 @@ struct imap_session {
 	char *cmd;
 	size_t cmd_len, cmd_cap;
 	uint64_t lit_left;
-	size_t cmd_limit;
+	size_t cmd_exempt;        /* octets of APPEND's message literal: not held to command_max */
 	bool cmd_append;
 	/* AUTHENTICATE waiting for its response; IDLE's tag */
 	char *wait_tag;
@@ -1859,10 +1859,12 @@ arg_mailbox(struct cmd_ctx *c, char **name_r)
 {
 	size_t len;
 
+	*name_r = NULL;
 	if (!imap_parse_sp(c->ps) || !imap_parse_astring(c->ps, name_r, &len))
 		return false;
 	if (strlen(*name_r) != len) {
 		free(*name_r);
+		*name_r = NULL;
 		c->ps->error = "NUL in a mailbox name";
 		return false;
 	}
@@ -2654,6 +2656,7 @@ cmd_reset(struct imap_session *s)
 	s->cmd = NULL;
 	s->cmd_len = s->cmd_cap = 0;
 	s->lit_left = 0;
+	s->cmd_exempt = 0;
 	s->cmd_append = false;
 }
 
@@ -2724,7 +2727,7 @@ imap_line(struct imap_session *s, char *line, size_t len)
 	}
 	if (s->cmd_len == 0)
 		s->cmd_append = cmd_is_append(line, len);
-	if (s->cmd_len + len + 2 > (size_t)is->command_max) {
+	if (s->cmd_len - s->cmd_exempt + len + 2 > (size_t)is->command_max) {
 		char *tag;
 		cmd_append_bytes(s, line, len < 80 ? len : 80);
 		tag = cmd_tag(s);
@@ -2743,7 +2746,7 @@ imap_line(struct imap_session *s, char *line, size_t len)
 	}
 	if (imap_line_literal(line, len, &n, &nonsync)) {
 		uint64_t cap = s->cmd_append ? (uint64_t)is->append_max
-					     : (uint64_t)is->command_max - s->cmd_len;
+					     : (uint64_t)is->command_max - (s->cmd_len - s->cmd_exempt);
 		if (n > cap) {
 			char *tag = cmd_tag(s);
 			cmd_reset(s);
@@ -2763,6 +2766,8 @@ imap_line(struct imap_session *s, char *line, size_t len)
 			s->cmd = xrealloc(s->cmd, s->cmd_cap);
 		}
 		s->lit_left = n;
+		if (s->cmd_append)
+			s->cmd_exempt += (size_t)n;
 		if (!nonsync)
 			imap_reply(s, "+ Ready for literal data");
 		return;
@@ -2772,6 +2777,7 @@ imap_line(struct imap_session *s, char *line, size_t len)
 	size_t blen = s->cmd_len;
 	s->cmd = NULL;
 	s->cmd_len = s->cmd_cap = 0;
+	s->cmd_exempt = 0;
 	s->cmd_append = false;
 	imap_command(s, buf, blen);
 }

@@ -25,6 +25,11 @@
 #include "lib/lib.h"
 #include "mailbox/mailbox.h"
 
+/* a folder being deleted: out of sight of LIST (and not a name a client
+ * can create: mailbox_folder_name_ok refuses no "~", but this prefix is
+ * skipped by the listing, and removed by the delete that made it) */
+#define DELETED_PREFIX ".~deleted-"
+
 static char *folder_err(const char *what, const char *path)
 {
 	int err = errno;
@@ -121,7 +126,7 @@ int mailbox_folder_list(const char *root, char ***names_r, size_t *n_r, char **e
 	while ((de = readdir(d)) != NULL) {
 		struct stat sb;
 		if (de->d_name[0] != '.' || !mailbox_folder_name_ok(de->d_name + 1) ||
-		    mailbox_folder_is_inbox(de->d_name + 1))
+		    mailbox_folder_is_inbox(de->d_name + 1) || strncmp(de->d_name, DELETED_PREFIX, strlen(DELETED_PREFIX)) == 0)
 			continue;
 		char *cur = xasprintf("%s/%s/cur", root, de->d_name);
 		bool ok = lstat(cur, &sb) == 0 && S_ISDIR(sb.st_mode);
@@ -261,7 +266,9 @@ int mailbox_folder_delete(const char *root, const char *name, char **error_r)
 	dir = mailbox_folder_dir(root, name);
 	/* out of sight first (one rename), then removed at leisure: another
 	 * session never sees half a folder */
-	gone = xasprintf("%s/.~deleted-%ld-%d", root, (long)time(NULL), (int)getpid());
+	static unsigned long deletions;
+	gone = xasprintf("%s/%s%ld-%d-%lu", root, DELETED_PREFIX, (long)time(NULL), (int)getpid(),
+			 __atomic_add_fetch(&deletions, 1, __ATOMIC_RELAXED));
 	if (rename(dir, gone) < 0) {
 		*error_r = folder_err("rename", dir);
 		free(dir);

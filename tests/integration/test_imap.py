@@ -457,8 +457,20 @@ class Commands(ImapCase):
         self.assertIn(b"[TRYCREATE]", out[-1])
 
     def test_caps(self):
+        self.reset_mailbox()
         r = self.raw()
         r.login()
+        # a message larger than command_max is fine for APPEND (append_max)
+        big = b"Subject: big\r\n\r\n" + b"".join(b"line %07d of a big message\r\n" % i for i in range(40000))
+        r.send(b"z APPEND INBOX {%d}\r\n" % len(big))
+        self.assertEqual(r.line(), b"+ Ready for literal data")
+        r.send(big + b"\r\n")
+        self.assertTrue(r.until(b"z")[-1].startswith(b"z OK [APPENDUID"))
+        r.cmd("y", "SELECT INBOX")
+        out = r.cmd("y", "FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+        self.assertIn(b"RFC822.SIZE %d " % len(big), out[0])
+        self.assertTrue(out[0].endswith(b"{%d}\r\n%s)" % (len(big), big)))
+        r.cmd("y", "CLOSE")
         # a synchronising literal over the cap is refused before it is sent
         out = r.cmd("a", "APPEND INBOX {999999999}")
         self.assertEqual(out, [b"a NO [TOOBIG] Literal too large."])
@@ -506,6 +518,12 @@ class Commands(ImapCase):
                     "SEARCH SINCE 31-Foo-2020", "COPY 1", "FETCH 5 FLAGS", "FETCH * FLAGS extra"):
             out = r.cmd("d", cmd)
             self.assertTrue(out[-1].startswith(b"d BAD"), (cmd, out))
+        # a NUL in a literal (mailbox name, search string): BAD, and the
+        # session goes on (the fuzzer found these freeing twice)
+        for cmd in (b"d COPY 1 {3+}\r\na\x00b", b"d SEARCH HEADER {3+}\r\na\x00b x",
+                    b"d RENAME {3+}\r\na\x00b c", b"d SEARCH SUBJECT {2+}\r\n\x00\x00"):
+            r.send(cmd + b"\r\n")
+            self.assertTrue(r.until(b"d")[-1].startswith(b"d BAD"), cmd)
         # UID FETCH of UIDs that do not exist is not an error
         self.assertEqual(r.cmd("e", "UID FETCH 100:200 FLAGS"), [b"e OK Fetch completed."])
         self.assertEqual(r.cmd("e", "UID FETCH 100:* UID"), [b"* 1 FETCH (UID 1)", b"e OK Fetch completed."])
@@ -769,6 +787,12 @@ class Commands(ImapCase):
         self.assertEqual(sum(b"\\Seen" in x for x in data), n // 2)
         typ, data = m.uid("SEARCH", "UNSEEN")
         self.assertEqual(len(data[0].split()), n // 2)
+        # replies of many batches (the next read while the client keeps up)
+        typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER])")
+        hdrs = [x[1] for x in data if isinstance(x, tuple)]
+        self.assertEqual(len(hdrs), n)
+        self.assertEqual(hdrs[0], b"Subject: 0\r\n\r\n")
+        self.assertEqual(hdrs[-1], b"Subject: %d\r\n\r\n" % (n - 1))
         m.logout()
 
 
