@@ -2101,6 +2101,7 @@ cmd_select_common(struct cmd_ctx *c, bool readonly)
 	struct imap_job *job;
 
 	if (!arg_mailbox(c, &name) || !imap_parse_end(c->ps)) {
+		free(name);
 		syntax_error(c);
 		return;
 	}
@@ -2129,6 +2130,7 @@ cmd_one_mailbox(struct cmd_ctx *c, imap_work_fn work, bool flag)
 	struct imap_job *job;
 
 	if (!arg_mailbox(c, &name) || !imap_parse_end(c->ps)) {
+		free(name);
 		syntax_error(c);
 		return;
 	}
@@ -2171,6 +2173,7 @@ cmd_rename(struct cmd_ctx *c)
 
 	if (!arg_mailbox(c, &a) || !arg_mailbox(c, &b) || !imap_parse_end(c->ps)) {
 		free(a);
+		free(b);
 		syntax_error(c);
 		return;
 	}
