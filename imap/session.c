@@ -576,6 +576,75 @@ read_crlf(struct mailbox *mb, size_t i, size_t *len_r, struct stat *sb_r)
 	return out;
 }
 
+/* Only the header section (through its blank line), CRLF, for FETCH
+ * items that need no more: read in chunks until the blank line, so a
+ * header FETCH does not read whole messages. */
+static char *
+read_crlf_header(struct mailbox *mb, size_t i, size_t *len_r, struct stat *sb_r)
+{
+	int fd = mailbox_msg_open(mb, i);
+	struct stat sb;
+	size_t got = 0, cap = 16384, o = 0, hend = 0;
+	char *raw, *out;
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &sb) < 0) {
+		close(fd);
+		return NULL;
+	}
+	raw = xmalloc(cap + 1);
+	for (;;) {
+		if (got == cap) {
+			if (cap >= (size_t)8 << 20)
+				break; /* a header this long: what we have */
+			cap *= 2;
+			raw = xrealloc(raw, cap + 1);
+		}
+		ssize_t n = read(fd, raw + got, cap - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		size_t from = got > 2 ? got - 2 : 0;
+		got += (size_t)n;
+		/* the blank line: LF LF or LF CR LF (or an empty first line) */
+		for (size_t k = from; k < got && hend == 0; k++) {
+			if (k == 0 && (raw[0] == '\n' || (got > 1 && raw[0] == '\r' && raw[1] == '\n')))
+				hend = raw[0] == '\n' ? 1 : 2;
+			else if (raw[k] == '\n' && k + 1 < got && raw[k + 1] == '\n')
+				hend = k + 2;
+			else if (raw[k] == '\n' && k + 2 < got && raw[k + 1] == '\r' && raw[k + 2] == '\n')
+				hend = k + 3;
+		}
+		if (hend > 0)
+			break;
+	}
+	close(fd);
+	if (hend == 0) {
+		/* no body: the whole file, as read_crlf would give it */
+		hend = got;
+	}
+	out = xmalloc(2 * hend + 3);
+	for (size_t k = 0; k < hend; k++) {
+		if (raw[k] == '\n' && (k == 0 || raw[k - 1] != '\r'))
+			out[o++] = '\r';
+		out[o++] = raw[k];
+	}
+	if (hend == got && got > 0 && raw[got - 1] == '\r')
+		out[o++] = '\n';
+	else if (hend == got && got > 0 && raw[got - 1] != '\n') {
+		out[o++] = '\r';
+		out[o++] = '\n';
+	}
+	free(raw);
+	out[o] = '\0';
+	*len_r = o;
+	if (sb_r != NULL)
+		*sb_r = sb;
+	return out;
+}
+
 /* where the header ends (after its blank line) */
 static size_t
 header_len(const char *d, size_t len)
@@ -686,6 +755,30 @@ fetch_wants_content(const struct imap_fetch *f)
 	return false;
 }
 
+/* Do the items need only the message's own header (read no further)? */
+static bool
+fetch_header_only(const struct imap_fetch *f)
+{
+	for (size_t i = 0; i < f->n; i++) {
+		const struct imap_fetch_item *it = &f->items[i];
+		switch (it->kind) {
+		case IMAP_FETCH_FLAGS:
+		case IMAP_FETCH_UID:
+		case IMAP_FETCH_RFC822_SIZE:
+		case IMAP_FETCH_INTERNALDATE:
+		case IMAP_FETCH_RFC822_HEADER:
+			break;
+		case IMAP_FETCH_SECTION:
+			if (it->sec.n_part == 0 && it->sec.kind == IMAP_SECTION_HEADER)
+				break;
+			return false;
+		default:
+			return false;
+		}
+	}
+	return true;
+}
+
 static bool
 fetch_sets_seen(const struct imap_fetch *f)
 {
@@ -720,7 +813,7 @@ fetch_one(struct imap_job *job, size_t i)
 		}
 	}
 	if (fetch_wants_content(f)) {
-		data = read_crlf(mb, i, &len, &sb);
+		data = fetch_header_only(f) ? read_crlf_header(mb, i, &len, &sb) : read_crlf(mb, i, &len, &sb);
 		if (data == NULL) {
 			job->some_gone = true;
 			return;

@@ -260,6 +260,11 @@ class Commands(ImapCase):
         typ, data = m.fetch("2", "(BODY.PEEK[]<100000.5>)")
         self.assertIn(b"BODY[]<100000> {0}", data[0][0])
         hdr = body[:body.index(b"\r\n\r\n") + 4]
+        # the header alone (read only up to the blank line) is the same octets
+        typ, data = m.fetch("1:3", "(BODY.PEEK[HEADER])")
+        self.assertEqual([x[1] for x in data if isinstance(x, tuple)][1], hdr)
+        typ, data = m.fetch("2", "(RFC822.HEADER UID)")
+        self.assertEqual(data[0][1], hdr)
         typ, data = m.fetch("2", "(BODY.PEEK[HEADER] BODY.PEEK[TEXT] RFC822.HEADER)")
         self.assertEqual(data[0][1], hdr)
         self.assertEqual(data[1][1], body[len(hdr):])
