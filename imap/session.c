@@ -352,21 +352,35 @@ job_new(struct imap_session *s, const char *tag, imap_work_fn work)
 static void job_done(void *arg);
 static void work_nothing(struct imap_job *job);
 
-/* the flags of message i in IMAP form, appended to out */
+/* the flags of a message in IMAP form, appended to out: the system
+ * flags, then the keywords its lower-case letters name in mb */
 static void
-out_flags(struct evbuffer *out, const struct mailbox_msg *m)
+out_flags(struct evbuffer *out, const struct mailbox *mb, const struct mailbox_msg *m)
 {
 	bool first = true;
 
 	evbuffer_add(out, "(", 1);
 	for (const char *f = m->flags; *f != '\0'; f++) {
 		const char *n = imap_flag_name(*f);
+		if (n == NULL && *f >= 'a' && *f <= 'z')
+			n = mb->keywords[*f - 'a'];
 		if (n == NULL)
 			continue;
 		evbuffer_add_printf(out, "%s%s", first ? "" : " ", n);
 		first = false;
 	}
 	evbuffer_add(out, ")", 1);
+}
+
+/* the system flags and the folder's keywords, for FLAGS and PERMANENTFLAGS */
+static void
+out_flag_list(struct evbuffer *out, const struct mailbox *mb, bool star)
+{
+	evbuffer_add_printf(out, "(\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+		if (mb->keywords[k] != NULL)
+			evbuffer_add_printf(out, " %s", mb->keywords[k]);
+	evbuffer_add_printf(out, "%s)", star ? " \\*" : "");
 }
 
 /* Compare the folder with the snapshot; when it changed, take a new one
@@ -408,6 +422,14 @@ job_refresh(struct imap_job *job)
 		if (k < omb->n_msgs && omb->msgs[k].uid == nmb->msgs[i].uid)
 			kept++;
 	}
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++) {
+		if ((nmb->keywords[k] == NULL) != (omb->keywords[k] == NULL)) {
+			evbuffer_add_printf(job->out, "* FLAGS ");
+			out_flag_list(job->out, nmb, false);
+			evbuffer_add(job->out, "\r\n", 2);
+			break;
+		}
+	}
 	if (nmb->n_msgs != kept || nmb->n_msgs != omb->n_msgs)
 		evbuffer_add_printf(job->out, "* %zu EXISTS\r\n* 0 RECENT\r\n", nmb->n_msgs);
 	for (size_t i = 0, k = 0; i < nmb->n_msgs; i++) {
@@ -416,7 +438,7 @@ job_refresh(struct imap_job *job)
 		if (k < omb->n_msgs && omb->msgs[k].uid == nmb->msgs[i].uid &&
 		    strcmp(omb->msgs[k].flags, nmb->msgs[i].flags) != 0) {
 			evbuffer_add_printf(job->out, "* %zu FETCH (UID %u FLAGS ", i + 1, nmb->msgs[i].uid);
-			out_flags(job->out, &nmb->msgs[i]);
+			out_flags(job->out, nmb, &nmb->msgs[i]);
 			evbuffer_add(job->out, ")\r\n", 3);
 		}
 	}
@@ -838,7 +860,7 @@ fetch_one(struct imap_job *job, size_t i)
 		switch (it->kind) {
 		case IMAP_FETCH_FLAGS:
 			evbuffer_add_printf(out, "FLAGS ");
-			out_flags(out, m);
+			out_flags(out, mb, m);
 			flags_sent = true;
 			break;
 		case IMAP_FETCH_UID:
@@ -934,7 +956,7 @@ fetch_one(struct imap_job *job, size_t i)
 	}
 	if (seen_added && !flags_sent) {
 		evbuffer_add_printf(out, " FLAGS ");
-		out_flags(out, m);
+		out_flags(out, mb, m);
 	}
 	evbuffer_add(out, ")\r\n", 3);
 	imap_msg_free(&im);
@@ -983,20 +1005,34 @@ work_store(struct imap_job *job)
 		evbuffer_add_printf(job->tagged, "%s BAD Invalid message sequence number.\r\n", job->tag);
 		return;
 	}
+	/* keywords: their letters in this folder (new names get one) */
+	char kl[MAILBOX_KEYWORDS_MAX + 1] = "", letters[MAILBOX_KEYWORDS_MAX + 8];
+	if (job->flags.n_keywords > 0) {
+		char *err = NULL;
+		size_t nk = job->flags.n_keywords > MAILBOX_KEYWORDS_MAX ? MAILBOX_KEYWORDS_MAX : job->flags.n_keywords;
+		if (mailbox_keywords_letters(mb->dir, (const char *const *)job->flags.keywords, nk, kl, &err) < 0) {
+			log_msg(LOG_LEVEL_ERR, "imap keywords of %s: %s", mb->dir, err);
+			free(err);
+			evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot store keywords.\r\n", job->tag);
+			return;
+		}
+		mailbox_keywords_load(mb);
+	}
+	snprintf(letters, sizeof(letters), "%s%s", job->flags.letters, kl);
 	idx = resolve_set(mb, &job->set, job->uid, &n);
 	clean = !mailbox_changed(mb);
 	for (size_t k = 0; k < n; k++) {
 		struct mailbox_msg *m = &mb->msgs[idx[k]];
 		int rc;
 		switch (job->store_mode) {
-		case STORE_SET: /* the system flags become these; keyword letters stay */
-			rc = mailbox_msg_change_flags(mb, idx[k], job->flags.letters, "DFRST");
+		case STORE_SET: /* the flags and keywords become these */
+			rc = mailbox_msg_change_flags(mb, idx[k], letters, "DFRSTabcdefghijklmnopqrstuvwxyz");
 			break;
 		case STORE_ADD:
-			rc = mailbox_msg_change_flags(mb, idx[k], job->flags.letters, "");
+			rc = mailbox_msg_change_flags(mb, idx[k], letters, "");
 			break;
 		default:
-			rc = mailbox_msg_change_flags(mb, idx[k], "", job->flags.letters);
+			rc = mailbox_msg_change_flags(mb, idx[k], "", letters);
 			break;
 		}
 		if (rc < 0) {
@@ -1008,7 +1044,7 @@ work_store(struct imap_job *job)
 			if (job->uid)
 				evbuffer_add_printf(job->out, "UID %u ", m->uid);
 			evbuffer_add_printf(job->out, "FLAGS ");
-			out_flags(job->out, m);
+			out_flags(job->out, mb, m);
 			evbuffer_add(job->out, ")\r\n", 3);
 		}
 	}
@@ -1093,9 +1129,13 @@ search_match(const struct imap_search *k, struct search_msg *sm, const struct ma
 	case IMAP_SK_UNFLAG:
 		return strchr(m->flags, k->flag) == NULL;
 	case IMAP_SK_KEYWORD:
-		return false; /* keywords are not kept */
-	case IMAP_SK_UNKEYWORD:
-		return true;
+	case IMAP_SK_UNKEYWORD: {
+		bool has = false;
+		for (size_t kk = 0; kk < MAILBOX_KEYWORDS_MAX; kk++)
+			if (mb->keywords[kk] != NULL && strcasecmp(mb->keywords[kk], k->value) == 0)
+				has = strchr(m->flags, (int)('a' + kk)) != NULL;
+		return k->kind == IMAP_SK_KEYWORD ? has : !has;
+	}
 	case IMAP_SK_LARGER:
 		return m->vsize > k->n;
 	case IMAP_SK_SMALLER:
@@ -1679,11 +1719,16 @@ work_select(struct imap_job *job)
 	for (size_t i = 0; i < mb->n_msgs && first_unseen == 0; i++)
 		if (strchr(mb->msgs[i].flags, 'S') == NULL)
 			first_unseen = i + 1;
-	evbuffer_add_printf(job->out, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
-	if (job->readonly)
+	evbuffer_add_printf(job->out, "* FLAGS ");
+	out_flag_list(job->out, mb, false);
+	evbuffer_add(job->out, "\r\n", 2);
+	if (job->readonly) {
 		evbuffer_add_printf(job->out, "* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n");
-	else
-		evbuffer_add_printf(job->out, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Flags permitted.\r\n");
+	} else {
+		evbuffer_add_printf(job->out, "* OK [PERMANENTFLAGS ");
+		out_flag_list(job->out, mb, true);
+		evbuffer_add_printf(job->out, "] Flags permitted.\r\n");
+	}
 	evbuffer_add_printf(job->out, "* %zu EXISTS\r\n* 0 RECENT\r\n", mb->n_msgs);
 	if (first_unseen > 0)
 		evbuffer_add_printf(job->out, "* OK [UNSEEN %zu] First unseen.\r\n", first_unseen);
@@ -1708,7 +1753,9 @@ work_append(struct imap_job *job)
 		return;
 	}
 	dir = mailbox_folder_dir(job->root, job->name);
-	if (mailbox_append(dir, job->msg, job->msg_len, job->flags.letters, job->date, &uid, &validity, &err) < 0) {
+	if (mailbox_append(dir, job->msg, job->msg_len, job->flags.letters,
+			   (const char *const *)job->flags.keywords, job->flags.n_keywords, job->date, &uid,
+			   &validity, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "imap append to %s: %s", dir, err);
 		evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot store the message.\r\n", job->tag);
 		free(err);
@@ -2538,11 +2585,6 @@ cmd_store(struct cmd_ctx *c)
 	if (!imap_parse_sp(c->ps) || !imap_parse_flags(c->ps, true, &job->flags) || !imap_parse_end(c->ps))
 		goto bad;
 	free(item);
-	if (job->flags.n_keywords > 0) {
-		imap_reply(c->s, "%s NO Keywords are not supported (PERMANENTFLAGS has no \\*).", c->tag);
-		job_free(job);
-		return;
-	}
 	job->refresh = c->uid;
 	job_submit(c->s, job, WORKER_LANE_DELIVERY);
 	return;

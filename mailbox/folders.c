@@ -436,8 +436,10 @@ static int write_all(int fd, const char *p, size_t len)
 }
 
 int mailbox_append(const char *dir, const char *data, size_t len, const char *flags,
-		   time_t internaldate, uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r)
+		   const char *const *keywords, size_t n_keywords, time_t internaldate,
+		   uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r)
 {
+	char all[64];
 	char *base = unique_base();
 	char *tmp = xasprintf("%s/tmp/%s", dir, base);
 	char *cur = NULL;
@@ -476,6 +478,17 @@ int mailbox_append(const char *dir, const char *data, size_t len, const char *fl
 	if (lock_fd < 0) {
 		unlink(tmp);
 		goto out;
+	}
+	/* the keywords' letters, given under the lock */
+	{
+		char kl[MAILBOX_KEYWORDS_MAX + 1];
+		size_t nk = n_keywords > MAILBOX_KEYWORDS_MAX ? MAILBOX_KEYWORDS_MAX : n_keywords;
+		if (mailbox_keywords_letters_locked(dir, keywords, nk, kl, error_r) < 0) {
+			unlink(tmp);
+			goto out;
+		}
+		snprintf(all, sizeof(all), "%s%s", flags, kl);
+		flags = all;
 	}
 	{
 		/* the letters sorted, as the Maildir spec has them */
@@ -574,6 +587,30 @@ int mailbox_copy(struct mailbox *src, const size_t *idx, size_t n, const char *d
 		free(bases);
 		return -1;
 	}
+	/* the source's keyword letters in the destination's terms */
+	char map[MAILBOX_KEYWORDS_MAX];
+	memset(map, 0, sizeof(map));
+	{
+		const char *names[MAILBOX_KEYWORDS_MAX];
+		size_t idx_of[MAILBOX_KEYWORDS_MAX], nn = 0;
+		char letters[MAILBOX_KEYWORDS_MAX + 1];
+		/* only the keywords the copied messages carry */
+		bool used[MAILBOX_KEYWORDS_MAX] = { false };
+		for (size_t j = 0; j < n; j++)
+			for (const char *f = src->msgs[idx[j]].flags; *f; f++)
+				if (*f >= 'a' && *f <= 'z')
+					used[*f - 'a'] = true;
+		for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++) {
+			if (used[k] && src->keywords[k] != NULL) {
+				idx_of[nn] = k;
+				names[nn++] = src->keywords[k];
+			}
+		}
+		if (nn > 0 && mailbox_keywords_letters_locked(dst_dir, names, nn, letters, error_r) == 0) {
+			for (size_t j = 0; j < nn && letters[j] != '\0'; j++)
+				map[idx_of[j]] = letters[j];
+		}
+	}
 	for (size_t k = 0; k < n; k++) {
 		struct mailbox_msg *m = &src->msgs[idx[k]];
 		int fd = mailbox_msg_open(src, idx[k]); /* follows a rename */
@@ -583,7 +620,25 @@ int mailbox_copy(struct mailbox *src, const size_t *idx, size_t n, const char *d
 		close(fd);
 		char *from = mailbox_msg_path(src, idx[k]);
 		char *base = unique_base();
-		char *to = xasprintf("%s/cur/%s:2,%s", dst_dir, base, m->flags);
+		char fl[64];
+		size_t o = 0;
+		for (const char *f = m->flags; *f && o + 1 < sizeof(fl); f++) {
+			if (*f >= 'a' && *f <= 'z') {
+				if (map[*f - 'a'] != 0)
+					fl[o++] = map[*f - 'a'];
+			} else {
+				fl[o++] = *f;
+			}
+		}
+		fl[o] = '\0';
+		/* sorted again: translated letters may be out of order */
+		char sfl[64];
+		size_t so = 0;
+		for (int c = 'A'; c <= 'z'; c++)
+			if (((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) && strchr(fl, c) != NULL)
+				sfl[so++] = (char)c;
+		sfl[so] = '\0';
+		char *to = xasprintf("%s/cur/%s:2,%s", dst_dir, base, sfl);
 		int r = link(from, to);
 		if (r < 0 && errno != ENOENT)
 			r = copy_file(from, to);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -26,6 +27,8 @@
 #define UIDLIST_MAGIC "mxguard-uidlist 1"
 /* longest file name we take from a directory listing */
 #define MAILBOX_NAME_MAX 255
+
+static void keywords_read(const char *dir, char **kw);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -687,6 +690,7 @@ int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_pre
 	mailbox_uidlist_clear(&ul);
 	free(list_path);
 	mailbox_take_stamp(dir, &mb->stamp);
+	keywords_read(dir, mb->keywords);
 	*mb_r = mb;
 	return 0;
 fail:
@@ -714,7 +718,109 @@ void mailbox_free(struct mailbox **mbp)
 	}
 	free(mb->msgs);
 	free(mb->dir);
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+		free(mb->keywords[k]);
 	free(mb);
+}
+
+/* ------------------------------------------------------------ keywords */
+
+static void keywords_read(const char *dir, char **kw)
+{
+	char *path = xasprintf("%s/%s", dir, MAILBOX_KEYWORDS_NAME);
+	FILE *f = fopen(path, "re");
+	char line[256];
+
+	free(path);
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++) {
+		free(kw[k]);
+		kw[k] = NULL;
+	}
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *end;
+		unsigned long i = strtoul(line, &end, 10);
+		if (end == line || *end != ' ' || i >= MAILBOX_KEYWORDS_MAX || kw[i] != NULL)
+			continue;
+		end++;
+		end[strcspn(end, "\r\n")] = '\0';
+		/* an atom: no spaces, controls or specials */
+		bool ok = *end != '\0';
+		for (const char *c = end; *c && ok; c++)
+			ok = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f && strchr("(){%*\"\\]", *c) == NULL;
+		if (ok)
+			kw[i] = xstrdup(end);
+	}
+	fclose(f);
+}
+
+void mailbox_keywords_load(struct mailbox *mb)
+{
+	keywords_read(mb->dir, mb->keywords);
+}
+
+int mailbox_keywords_letters_locked(const char *dir, const char *const *names, size_t n,
+				    char *letters_r, char **error_r)
+{
+	char *kw[MAILBOX_KEYWORDS_MAX] = { 0 };
+	bool added = false;
+	size_t o = 0;
+	int rc = 0;
+
+	keywords_read(dir, kw);
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+		for (k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+			if (kw[k] != NULL && strcasecmp(kw[k], names[i]) == 0)
+				break;
+		if (k == MAILBOX_KEYWORDS_MAX) {
+			for (k = 0; k < MAILBOX_KEYWORDS_MAX && kw[k] != NULL; k++)
+				;
+			if (k == MAILBOX_KEYWORDS_MAX)
+				continue; /* full */
+			kw[k] = xstrdup(names[i]);
+			added = true;
+		}
+		letters_r[o++] = (char)('a' + k);
+	}
+	letters_r[o] = '\0';
+	if (added) {
+		char *path = xasprintf("%s/%s", dir, MAILBOX_KEYWORDS_NAME);
+		char *tmp = xasprintf("%s.tmp", path);
+		FILE *f = fopen(tmp, "we");
+		if (f == NULL) {
+			*error_r = mailbox_err("create", tmp);
+			rc = -1;
+		} else {
+			for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+				if (kw[k] != NULL)
+					fprintf(f, "%zu %s\n", k, kw[k]);
+			if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0 || rename(tmp, path) < 0) {
+				*error_r = mailbox_err("write", tmp);
+				unlink(tmp);
+				rc = -1;
+			}
+		}
+		free(path);
+		free(tmp);
+	}
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+		free(kw[k]);
+	return rc;
+}
+
+int mailbox_keywords_letters(const char *dir, const char *const *names, size_t n, char *letters_r,
+			     char **error_r)
+{
+	int fd = mailbox_lock(dir, false, error_r);
+	int rc;
+
+	if (fd < 0)
+		return -1;
+	rc = mailbox_keywords_letters_locked(dir, names, n, letters_r, error_r);
+	close(fd);
+	return rc;
 }
 
 long mailbox_find_uid(const struct mailbox *mb, uint32_t uid)

@@ -49,6 +49,16 @@ struct mailbox_msg {
 	char flags[32];  /* the letters after ":2," (sorted, e.g. "FS") */
 };
 
+/*
+ * Keywords (IMAP's user flags) are the lower-case letters of the ":2,"
+ * suffix, 'a' + i standing for the i-th name of the folder's keyword file
+ * "mxguard-keywords" — Dovecot's dovecot-keywords format, one "<i> <name>"
+ * line each, i from 0 to 25. Names are only ever added (under the list's
+ * lock), so a letter keeps its meaning; a folder has at most 26.
+ */
+#define MAILBOX_KEYWORDS_NAME "mxguard-keywords"
+#define MAILBOX_KEYWORDS_MAX 26
+
 /* What a change to a folder touches (new/, cur/, the list), as stat
  * saw it: a folder whose stamp is unchanged needs no rescan. */
 struct mailbox_stamp {
@@ -64,6 +74,7 @@ struct mailbox {
 	size_t n_msgs;
 	bool uidlist_rebuilt; /* the list was missing or corrupt (new UIDVALIDITY) */
 	struct mailbox_stamp stamp; /* as the snapshot was taken */
+	char *keywords[MAILBOX_KEYWORDS_MAX]; /* letter 'a' + i names keywords[i] (NULL: none) */
 };
 
 /*
@@ -124,6 +135,19 @@ void mailbox_restamp(struct mailbox *mb);
 int mailbox_lock(const char *dir, bool create, char **error_r);
 int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_prefer,
 			struct mailbox **mb_r, char **error_r);
+/*
+ * The letters of keyword names in folder dir (letters_r: at least n + 1
+ * octets), adding the names the file lacks (takes the list's lock; the
+ * _locked form when the caller holds it). A name that no longer fits
+ * (26 in use) gets no letter. 0, or -1 on an error. mailbox_keywords_load
+ * reads the file again into mb->keywords.
+ */
+int mailbox_keywords_letters(const char *dir, const char *const *names, size_t n, char *letters_r,
+			     char **error_r);
+int mailbox_keywords_letters_locked(const char *dir, const char *const *names, size_t n,
+				    char *letters_r, char **error_r);
+void mailbox_keywords_load(struct mailbox *mb);
+
 /* index of uid in mb (binary search), or -1 */
 long mailbox_find_uid(const struct mailbox *mb, uint32_t uid);
 
@@ -167,10 +191,12 @@ int mailbox_subscribe(const char *root, const char *name, bool subscribe, char *
  * *uid_r and *uidvalidity_r, or -1.
  */
 int mailbox_append(const char *dir, const char *data, size_t len, const char *flags,
-		   time_t internaldate, uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r);
+		   const char *const *keywords, size_t n_keywords, time_t internaldate,
+		   uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r);
 /*
  * COPY: messages idx[0..n) of src hard-linked (or copied and fsynced,
- * across file systems) into dst's cur/ with their flags, then given UIDs
+ * across file systems) into dst's cur/ with their flags (keyword letters
+ * translated to dst's), then given UIDs
  * in that order under dst's lock. uids_r[k] is the UID of idx[k] in dst
  * (0 when that message had gone meanwhile). 0 or -1.
  */

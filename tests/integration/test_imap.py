@@ -301,8 +301,45 @@ class Commands(ImapCase):
         self.assertEqual(data, [b"2 (FLAGS (\\Answered \\Seen))"])
         typ, data = m.store("1", "+FLAGS", "(\\Recent)")  # ignored
         self.assertEqual(typ, "OK")
-        typ, data = m.store("1", "+FLAGS", "(somekeyword)")
-        self.assertEqual(typ, "NO")
+        m.logout()
+
+    def test_keywords(self):
+        self.reset_mailbox()
+        self.deliver(2, "kw")
+        m = self.imap()
+        m.create("Other")
+        m.select("INBOX")
+        self.assertEqual(m.untagged_responses["PERMANENTFLAGS"][0],
+                         b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)")
+        typ, data = m.store("1", "+FLAGS", "($Forwarded Work \\Seen)")
+        self.assertEqual(data, [b"1 (FLAGS (\\Seen $Forwarded Work))"])
+        # Dovecot's dovecot-keywords format, the letters in the file name
+        kwfile = os.path.join(self.d.maildir(), "mxguard-keywords")
+        self.assertEqual(open(kwfile).read(), "0 $Forwarded\n1 Work\n")
+        self.assertTrue(any(p.endswith(":2,Sab") for p in self.cur_files()))
+        typ, data = m.store("2", "+FLAGS", "(work Later)")  # names match without regard to case
+        self.assertEqual(data, [b"2 (FLAGS (Work Later))"])
+        typ, data = m.search(None, "KEYWORD", "Work")
+        self.assertEqual(data[0].split(), [b"1", b"2"])
+        typ, data = m.search(None, "UNKEYWORD", "Later")
+        self.assertEqual(data[0].split(), [b"1"])
+        typ, data = m.store("1", "-FLAGS", "(Work)")
+        self.assertEqual(data, [b"1 (FLAGS (\\Seen $Forwarded))"])
+        typ, data = m.store("2", "FLAGS", "(\\Flagged)")
+        self.assertEqual(data, [b"2 (FLAGS (\\Flagged))"])
+        m.store("2", "+FLAGS", "(Later)")
+        # a copy keeps its keywords in the other folder's letters
+        m.copy("2", "Other")
+        typ, data = m.select("INBOX")
+        self.assertIn(b"Later", m.untagged_responses["FLAGS"][0])
+        m.select("Other")
+        typ, data = m.fetch("1", "(FLAGS)")
+        self.assertEqual(data, [b"1 (FLAGS (\\Flagged Later))"])
+        self.assertTrue(self.cur_files("Other")[0].endswith(":2,Fa"))
+        # APPEND with a keyword
+        typ, data = m.append("Other", "(Urgent \\Seen)", None, b"Subject: k\r\n\r\nk\r\n")
+        typ, data = m.fetch("2", "(FLAGS)")
+        self.assertEqual(data, [b"2 (FLAGS (\\Seen Urgent))"])
         m.logout()
 
     def test_search(self):
