@@ -304,6 +304,7 @@ struct imap_job {
 	size_t msg_len;
 	time_t date;
 	unsigned status_items;
+	int ino_fd;           /* IDLE: the inotify fd the job set up */
 	/* FETCH progress */
 	size_t *idx;
 	size_t n_idx, pos;
@@ -330,6 +331,8 @@ job_free(struct imap_job *job)
 	imap_flags_clear(&job->flags);
 	free(job->data);
 	free(job->idx);
+	if (job->ino_fd >= 0)
+		close(job->ino_fd);
 	free(job);
 }
 
@@ -346,11 +349,14 @@ job_new(struct imap_session *s, const char *tag, imap_work_fn work)
 	job->out = evbuffer_new();
 	job->tagged = evbuffer_new();
 	job->finished = true;
+	job->ino_fd = -1;
 	return job;
 }
 
 static void job_done(void *arg);
 static void work_nothing(struct imap_job *job);
+static void work_idle_start(struct imap_job *job);
+static void ino_read(evutil_socket_t fd, short what, void *arg);
 
 /* the flags of a message in IMAP form, appended to out: the system
  * flags, then the keywords its lower-case letters name in mb */
@@ -522,6 +528,12 @@ job_done(void *arg)
 	}
 	s->sel = job->sel;
 	job->sel = NULL;
+	if (job->ino_fd >= 0 && (s->flags & I_F_IDLE) && s->ino_fd < 0) {
+		s->ino_fd = job->ino_fd;
+		job->ino_fd = -1;
+		s->ino_ev = event_new(conn_base(s->conn), s->ino_fd, EV_READ | EV_PERSIST, ino_read, s);
+		event_add(s->ino_ev, NULL);
+	}
 	job_free(job);
 	if (s->flags & I_F_IDLE) {
 		/* an IDLE wake-up: keep idling */
@@ -540,6 +552,27 @@ job_done(void *arg)
 		return;
 	}
 	imap_resume(s);
+}
+
+/* IDLE's start: an inotify watch on the folder's new/ and cur/ (the
+ * session adopts the fd on the loop), then the refresh at the end */
+static void
+work_idle_start(struct imap_job *job)
+{
+	char *n, *cu;
+	uint32_t mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB;
+
+	job->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (job->ino_fd < 0) {
+		log_errno(LOG_LEVEL_WARN, "imap inotify_init1");
+		return;
+	}
+	n = xasprintf("%s/new", job->sel->mb->dir);
+	cu = xasprintf("%s/cur", job->sel->mb->dir);
+	if (inotify_add_watch(job->ino_fd, n, mask) < 0 || inotify_add_watch(job->ino_fd, cu, mask) < 0)
+		log_errno(LOG_LEVEL_WARN, "imap inotify on %s", job->sel->mb->dir);
+	free(n);
+	free(cu);
 }
 
 /* IDLE's wake-up: only the refresh at the end */
@@ -2623,8 +2656,6 @@ cmd_move(struct cmd_ctx *c)
 	cmd_copy_common(c, true);
 }
 
-static void ino_read(evutil_socket_t fd, short what, void *arg);
-
 static void
 cmd_idle(struct cmd_ctx *c)
 {
@@ -2637,25 +2668,11 @@ cmd_idle(struct cmd_ctx *c)
 	free(s->wait_tag);
 	s->wait_tag = xstrdup(c->tag);
 	s->flags |= I_F_IDLE;
-	if (s->sel != NULL) {
-		s->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-		if (s->ino_fd >= 0) {
-			char *n = xasprintf("%s/new", s->sel->mb->dir), *cu = xasprintf("%s/cur", s->sel->mb->dir);
-			uint32_t mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB;
-			if (inotify_add_watch(s->ino_fd, n, mask) < 0 || inotify_add_watch(s->ino_fd, cu, mask) < 0)
-				log_errno(LOG_LEVEL_WARN, "%s imap inotify on %s", s->id, s->sel->mb->dir);
-			free(n);
-			free(cu);
-			s->ino_ev = event_new(conn_base(s->conn), s->ino_fd, EV_READ | EV_PERSIST, ino_read, s);
-			event_add(s->ino_ev, NULL);
-		} else {
-			log_errno(LOG_LEVEL_WARN, "%s imap inotify_init1", s->id);
-		}
-	}
 	imap_reply(s, "+ idling");
-	/* anything that changed before the watch began */
+	/* the watch is set up on the pool (path lookups may block), then a
+	 * refresh reports anything that changed before it began */
 	if (s->selected) {
-		struct imap_job *job = job_new(s, "*", work_nothing);
+		struct imap_job *job = job_new(s, "*", work_idle_start);
 		job->refresh = true;
 		job_submit(s, job, WORKER_LANE_DELIVERY);
 	}
