@@ -1631,8 +1631,29 @@ work_rename(struct imap_job *job)
 	char *err = NULL;
 	int rc;
 
-	if (mailbox_folder_is_inbox(job->name) || mailbox_folder_is_inbox(job->name2)) {
-		evbuffer_add_printf(job->tagged, "%s NO Renaming INBOX is not supported.\r\n", job->tag);
+	if (mailbox_folder_is_inbox(job->name2)) {
+		evbuffer_add_printf(job->tagged, "%s NO [ALREADYEXISTS] INBOX exists.\r\n", job->tag);
+		return;
+	}
+	if (mailbox_folder_is_inbox(job->name)) {
+		/* INBOX's messages move to the new folder, INBOX stays (RFC 3501 6.3.5) */
+		if (!mailbox_folder_name_ok(job->name2)) {
+			evbuffer_add_printf(job->tagged, "%s NO Invalid mailbox name.\r\n", job->tag);
+			return;
+		}
+		if (job->sel != NULL && strcmp(job->sel->name, "INBOX") == 0) {
+			evbuffer_add_printf(job->tagged, "%s NO Cannot rename the selected mailbox.\r\n", job->tag);
+			return;
+		}
+		rc = mailbox_folder_rename_inbox(job->root, job->name2, &err);
+		if (rc == -3)
+			evbuffer_add_printf(job->tagged, "%s NO [ALREADYEXISTS] Target mailbox already exists.\r\n", job->tag);
+		else if (rc < 0) {
+			log_msg(LOG_LEVEL_ERR, "imap rename INBOX: %s", err);
+			evbuffer_add_printf(job->tagged, "%s NO [SERVERBUG] Cannot rename INBOX.\r\n", job->tag);
+		} else
+			evbuffer_add_printf(job->tagged, "%s OK Rename completed.\r\n", job->tag);
+		free(err);
 		return;
 	}
 	if (!mailbox_folder_name_ok(job->name2) || !mailbox_folder_name_ok(job->name)) {

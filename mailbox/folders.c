@@ -317,6 +317,54 @@ int mailbox_folder_rename(const char *root, const char *from, const char *to, ch
 	return rc;
 }
 
+int mailbox_folder_rename_inbox(const char *root, const char *to, char **error_r)
+{
+	char *dst;
+	int rc = mailbox_folder_create(root, to, error_r);
+
+	if (rc < 0)
+		return rc == -2 ? -3 : -1;
+	dst = mailbox_folder_dir(root, to);
+	/* INBOX's messages move; INBOX stays, empty (RFC 3501 6.3.5) */
+	int lock_fd = mailbox_lock(root, false, error_r);
+	if (lock_fd < 0) {
+		free(dst);
+		return -1;
+	}
+	rc = 0;
+	for (int k = 0; k < 2 && rc == 0; k++) {
+		const char *sub = k == 0 ? "cur" : "new";
+		char *d = xasprintf("%s/%s", root, sub);
+		DIR *dir = opendir(d);
+		struct dirent *de;
+		while (dir != NULL && (de = readdir(dir)) != NULL) {
+			if (de->d_name[0] == '.')
+				continue;
+			char *from = xasprintf("%s/%s", d, de->d_name);
+			char *into = strchr(de->d_name, ':') != NULL ? xasprintf("%s/cur/%s", dst, de->d_name)
+								    : xasprintf("%s/cur/%s:2,", dst, de->d_name);
+			if (rename(from, into) < 0 && errno != ENOENT) {
+				*error_r = folder_err("rename", from);
+				rc = -1;
+			}
+			free(from);
+			free(into);
+			if (rc < 0)
+				break;
+		}
+		if (dir != NULL)
+			closedir(dir);
+		(void)fsync_dir(d);
+		free(d);
+	}
+	char *c = xasprintf("%s/cur", dst);
+	(void)fsync_dir(c);
+	free(c);
+	close(lock_fd);
+	free(dst);
+	return rc;
+}
+
 int mailbox_subscriptions_read(const char *root, char ***names_r, size_t *n_r)
 {
 	char *path = xasprintf("%s/%s", root, MAILBOX_SUBSCRIPTIONS);

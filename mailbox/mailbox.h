@@ -180,6 +180,9 @@ int mailbox_folder_create(const char *root, const char *name, char **error_r);
 int mailbox_folder_delete(const char *root, const char *name, char **error_r);
 /* 0; -2 from does not exist; -3 to exists; -1 error. Children move too. */
 int mailbox_folder_rename(const char *root, const char *from, const char *to, char **error_r);
+/* RENAME INBOX: a new folder `to` gets INBOX's messages (new UIDs there),
+ * INBOX stays, empty. 0; -3 to exists; -1 error. */
+int mailbox_folder_rename_inbox(const char *root, const char *to, char **error_r);
 /* The subscription list (one name a line, "<root>/subscriptions"). */
 int mailbox_subscriptions_read(const char *root, char ***names_r, size_t *n_r);
 int mailbox_subscribe(const char *root, const char *name, bool subscribe, char **error_r);

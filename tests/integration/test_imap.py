@@ -437,6 +437,22 @@ class Commands(ImapCase):
         self.assertIn("READ-ONLY", m.untagged_responses)
         m.logout()
 
+    def test_rename_inbox(self):
+        self.reset_mailbox()
+        self.deliver(2, "rinbox")
+        m = self.imap()
+        self.assertEqual(m.rename("INBOX", "Old-Inbox")[0], "OK")
+        typ, data = m.status("Old-Inbox", "(MESSAGES UIDNEXT)")
+        self.assertEqual(data, [b'"Old-Inbox" (MESSAGES 2 UIDNEXT 3)'])
+        typ, data = m.status("INBOX", "(MESSAGES)")
+        self.assertEqual(data, [b'"INBOX" (MESSAGES 0)'])
+        self.assertEqual(m.rename("INBOX", "Old-Inbox")[0], "NO")
+        self.assertEqual(m.rename("Old-Inbox", "inbox")[0], "NO")
+        m.select("Old-Inbox")
+        typ, data = m.fetch("2", "(BODY.PEEK[HEADER])")
+        self.assertIn(b"Subject: rinbox 1", data[0][1])
+        m.logout()
+
     def test_traversal_names_refused(self):
         self.reset_mailbox()
         r = self.raw()
@@ -450,7 +466,7 @@ class Commands(ImapCase):
         out = r.cmd("n", b"CREATE {3+}\r\na\x00b")
         self.assertTrue(out[-1].startswith(b"n BAD"), out)
         for cmd in ('SELECT "../../example.test/alice"', 'STATUS "../x" (MESSAGES)',
-                    'RENAME INBOX "../x"', 'DELETE "../demo"'):
+                    'RENAME INBOX "../x"', 'RENAME INBOX "a/b"', 'DELETE "../demo"'):
             out = r.cmd("s", cmd)
             self.assertTrue(out[-1].startswith(b"s NO") or out[-1].startswith(b"s BAD"), (cmd, out))
         self.assertEqual(sorted(os.listdir(os.path.dirname(root))), before)
