@@ -291,6 +291,7 @@ struct imap_job {
 	struct imap_sel *new_sel;
 	bool deselect;
 	bool finished;        /* false: a FETCH batch, more to come */
+	bool bye;             /* the refresh found UIDVALIDITY changed: end the session */
 	/* arguments */
 	char *name, *name2;
 	struct imap_seqset set;
@@ -409,6 +410,7 @@ job_refresh(struct imap_job *job)
 	if (nmb->uidvalidity != omb->uidvalidity) {
 		/* UIDs renumbered under us: the session cannot go on */
 		evbuffer_add_printf(job->out, "* BYE Mailbox UIDVALIDITY changed.\r\n");
+		job->bye = true;
 		mailbox_free(&nmb);
 		return;
 	}
@@ -514,6 +516,15 @@ job_done(void *arg)
 	if (len > 0) {
 		conn_write(s->conn, evbuffer_pullup(job->out, -1), len);
 		evbuffer_drain(job->out, len);
+	}
+	if (job->bye) {
+		log_msg(LOG_LEVEL_WARN, "%s imap uidvalidity changed under a selected session", s->id);
+		s->sel = job->sel;
+		job->sel = NULL;
+		job_free(job);
+		imap_close(s, "uidvalidity_changed");
+		conn_settle(s->conn);
+		return;
 	}
 	if (!job->finished) {
 		/* a FETCH batch: the next one while the client keeps up */

@@ -437,6 +437,21 @@ class Commands(ImapCase):
         self.assertIn("READ-ONLY", m.untagged_responses)
         m.logout()
 
+    def test_uidvalidity_change_ends_the_session(self):
+        self.reset_mailbox()
+        self.deliver(1, "uv")
+        r = self.raw()
+        r.login()
+        r.cmd("s", "SELECT INBOX")
+        # a list nobody can trust (its header kept, a line broken): the
+        # next snapshot gets a new UIDVALIDITY, other than the old one
+        path = os.path.join(self.d.maildir(), "mxguard-uidlist")
+        head = open(path).read().split("\n")[0]
+        with open(path, "w") as f:
+            f.write(head + "\nnot a line\n")
+        self.assertEqual(r.cmd("n", "NOOP")[0], b"* BYE Mailbox UIDVALIDITY changed.")
+        self.assertTrue(r.closed())
+
     def test_rename_inbox(self):
         self.reset_mailbox()
         self.deliver(2, "rinbox")
