@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -484,31 +485,51 @@ int mailbox_lock(const char *dir, bool create, char **error_r)
 	return lock_fd;
 }
 
-/* stat stamps of what a change touches: new/, cur/ and the list */
-static void mailbox_take_stamp(const char *dir, struct mailbox_stamp *st)
+/* stat stamps of what a change touches: new/, cur/ and the list (from
+ * index `from` on: the sync takes the directories before it scans them
+ * and the list after it wrote it) */
+static void mailbox_stamp_part(const char *dir, struct mailbox_stamp *st, size_t from, size_t to)
 {
 	static const char *const subs[] = { "new", "cur", MAILBOX_UIDLIST_NAME };
 	struct stat sb;
+	struct timespec now;
 
-	memset(st, 0, sizeof(*st));
-	for (size_t i = 0; i < N_ELEMENTS(subs); i++) {
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	for (size_t i = from; i < to && i < N_ELEMENTS(subs); i++) {
 		char *p = xasprintf("%s/%s", dir, subs[i]);
+		memset(&st->mtime[i], 0, sizeof(st->mtime[i]));
+		memset(&st->ctime[i], 0, sizeof(st->ctime[i]));
+		st->ino[i] = st->size[i] = 0;
 		if (stat(p, &sb) == 0) {
 			st->mtime[i] = sb.st_mtim;
 			st->ctime[i] = sb.st_ctim;
 			st->ino[i] = (uint64_t)sb.st_ino;
 			st->size[i] = (uint64_t)sb.st_size;
+			/* a directory changed within the file system clock's current
+			 * tick may change again with the same time: the stamp cannot
+			 * tell, so the next check scans (once) */
+			if (i < 2 && (sb.st_ctim.tv_sec > now.tv_sec ||
+				      (sb.st_ctim.tv_sec == now.tv_sec && sb.st_ctim.tv_nsec >= now.tv_nsec)))
+				st->racy = true;
 		}
 		free(p);
 	}
+}
+
+static void mailbox_take_stamp(const char *dir, struct mailbox_stamp *st)
+{
+	memset(st, 0, sizeof(*st));
+	mailbox_stamp_part(dir, st, 0, 3);
 }
 
 bool mailbox_changed(const struct mailbox *mb)
 {
 	struct mailbox_stamp now;
 
+	if (mb->stamp.racy)
+		return true;
 	mailbox_take_stamp(mb->dir, &now);
-	return memcmp(&now, &mb->stamp, sizeof(now)) != 0;
+	return memcmp(&now, &mb->stamp, offsetof(struct mailbox_stamp, racy)) != 0;
 }
 
 void mailbox_restamp(struct mailbox *mb)
@@ -578,6 +599,9 @@ int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_pre
 	}
 	if (mailbox_move_new(dir, error_r) < 0)
 		goto fail;
+	/* new/ and cur/ as they are before the scan: a change during it
+	 * shows in the next check (taken after, it would hide it) */
+	mailbox_stamp_part(dir, &mb->stamp, 0, 2);
 	if (mailbox_scan_cur(dir, &files, &n_files, error_r) < 0)
 		goto fail;
 
@@ -689,7 +713,7 @@ int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_pre
 	free(index);
 	mailbox_uidlist_clear(&ul);
 	free(list_path);
-	mailbox_take_stamp(dir, &mb->stamp);
+	mailbox_stamp_part(dir, &mb->stamp, 2, 3); /* the list as we left it (we hold its lock) */
 	keywords_read(dir, mb->keywords);
 	*mb_r = mb;
 	return 0;

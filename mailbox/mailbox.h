@@ -64,6 +64,7 @@ struct mailbox_msg {
 struct mailbox_stamp {
 	struct timespec mtime[3], ctime[3];
 	uint64_t ino[3], size[3];
+	bool racy; /* taken in the tick of a change: the next check scans */
 };
 
 struct mailbox {
