@@ -821,7 +821,9 @@ fetch_wants_content(const struct imap_fetch *f)
 	return false;
 }
 
-/* Do the items need only the message's own header (read no further)? */
+/* Do the items need only the message's own header (read no further)?
+ * ENVELOPE and the top-level HEADER.FIELDS(.NOT) go to mime.c with just
+ * the header, which imap/mime.h allows for header-only questions. */
 static bool
 fetch_header_only(const struct imap_fetch *f)
 {
@@ -833,9 +835,12 @@ fetch_header_only(const struct imap_fetch *f)
 		case IMAP_FETCH_RFC822_SIZE:
 		case IMAP_FETCH_INTERNALDATE:
 		case IMAP_FETCH_RFC822_HEADER:
+		case IMAP_FETCH_ENVELOPE: /* mime.h: header-only data is enough */
 			break;
 		case IMAP_FETCH_SECTION:
-			if (it->sec.n_part == 0 && it->sec.kind == IMAP_SECTION_HEADER)
+			if (it->sec.n_part == 0 && (it->sec.kind == IMAP_SECTION_HEADER ||
+						    it->sec.kind == IMAP_SECTION_HEADER_FIELDS ||
+						    it->sec.kind == IMAP_SECTION_HEADER_FIELDS_NOT))
 				break;
 			return false;
 		default:
