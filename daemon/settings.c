@@ -87,7 +87,7 @@ static const struct setting_def daemon_rows[] = {
 	  "host:port or [v6]:port to listen on (section title names the listener)",
 	  .valid = daemon_valid_address },
 	{ "listen", "protocol", SETTING_STR, "smtp", 0, 0, LOFF(protocol), 0,
-	  "the service that speaks on this listener (this build: smtp, pop3)", NULL, NULL },
+	  "the service that speaks on this listener (this build: smtp, pop3, imap, milter, metrics)", NULL, NULL },
 	{ "listen", "tls", SETTING_CHOICE, "none", 0, 0, LOFF(implicit_tls), 0,
 	  "none (STARTTLS offered when a certificate is set) or implicit (TLS from the first byte)",
 	  .choices = tls_modes },

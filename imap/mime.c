@@ -38,7 +38,6 @@
 
 #include <ctype.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1314,13 +1313,6 @@ struct imap_msg {
 	const char *top_hdr_end;
 };
 
-static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
-
-static void gmime_init_once(void)
-{
-	g_mime_init();
-}
-
 struct imap_msg *imap_msg_new(const char *data, size_t len)
 {
 	struct imap_msg *m = xcalloc(1, sizeof(*m));
@@ -2168,7 +2160,7 @@ static bool value_has(const char *value, const char *needle)
 	char *dec;
 	bool found;
 
-	pthread_once(&gmime_once, gmime_init_once);
+	mime_init_once();
 	dec = g_mime_utils_header_decode_text(NULL, value);
 	found = dec != NULL && text_has(dec, strlen(dec), needle);
 	g_free(dec);
@@ -2417,7 +2409,7 @@ bool imap_msg_body_contains(struct imap_msg *m, const char *needle)
 	/* "" matches every message, with text parts or not (Dovecot) */
 	if (*needle == '\0')
 		return true;
-	pthread_once(&gmime_once, gmime_init_once);
+	mime_init_once();
 	ensure_tree(m);
 	found = parts_have(m, m->root, needle, false, &tmp);
 	sb_free(&tmp);
@@ -2433,7 +2425,7 @@ bool imap_msg_text_contains(struct imap_msg *m, const char *needle)
 		return true;
 	if (header_has(m, 0, (size_t)(top_header_end(m) - m->data), NULL, needle, true))
 		return true;
-	pthread_once(&gmime_once, gmime_init_once);
+	mime_init_once();
 	ensure_tree(m);
 	found = parts_have(m, m->root, needle, true, &tmp);
 	sb_free(&tmp);

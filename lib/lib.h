@@ -538,6 +538,10 @@ unsigned long msgbody_mime_parse_count(void);
 /* g_mime_init() runs once per process on first use; mime_shutdown() is for
  * tests that want a clean leak report at exit (no view may be alive). */
 void mime_shutdown(void);
+/* The same one-time g_mime_init(), for code that uses GMime over bytes of
+ * its own rather than a body's view (imap/mime.c): thread-safe, and one
+ * guard for the whole process, so two first users never race. */
+void mime_init_once(void);
 
 /* ---------------------------------------------------------------- PROXY */
 /*

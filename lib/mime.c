@@ -61,6 +61,11 @@ static void mime_free(void *view)
 	g_object_unref(view);
 }
 
+void mime_init_once(void)
+{
+	pthread_once(&mime_once, mime_init);
+}
+
 GMimeMessage *msgbody_mime(struct msgbody *b)
 {
 	pthread_once(&mime_once, mime_init);

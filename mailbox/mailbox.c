@@ -12,9 +12,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -26,6 +28,8 @@
 #define UIDLIST_MAGIC "mxguard-uidlist 1"
 /* longest file name we take from a directory listing */
 #define MAILBOX_NAME_MAX 255
+
+static void keywords_read(const char *dir, char **kw);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -422,6 +426,7 @@ static int cmp_msg_uid(const void *a, const void *b)
 }
 
 struct new_order {
+	size_t rank;
 	struct timespec mtime;
 	struct mailbox_msg *msg;
 };
@@ -430,6 +435,8 @@ static int cmp_new_order(const void *a, const void *b)
 {
 	const struct new_order *x = a, *y = b;
 
+	if (x->rank != y->rank)
+		return x->rank < y->rank ? -1 : 1;
 	if (x->mtime.tv_sec != y->mtime.tv_sec)
 		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
 	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
@@ -442,23 +449,12 @@ static int mkdir_ok(const char *path)
 	return mkdir(path, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
 
-int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
+int mailbox_lock(const char *dir, bool create, char **error_r)
 {
-	struct mailbox *mb = xcalloc(1, sizeof(*mb));
-	struct mailbox_uidlist ul = { 0 };
-	struct mailbox_uid_entry **index = NULL;
-	struct scan_entry *files = NULL;
-	size_t n_files = 0, cap = 0;
-	char *lock_path = NULL, *list_path = NULL;
-	int lock_fd = -1, r;
-	uint32_t old_validity = 0;
-	bool dirty = false;
-	size_t first_new = 0, new_cap = 0;
-	struct timespec *new_mtime = NULL;
+	char *lock_path;
+	int lock_fd, r;
 
-	*mb_r = NULL;
-	mb->dir = xstrdup(dir);
-	{
+	if (create) {
 		static const char *const subs[] = { "", "/tmp", "/new", "/cur" };
 		for (size_t i = 0; i < N_ELEMENTS(subs); i++) {
 			char *p = xasprintf("%s%s", dir, subs[i]);
@@ -467,21 +463,119 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 				*error_r = mailbox_err("mkdir", p);
 			free(p);
 			if (rc < 0)
-				goto fail;
+				return -1;
 		}
 	}
 	lock_path = xasprintf("%s/%s", dir, MAILBOX_UIDLIST_LOCK);
 	lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (lock_fd < 0) {
 		*error_r = mailbox_err("open", lock_path);
-		goto fail;
+		free(lock_path);
+		return -1;
 	}
 	while ((r = flock(lock_fd, LOCK_EX)) < 0 && errno == EINTR)
 		;
 	if (r < 0) {
 		*error_r = mailbox_err("flock", lock_path);
-		goto fail;
+		close(lock_fd);
+		free(lock_path);
+		return -1;
 	}
+	free(lock_path);
+	return lock_fd;
+}
+
+/* stat stamps of what a change touches: new/, cur/ and the list (from
+ * index `from` on: the sync takes the directories before it scans them
+ * and the list after it wrote it) */
+static void mailbox_stamp_part(const char *dir, struct mailbox_stamp *st, size_t from, size_t to)
+{
+	static const char *const subs[] = { "new", "cur", MAILBOX_UIDLIST_NAME };
+	struct stat sb;
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	for (size_t i = from; i < to && i < N_ELEMENTS(subs); i++) {
+		char *p = xasprintf("%s/%s", dir, subs[i]);
+		memset(&st->mtime[i], 0, sizeof(st->mtime[i]));
+		memset(&st->ctime[i], 0, sizeof(st->ctime[i]));
+		st->ino[i] = st->size[i] = 0;
+		if (stat(p, &sb) == 0) {
+			st->mtime[i] = sb.st_mtim;
+			st->ctime[i] = sb.st_ctim;
+			st->ino[i] = (uint64_t)sb.st_ino;
+			st->size[i] = (uint64_t)sb.st_size;
+			/* a directory changed within the file system clock's current
+			 * tick may change again with the same time: the stamp cannot
+			 * tell, so the next check scans (once) */
+			if (i < 2 && (sb.st_ctim.tv_sec > now.tv_sec ||
+				      (sb.st_ctim.tv_sec == now.tv_sec && sb.st_ctim.tv_nsec >= now.tv_nsec)))
+				st->racy = true;
+		}
+		free(p);
+	}
+}
+
+static void mailbox_take_stamp(const char *dir, struct mailbox_stamp *st)
+{
+	memset(st, 0, sizeof(*st));
+	mailbox_stamp_part(dir, st, 0, 3);
+}
+
+bool mailbox_changed(const struct mailbox *mb)
+{
+	struct mailbox_stamp now;
+
+	if (mb->stamp.racy)
+		return true;
+	mailbox_take_stamp(mb->dir, &now);
+	return memcmp(&now, &mb->stamp, offsetof(struct mailbox_stamp, racy)) != 0;
+}
+
+void mailbox_restamp(struct mailbox *mb)
+{
+	mailbox_take_stamp(mb->dir, &mb->stamp);
+}
+
+int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
+{
+	int lock_fd = mailbox_lock(dir, true, error_r);
+	int rc;
+
+	*mb_r = NULL;
+	if (lock_fd < 0)
+		return -1;
+	rc = mailbox_sync_locked(dir, NULL, 0, mb_r, error_r);
+	close(lock_fd); /* unlocks */
+	return rc;
+}
+
+/* rank of a base name in the caller's preferred order (SIZE_MAX: none) */
+static size_t prefer_rank(const char *base, const char *const *prefer, size_t n_prefer)
+{
+	for (size_t i = 0; i < n_prefer; i++)
+		if (strcmp(prefer[i], base) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
+int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_prefer,
+			struct mailbox **mb_r, char **error_r)
+{
+	struct mailbox *mb = xcalloc(1, sizeof(*mb));
+	struct mailbox_uidlist ul = { 0 };
+	struct mailbox_uid_entry **index = NULL;
+	struct scan_entry *files = NULL;
+	size_t n_files = 0, cap = 0;
+	char *list_path = NULL;
+	int r;
+	uint32_t old_validity = 0;
+	bool dirty = false;
+	size_t first_new = 0, new_cap = 0;
+	struct timespec *new_mtime = NULL;
+
+	*mb_r = NULL;
+	mb->dir = xstrdup(dir);
 	list_path = xasprintf("%s/%s", dir, MAILBOX_UIDLIST_NAME);
 	r = uidlist_read(list_path, &ul, &old_validity, error_r);
 	if (r == -1)
@@ -505,6 +599,9 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	}
 	if (mailbox_move_new(dir, error_r) < 0)
 		goto fail;
+	/* new/ and cur/ as they are before the scan: a change during it
+	 * shows in the next check (taken after, it would hide it) */
+	mailbox_stamp_part(dir, &mb->stamp, 0, 2);
 	if (mailbox_scan_cur(dir, &files, &n_files, error_r) < 0)
 		goto fail;
 
@@ -588,6 +685,7 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 		for (size_t k = 0; k < n_new; k++) {
 			order[k].mtime = new_mtime[k];
 			order[k].msg = &mb->msgs[first_new + k];
+			order[k].rank = prefer_rank(order[k].msg->base, prefer, n_prefer);
 		}
 		if (n_new > 1)
 			qsort(order, n_new, sizeof(*order), cmp_new_order);
@@ -614,9 +712,9 @@ int mailbox_open(const char *dir, struct mailbox **mb_r, char **error_r)
 	free(files);
 	free(index);
 	mailbox_uidlist_clear(&ul);
-	close(lock_fd); /* unlocks */
-	free(lock_path);
 	free(list_path);
+	mailbox_stamp_part(dir, &mb->stamp, 2, 3); /* the list as we left it (we hold its lock) */
+	keywords_read(dir, mb->keywords);
 	*mb_r = mb;
 	return 0;
 fail:
@@ -626,9 +724,6 @@ fail:
 	free(files);
 	free(index);
 	mailbox_uidlist_clear(&ul);
-	if (lock_fd >= 0)
-		close(lock_fd);
-	free(lock_path);
 	free(list_path);
 	mailbox_free(&mb);
 	return -1;
@@ -647,7 +742,125 @@ void mailbox_free(struct mailbox **mbp)
 	}
 	free(mb->msgs);
 	free(mb->dir);
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+		free(mb->keywords[k]);
 	free(mb);
+}
+
+/* ------------------------------------------------------------ keywords */
+
+static void keywords_read(const char *dir, char **kw)
+{
+	char *path = xasprintf("%s/%s", dir, MAILBOX_KEYWORDS_NAME);
+	FILE *f = fopen(path, "re");
+	char line[256];
+
+	free(path);
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++) {
+		free(kw[k]);
+		kw[k] = NULL;
+	}
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *end;
+		unsigned long i = strtoul(line, &end, 10);
+		if (end == line || *end != ' ' || i >= MAILBOX_KEYWORDS_MAX || kw[i] != NULL)
+			continue;
+		end++;
+		end[strcspn(end, "\r\n")] = '\0';
+		/* an atom: no spaces, controls or specials */
+		bool ok = *end != '\0';
+		for (const char *c = end; *c && ok; c++)
+			ok = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f && strchr("(){%*\"\\]", *c) == NULL;
+		if (ok)
+			kw[i] = xstrdup(end);
+	}
+	fclose(f);
+}
+
+void mailbox_keywords_load(struct mailbox *mb)
+{
+	keywords_read(mb->dir, mb->keywords);
+}
+
+int mailbox_keywords_letters_locked(const char *dir, const char *const *names, size_t n,
+				    char *letters_r, char **error_r)
+{
+	char *kw[MAILBOX_KEYWORDS_MAX] = { 0 };
+	bool added = false;
+	size_t o = 0;
+	int rc = 0;
+
+	keywords_read(dir, kw);
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+		for (k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+			if (kw[k] != NULL && strcasecmp(kw[k], names[i]) == 0)
+				break;
+		if (k == MAILBOX_KEYWORDS_MAX) {
+			for (k = 0; k < MAILBOX_KEYWORDS_MAX && kw[k] != NULL; k++)
+				;
+			if (k == MAILBOX_KEYWORDS_MAX)
+				continue; /* full */
+			kw[k] = xstrdup(names[i]);
+			added = true;
+		}
+		letters_r[o++] = (char)('a' + k);
+	}
+	letters_r[o] = '\0';
+	if (added) {
+		char *path = xasprintf("%s/%s", dir, MAILBOX_KEYWORDS_NAME);
+		char *tmp = xasprintf("%s.tmp", path);
+		FILE *f = fopen(tmp, "we");
+		if (f == NULL) {
+			*error_r = mailbox_err("create", tmp);
+			rc = -1;
+		} else {
+			for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+				if (kw[k] != NULL)
+					fprintf(f, "%zu %s\n", k, kw[k]);
+			if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0 || rename(tmp, path) < 0) {
+				*error_r = mailbox_err("write", tmp);
+				unlink(tmp);
+				rc = -1;
+			}
+		}
+		free(path);
+		free(tmp);
+	}
+	for (size_t k = 0; k < MAILBOX_KEYWORDS_MAX; k++)
+		free(kw[k]);
+	return rc;
+}
+
+int mailbox_keywords_letters(const char *dir, const char *const *names, size_t n, char *letters_r,
+			     char **error_r)
+{
+	int fd = mailbox_lock(dir, false, error_r);
+	int rc;
+
+	if (fd < 0)
+		return -1;
+	rc = mailbox_keywords_letters_locked(dir, names, n, letters_r, error_r);
+	close(fd);
+	return rc;
+}
+
+long mailbox_find_uid(const struct mailbox *mb, uint32_t uid)
+{
+	size_t lo = 0, hi = mb->n_msgs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (mb->msgs[mid].uid == uid)
+			return (long)mid;
+		if (mb->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
 }
 
 char *mailbox_msg_path(const struct mailbox *mb, size_t i)
@@ -698,47 +911,79 @@ int mailbox_msg_open(struct mailbox *mb, size_t i)
 	return -1;
 }
 
-int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
+/* letters sorted (the Maildir spec's order), no repeats, letters only */
+static void flags_normalise(const char *in, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	for (int c = 'A'; c <= 'z' && o + 1 < outsz; c++)
+		if (((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) && strchr(in, c) != NULL)
+			out[o++] = (char)c;
+	out[o] = '\0';
+}
+
+/* one rename to base:2,flags (flags normalised already) */
+static int msg_rename_flags(struct mailbox *mb, size_t i, const char *flags)
+{
+	struct mailbox_msg *m = &mb->msgs[i];
+	char *from, *to, *newname;
+
+	if (strcmp(m->flags, flags) == 0 && strstr(m->name, ":2,") != NULL)
+		return 0;
+	newname = xasprintf("%s:2,%s", m->base, flags);
+	from = mailbox_msg_path(mb, i);
+	to = xasprintf("%s/cur/%s", mb->dir, newname);
+	int rc = rename(from, to);
+	int err = errno;
+	free(from);
+	free(to);
+	if (rc == 0) {
+		free(m->name);
+		m->name = newname;
+		str_copy(m->flags, flags, sizeof(m->flags));
+		return 0;
+	}
+	free(newname);
+	errno = err;
+	return -1;
+}
+
+int mailbox_msg_change_flags(struct mailbox *mb, size_t i, const char *add, const char *remove)
 {
 	struct mailbox_msg *m = &mb->msgs[i];
 
+	/* computed from the name as it is now: a rename by someone else
+	 * (found by relocating) is kept, not overwritten */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		char flags[sizeof(m->flags) + 2], *from, *to, *newname;
+		char want[sizeof(m->flags) * 2 + 8], flags[sizeof(m->flags)];
 		size_t o = 0;
-		bool added = false;
-
-		if (strchr(m->flags, flag) != NULL)
+		for (const char *f = m->flags; *f != '\0' && o + 1 < sizeof(want); f++)
+			if (strchr(remove, *f) == NULL)
+				want[o++] = *f;
+		for (const char *f = add; *f != '\0' && o + 1 < sizeof(want); f++)
+			want[o++] = *f;
+		want[o] = '\0';
+		flags_normalise(want, flags, sizeof(flags));
+		if (msg_rename_flags(mb, i, flags) == 0)
 			return 0;
-		/* keep the letters sorted (the Maildir spec's order) */
-		for (const char *f = m->flags; *f != '\0' && o + 2 < sizeof(flags); f++) {
-			if (!added && flag < *f) {
-				flags[o++] = flag;
-				added = true;
-			}
-			flags[o++] = *f;
-		}
-		if (!added)
-			flags[o++] = flag;
-		flags[o] = '\0';
-		newname = xasprintf("%s:2,%s", m->base, flags);
-		from = mailbox_msg_path(mb, i);
-		to = xasprintf("%s/cur/%s", mb->dir, newname);
-		int rc = rename(from, to);
-		int err = errno;
-		free(from);
-		free(to);
-		if (rc == 0) {
-			free(m->name);
-			m->name = newname;
-			str_copy(m->flags, flags, sizeof(m->flags));
-			return 0;
-		}
-		free(newname);
-		errno = err;
-		if (err != ENOENT || attempt > 0 || mailbox_msg_relocate(mb, i) < 0)
+		if (errno != ENOENT || attempt > 0 || mailbox_msg_relocate(mb, i) < 0)
 			return -1;
 	}
 	return -1;
+}
+
+int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters)
+{
+	/* every letter goes, the given ones come */
+	return mailbox_msg_change_flags(mb, i, letters,
+					"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+}
+
+int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag)
+{
+	char add[2] = { flag, '\0' };
+
+	return mailbox_msg_change_flags(mb, i, add, "");
 }
 
 int mailbox_msg_expunge(struct mailbox *mb, size_t i)

@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define MAILBOX_UIDLIST_NAME "mxguard-uidlist"
 #define MAILBOX_UIDLIST_LOCK "mxguard-uidlist.lock"
@@ -48,6 +49,24 @@ struct mailbox_msg {
 	char flags[32];  /* the letters after ":2," (sorted, e.g. "FS") */
 };
 
+/*
+ * Keywords (IMAP's user flags) are the lower-case letters of the ":2,"
+ * suffix, 'a' + i standing for the i-th name of the folder's keyword file
+ * "mxguard-keywords" — Dovecot's dovecot-keywords format, one "<i> <name>"
+ * line each, i from 0 to 25. Names are only ever added (under the list's
+ * lock), so a letter keeps its meaning; a folder has at most 26.
+ */
+#define MAILBOX_KEYWORDS_NAME "mxguard-keywords"
+#define MAILBOX_KEYWORDS_MAX 26
+
+/* What a change to a folder touches (new/, cur/, the list), as stat
+ * saw it: a folder whose stamp is unchanged needs no rescan. */
+struct mailbox_stamp {
+	struct timespec mtime[3], ctime[3];
+	uint64_t ino[3], size[3];
+	bool racy; /* taken in the tick of a change: the next check scans */
+};
+
 struct mailbox {
 	char *dir;       /* the Maildir folder: it holds tmp/, new/, cur/ */
 	uint32_t uidvalidity;
@@ -55,6 +74,8 @@ struct mailbox {
 	struct mailbox_msg *msgs; /* ascending UIDs */
 	size_t n_msgs;
 	bool uidlist_rebuilt; /* the list was missing or corrupt (new UIDVALIDITY) */
+	struct mailbox_stamp stamp; /* as the snapshot was taken */
+	char *keywords[MAILBOX_KEYWORDS_MAX]; /* letter 'a' + i names keywords[i] (NULL: none) */
 };
 
 /*
@@ -76,6 +97,12 @@ int mailbox_msg_open(struct mailbox *mb, size_t i);
 /* Add flag letter (e.g. 'S' seen) to message i by renaming its file;
  * already set is fine. 0 or -1 with errno. */
 int mailbox_msg_add_flag(struct mailbox *mb, size_t i, char flag);
+/* Make message i's flag letters exactly `letters` (any order; sorted
+ * and deduplicated here) by renaming its file. 0 or -1 with errno. */
+int mailbox_msg_set_flags(struct mailbox *mb, size_t i, const char *letters);
+/* Add the letters of add and take away those of remove, from the flags
+ * the file has now (following a rename by another session). */
+int mailbox_msg_change_flags(struct mailbox *mb, size_t i, const char *add, const char *remove);
 /* Unlink message i's file (a file already gone counts as done). */
 int mailbox_msg_expunge(struct mailbox *mb, size_t i);
 /* fsync the folder's cur/ after renames or unlinks. */
@@ -89,6 +116,119 @@ int mailbox_sync_dir(struct mailbox *mb);
  * an error (errno).
  */
 int mailbox_pop3_lock(const char *dir);
+
+/*
+ * Cheap change detection (IMAP's refresh of a selected folder): stat of
+ * new/, cur/ and the list against the snapshot's stamp — three stats, not
+ * a scan. mailbox_restamp takes the stamp again after the caller's own
+ * renames or unlinks, so they do not cost a rescan.
+ */
+bool mailbox_changed(const struct mailbox *mb);
+void mailbox_restamp(struct mailbox *mb);
+
+/*
+ * The list's lock (an fd, closed to unlock; create makes the folder's
+ * directories first), and the snapshot taken with it held: what
+ * mailbox_open does between the two. prefer lists base names of files
+ * the caller just put into cur/: they get their UIDs first, in that
+ * order (APPEND, COPY: UIDPLUS reports them).
+ */
+int mailbox_lock(const char *dir, bool create, char **error_r);
+int mailbox_sync_locked(const char *dir, const char *const *prefer, size_t n_prefer,
+			struct mailbox **mb_r, char **error_r);
+/*
+ * The letters of keyword names in folder dir (letters_r: at least n + 1
+ * octets), adding the names the file lacks (takes the list's lock; the
+ * _locked form when the caller holds it). A name that no longer fits
+ * (26 in use) gets no letter. 0, or -1 on an error. mailbox_keywords_load
+ * reads the file again into mb->keywords.
+ */
+int mailbox_keywords_letters(const char *dir, const char *const *names, size_t n, char *letters_r,
+			     char **error_r);
+int mailbox_keywords_letters_locked(const char *dir, const char *const *names, size_t n,
+				    char *letters_r, char **error_r);
+void mailbox_keywords_load(struct mailbox *mb);
+
+/* index of uid in mb (binary search), or -1 */
+long mailbox_find_uid(const struct mailbox *mb, uint32_t uid);
+
+/* ------------------------------------------------------------ folders.c */
+/*
+ * Maildir++ folders under a user's root: INBOX is the root itself, a
+ * folder NAME is "<root>/.NAME" with "." as the hierarchy separator both
+ * in IMAP and on disk ("Lists.Work" is "<root>/.Lists.Work"). A name is
+ * taken as the client wrote it (modified UTF-7 is not decoded) after
+ * mailbox_folder_name_ok: 1..200 printable ASCII octets, no "/", "\",
+ * "%", "*", no empty level (no leading, trailing or doubled "."), no
+ * level "..". INBOX is matched without regard to case.
+ */
+#define MAILBOX_FOLDER_NAME_MAX 200
+#define MAILBOX_SUBSCRIPTIONS "subscriptions"
+#define MAILBOX_JUNK_LOG "mxguard-junk-moves.log"
+bool mailbox_folder_name_ok(const char *name);
+bool mailbox_folder_is_inbox(const char *name);
+/* The folder's directory (malloc'd), or NULL for a name that is not ok. */
+char *mailbox_folder_dir(const char *root, const char *name);
+/* 1 the folder exists (it has cur/), 0 not, -1 on an error. */
+int mailbox_folder_exists(const char *root, const char *name);
+/* Every folder but INBOX (names malloc'd, sorted); 0 or -1. */
+int mailbox_folder_list(const char *root, char ***names_r, size_t *n_r, char **error_r);
+void mailbox_names_free(char **names, size_t n);
+/* 0; -2 it exists already; -1 error. */
+int mailbox_folder_create(const char *root, const char *name, char **error_r);
+/* 0; -2 it does not exist; -1 error. Removes the folder's messages and
+ * its directory; children stay. */
+int mailbox_folder_delete(const char *root, const char *name, char **error_r);
+/* 0; -2 from does not exist; -3 to exists; -1 error. Children move too. */
+int mailbox_folder_rename(const char *root, const char *from, const char *to, char **error_r);
+/* RENAME INBOX: a new folder `to` gets INBOX's messages (new UIDs there),
+ * INBOX stays, empty. 0; -3 to exists; -1 error. */
+int mailbox_folder_rename_inbox(const char *root, const char *to, char **error_r);
+/* The subscription list (one name a line, "<root>/subscriptions"). */
+int mailbox_subscriptions_read(const char *root, char ***names_r, size_t *n_r);
+int mailbox_subscribe(const char *root, const char *name, bool subscribe, char **error_r);
+
+/*
+ * APPEND: the message (data as the client sent it, CRLF) written to
+ * tmp/, fsynced, its mtime set to internaldate, renamed into cur/ with
+ * flag letters under the list's lock, and given the next UID. 0 with
+ * *uid_r and *uidvalidity_r, or -1.
+ */
+int mailbox_append(const char *dir, const char *data, size_t len, const char *flags,
+		   const char *const *keywords, size_t n_keywords, time_t internaldate,
+		   uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r);
+/*
+ * COPY: messages idx[0..n) of src hard-linked (or copied and fsynced,
+ * across file systems) into dst's cur/ with their flags (keyword letters
+ * translated to dst's), then given UIDs
+ * in that order under dst's lock. uids_r[k] is the UID of idx[k] in dst
+ * (0 when that message had gone meanwhile). 0 or -1.
+ */
+int mailbox_copy(struct mailbox *src, const size_t *idx, size_t n, const char *dst_dir,
+		 uint32_t *uids_r, uint32_t *uidvalidity_r, char **error_r);
+
+/*
+ * The junk log ("<root>/mxguard-junk-moves.log"): one line appended per
+ * message copied or moved into or out of the Junk folder, for a learner:
+ *   <unix time> TAB <op: copy|move> TAB <direction: to-junk|from-junk>
+ *   TAB <from folder> TAB <to folder> TAB <uid in to folder>
+ *   TAB <Message-ID or "-"> TAB <file base name>
+ * One write(2) with O_APPEND per line. 0 or -1.
+ */
+int mailbox_junk_log(const char *root, const char *op, bool to_junk, const char *from,
+		     const char *to, uint32_t uid, const char *message_id, const char *base);
+
+/* ----------------------------------------- throttle.c: the login throttle */
+/* Failed logins per client address and per user, process-wide behind a
+ * mutex, bounded (the oldest entry is reused when full), shared by POP3
+ * and IMAP so one client's failures count together. Times are
+ * CLOCK_MONOTONIC seconds. */
+#define MAILBOX_THROTTLE_SLOTS 4096
+/* true when key has had max failures within window seconds */
+bool mailbox_throttle_blocked(const char *key, long max, long window, long now);
+void mailbox_throttle_fail(const char *key, long window, long now);
+/* tests */
+void mailbox_throttle_reset(void);
 
 /* ------------------------------------------------- the list, for tests */
 struct mailbox_uid_entry {

@@ -9,8 +9,8 @@
  * renames and the unlinks at QUIT) as a job on the worker pool. parse.c
  * holds the pure parts (command words, numbers, base64, SASL PLAIN, the
  * CRLF/dot-stuffing converter RETR and TOP send through), so they can be
- * unit-tested and fuzzed. auth.c is the login throttle; settings.c the
- * `pop3 { }` section.
+ * unit-tested and fuzzed; settings.c the `pop3 { }` section. The login
+ * throttle is mailbox/throttle.c, shared with IMAP.
  *
  * The program (proxy/) owns the shared state; the service learns what it
  * needs of it through struct pop3_env at accept: the config, the user
@@ -110,16 +110,5 @@ struct pop3_stuff {
 void pop3_stuff_init(struct pop3_stuff *st, bool top, unsigned long body_lines);
 size_t pop3_stuff_feed(struct pop3_stuff *st, const char *in, size_t len, char *out);
 size_t pop3_stuff_end(struct pop3_stuff *st, char *out);
-
-/* ------------------------------------------------------- auth.c: throttle */
-/* Per client address and per user, process-wide behind a mutex, bounded
- * (the oldest entry is reused when full). Times are CLOCK_MONOTONIC
- * seconds. */
-#define POP3_THROTTLE_SLOTS 4096
-/* true when key has had max failures within window seconds */
-bool pop3_throttle_blocked(const char *key, long max, long window, long now);
-void pop3_throttle_fail(const char *key, long window, long now);
-/* tests */
-void pop3_throttle_reset(void);
 
 #endif

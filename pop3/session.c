@@ -394,8 +394,8 @@ login_done(void *arg)
 	}
 	case 0:
 		throttle_keys(s, job->user, ka, sizeof(ka), ku, sizeof(ku));
-		pop3_throttle_fail(ka, pop3_cfg(s)->auth_failure_window, now_sec());
-		pop3_throttle_fail(ku, pop3_cfg(s)->auth_failure_window, now_sec());
+		mailbox_throttle_fail(ka, pop3_cfg(s)->auth_failure_window, now_sec());
+		mailbox_throttle_fail(ku, pop3_cfg(s)->auth_failure_window, now_sec());
 		log_msg(LOG_LEVEL_INFO, "%s pop3 auth failed client=%s user=%s mech=%s reason=bad_credentials",
 			s->id, s->client_addr, who, s->mech);
 		metrics_add_label(METRIC_POP3_LOGINS, "failed", 1);
@@ -430,8 +430,8 @@ pop3_login(struct pop3_session *s, const char *user, const char *password, const
 	s->user[0] = '\0';
 	s->mech = mech;
 	throttle_keys(s, user, ka, sizeof(ka), ku, sizeof(ku));
-	if (pop3_throttle_blocked(ka, ps->auth_failures_max, ps->auth_failure_window, now) ||
-	    pop3_throttle_blocked(ku, ps->auth_failures_max, ps->auth_failure_window, now)) {
+	if (mailbox_throttle_blocked(ka, ps->auth_failures_max, ps->auth_failure_window, now) ||
+	    mailbox_throttle_blocked(ku, ps->auth_failures_max, ps->auth_failure_window, now)) {
 		log_name(user, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s pop3 auth failed client=%s user=%s mech=%s reason=throttled",
 			s->id, s->client_addr, who, mech);

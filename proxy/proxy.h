@@ -19,6 +19,7 @@
 #include "lib/lib.h"
 #include "milter/milter.h"
 #include "pop3/pop3.h"
+#include "imap/imap.h"
 
 /* The SMTP service's settings (settings.c). */
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_ACCEPT };

@@ -110,6 +110,7 @@ mxguard_register_config(void)
 	daemon_register_config();
 	smtp_register_config();
 	pop3_register_config();
+	imap_register_config();
 	backends_register_config();
 	filters_register_config();
 }

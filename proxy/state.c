@@ -166,10 +166,25 @@ milter_service_start_row(struct daemon *core, const struct listen_config *lc, ch
 	return milter_service_start(core, lc, milter_env_of, error_r);
 }
 
+/* The IMAP service (imap/), the same way as POP3. */
+static void
+imap_service_accept(struct conn *conn, const char *refusal)
+{
+	const struct server_state *st = conn_state(conn);
+	const struct imap_env env = {
+		.cfg = st->cfg,
+		.userdb = st->userdb,
+		.ssl_ctx = st->ssl_ctx,
+	};
+
+	imap_session_start(conn, refusal, &env);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ .name = "smtp", .accept = smtp_service_accept },
 	{ .name = "pop3", .accept = pop3_service_accept },
+	{ .name = "imap", .accept = imap_service_accept },
 	/* GET /metrics (metrics_http.c): evhttp serves its socket, on loop 0 */
 	{ .name = "metrics", .serve_start = metrics_serve_start, .serve_stop = metrics_serve_stop,
 	  .serve_one_loop = true },

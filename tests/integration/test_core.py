@@ -135,18 +135,19 @@ class Listeners(unittest.TestCase):
             c.close()
 
     def test_unknown_protocol_is_refused(self):
-        d = mxtest.Daemon(start=False, extra_conf='listen imap {\n\taddress = "127.0.0.1:%d"\n'
-                          '\tprotocol = "imap"\n}\n' % mxtest.free_port())
+        d = mxtest.Daemon(start=False, extra_conf='listen news {\n\taddress = "127.0.0.1:%d"\n'
+                          '\tprotocol = "nntp"\n}\n' % mxtest.free_port())
         self.addCleanup(d.cleanup)
         r = run([mxtest.MXGUARD, "-t", "-c", d.conf], cwd=d.dir)
         self.assertEqual(r.returncode, 1)
         with open(d.conf) as f:
             lines = f.read().splitlines()
-        line = lines.index("listen imap {") + 2          # its address line
-        self.assertIn('%s:%d: listen imap: protocol = "imap": no such service (this build '
+        line = lines.index("listen news {") + 2          # its address line
+        self.assertIn('%s:%d: listen news: protocol = "nntp": no such service (this build '
                       'has: smtp, pop3' % (d.conf, line), r.stderr)
         # every row of the service table is named
         self.assertRegex(r.stderr, r"this build has: smtp, pop3(, \w+)*\)")
+        self.assertRegex(r.stderr, r"this build has: [^)]*\bimap\b")
         self.assertRegex(r.stderr, r"this build has: [^)]*\bmetrics\b")
         self.assertRegex(r.stderr, r"this build has: [^)]*\bmilter\b")
 

@@ -20,6 +20,7 @@ POST is refused. `mxguardctl status` (text and --json) shows the same
 numbers, and fails clearly without a metrics listener or a daemon.
 """
 import os
+import imaplib
 import poplib
 import re
 import smtplib
@@ -88,6 +89,7 @@ class Metrics(unittest.TestCase):
     def setUpClass(cls):
         cls.sink = SmtpSink().start()
         cls.pop_port = mxtest.free_port()
+        cls.imap_port = mxtest.free_port()
         cls.d = Daemon(start=False, users=("demo@example.test",),
                        pipeline={"stages": ["rules"], "quarantine_score": 500.0,
                                  "reject_score": 900.0},
@@ -100,7 +102,9 @@ class Metrics(unittest.TestCase):
             'route sink {\n\tdomains = {"relay.test"}\n\tprotocol = "smtp"\n'
             '\thosts = {"127.0.0.1:%d"}\n\tstarttls = "off"\n}\n' % cls.sink.port +
             'listen pop3 {\n\taddress = "127.0.0.1:%d"\n\tprotocol = "pop3"\n}\n'
-            'pop3 {\n\tplaintext_auth = "always"\n\tauth_failure_delay = 100\n}\n' % cls.pop_port)
+            'pop3 {\n\tplaintext_auth = "always"\n\tauth_failure_delay = 100\n}\n' % cls.pop_port +
+            'listen imap {\n\taddress = "127.0.0.1:%d"\n\tprotocol = "imap"\n}\n'
+            'imap {\n\tplaintext_auth = "always"\n\tauth_failure_delay = 100\n}\n' % cls.imap_port)
         cls.d.write_config()
         cls.d.start()
         cls.url = "http://127.0.0.1:%d/metrics" % cls.d.ports["metrics"]
@@ -157,8 +161,17 @@ class Metrics(unittest.TestCase):
         with self.assertRaises(poplib.error_proto):
             p.pass_("wrong password")
         p.quit()
+        # IMAP: the same, one good login and one bad
+        m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        m.login("demo@example.test", mxtest.PASSWORD)
+        m.logout()
+        m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        with self.assertRaises(imaplib.IMAP4.error):
+            m.login("demo@example.test", "wrong password")
+        m.logout()
         self.assertEqual(self.wait_current("smtp", 0), 0)
         self.assertEqual(self.wait_current("pop3", 0), 0)
+        self.assertEqual(self.wait_current("imap", 0), 0)
         after, types = self.scrape()
 
         def delta(name, labels=""):
@@ -184,6 +197,10 @@ class Metrics(unittest.TestCase):
         self.assertEqual(delta("mxguard_pop3_sessions_total"), 2)
         self.assertEqual(delta("mxguard_pop3_logins_total", '{result="ok"}'), 1)
         self.assertEqual(delta("mxguard_pop3_logins_total", '{result="failed"}'), 1)
+        self.assertEqual(delta("mxguard_connections_total", '{service="imap"}'), 2)
+        self.assertEqual(delta("mxguard_imap_sessions_total"), 2)
+        self.assertEqual(delta("mxguard_imap_logins_total", '{result="ok"}'), 1)
+        self.assertEqual(delta("mxguard_imap_logins_total", '{result="failed"}'), 1)
         self.assertEqual(after[("mxguard_dependency_up", '{dependency="upstream:sink"}')], 1)
         self.assertEqual(after[("mxguard_rules_count", "")], before[("mxguard_rules_count", "")])
         self.assertGreater(after[("mxguard_rules_count", "")], 1)

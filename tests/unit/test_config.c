@@ -381,6 +381,20 @@ test_shipped_config(void **state)
 		const struct setting_def *s = rows[i];
 		char *v = conf_value(text, s->name);
 
+		/* a row of a named section (pop3 { }, imap { }) is read inside
+		 * that section: two sections may have a row of the same name */
+		if (s->section != NULL && !is_listen_row(s) && !is_route_row(s)) {
+			char *open_at = xasprintf("\n%s {\n", s->section);
+			const char *from = strstr(text, open_at);
+			free(open_at);
+			if (from != NULL) {
+				const char *to = strstr(from, "\n}\n");
+				char *block = to != NULL ? xstrndup(from, (size_t)(to - from + 1)) : xstrdup(from);
+				free(v);
+				v = conf_value(block, s->name);
+				free(block);
+			}
+		}
 		if (is_route_row(s)) {
 			/* the demo stores everything: a route is an example in comments */
 			char *want = xasprintf("#\t%s = ", s->name);
@@ -1418,8 +1432,25 @@ test_docs_cover_settings(void **state)
 		 * have a row of the same name */
 		const char *from = man;
 		char *scope = NULL;
-		if (s->section != NULL && (strcmp(s->section, "listen") == 0 ||
-					   strcmp(s->section, "route") == 0)) {
+		/* a named section's rows (".SH POP3 SECTION", ".SH IMAP SECTION")
+		 * likewise under its own heading */
+		if (s->section != NULL && strcmp(s->section, "listen") != 0 && strcmp(s->section, "route") != 0) {
+			char upper[32];
+			size_t k;
+			for (k = 0; s->section[k] != '\0' && k < sizeof(upper) - 1; k++)
+				upper[k] = (char)toupper((unsigned char)s->section[k]);
+			upper[k] = '\0';
+			char *sh = xasprintf("\n.SH %s SECTION\n", upper);
+			const char *h = strstr(man, sh);
+			free(sh);
+			if (h != NULL) {
+				const char *next = strstr(h + 1, "\n.SH ");
+				scope = next != NULL ? xstrndup(h, (size_t)(next - h)) : xstrdup(h);
+				from = scope;
+			}
+		}
+		if (scope == NULL && s->section != NULL && (strcmp(s->section, "listen") == 0 ||
+							    strcmp(s->section, "route") == 0)) {
 			char upper[32];
 			size_t k;
 			for (k = 0; s->section[k] != '\0' && k < sizeof(upper) - 1; k++)

@@ -14,6 +14,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "mailbox/mailbox.h"
 #include "pop3/pop3.h"
 
 static void test_verbs(void **state)
@@ -181,25 +182,25 @@ static void test_stuff(void **state)
 static void test_throttle(void **state)
 {
 	(void)state;
-	pop3_throttle_reset();
-	assert_false(pop3_throttle_blocked("a:192.0.2.1", 3, 60, 1000));
-	pop3_throttle_fail("a:192.0.2.1", 60, 1000);
-	pop3_throttle_fail("a:192.0.2.1", 60, 1001);
-	assert_false(pop3_throttle_blocked("a:192.0.2.1", 3, 60, 1002));
-	pop3_throttle_fail("a:192.0.2.1", 60, 1002);
-	assert_true(pop3_throttle_blocked("a:192.0.2.1", 3, 60, 1003));
-	assert_false(pop3_throttle_blocked("a:192.0.2.2", 3, 60, 1003));
+	mailbox_throttle_reset();
+	assert_false(mailbox_throttle_blocked("a:192.0.2.1", 3, 60, 1000));
+	mailbox_throttle_fail("a:192.0.2.1", 60, 1000);
+	mailbox_throttle_fail("a:192.0.2.1", 60, 1001);
+	assert_false(mailbox_throttle_blocked("a:192.0.2.1", 3, 60, 1002));
+	mailbox_throttle_fail("a:192.0.2.1", 60, 1002);
+	assert_true(mailbox_throttle_blocked("a:192.0.2.1", 3, 60, 1003));
+	assert_false(mailbox_throttle_blocked("a:192.0.2.2", 3, 60, 1003));
 	/* the window passes */
-	assert_false(pop3_throttle_blocked("a:192.0.2.1", 3, 60, 1060));
+	assert_false(mailbox_throttle_blocked("a:192.0.2.1", 3, 60, 1060));
 	/* many keys: bounded, and the newest still counts */
-	for (int i = 0; i < 3 * POP3_THROTTLE_SLOTS; i++) {
+	for (int i = 0; i < 3 * MAILBOX_THROTTLE_SLOTS; i++) {
 		char k[32];
 		snprintf(k, sizeof(k), "u:user%d", i);
-		pop3_throttle_fail(k, 60, 2000 + i / 100);
+		mailbox_throttle_fail(k, 60, 2000 + i / 100);
 	}
-	pop3_throttle_fail("u:last", 60, 3000);
-	assert_true(pop3_throttle_blocked("u:last", 1, 60, 3000));
-	pop3_throttle_reset();
+	mailbox_throttle_fail("u:last", 60, 3000);
+	assert_true(mailbox_throttle_blocked("u:last", 1, 60, 3000));
+	mailbox_throttle_reset();
 }
 
 int main(void)

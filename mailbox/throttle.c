@@ -1,9 +1,9 @@
 /*
- * auth.c — the login throttle: failed logins counted per client address
- * and per user name, in a fixed window, process-wide (a client's
- * connections land on every loop).
+ * throttle.c — the login throttle of POP3 and IMAP: failed logins counted
+ * per client address and per user name, in a fixed window, process-wide
+ * (a client's connections land on every loop, and on either service).
  *
- * A fixed table of POP3_THROTTLE_SLOTS entries behind one mutex, so an
+ * A fixed table of MAILBOX_THROTTLE_SLOTS entries behind one mutex, so an
  * attacker who tries many addresses or names cannot grow our memory: when
  * the table is full, the entry whose window began longest ago is reused.
  * A lookup is a linear probe from the key's hash over a few slots, then
@@ -15,7 +15,8 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "pop3/pop3.h"
+#include "lib/lib.h"
+#include "mailbox/mailbox.h"
 
 #define THROTTLE_KEY_MAX 96
 #define THROTTLE_PROBE 16
@@ -27,14 +28,14 @@ struct throttle_slot {
 };
 
 static pthread_mutex_t throttle_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct throttle_slot throttle_slots[POP3_THROTTLE_SLOTS];
+static struct throttle_slot throttle_slots[MAILBOX_THROTTLE_SLOTS];
 
 static size_t throttle_hash(const char *key)
 {
 	uint64_t h = UINT64_C(1469598103934665603);
 	for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++)
 		h = (h ^ *p) * UINT64_C(1099511628211);
-	return (size_t)(h % POP3_THROTTLE_SLOTS);
+	return (size_t)(h % MAILBOX_THROTTLE_SLOTS);
 }
 
 /* The slot of key (under the lock), or NULL when create is false and it
@@ -48,7 +49,7 @@ static struct throttle_slot *throttle_find(const char *key, bool create, long wi
 	str_copy(k, key, sizeof(k));
 	h = throttle_hash(k);
 	for (size_t i = 0; i < THROTTLE_PROBE; i++) {
-		struct throttle_slot *s = &throttle_slots[(h + i) % POP3_THROTTLE_SLOTS];
+		struct throttle_slot *s = &throttle_slots[(h + i) % MAILBOX_THROTTLE_SLOTS];
 		bool expired = s->key[0] == '\0' || now - s->window_start >= window;
 		if (s->key[0] != '\0' && strcmp(s->key, k) == 0) {
 			if (expired) {
@@ -72,7 +73,7 @@ static struct throttle_slot *throttle_find(const char *key, bool create, long wi
 	return free_slot;
 }
 
-bool pop3_throttle_blocked(const char *key, long max, long window, long now)
+bool mailbox_throttle_blocked(const char *key, long max, long window, long now)
 {
 	bool blocked;
 
@@ -83,7 +84,7 @@ bool pop3_throttle_blocked(const char *key, long max, long window, long now)
 	return blocked;
 }
 
-void pop3_throttle_fail(const char *key, long window, long now)
+void mailbox_throttle_fail(const char *key, long window, long now)
 {
 	pthread_mutex_lock(&throttle_lock);
 	struct throttle_slot *s = throttle_find(key, true, window, now);
@@ -91,7 +92,7 @@ void pop3_throttle_fail(const char *key, long window, long now)
 	pthread_mutex_unlock(&throttle_lock);
 }
 
-void pop3_throttle_reset(void)
+void mailbox_throttle_reset(void)
 {
 	pthread_mutex_lock(&throttle_lock);
 	memset(throttle_slots, 0, sizeof(throttle_slots));
