@@ -6,7 +6,13 @@
  *   mxguardctl unlearn [--user USER] FILE|MAILDIR|DIR...
  *   mxguardctl learn --moves FILE [--user USER]
  *   mxguardctl learn --stats [--user USER]
+ *   mxguardctl learn --score [--user USER] FILE|MAILDIR|DIR...
+ *   mxguardctl learn --tokens FILE...
  *
+ * --score prints "PROBABILITY BAND TOKENS_USED PATH" per message as the
+ * stage would score it ("none" while the store has learnt too little);
+ * --tokens prints a message's tokens, one a line (what the tokeniser
+ * makes of it).
  * The store is the bayes section's path, or with --user that user's store
  * (user_dir/USER.db). A Maildir argument means its cur/ and new/; another
  * directory, the regular files in it; each in name order. Each message is
@@ -43,6 +49,8 @@ struct learn_ctx {
 	char *path;
 	bool quiet;
 	unsigned long n[6]; /* by enum bayes_learn_result */
+	enum { MODE_LEARN, MODE_SCORE, MODE_TOKENS } mode;
+	uint32_t n_spam, n_ham;
 	unsigned long errors;
 	double secs;
 };
@@ -53,7 +61,9 @@ static int learn_usage(const char *what)
 		"usage: mxguardctl learn spam|ham [--user USER] FILE|MAILDIR...\n"
 		"       mxguardctl unlearn [--user USER] FILE|MAILDIR...\n"
 		"       mxguardctl learn --moves FILE [--user USER]\n"
-		"       mxguardctl learn --stats [--user USER]\n", what);
+		"       mxguardctl learn --stats [--user USER]\n"
+		"       mxguardctl learn --score [--user USER] FILE|MAILDIR...\n"
+		"       mxguardctl learn --tokens FILE...\n", what);
 	return 2;
 }
 
@@ -122,6 +132,31 @@ static void learn_file(struct learn_ctx *lc, const char *path, enum bayes_class 
 	}
 	free(data);
 	bayes_tokenize(t, &lc->conf.tok, &toks);
+	if (lc->mode != MODE_LEARN) {
+		if (lc->mode == MODE_TOKENS) {
+			for (size_t i = 0; i < toks.n; i++)
+				printf("%s\n", toks.tok[i]);
+		} else if (lc->n_spam < (uint32_t)lc->conf.min_spam ||
+			   lc->n_ham < (uint32_t)lc->conf.min_ham) {
+			printf("none - 0 %s\n", path);
+		} else {
+			struct bayes_count *cnt = xcalloc(toks.n + 1, sizeof(*cnt));
+			size_t used = 0;
+			if (bayes_store_lookup(lc->store, toks.hash, toks.n, cnt) < 0) {
+				fprintf(stderr, "mxguardctl: %s: cannot read the store\n", path);
+				lc->errors++;
+			} else {
+				double p = bayes_classify(&lc->conf.params, cnt, toks.n, lc->n_spam,
+							  lc->n_ham, &used);
+				printf("%.9f %s %zu %s\n", p, bayes_band_of(&lc->conf, p)->name,
+				       used, path);
+			}
+			free(cnt);
+		}
+		bayes_tokens_free(&toks);
+		msgbody_free(&b);
+		return;
+	}
 	bayes_digest(t, dg);
 	r = bayes_store_learn(lc->store, dg, &toks, cls, unlearn, &err);
 	bayes_tokens_free(&toks);
@@ -310,6 +345,12 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 		} else if (i < argc && strcmp(argv[i], "--stats") == 0) {
 			stats = true;
 			i++;
+		} else if (i < argc && strcmp(argv[i], "--score") == 0) {
+			lc.mode = MODE_SCORE;
+			i++;
+		} else if (i < argc && strcmp(argv[i], "--tokens") == 0) {
+			lc.mode = MODE_TOKENS;
+			i++;
 		} else if (i + 1 < argc && strcmp(argv[i], "--moves") == 0) {
 			moves = argv[i + 1];
 			i += 2;
@@ -353,7 +394,14 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 		(void)fs_mkdir_p(dir, 0750);
 	}
 	free(dir);
-	if ((lc.store = bayes_store_open(lc.path, false, &err)) == NULL) {
+	if (lc.mode == MODE_TOKENS) {
+		for (; i < argc; i++)
+			learn_arg(&lc, argv[i], cls, false);
+		free(lc.path);
+		bayes_conf_clear(&lc.conf);
+		return lc.errors > 0 ? 1 : 0;
+	}
+	if ((lc.store = bayes_store_open(lc.path, lc.mode == MODE_SCORE, &err)) == NULL) {
 		fprintf(stderr, "mxguardctl: %s\n", err);
 		free(err);
 		free(lc.path);
@@ -362,6 +410,14 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 	}
 	if (stats) {
 		ret = print_stats(&lc);
+	} else if (lc.mode == MODE_SCORE) {
+		if (bayes_store_totals(lc.store, &lc.n_spam, &lc.n_ham) < 0) {
+			fprintf(stderr, "mxguardctl: %s: cannot read the store\n", lc.path);
+			lc.errors++;
+		}
+		for (; i < argc && lc.errors == 0; i++)
+			learn_arg(&lc, argv[i], cls, false);
+		ret = lc.errors > 0 ? 1 : 0;
 	} else {
 		if (moves != NULL) {
 			learn_moves(&lc, moves);
