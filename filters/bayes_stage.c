@@ -294,8 +294,17 @@ static int score_with(struct bayes_job *j, const char *path, bool must_exist,
 	struct bayes_store *s;
 	char *err = NULL;
 
-	if (!must_exist && access(path, F_OK) != 0)
-		return 0;
+	if (access(path, F_OK) != 0) {
+		if (!must_exist)
+			return 0;
+		/* autolearn makes the site's store: its directory first */
+		char *dir = xstrdup(path), *sl = strrchr(dir, '/');
+		if (sl != NULL && sl != dir) {
+			*sl = '\0';
+			(void)fs_mkdir_p(dir, 0750);
+		}
+		free(dir);
+	}
 	if ((s = pool_get(st, path, !c->autolearn, &err)) == NULL) {
 		j->error = err;
 		return -1;
