@@ -379,30 +379,20 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 		free(err);
 		return 1;
 	}
-	if (user != NULL) {
-		if ((lc.path = bayes_user_path(&lc.conf, user)) == NULL) {
-			fprintf(stderr, "mxguardctl: invalid user: %s (expected local@domain)\n", user);
-			bayes_conf_clear(&lc.conf);
-			return 1;
-		}
-	} else {
-		lc.path = xstrdup(lc.conf.path);
-	}
-	char *dir = xstrdup(lc.path), *sl = strrchr(dir, '/');
-	if (sl != NULL && sl != dir) {
-		*sl = '\0';
-		(void)fs_mkdir_p(dir, 0750);
-	}
-	free(dir);
 	if (lc.mode == MODE_TOKENS) {
 		for (; i < argc; i++)
 			learn_arg(&lc, argv[i], cls, false);
-		free(lc.path);
 		bayes_conf_clear(&lc.conf);
 		return lc.errors > 0 ? 1 : 0;
 	}
-	if ((lc.store = bayes_store_open(lc.path, lc.mode == MODE_SCORE, &err)) == NULL) {
-		fprintf(stderr, "mxguardctl: %s\n", err);
+	/* --score and --stats read; a missing SQLite store is made empty */
+	lc.store = bayes_conf_open(&lc.conf, user, lc.mode == MODE_SCORE, lc.mode != MODE_SCORE,
+				   &lc.path, &err);
+	if (lc.store == NULL) {
+		if (err != NULL)
+			fprintf(stderr, "mxguardctl: %s\n", err);
+		else
+			fprintf(stderr, "mxguardctl: %s: no store (nothing learnt yet)\n", lc.path);
 		free(err);
 		free(lc.path);
 		bayes_conf_clear(&lc.conf);

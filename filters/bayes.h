@@ -120,6 +120,27 @@ struct bayes_store_stats {
 	uint64_t n_tokens, n_seen, file_bytes, learn_counter;
 };
 int bayes_store_stats(struct bayes_store *st, struct bayes_store_stats *out);
+/* The same store in Redis (filters/bayes_redis.c): addr "host:port",
+ * "[v6]:port" or "unix:/path"; keys under prefix + scope. Expiry does
+ * nothing there. */
+struct bayes_store *bayes_store_open_redis(const char *addr, const char *prefix,
+					   const char *scope, long timeout_ms, char **error_r);
+/* A Redis store whose connection failed (the pool drops it). */
+bool bayes_store_broken(const struct bayes_store *st);
+
+/* filters/bayes_redis.c, behind bayes_store_* */
+struct bayes_redis;
+struct bayes_redis *bayes_redis_open(const char *addr, const char *prefix, const char *scope,
+				     long timeout_ms, char **error_r);
+void bayes_redis_close(struct bayes_redis **r);
+bool bayes_redis_broken(const struct bayes_redis *r);
+int bayes_redis_totals(struct bayes_redis *r, uint32_t *n_spam, uint32_t *n_ham);
+int bayes_redis_lookup(struct bayes_redis *r, const uint64_t *hash, size_t n,
+		       struct bayes_count *out);
+enum bayes_learn_result bayes_redis_learn(struct bayes_redis *r, const unsigned char digest[32],
+					  const struct bayes_tokens *toks, enum bayes_class cls,
+					  bool unlearn, char **error_r);
+int bayes_redis_stats(struct bayes_redis *r, struct bayes_store_stats *out);
 
 /* ---------------------------------------------------- the stage's config */
 struct cfg_t;
@@ -141,6 +162,9 @@ struct bayes_conf {
 	bool autolearn;
 	double autolearn_spam, autolearn_ham;
 	long max_tokens;
+	char *redis;         /* "" = the local SQLite store */
+	char *redis_prefix;
+	long redis_timeout;  /* milliseconds */
 };
 /* The bayes section's values (sec NULL: the defaults); -1, *error_r. */
 int bayes_conf_load(struct cfg_t *sec, struct bayes_conf *c, char **error_r);
@@ -149,5 +173,11 @@ const struct bayes_band *bayes_band_of(const struct bayes_conf *c, double p);
 /* user_dir/USER.db (lower-cased), NULL when user is not a plain
  * local@domain; malloc'd. */
 char *bayes_user_path(const struct bayes_conf *c, const char *user);
+/* The store of user (NULL: the site's), in Redis or SQLite as configured;
+ * its name (a path, or "redis:SCOPE") in *name_r (malloc'd, may be NULL).
+ * SQLite: with create false a store that does not exist gives NULL with
+ * *error_r NULL; create makes its directory and file. */
+struct bayes_store *bayes_conf_open(const struct bayes_conf *c, const char *user, bool readonly,
+				    bool create, char **name_r, char **error_r);
 
 #endif

@@ -88,6 +88,9 @@ static cfg_opt_t bayes_opts[] = {
 	CFG_FLOAT("autolearn_spam", 12.0, CFGF_NONE),
 	CFG_FLOAT("autolearn_ham", -2.0, CFGF_NONE),
 	CFG_INT("max_tokens", 1000000, CFGF_NONE),
+	CFG_STR("redis", "", CFGF_NONE),
+	CFG_STR("redis_prefix", "mxguard:bayes:", CFGF_NONE),
+	CFG_INT("redis_timeout", 2000, CFGF_NONE),
 	CFG_END()
 };
 
@@ -138,6 +141,9 @@ int bayes_conf_load(struct cfg_t *sec, struct bayes_conf *c, char **error_r)
 		c->min_spam = c->min_ham = 200;
 		c->header = xstrdup("X-Spam-Bayes");
 		c->max_tokens = 1000000;
+		c->redis = xstrdup("");
+		c->redis_prefix = xstrdup("mxguard:bayes:");
+		c->redis_timeout = 2000;
 		c->n_bands = N_ELEMENTS(default_bands);
 		c->bands = xcalloc(c->n_bands, sizeof(*c->bands));
 		for (size_t i = 0; i < c->n_bands; i++)
@@ -155,6 +161,13 @@ int bayes_conf_load(struct cfg_t *sec, struct bayes_conf *c, char **error_r)
 	c->autolearn_spam = cfg_getfloat(sec, "autolearn_spam");
 	c->autolearn_ham = cfg_getfloat(sec, "autolearn_ham");
 	c->max_tokens = cfg_getint(sec, "max_tokens");
+	c->redis = xstrdup(cfg_getstr(sec, "redis"));
+	c->redis_prefix = xstrdup(cfg_getstr(sec, "redis_prefix"));
+	c->redis_timeout = cfg_getint(sec, "redis_timeout");
+	if (c->redis_timeout < 10 || c->redis_timeout > 60000) {
+		*error_r = xstrdup("bayes: redis_timeout is 10 to 60000 milliseconds");
+		goto fail;
+	}
 	if (c->path[0] == '\0' || c->min_spam < 1 || c->min_ham < 1 || c->max_tokens < 1000 ||
 	    (c->per_user && c->user_dir[0] == '\0')) {
 		*error_r = xstrdup("bayes: need a path, min_spam and min_ham >= 1, "
@@ -196,6 +209,8 @@ void bayes_conf_clear(struct bayes_conf *c)
 	free(c->user_dir);
 	free(c->header);
 	free(c->bands);
+	free(c->redis);
+	free(c->redis_prefix);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -225,9 +240,68 @@ char *bayes_user_path(const struct bayes_conf *c, const char *user)
 	return p;
 }
 
+struct bayes_store *bayes_conf_open(const struct bayes_conf *c, const char *user, bool readonly,
+				    bool create, char **name_r, char **error_r)
+{
+	struct bayes_store *s;
+	char *path;
+
+	*error_r = NULL;
+	if (name_r != NULL)
+		*name_r = NULL;
+	if (c->redis != NULL && c->redis[0] != '\0') {
+		char *scope, *u = NULL;
+		if (user != NULL) {
+			if ((path = bayes_user_path(c, user)) == NULL) {
+				*error_r = xasprintf("invalid user: %s (expected local@domain)", user);
+				return NULL;
+			}
+			free(path);
+			u = xstrdup(user);
+			str_lower(u);
+		}
+		scope = u != NULL ? xasprintf("user:%s", u) : xstrdup("site");
+		free(u);
+		s = bayes_store_open_redis(c->redis, c->redis_prefix, scope, c->redis_timeout, error_r);
+		if (name_r != NULL)
+			*name_r = xasprintf("redis:%s", scope);
+		free(scope);
+		return s;
+	}
+	if (user != NULL) {
+		if ((path = bayes_user_path(c, user)) == NULL) {
+			*error_r = xasprintf("invalid user: %s (expected local@domain)", user);
+			return NULL;
+		}
+	} else {
+		path = xstrdup(c->path);
+	}
+	if (access(path, F_OK) != 0) {
+		if (!create) {
+			if (name_r != NULL)
+				*name_r = path;
+			else
+				free(path);
+			return NULL;
+		}
+		char *dir = xstrdup(path), *sl = strrchr(dir, '/');
+		if (sl != NULL && sl != dir) {
+			*sl = '\0';
+			(void)fs_mkdir_p(dir, 0750);
+		}
+		free(dir);
+	}
+	s = bayes_store_open(path, readonly && !create, error_r);
+	if (name_r != NULL)
+		*name_r = path;
+	else
+		free(path);
+	return s;
+}
+
 /* ------------------------------------------------------------ the pool */
-static struct bayes_store *pool_get(struct bayes_stage *st, const char *path, bool readonly,
-				    char **error_r)
+static struct bayes_store *pool_get(struct bayes_stage *st, const char *path, const char *user,
+				    bool readonly, bool create, char **error_r)
 {
 	struct bayes_store *s = NULL;
 
@@ -245,11 +319,16 @@ static struct bayes_store *pool_get(struct bayes_stage *st, const char *path, bo
 	pthread_mutex_unlock(&st->lock);
 	if (s != NULL)
 		return s;
-	return bayes_store_open(path, readonly, error_r);
+	return bayes_conf_open(&st->conf, user, readonly, create, NULL, error_r);
 }
 
 static void pool_put(struct bayes_stage *st, const char *path, struct bayes_store *s)
 {
+	if (bayes_store_broken(s)) {
+		/* a Redis connection that failed: the next job reconnects */
+		bayes_store_close(&s);
+		return;
+	}
 	pthread_mutex_lock(&st->lock);
 	if (st->n_pool < BAYES_POOL_MAX) {
 		st->pool[st->n_pool] = s;
@@ -284,52 +363,56 @@ static void bayes_job_free(struct bayes_job *j)
 	free(j);
 }
 
-/* Score with the store at path (read-write only when autolearn may write
- * there). 1: scored or abstained, 0: the store is not there (user), -1. */
-static int score_with(struct bayes_job *j, const char *path, bool must_exist,
+/* Score with the store of user (NULL: the site's), read-write only when
+ * autolearn may write there. 1: scored or abstained, 0: the store is not
+ * there (SQLite), -1: failed. */
+static int score_with(struct bayes_job *j, const char *user, bool create,
 		      const struct bayes_tokens *toks, const struct msgtext *t)
 {
 	struct bayes_stage *st = j->st;
 	const struct bayes_conf *c = &st->conf;
 	struct bayes_store *s;
-	char *err = NULL;
+	char *err = NULL, *key;
+	bool redis = c->redis[0] != '\0';
 
-	if (access(path, F_OK) != 0) {
-		if (!must_exist)
+	if (redis) {
+		key = user != NULL ? xasprintf("redis:user:%s", user) : xstrdup("redis:site");
+	} else if (user != NULL) {
+		if ((key = bayes_user_path(c, user)) == NULL)
 			return 0;
-		/* autolearn makes the site's store: its directory first */
-		char *dir = xstrdup(path), *sl = strrchr(dir, '/');
-		if (sl != NULL && sl != dir) {
-			*sl = '\0';
-			(void)fs_mkdir_p(dir, 0750);
-		}
-		free(dir);
+	} else {
+		key = xstrdup(c->path);
 	}
-	if ((s = pool_get(st, path, !c->autolearn, &err)) == NULL) {
+	if (!redis && !create && access(key, F_OK) != 0) {
+		free(key);
+		return 0;
+	}
+	if ((s = pool_get(st, key, user, !c->autolearn, create, &err)) == NULL) {
+		free(key);
+		if (err == NULL)
+			return 0;
 		j->error = err;
 		return -1;
 	}
 	if (bayes_store_totals(s, &j->n_spam, &j->n_ham) < 0) {
-		j->error = xasprintf("%s: cannot read the totals", path);
-		bayes_store_close(&s);
-		return -1;
+		j->error = xasprintf("%s: cannot read the totals", key);
+		goto fail;
 	}
 	if (j->n_spam < (uint32_t)c->min_spam || j->n_ham < (uint32_t)c->min_ham) {
 		j->abstain = true;
 	} else {
 		struct bayes_count *cnt = xcalloc(toks->n + 1, sizeof(*cnt));
 		if (bayes_store_lookup(s, toks->hash, toks->n, cnt) < 0) {
-			j->error = xasprintf("%s: cannot read the tokens", path);
+			j->error = xasprintf("%s: cannot read the tokens", key);
 			free(cnt);
-			bayes_store_close(&s);
-			return -1;
+			goto fail;
 		}
 		j->prob = bayes_classify(&c->params, cnt, toks->n, j->n_spam, j->n_ham,
 					 &j->n_used);
 		free(cnt);
 	}
-	if (c->autolearn && (j->score_before >= c->autolearn_spam ||
-			     j->score_before <= c->autolearn_ham)) {
+	if (user == NULL && c->autolearn && (j->score_before >= c->autolearn_spam ||
+					     j->score_before <= c->autolearn_ham)) {
 		unsigned char dg[32];
 		enum bayes_class cls = j->score_before >= c->autolearn_spam ? BAYES_SPAM : BAYES_HAM;
 		bayes_digest(t, dg);
@@ -342,8 +425,13 @@ static int score_with(struct bayes_job *j, const char *path, bool must_exist,
 			(void)bayes_store_expire(s, (uint64_t)c->max_tokens);
 		}
 	}
-	pool_put(st, path, s);
+	pool_put(st, key, s);
+	free(key);
 	return 1;
+fail:
+	bayes_store_close(&s);
+	free(key);
+	return -1;
 }
 
 static void bayes_work(void *arg)
@@ -361,20 +449,16 @@ static void bayes_work(void *arg)
 	bayes_tokenize(t, &c->tok, &toks);
 	j->n_tokens = toks.n;
 	if (j->user != NULL) {
-		char *up = bayes_user_path(c, j->user);
-		if (up != NULL) {
-			r = score_with(j, up, false, &toks, t);
-			/* a user store that has not learnt enough: the site's */
-			if (r == 1 && j->abstain) {
-				j->abstain = false;
-				r = 0;
-			}
-			j->user_store = r == 1;
+		r = score_with(j, j->user, false, &toks, t);
+		/* a user store that has not learnt enough: the site's */
+		if (r == 1 && j->abstain) {
+			j->abstain = false;
+			r = 0;
 		}
-		free(up);
+		j->user_store = r == 1;
 	}
 	if (r == 0) {
-		r = score_with(j, c->path, c->autolearn, &toks, t);
+		r = score_with(j, NULL, c->autolearn, &toks, t);
 		if (r == 0) {
 			/* nothing learnt yet: no store */
 			j->n_spam = j->n_ham = 0;
@@ -435,8 +519,10 @@ static enum check_status bayes_check(struct stage *stage, struct stage_call *cal
 	j->st = st;
 	j->body = msg->body;
 	j->score_before = filter_tx_score(call->fx);
-	if (st->conf.per_user && msg->n_rcpts == 1)
+	if (st->conf.per_user && msg->n_rcpts == 1) {
 		j->user = xstrdup(msg->rcpts[0]);
+		str_lower(j->user);
+	}
 	if (stage_submit_job(call, bayes_work, bayes_done, j) < 0) {
 		bayes_job_free(j);
 		return CHECK_FAILED;

@@ -30,6 +30,7 @@
 #include "lib/lib.h"
 
 struct bayes_store {
+	struct bayes_redis *redis; /* set: the Redis store, db unused */
 	sqlite3 *db;
 	char *path;
 	sqlite3_stmt *get_tok, *get_meta;
@@ -83,12 +84,32 @@ fail:
 	return NULL;
 }
 
+struct bayes_store *bayes_store_open_redis(const char *addr, const char *prefix,
+					   const char *scope, long timeout_ms, char **error_r)
+{
+	struct bayes_redis *r = bayes_redis_open(addr, prefix, scope, timeout_ms, error_r);
+	struct bayes_store *st;
+
+	if (r == NULL)
+		return NULL;
+	st = xcalloc(1, sizeof(*st));
+	st->redis = r;
+	st->path = xasprintf("redis:%s", scope);
+	return st;
+}
+
+bool bayes_store_broken(const struct bayes_store *st)
+{
+	return st->redis != NULL && bayes_redis_broken(st->redis);
+}
+
 void bayes_store_close(struct bayes_store **stp)
 {
 	struct bayes_store *st = *stp;
 
 	if (st == NULL)
 		return;
+	bayes_redis_close(&st->redis);
 	sqlite3_finalize(st->get_tok);
 	sqlite3_finalize(st->get_meta);
 	sqlite3_close(st->db);
@@ -113,6 +134,8 @@ int bayes_store_totals(struct bayes_store *st, uint32_t *n_spam, uint32_t *n_ham
 {
 	int64_t s = 0, h = 0;
 
+	if (st->redis != NULL)
+		return bayes_redis_totals(st->redis, n_spam, n_ham);
 	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
 		return -1;
 	int r = meta_get(st, "nspam", &s) < 0 || meta_get(st, "nham", &h) < 0 ? -1 : 0;
@@ -127,6 +150,8 @@ int bayes_store_lookup(struct bayes_store *st, const uint64_t *hash, size_t n,
 {
 	int ret = 0;
 
+	if (st->redis != NULL)
+		return bayes_redis_lookup(st->redis, hash, n, out);
 	/* one read transaction: one snapshot, one lock */
 	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
 		return -1;
@@ -217,6 +242,8 @@ enum bayes_learn_result bayes_store_learn(struct bayes_store *st, const unsigned
 	int64_t was = -1, counter = 0;
 	int rc;
 
+	if (st->redis != NULL)
+		return bayes_redis_learn(st->redis, digest, toks, cls, unlearn, error_r);
 	if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
 		*error_r = db_error(st, "begin");
 		return BAYES_ERROR;
@@ -310,7 +337,11 @@ static int64_t count_rows(struct bayes_store *st, const char *sql)
 
 long bayes_store_expire(struct bayes_store *st, uint64_t max_tokens)
 {
-	int64_t n = count_rows(st, "SELECT count(*) FROM tokens"), drop;
+	int64_t n, drop;
+
+	if (st->redis != NULL)
+		return 0; /* no per-field expiry in Redis 7.0: doc/learning.md */
+	n = count_rows(st, "SELECT count(*) FROM tokens");
 
 	if (n < 0)
 		return -1;
@@ -328,6 +359,8 @@ int bayes_store_stats(struct bayes_store *st, struct bayes_store_stats *out)
 	int64_t c = 0;
 	struct stat sb;
 
+	if (st->redis != NULL)
+		return bayes_redis_stats(st->redis, out);
 	memset(out, 0, sizeof(*out));
 	if (bayes_store_totals(st, &out->n_spam, &out->n_ham) < 0 || meta_get(st, "counter", &c) < 0)
 		return -1;
