@@ -393,6 +393,99 @@ class Autolearn(BayesBase):
         self.assertEqual((st["spam"], st["ham"], st["messages"]), ("1", "1", "2"))
 
 
+class SharedRedis(unittest.TestCase):
+    """Two daemons with the store in one real redis-server: what one
+    mxguardctl learnt, both score with; an autolearn by one is seen by the
+    other; a user store there too."""
+
+    @classmethod
+    def setUpClass(cls):
+        from test_ratelimit import Redis
+        cls.redis = Redis()
+        cls.ds = []
+        try:
+            for _ in range(2):
+                d = Daemon(start=False, users=("demo@example.test",),
+                           pipeline={"stages": ["bayes"], "tag_score": 50.0,
+                                     "junk_score": 60.0, "reject_score": 100.0})
+                d.extra_conf = bayes_section(d, redis=cls.redis.address(),
+                                             redis_prefix="t19:", per_user=True)
+                d.write_config()
+                d.start()
+                cls.ds.append(d)
+        except Exception:
+            cls.tearDownClass()
+            raise
+        cls.tmp = os.path.join(cls.ds[0].dir, "corpus")
+        os.makedirs(cls.tmp)
+        cls.files, _ = corpus_files(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        for d in cls.ds:
+            d.cleanup()
+        cls.redis.cleanup()
+
+    def bayes_of(self, d, path):
+        before = set(d.files())
+        send(d, raw(path))
+        return header(delivered(d, before=before), "X-Spam-Bayes")
+
+    def test_shared(self):
+        a, b = self.ds
+        spam = self.files["spam"][:N_LEARN]
+        ham = self.files["ham"][:N_LEARN]
+        r = a.ctl_ok("learn", "spam", "--quiet", *spam)
+        self.assertIn("redis:site: learnt %d," % N_LEARN, r.stdout)
+        b.ctl_ok("learn", "ham", "--quiet", *ham)
+        # each daemon's own ctl sees the whole store
+        for d in (a, b):
+            st = dict(l.split(": ", 1) for l in d.ctl_ok("learn", "--stats").stdout.splitlines())
+            self.assertEqual((st["store"], st["spam"], st["ham"], st["messages"]),
+                             ("redis:site", str(N_LEARN), str(N_LEARN), str(2 * N_LEARN)))
+        # learning again through the other instance: nothing twice
+        r = b.ctl_ok("learn", "spam", "--quiet", *spam)
+        self.assertIn("learnt 0, relearnt 0, already %d" % N_LEARN, r.stdout)
+        for d in (a, b):
+            hv = self.bayes_of(d, self.files["spam"][N_LEARN])
+            self.assertRegex(hv, r"^(0\.99\d\d|1\.0000) BAYES_99 .* learnt=%d/%d store=site$"
+                             % (N_LEARN, N_LEARN))
+            hv = self.bayes_of(d, self.files["ham"][N_LEARN])
+            self.assertRegex(hv, r"^0\.0\d\d\d BAYES_00 .* store=site$")
+        # the keys are where the prefix says (the token hashes are binary
+        # fields of two hashes)
+        self.assertEqual(self.redis.command("HGET", "t19:site:meta", "nspam"), "$3")
+        self.assertEqual(self.redis.command("EXISTS", "t19:site:s"), ":1")
+        # a user store in Redis: demo learns the opposite, both daemons use it
+        a.ctl_ok("learn", "ham", "--quiet", "--user", "demo@example.test", *spam)
+        a.ctl_ok("learn", "spam", "--quiet", "--user", "demo@example.test", *ham)
+        for d in (a, b):
+            hv = self.bayes_of(d, self.files["spam"][N_LEARN])
+            self.assertRegex(hv, r"^0\.0\d\d\d BAYES_00 .* store=user$")
+        # unlearn through b: a sees it
+        b.ctl_ok("unlearn", "--quiet", *spam[:10])
+        st = dict(l.split(": ", 1) for l in a.ctl_ok("learn", "--stats").stdout.splitlines())
+        self.assertEqual(st["spam"], str(N_LEARN - 10))
+
+    def test_redis_down_is_on_error(self):
+        # a daemon whose Redis does not answer: the stage fails, on_error
+        # (accept) applies, the message is delivered without the header
+        d = Daemon(start=False, users=("demo@example.test",), pipeline={"stages": ["bayes"]})
+        try:
+            d.extra_conf = bayes_section(d, redis="127.0.0.1:%d" % mxtest.free_port(),
+                                         redis_timeout=200)
+            d.write_config()
+            d.start()
+            before = set(d.files())
+            send(d, raw(self.files["spam"][0]))
+            msg = delivered(d, before=before)
+            self.assertIsNone(header(msg, "X-Spam-Bayes"))
+            self.assertIsNotNone(d.wait_log(r"bayes: \S+: redis 127\.0\.0\.1:\d+: "))
+            self.assertIsNotNone(d.wait_log(r"stages=bayes:error"), d.log_tail(3))
+        finally:
+            d.cleanup()
+
+
 class BadConfig(unittest.TestCase):
     def test_bad_bands_refused(self):
         d = Daemon(start=False, pipeline={"stages": ["bayes"]})
