@@ -409,11 +409,19 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 			learn_arg(&lc, argv[i], cls, false);
 		ret = lc.errors > 0 ? 1 : 0;
 	} else {
+		if (bayes_store_batch(lc.store, true) < 0) {
+			fprintf(stderr, "mxguardctl: %s: cannot begin\n", lc.path);
+			lc.errors++;
+		}
 		if (moves != NULL) {
 			learn_moves(&lc, moves);
 		} else {
 			for (; i < argc; i++)
 				learn_arg(&lc, argv[i], cls, unlearn);
+		}
+		if (bayes_store_batch(lc.store, false) < 0) {
+			fprintf(stderr, "mxguardctl: %s: cannot commit\n", lc.path);
+			lc.errors++;
 		}
 		long dropped = bayes_store_expire(lc.store, (uint64_t)lc.conf.max_tokens);
 		printf("%s: learnt %lu, relearnt %lu, already %lu, unlearnt %lu, not-learnt %lu, "

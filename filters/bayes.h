@@ -112,6 +112,11 @@ enum bayes_learn_result {
 enum bayes_learn_result bayes_store_learn(struct bayes_store *st, const unsigned char digest[32],
 					  const struct bayes_tokens *toks, enum bayes_class cls,
 					  bool unlearn, char **error_r);
+/* A run of learns (mxguardctl): on, they commit together every
+ * BAYES_BATCH messages instead of one by one; off commits the rest. Each
+ * learn stays all-or-nothing (a savepoint). Nothing for Redis. */
+#define BAYES_BATCH 200
+int bayes_store_batch(struct bayes_store *st, bool on);
 /* Keep at most max_tokens tokens: drop the least recently learnt down to
  * 3/4 of it. Returns how many were dropped, -1 on error. */
 long bayes_store_expire(struct bayes_store *st, uint64_t max_tokens);

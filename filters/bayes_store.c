@@ -34,6 +34,8 @@ struct bayes_store {
 	sqlite3 *db;
 	char *path;
 	sqlite3_stmt *get_tok, *get_meta;
+	bool batch;   /* inside bayes_store_batch(): learns are savepoints */
+	unsigned n_batch;
 };
 
 static const char schema[] =
@@ -244,7 +246,8 @@ enum bayes_learn_result bayes_store_learn(struct bayes_store *st, const unsigned
 
 	if (st->redis != NULL)
 		return bayes_redis_learn(st->redis, digest, toks, cls, unlearn, error_r);
-	if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+	if (sqlite3_exec(st->db, st->batch ? "SAVEPOINT learn" : "BEGIN IMMEDIATE", NULL, NULL,
+			 NULL) != SQLITE_OK) {
 		*error_r = db_error(st, "begin");
 		return BAYES_ERROR;
 	}
@@ -309,17 +312,43 @@ enum bayes_learn_result bayes_store_learn(struct bayes_store *st, const unsigned
 	res = was >= 0 ? BAYES_RELEARNT : BAYES_LEARNT;
 commit:
 	sqlite3_finalize(s);
-	if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+	if (sqlite3_exec(st->db, st->batch ? "RELEASE learn" : "COMMIT", NULL, NULL,
+			 NULL) != SQLITE_OK) {
 		*error_r = db_error(st, "commit");
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		sqlite3_exec(st->db, st->batch ? "ROLLBACK TO learn; RELEASE learn" : "ROLLBACK",
+			     NULL, NULL, NULL);
 		return BAYES_ERROR;
+	}
+	/* a batch commits every BAYES_BATCH learns, so a long run neither
+	 * holds the write lock for long nor keeps everything in its log */
+	if (st->batch && ++st->n_batch >= BAYES_BATCH) {
+		if (bayes_store_batch(st, false) < 0 || bayes_store_batch(st, true) < 0) {
+			*error_r = db_error(st, "commit");
+			return BAYES_ERROR;
+		}
 	}
 	return res;
 fail:
 	*error_r = db_error(st, "learn");
 	sqlite3_finalize(s);
-	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_exec(st->db, st->batch ? "ROLLBACK TO learn; RELEASE learn" : "ROLLBACK", NULL,
+		     NULL, NULL);
 	return BAYES_ERROR;
+}
+
+int bayes_store_batch(struct bayes_store *st, bool on)
+{
+	if (st->redis != NULL || st->batch == on)
+		return 0;
+	if (sqlite3_exec(st->db, on ? "BEGIN IMMEDIATE" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		if (!on)
+			sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		st->batch = false;
+		return -1;
+	}
+	st->batch = on;
+	st->n_batch = 0;
+	return 0;
 }
 
 static int64_t count_rows(struct bayes_store *st, const char *sql)
