@@ -32,12 +32,15 @@
 #include <confuse.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pwd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "ctl/ctl.h"
+#include "daemon/daemon.h"
 #include "filters/bayes.h"
 #include "lib/lib.h"
 
@@ -306,6 +309,33 @@ static void learn_moves(struct learn_ctx *lc, const char *file)
 	fclose(f);
 }
 
+/* Run as root for a daemon that runs as `user`: the SQLite store (its
+ * directory, the file, its log and index) must stay the daemon's, or it
+ * could not read what was learnt. */
+static void give_to_run_user(const struct mx_config *cfg, const char *path)
+{
+	const char *user = daemon_settings(cfg)->run_user;
+	struct passwd *pw;
+
+	if (geteuid() != 0 || user == NULL || user[0] == '\0' || strncmp(path, "redis:", 6) == 0 ||
+	    (pw = getpwnam(user)) == NULL)
+		return;
+	char *dir = xstrdup(path), *sl = strrchr(dir, '/');
+	if (sl != NULL && sl != dir) {
+		*sl = '\0';
+		if (chown(dir, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
+			fprintf(stderr, "mxguardctl: chown %s: %s\n", dir, strerror(errno));
+	}
+	free(dir);
+	static const char *const sfx[] = { "", "-wal", "-shm" };
+	for (size_t k = 0; k < N_ELEMENTS(sfx); k++) {
+		char *f = xasprintf("%s%s", path, sfx[k]);
+		if (chown(f, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
+			fprintf(stderr, "mxguardctl: chown %s: %s\n", f, strerror(errno));
+		free(f);
+	}
+}
+
 static int print_stats(struct learn_ctx *lc)
 {
 	struct bayes_store_stats s;
@@ -434,6 +464,7 @@ int ctl_learn_main(struct mx_config *cfg, int argc, char **argv)
 		ret = lc.errors > 0 ? 1 : 0;
 	}
 	bayes_store_close(&lc.store);
+	give_to_run_user(cfg, lc.path);
 	free(lc.path);
 	bayes_conf_clear(&lc.conf);
 	return ret;

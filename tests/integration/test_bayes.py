@@ -487,6 +487,47 @@ class SharedRedis(unittest.TestCase):
             d.cleanup()
 
 
+class RunUser(unittest.TestCase):
+    """A daemon that drops to `user = "nobody"`: mxguardctl learn, run as
+    root, hands the store to that user, so the daemon reads (and
+    autolearns into) it."""
+
+    def test_store_given_to_run_user(self):
+        import pwd
+        if os.geteuid() != 0:
+            self.skipTest("needs root to start as root and drop to nobody")
+        nobody = pwd.getpwnam("nobody")
+        d = Daemon(settings={"user": "nobody"}, start=False,
+                   pipeline={"stages": ["bayes"]})
+        self.addCleanup(d.cleanup)
+        os.chmod(d.dir, 0o755)
+        os.chmod(d.conf, 0o644)
+        os.chown(os.path.join(d.dir, "passwd"), nobody.pw_uid, nobody.pw_gid)
+        tmp = os.path.join(d.dir, "corpus")
+        os.makedirs(tmp)
+        files, _ = corpus_files(tmp)
+        os.chmod(tmp, 0o755)
+        d.extra_conf = bayes_section(d, min_spam=20, min_ham=20, autolearn=True,
+                                     autolearn_spam=1000.0, autolearn_ham=0.0)
+        d.write_config()
+        os.chmod(d.conf, 0o644)
+        d.ctl_ok("learn", "spam", "--quiet", *files["spam"][:30])
+        d.ctl_ok("learn", "ham", "--quiet", *files["ham"][:30])
+        db = os.path.join(d.dir, "bayes", "site.db")
+        self.assertEqual(os.stat(db).st_uid, nobody.pw_uid)
+        self.assertEqual(os.stat(os.path.dirname(db)).st_uid, nobody.pw_uid)
+        d.start()
+        before = set(d.files())
+        send(d, raw(files["spam"][N_LEARN]))
+        hv = header(delivered(d, before=before), "X-Spam-Bayes")
+        # scored with what root learnt, and autolearnt as ham (its score 0 is
+        # at most autolearn_ham 0): the daemon, as nobody, wrote the store
+        self.assertRegex(hv, r"^\d\.\d{4} BAYES_\d\d .* learnt=30/30 store=site "
+                         r"autolearn=ham$")
+        st = dict(l.split(": ", 1) for l in d.ctl_ok("learn", "--stats").stdout.splitlines())
+        self.assertEqual(st["ham"], "31")
+
+
 class BadConfig(unittest.TestCase):
     def test_bad_bands_refused(self):
         d = Daemon(start=False, pipeline={"stages": ["bayes"]})
