@@ -414,6 +414,40 @@ static void test_moves_lines(void **state)
 	assert_int_equal(ctl_learn_parse_move("99999999999999999999999 in a", &tm, &cls, &path), -1);
 }
 
+/* The default bands are SpamAssassin's, and a probability falls in the
+ * last band whose lower bound it reaches. */
+static void test_bands(void **state)
+{
+	struct bayes_conf c;
+	char *err = NULL;
+
+	(void)state;
+	assert_int_equal(bayes_conf_load(NULL, &c, &err), 0);
+	assert_int_equal(c.n_bands, 9);
+	assert_string_equal(bayes_band_of(&c, 0.0)->name, "BAYES_00");
+	assert_string_equal(bayes_band_of(&c, 0.0099)->name, "BAYES_00");
+	assert_string_equal(bayes_band_of(&c, 0.01)->name, "BAYES_05");
+	assert_string_equal(bayes_band_of(&c, 0.5)->name, "BAYES_50");
+	assert_string_equal(bayes_band_of(&c, 0.95)->name, "BAYES_95");
+	assert_string_equal(bayes_band_of(&c, 0.9899)->name, "BAYES_95");
+	assert_string_equal(bayes_band_of(&c, 0.99)->name, "BAYES_99");
+	assert_string_equal(bayes_band_of(&c, 1.0)->name, "BAYES_99");
+	assert_true(bayes_band_of(&c, 1.0)->score == 3.5);
+	assert_true(bayes_band_of(&c, 0.0)->score == -1.9);
+	assert_int_equal(c.min_spam, 200);
+	assert_false(c.autolearn);
+	assert_false(c.tok.pairs);
+	/* user store paths: plain local@domain only, lower-cased */
+	char *p = bayes_user_path(&c, "Demo@Example.TEST");
+	assert_string_equal(p, "./var/bayes/users/demo@example.test.db");
+	free(p);
+	assert_null(bayes_user_path(&c, "../x@y"));
+	assert_null(bayes_user_path(&c, ".x@y"));
+	assert_null(bayes_user_path(&c, "nobody"));
+	assert_null(bayes_user_path(&c, ""));
+	bayes_conf_clear(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -425,6 +459,7 @@ int main(void)
 		cmocka_unit_test(test_maths),
 		cmocka_unit_test(test_store),
 		cmocka_unit_test(test_moves_lines),
+		cmocka_unit_test(test_bands),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);
 
