@@ -85,6 +85,10 @@ static void ctl_usage(FILE *out)
 		"  quarantine delete ID           remove it (recorded in its metadata)\n"
 		"  quarantine expire              remove what is older than quarantine_retention\n"
 		"  status [--json]    the running daemon's summary, read from its /metrics\n"
+		"  learn spam|ham [--user U] FILE|MAILDIR...  teach the bayes stage (doc/learning.md)\n"
+		"  unlearn [--user U] FILE|MAILDIR...         forget what was learnt from them\n"
+		"  learn --moves FILE [--user U]  learn the Junk moves recorded in FILE\n"
+		"  learn --stats [--user U]       what the store holds\n"
 		"\n"
 		"options:\n"
 		"  -c CONFIG          configuration file (default %s)\n"
@@ -492,6 +496,17 @@ int main(int argc, char **argv)
 			ctl_error("cannot write to standard output: %s", strerror(errno));
 			ret = CTL_EXIT_FAIL;
 		}
+		config_unref(&ctl.cfg);
+		return ret;
+	}
+	if (strcmp(argv[0], "learn") == 0 || strcmp(argv[0], "unlearn") == 0) {
+		mxguard_register_config();
+		if (config_load(ctl.config_path, &ctl.cfg, &error) < 0) {
+			ctl_error("%s", error != NULL ? error : ctl.config_path);
+			free(error);
+			return CTL_EXIT_FAIL;
+		}
+		ret = ctl_learn_main(ctl.cfg, argc, argv);
 		config_unref(&ctl.cfg);
 		return ret;
 	}

@@ -37,6 +37,7 @@ extern const struct stage_ops ratelimit_stage_ops;
 extern const struct stage_ops dnsbl_stage_ops;
 extern const struct stage_ops auth_stage_ops;
 extern const struct stage_ops format_stage_ops;
+extern const struct stage_ops bayes_stage_ops;
 
 static const struct stage_ops *const stage_table[] = {
 	&rules_stage_ops,
@@ -45,6 +46,7 @@ static const struct stage_ops *const stage_table[] = {
 	&dnsbl_stage_ops,
 	&auth_stage_ops,
 	&format_stage_ops,
+	&bayes_stage_ops,
 	NULL /* end of table */
 };
 

@@ -1,0 +1,411 @@
+/*
+ * bayes_store.c — the classifier's local store: one SQLite database per
+ * scope (the site's, or one user's).
+ *
+ *   tokens(tok INTEGER PRIMARY KEY, spam INTEGER, ham INTEGER, atime INTEGER)
+ *   seen(digest BLOB PRIMARY KEY, class INTEGER) WITHOUT ROWID
+ *   meta(k TEXT PRIMARY KEY, v INTEGER)     nspam, nham, counter
+ *
+ * No index on atime: measured, it was larger than the table itself (random
+ * inserts leave its pages half full); expiry, which runs only when a
+ * store holds more than max_tokens, sorts the table instead.
+ * tok is the token's 64-bit hash (bayes_hash) as the rowid, so a token row
+ * is the hash, two counts and the learn counter: measured in doc/learning.md.
+ * atime is meta.counter (messages learnt so far) when the token was last
+ * learnt; scoring does not write. WAL mode: the daemon's readers and a
+ * writer (mxguardctl, autolearn) run at once; a writer waits up to 10 s for
+ * another (busy timeout). Every learn is one transaction (BEGIN IMMEDIATE),
+ * so counts and totals never disagree.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#include "filters/bayes.h"
+#include "lib/lib.h"
+
+struct bayes_store {
+	struct bayes_redis *redis; /* set: the Redis store, db unused */
+	sqlite3 *db;
+	char *path;
+	sqlite3_stmt *get_tok, *get_meta;
+	bool batch;   /* inside bayes_store_batch(): learns are savepoints */
+	unsigned n_batch;
+};
+
+static const char schema[] =
+	"PRAGMA journal_mode=WAL;"
+	/* in WAL mode NORMAL loses at most the last learns at a power cut,
+	 * never the database */
+	"PRAGMA synchronous=NORMAL;"
+	"CREATE TABLE IF NOT EXISTS tokens(tok INTEGER PRIMARY KEY, spam INTEGER NOT NULL,"
+	" ham INTEGER NOT NULL, atime INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS seen(digest BLOB PRIMARY KEY, class INTEGER NOT NULL)"
+	" WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+	"INSERT OR IGNORE INTO meta VALUES('nspam', 0), ('nham', 0), ('counter', 0),"
+	" ('version', 1);";
+
+static char *db_error(struct bayes_store *st, const char *what)
+{
+	return xasprintf("%s: %s: %s", st->path, what, sqlite3_errmsg(st->db));
+}
+
+struct bayes_store *bayes_store_open(const char *path, bool readonly, char **error_r)
+{
+	struct bayes_store *st = xcalloc(1, sizeof(*st));
+	int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+
+	st->path = xstrdup(path);
+	flags |= SQLITE_OPEN_NOMUTEX; /* one thread at a time per handle */
+	if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
+		*error_r = st->db != NULL ? db_error(st, "open") :
+			   xasprintf("%s: open: out of memory", path);
+		goto fail;
+	}
+	sqlite3_busy_timeout(st->db, 10000);
+	if (!readonly && sqlite3_exec(st->db, schema, NULL, NULL, NULL) != SQLITE_OK) {
+		*error_r = db_error(st, "schema");
+		goto fail;
+	}
+	if (sqlite3_prepare_v2(st->db, "SELECT spam, ham FROM tokens WHERE tok = ?", -1,
+			       &st->get_tok, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(st->db, "SELECT v FROM meta WHERE k = ?", -1,
+			       &st->get_meta, NULL) != SQLITE_OK) {
+		*error_r = db_error(st, "prepare");
+		goto fail;
+	}
+	return st;
+fail:
+	bayes_store_close(&st);
+	return NULL;
+}
+
+struct bayes_store *bayes_store_open_redis(const char *addr, const char *prefix,
+					   const char *scope, long timeout_ms, char **error_r)
+{
+	struct bayes_redis *r = bayes_redis_open(addr, prefix, scope, timeout_ms, error_r);
+	struct bayes_store *st;
+
+	if (r == NULL)
+		return NULL;
+	st = xcalloc(1, sizeof(*st));
+	st->redis = r;
+	st->path = xasprintf("redis:%s", scope);
+	return st;
+}
+
+bool bayes_store_broken(const struct bayes_store *st)
+{
+	return st->redis != NULL && bayes_redis_broken(st->redis);
+}
+
+void bayes_store_close(struct bayes_store **stp)
+{
+	struct bayes_store *st = *stp;
+
+	if (st == NULL)
+		return;
+	bayes_redis_close(&st->redis);
+	sqlite3_finalize(st->get_tok);
+	sqlite3_finalize(st->get_meta);
+	sqlite3_close(st->db);
+	free(st->path);
+	free(st);
+	*stp = NULL;
+}
+
+static int meta_get(struct bayes_store *st, const char *k, int64_t *v)
+{
+	int rc;
+
+	sqlite3_reset(st->get_meta);
+	sqlite3_bind_text(st->get_meta, 1, k, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st->get_meta);
+	*v = rc == SQLITE_ROW ? sqlite3_column_int64(st->get_meta, 0) : 0;
+	sqlite3_reset(st->get_meta);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int bayes_store_totals(struct bayes_store *st, uint32_t *n_spam, uint32_t *n_ham)
+{
+	int64_t s = 0, h = 0;
+
+	if (st->redis != NULL)
+		return bayes_redis_totals(st->redis, n_spam, n_ham);
+	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		return -1;
+	int r = meta_get(st, "nspam", &s) < 0 || meta_get(st, "nham", &h) < 0 ? -1 : 0;
+	sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+	*n_spam = s > 0 ? (uint32_t)s : 0;
+	*n_ham = h > 0 ? (uint32_t)h : 0;
+	return r;
+}
+
+int bayes_store_lookup(struct bayes_store *st, const uint64_t *hash, size_t n,
+		       struct bayes_count *out)
+{
+	int ret = 0;
+
+	if (st->redis != NULL)
+		return bayes_redis_lookup(st->redis, hash, n, out);
+	/* one read transaction: one snapshot, one lock */
+	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		int rc;
+		sqlite3_reset(st->get_tok);
+		sqlite3_bind_int64(st->get_tok, 1, (sqlite3_int64)hash[i]);
+		rc = sqlite3_step(st->get_tok);
+		if (rc == SQLITE_ROW) {
+			out[i].spam = (uint32_t)sqlite3_column_int64(st->get_tok, 0);
+			out[i].ham = (uint32_t)sqlite3_column_int64(st->get_tok, 1);
+		} else if (rc == SQLITE_DONE) {
+			out[i].spam = out[i].ham = 0;
+		} else {
+			ret = -1;
+			break;
+		}
+	}
+	sqlite3_reset(st->get_tok);
+	sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+	return ret;
+}
+
+static int exec1(struct bayes_store *st, const char *sql, int64_t a, int64_t b)
+{
+	sqlite3_stmt *s;
+	int rc;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_bind_parameter_count(s) >= 1)
+		sqlite3_bind_int64(s, 1, a);
+	if (sqlite3_bind_parameter_count(s) >= 2)
+		sqlite3_bind_int64(s, 2, b);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Add delta (+1/-1) to the class column of every token; rows that reach
+ * 0/0 go. */
+static int apply_tokens(struct bayes_store *st, const struct bayes_tokens *toks,
+			enum bayes_class cls, int delta, int64_t now)
+{
+	const char *up = cls == BAYES_SPAM ?
+		"INSERT INTO tokens(tok, spam, ham, atime) VALUES(?1, 1, 0, ?2)"
+		" ON CONFLICT(tok) DO UPDATE SET spam = spam + 1, atime = ?2" :
+		"INSERT INTO tokens(tok, spam, ham, atime) VALUES(?1, 0, 1, ?2)"
+		" ON CONFLICT(tok) DO UPDATE SET ham = ham + 1, atime = ?2";
+	const char *down = cls == BAYES_SPAM ?
+		"UPDATE tokens SET spam = spam - 1 WHERE tok = ?1 AND spam > 0" :
+		"UPDATE tokens SET ham = ham - 1 WHERE tok = ?1 AND ham > 0";
+	sqlite3_stmt *s, *del = NULL;
+	int ret = 0;
+
+	if (sqlite3_prepare_v2(st->db, delta > 0 ? up : down, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (delta < 0 && sqlite3_prepare_v2(st->db, "DELETE FROM tokens WHERE tok = ?1 AND"
+					    " spam = 0 AND ham = 0", -1, &del, NULL) != SQLITE_OK) {
+		sqlite3_finalize(s);
+		return -1;
+	}
+	for (size_t i = 0; i < toks->n && ret == 0; i++) {
+		sqlite3_reset(s);
+		sqlite3_bind_int64(s, 1, (sqlite3_int64)toks->hash[i]);
+		if (delta > 0)
+			sqlite3_bind_int64(s, 2, now);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			ret = -1;
+		if (del != NULL && ret == 0) {
+			sqlite3_reset(del);
+			sqlite3_bind_int64(del, 1, (sqlite3_int64)toks->hash[i]);
+			if (sqlite3_step(del) != SQLITE_DONE)
+				ret = -1;
+		}
+	}
+	sqlite3_finalize(s);
+	sqlite3_finalize(del);
+	return ret;
+}
+
+enum bayes_learn_result bayes_store_learn(struct bayes_store *st, const unsigned char digest[32],
+					  const struct bayes_tokens *toks, enum bayes_class cls,
+					  bool unlearn, char **error_r)
+{
+	sqlite3_stmt *s = NULL;
+	enum bayes_learn_result res;
+	int64_t was = -1, counter = 0;
+	int rc;
+
+	if (st->redis != NULL)
+		return bayes_redis_learn(st->redis, digest, toks, cls, unlearn, error_r);
+	if (sqlite3_exec(st->db, st->batch ? "SAVEPOINT learn" : "BEGIN IMMEDIATE", NULL, NULL,
+			 NULL) != SQLITE_OK) {
+		*error_r = db_error(st, "begin");
+		return BAYES_ERROR;
+	}
+	if (sqlite3_prepare_v2(st->db, "SELECT class FROM seen WHERE digest = ?", -1, &s,
+			       NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_blob(s, 1, digest, 32, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		was = sqlite3_column_int64(s, 0);
+	else if (rc != SQLITE_DONE)
+		goto fail;
+	sqlite3_finalize(s);
+	s = NULL;
+	if (meta_get(st, "counter", &counter) < 0)
+		goto fail;
+
+	if (unlearn) {
+		if (was < 0) {
+			res = BAYES_NOT_LEARNT;
+			goto commit;
+		}
+		cls = was == BAYES_SPAM ? BAYES_SPAM : BAYES_HAM;
+		if (apply_tokens(st, toks, cls, -1, counter) < 0 ||
+		    exec1(st, cls == BAYES_SPAM ? "UPDATE meta SET v = max(v - 1, 0) WHERE k = 'nspam'" :
+			  "UPDATE meta SET v = max(v - 1, 0) WHERE k = 'nham'", 0, 0) < 0)
+			goto fail;
+		if (sqlite3_prepare_v2(st->db, "DELETE FROM seen WHERE digest = ?", -1, &s,
+				       NULL) != SQLITE_OK)
+			goto fail;
+		sqlite3_bind_blob(s, 1, digest, 32, SQLITE_STATIC);
+		if (sqlite3_step(s) != SQLITE_DONE)
+			goto fail;
+		res = BAYES_UNLEARNT;
+		goto commit;
+	}
+	if (was == (int64_t)cls) {
+		res = BAYES_ALREADY;
+		goto commit;
+	}
+	counter++;
+	if (was >= 0) {
+		/* learnt as the other class: move it */
+		enum bayes_class other = cls == BAYES_SPAM ? BAYES_HAM : BAYES_SPAM;
+		if (apply_tokens(st, toks, other, -1, counter) < 0 ||
+		    exec1(st, other == BAYES_SPAM ? "UPDATE meta SET v = max(v - 1, 0) WHERE k = 'nspam'" :
+			  "UPDATE meta SET v = max(v - 1, 0) WHERE k = 'nham'", 0, 0) < 0)
+			goto fail;
+	}
+	if (apply_tokens(st, toks, cls, +1, counter) < 0 ||
+	    exec1(st, cls == BAYES_SPAM ? "UPDATE meta SET v = v + 1 WHERE k = 'nspam'" :
+		  "UPDATE meta SET v = v + 1 WHERE k = 'nham'", 0, 0) < 0 ||
+	    exec1(st, "UPDATE meta SET v = ?1 WHERE k = 'counter'", counter, 0) < 0)
+		goto fail;
+	if (sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO seen(digest, class) VALUES(?, ?)",
+			       -1, &s, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_blob(s, 1, digest, 32, SQLITE_STATIC);
+	sqlite3_bind_int(s, 2, (int)cls);
+	if (sqlite3_step(s) != SQLITE_DONE)
+		goto fail;
+	res = was >= 0 ? BAYES_RELEARNT : BAYES_LEARNT;
+commit:
+	sqlite3_finalize(s);
+	if (sqlite3_exec(st->db, st->batch ? "RELEASE learn" : "COMMIT", NULL, NULL,
+			 NULL) != SQLITE_OK) {
+		*error_r = db_error(st, "commit");
+		sqlite3_exec(st->db, st->batch ? "ROLLBACK TO learn; RELEASE learn" : "ROLLBACK",
+			     NULL, NULL, NULL);
+		return BAYES_ERROR;
+	}
+	/* a batch commits every BAYES_BATCH learns, so a long run neither
+	 * holds the write lock for long nor keeps everything in its log */
+	if (st->batch && ++st->n_batch >= BAYES_BATCH) {
+		if (bayes_store_batch(st, false) < 0 || bayes_store_batch(st, true) < 0) {
+			*error_r = db_error(st, "commit");
+			return BAYES_ERROR;
+		}
+	}
+	return res;
+fail:
+	*error_r = db_error(st, "learn");
+	sqlite3_finalize(s);
+	sqlite3_exec(st->db, st->batch ? "ROLLBACK TO learn; RELEASE learn" : "ROLLBACK", NULL,
+		     NULL, NULL);
+	return BAYES_ERROR;
+}
+
+int bayes_store_batch(struct bayes_store *st, bool on)
+{
+	if (st->redis != NULL || st->batch == on)
+		return 0;
+	if (sqlite3_exec(st->db, on ? "BEGIN IMMEDIATE" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		if (!on)
+			sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		st->batch = false;
+		return -1;
+	}
+	st->batch = on;
+	st->n_batch = 0;
+	return 0;
+}
+
+static int64_t count_rows(struct bayes_store *st, const char *sql)
+{
+	sqlite3_stmt *s;
+	int64_t n = -1;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return n;
+}
+
+long bayes_store_expire(struct bayes_store *st, uint64_t max_tokens)
+{
+	int64_t n, drop;
+
+	if (st->redis != NULL)
+		return 0; /* no per-field expiry in Redis 7.0: doc/learning.md */
+	n = count_rows(st, "SELECT count(*) FROM tokens");
+
+	if (n < 0)
+		return -1;
+	if ((uint64_t)n <= max_tokens)
+		return 0;
+	drop = n - (int64_t)(max_tokens / 4 * 3);
+	if (exec1(st, "DELETE FROM tokens WHERE tok IN (SELECT tok FROM tokens ORDER BY atime"
+		  " LIMIT ?1)", drop, 0) < 0)
+		return -1;
+	return (long)drop;
+}
+
+int bayes_store_stats(struct bayes_store *st, struct bayes_store_stats *out)
+{
+	int64_t c = 0;
+	struct stat sb;
+
+	if (st->redis != NULL)
+		return bayes_redis_stats(st->redis, out);
+	memset(out, 0, sizeof(*out));
+	if (bayes_store_totals(st, &out->n_spam, &out->n_ham) < 0 || meta_get(st, "counter", &c) < 0)
+		return -1;
+	out->learn_counter = (uint64_t)c;
+	int64_t nt = count_rows(st, "SELECT count(*) FROM tokens");
+	int64_t ns = count_rows(st, "SELECT count(*) FROM seen");
+	if (nt < 0 || ns < 0)
+		return -1;
+	out->n_tokens = (uint64_t)nt;
+	out->n_seen = (uint64_t)ns;
+	/* the database and its write-ahead log */
+	if (stat(st->path, &sb) == 0)
+		out->file_bytes = (uint64_t)sb.st_size;
+	char *wal = xasprintf("%s-wal", st->path);
+	if (stat(wal, &sb) == 0)
+		out->file_bytes += (uint64_t)sb.st_size;
+	free(wal);
+	return 0;
+}
