@@ -166,6 +166,7 @@ struct bayes_conf {
 	char *header;
 	bool autolearn;
 	double autolearn_spam, autolearn_ham;
+	bool learn_from_moves; /* IMAP moves into/out of Junk teach the store */
 	long max_tokens;
 	char *redis;         /* "" = the local SQLite store */
 	char *redis_prefix;
@@ -184,5 +185,17 @@ char *bayes_user_path(const struct bayes_conf *c, const char *user);
  * *error_r NULL; create makes its directory and file. */
 struct bayes_store *bayes_conf_open(const struct bayes_conf *c, const char *user, bool readonly,
 				    bool create, char **name_r, char **error_r);
+
+/*
+ * A user moved (or copied) a message into the junk folder (to_junk) or
+ * out of it, over IMAP: learn it as spam or ham in the store the stage
+ * reads (the user's with per_user), once, as `mxguardctl learn` would.
+ * Blocking (SQLite or Redis): the worker pool only. 1 when the bayes
+ * stage is not in the pipeline's stages or learn_from_moves is off
+ * (nothing done), 0 when learnt (or already learnt so), -1 with *error_r.
+ */
+struct mx_config;
+int bayes_learn_moved(const struct mx_config *cfg, const char *user, const char *data, size_t len,
+		      bool to_junk, char **error_r);
 
 #endif

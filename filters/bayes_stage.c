@@ -85,6 +85,7 @@ static cfg_opt_t bayes_opts[] = {
 		     "\"BAYES_99:0.99:3.5\"}", CFGF_NONE),
 	CFG_STR("header", "X-Spam-Bayes", CFGF_NONE),
 	CFG_BOOL("autolearn", cfg_false, CFGF_NONE),
+	CFG_BOOL("learn_from_moves", cfg_true, CFGF_NONE),
 	CFG_FLOAT("autolearn_spam", 12.0, CFGF_NONE),
 	CFG_FLOAT("autolearn_ham", -2.0, CFGF_NONE),
 	CFG_INT("max_tokens", 1000000, CFGF_NONE),
@@ -141,6 +142,7 @@ int bayes_conf_load(struct cfg_t *sec, struct bayes_conf *c, char **error_r)
 		c->min_spam = c->min_ham = 200;
 		c->header = xstrdup("X-Spam-Bayes");
 		c->max_tokens = 1000000;
+		c->learn_from_moves = true;
 		c->redis = xstrdup("");
 		c->redis_prefix = xstrdup("mxguard:bayes:");
 		c->redis_timeout = 2000;
@@ -158,6 +160,7 @@ int bayes_conf_load(struct cfg_t *sec, struct bayes_conf *c, char **error_r)
 	c->tok.pairs = cfg_getbool(sec, "pairs");
 	c->header = xstrdup(cfg_getstr(sec, "header"));
 	c->autolearn = cfg_getbool(sec, "autolearn");
+	c->learn_from_moves = cfg_getbool(sec, "learn_from_moves");
 	c->autolearn_spam = cfg_getfloat(sec, "autolearn_spam");
 	c->autolearn_ham = cfg_getfloat(sec, "autolearn_ham");
 	c->max_tokens = cfg_getint(sec, "max_tokens");
@@ -552,3 +555,55 @@ const struct stage_ops bayes_stage_ops = {
 	.check = bayes_check,
 	.destroy = bayes_destroy,
 };
+
+/* ------------------------------------------ learning from a user's move */
+int bayes_learn_moved(const struct mx_config *cfg, const char *user, const char *data, size_t len,
+		      bool to_junk, char **error_r)
+{
+	const struct pipeline_settings *ps = pipeline_settings(cfg);
+	struct bayes_conf conf;
+	struct bayes_store *store;
+	struct bayes_tokens toks;
+	struct msgbody *b;
+	const struct msgtext *t;
+	unsigned char dg[32];
+	enum bayes_learn_result r;
+	bool on = false;
+
+	*error_r = NULL;
+	for (size_t i = 0; i < ps->n_stages; i++)
+		on = on || strcmp(ps->stages[i], "bayes") == 0;
+	if (!on)
+		return 1;
+	if (bayes_conf_load(cfg_getsec(cfg->cfg, "bayes"), &conf, error_r) < 0)
+		return -1;
+	if (!conf.learn_from_moves) {
+		bayes_conf_clear(&conf);
+		return 1;
+	}
+	store = bayes_conf_open(&conf, conf.per_user ? user : NULL, false, true, NULL, error_r);
+	if (store == NULL) {
+		if (*error_r == NULL)
+			*error_r = xstrdup("the store cannot be opened");
+		bayes_conf_clear(&conf);
+		return -1;
+	}
+	b = msgbody_new("/tmp", SIZE_MAX / 2);
+	if (msgbody_append(b, data, len) < 0 || msgbody_seal(b) < 0 || (t = msgbody_text(b)) == NULL) {
+		*error_r = xstrdup("the message cannot be read");
+		msgbody_free(&b);
+		bayes_store_close(&store);
+		bayes_conf_clear(&conf);
+		return -1;
+	}
+	bayes_tokenize(t, &conf.tok, &toks);
+	bayes_digest(t, dg);
+	/* into Junk: spam; out of it: ham (a message learnt as the other
+	 * class before is moved over, one learnt as this class is left) */
+	r = bayes_store_learn(store, dg, &toks, to_junk ? BAYES_SPAM : BAYES_HAM, false, error_r);
+	bayes_tokens_free(&toks);
+	msgbody_free(&b);
+	bayes_store_close(&store);
+	bayes_conf_clear(&conf);
+	return r == BAYES_ERROR ? -1 : 0;
+}

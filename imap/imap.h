@@ -54,10 +54,22 @@ void imap_register_config(void);
 const struct imap_settings *imap_settings(const struct mx_config *cfg);
 
 /* ------------------------------------------------------------- service */
+/*
+ * Optional: a message the user copied or moved into the junk folder
+ * (to_junk) or out of it, with its octets as stored; called on the worker
+ * pool right after the copy (blocking allowed), with the config the
+ * session was accepted with. The program learns from it (proxy/state.c:
+ * the bayes stage, doc/learning.md); the junk log records the move either
+ * way.
+ */
+typedef void imap_junk_moved_fn(const struct mx_config *cfg, const char *user, const char *data,
+				size_t len, bool to_junk);
+
 struct imap_env {
 	const struct mx_config *cfg;
 	struct userdb *userdb;
 	struct ssl_ctx_st *ssl_ctx; /* NULL: no STARTTLS, no implicit TLS */
+	imap_junk_moved_fn *junk_moved; /* NULL: nothing learns from moves */
 };
 
 void imap_session_start(struct conn *conn, const char *refusal, const struct imap_env *env);

@@ -307,6 +307,10 @@ struct imap_job {
 	time_t date;
 	unsigned status_items;
 	int ino_fd;           /* IDLE: the inotify fd the job set up */
+	/* COPY/MOVE: who learns from moves into or out of Junk */
+	imap_junk_moved_fn *junk_moved;
+	struct mx_config *cfg; /* referenced while junk_moved is set */
+	char *user;
 	/* FETCH progress */
 	size_t *idx;
 	size_t n_idx, pos;
@@ -319,6 +323,9 @@ job_free(struct imap_job *job)
 	free(job->tag);
 	free(job->root);
 	free(job->junk);
+	if (job->cfg != NULL)
+		config_unref(&job->cfg);
+	free(job->user);
 	sel_free(&job->sel);
 	sel_free(&job->new_sel);
 	if (job->out != NULL)
@@ -1372,6 +1379,22 @@ message_id(struct mailbox *mb, size_t i, char *out, size_t outsz)
 	}
 }
 
+
+/* Hand a message copied into or out of Junk to whoever learns from it
+ * (the bayes stage): its octets as stored, read from the source. */
+static void
+junk_learn(struct imap_job *job, struct mailbox *mb, size_t i, bool to_junk)
+{
+	struct stat sb;
+	size_t len;
+	char *data = read_crlf(mb, i, &len, &sb);
+
+	if (data == NULL)
+		return;
+	job->junk_moved(job->cfg, job->user, data, len, to_junk);
+	free(data);
+}
+
 static void
 work_copy(struct imap_job *job)
 {
@@ -1427,6 +1450,8 @@ work_copy(struct imap_job *job)
 			if (mailbox_junk_log(job->root, job->is_move ? "move" : "copy", to_junk, from, job->name,
 					     uids[k], mid, mb->msgs[idx[k]].base) < 0)
 				log_errno(LOG_LEVEL_WARN, "imap cannot write %s/%s", job->root, MAILBOX_JUNK_LOG);
+			if (job->junk_moved != NULL)
+				junk_learn(job, mb, idx[k], to_junk);
 		}
 	}
 	/* COPYUID: the pairs of messages that were copied */
@@ -2681,6 +2706,12 @@ cmd_copy_common(struct cmd_ctx *c, bool move)
 
 	job->uid = c->uid;
 	job->is_move = move;
+	if (c->s->env.junk_moved != NULL) {
+		/* the session may end while the job runs: the job keeps its own */
+		job->junk_moved = c->s->env.junk_moved;
+		job->cfg = config_ref((struct mx_config *)c->s->env.cfg);
+		job->user = xstrdup(c->s->login);
+	}
 	if (!imap_parse_sp(c->ps) || !imap_parse_seqset(c->ps, &job->set) || !arg_mailbox(c, &job->name) ||
 	    !imap_parse_end(c->ps)) {
 		job_free(job);

@@ -16,6 +16,7 @@
 
 #include <openssl/ssl.h>
 
+#include "filters/bayes.h"
 #include "proxy/proxy.h"
 
 struct server_state *
@@ -166,6 +167,24 @@ milter_service_start_row(struct daemon *core, const struct listen_config *lc, ch
 	return milter_service_start(core, lc, milter_env_of, error_r);
 }
 
+/* A user's move into or out of Junk teaches the bayes stage (when it is
+ * on): on the worker pool, after the copy. */
+static void
+imap_junk_moved(const struct mx_config *cfg, const char *user, const char *data, size_t len,
+		bool to_junk)
+{
+	char *err = NULL;
+	int r = bayes_learn_moved(cfg, user, data, len, to_junk, &err);
+
+	if (r == 0)
+		log_msg(LOG_LEVEL_INFO, "bayes learnt user=%s class=%s source=imap_move", user,
+			to_junk ? "spam" : "ham");
+	else if (r < 0)
+		log_msg(LOG_LEVEL_WARN, "bayes cannot learn a move of user=%s: %s", user,
+			err != NULL ? err : "?");
+	free(err);
+}
+
 /* The IMAP service (imap/), the same way as POP3. */
 static void
 imap_service_accept(struct conn *conn, const char *refusal)
@@ -175,6 +194,7 @@ imap_service_accept(struct conn *conn, const char *refusal)
 		.cfg = st->cfg,
 		.userdb = st->userdb,
 		.ssl_ctx = st->ssl_ctx,
+		.junk_moved = imap_junk_moved,
 	};
 
 	imap_session_start(conn, refusal, &env);

@@ -13,6 +13,7 @@ stage after it sees BAYES_* as `stage` hits; per-user stores; the moves
 file; autolearn.
 """
 
+import imaplib
 import os
 import random
 import re
@@ -146,16 +147,18 @@ class BayesBase(unittest.TestCase):
     bayes_opts = {}
     rules = None  # a rule file's text: a rules section loading it
     users = ("demo@example.test", "other@example.test")
+    listen_extra = None
+    extra = ""
 
     @classmethod
     def setUpClass(cls):
-        cls.d = Daemon(start=False, users=cls.users,
+        cls.d = Daemon(start=False, users=cls.users, listen_extra=cls.listen_extra,
                        pipeline={"stages": cls.stages, "tag_score": 50.0,
                                  "junk_score": 60.0, "reject_score": 100.0})
         cls.tmp = os.path.join(cls.d.dir, "corpus")
         os.makedirs(cls.tmp)
         cls.files, cls.corpus_name = corpus_files(cls.tmp)
-        cls.d.extra_conf = bayes_section(cls.d, **cls.bayes_opts)
+        cls.d.extra_conf = bayes_section(cls.d, **cls.bayes_opts) + cls.extra
         if cls.rules is not None:
             local = os.path.join(cls.d.dir, "local.cf")
             with open(local, "w") as f:
@@ -358,6 +361,64 @@ class Moves(BayesBase):
         self.assertIn("learnt 2, relearnt 1, already 0", r.stdout)
         st = self.stats("--user", "demo@example.test")
         self.assertEqual((st["spam"], st["ham"]), ("0", "2"))
+
+
+class ImapMoves(BayesBase):
+    """A user's MOVE/COPY out of Junk or into it over IMAP teaches the store
+    at once (bayes_learn_moved, called by the IMAP service's copy job)."""
+    listen_extra = {"imap": {"protocol": "imap"}}
+    extra = 'imap {\n\tplaintext_auth = "always"\n}\n'
+
+    def imap(self):
+        m = imaplib.IMAP4("127.0.0.1", self.d.ports["imap"], timeout=30)
+        m.login("demo@example.test", mxtest.PASSWORD)
+        return m
+
+    def wait_learnt(self, cls, n):
+        deadline = time.monotonic() + 20
+        while True:
+            st = self.stats()
+            if st[cls] == str(n) or time.monotonic() > deadline:
+                return st
+            time.sleep(0.05)
+
+    def test_move_out_of_junk_relearns_as_ham(self):
+        self.learn_all()
+        spam, ham = self.held_out("spam", 7), self.held_out("ham", 7)
+        m = self.imap()
+        m.create("Junk")
+        # a ham the filter got wrong sits in Junk: the user moves it out
+        self.assertEqual(m.append("Junk", None, None, raw(ham))[0], "OK")
+        # a spam that reached the INBOX: the user copies it to Junk
+        self.assertEqual(m.append("INBOX", None, None, raw(spam))[0], "OK")
+        m.select("Junk")
+        typ, data = m.uid("MOVE", "1:*", "INBOX")
+        self.assertEqual(typ, "OK", data)
+        st = self.wait_learnt("ham", N_LEARN + 1)
+        self.assertEqual((st["spam"], st["ham"]), (str(N_LEARN), str(N_LEARN + 1)))
+        self.assertTrue(self.d.wait_log(r"bayes learnt user=demo@example.test class=ham "
+                                        r"source=imap_move"), self.d.log_tail())
+        m.select("INBOX")
+        typ, data = m.search(None, "ALL")
+        ids = data[0].split()
+        self.assertEqual(len(ids), 2, data)
+        # which one is the spam: the one with its Subject
+        typ, data = m.uid("COPY", "1:*", "Junk")   # both into Junk (a COPY counts too)
+        self.assertEqual(typ, "OK", data)
+        st = self.wait_learnt("spam", N_LEARN + 2)
+        # the ham moved out before is relearnt as spam (the user changed
+        # their mind), the spam is learnt new: 2 spam more, the ham back
+        self.assertEqual((st["spam"], st["ham"]), (str(N_LEARN + 2), str(N_LEARN)))
+        # a move within the INBOX's side (not Junk) teaches nothing
+        m.create("Archive")
+        typ, data = m.uid("COPY", "1:*", "Archive")
+        self.assertEqual(typ, "OK", data)
+        m.logout()
+        self.assertEqual(self.stats()["spam"], str(N_LEARN + 2))
+        # and the junk log has every move into or out of Junk
+        with open(os.path.join(self.d.maildir(), "mxguard-junk-moves.log")) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3, lines)
 
 
 class Autolearn(BayesBase):
