@@ -393,10 +393,13 @@ class Quickstart(unittest.TestCase):
             self.assertIn('"clamav"', text)
             text = text.replace("127.0.0.1:2525", "127.0.0.1:%d" % port)
             text = text.replace("127.0.0.1:4465", "127.0.0.1:%d" % tls_port)
-            # the POP3 listeners too: no fixed port in a test
-            text = text.replace("127.0.0.1:1110", "127.0.0.1:%d" % mxtest.free_port())
-            text = text.replace("127.0.0.1:1995", "127.0.0.1:%d" % mxtest.free_port())
-            self.assertNotRegex(text, r'address = "127\.0\.0\.1:(2525|4465|1110|1995)"')
+            # every other listener too (POP3, IMAP, metrics): no fixed port
+            # in a test
+            for fixed in sorted(set(re.findall(r'(?m)^\s+address = "127\.0\.0\.1:(\d+)"', text))):
+                if int(fixed) not in (port, tls_port):
+                    text = text.replace("127.0.0.1:%s\"" % fixed,
+                                        "127.0.0.1:%d\"" % mxtest.free_port())
+            self.assertNotRegex(text, r'address = "127\.0\.0\.1:(2525|4465|1110|1995|1143|1993|9025)"')
             text = text.replace("threads = 0", "threads = 2")
             conf = os.path.join(top, "mxguard.conf")
             with open(conf, "w") as f:
