@@ -212,10 +212,5 @@ bool imap_list_match(const char *pattern, const char *name);
  * holds CR, LF, NUL or 8-bit octets; malloc'd. */
 char *imap_quote(const char *s, size_t len);
 
-/* base64 (AUTHENTICATE): *out_r malloc'd, NUL-terminated; -1 when bad */
-int imap_base64_decode(const char *in, size_t len, char **out_r, size_t *len_r);
-/* RFC 4616: authzid NUL authcid NUL passwd, pointers into buf; -1 bad */
-int imap_sasl_plain(char *buf, size_t len, const char **authz_r, const char **authc_r,
-		    const char **pass_r);
 
 #endif

@@ -33,7 +33,6 @@
  */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -164,35 +163,6 @@ imap_arm_timeouts(struct imap_session *s)
 		conn_set_timeout(s->conn, imap_cfg(s)->timeout_idle);
 }
 
-static void
-log_name(const char *in, char *out, size_t outsz)
-{
-	size_t o = 0;
-
-	for (; *in != '\0' && o + 1 < outsz && o < 96; in++) {
-		unsigned char c = (unsigned char)*in;
-		out[o++] = (c > 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '=') ? (char)c : '?';
-	}
-	if (o == 0 && outsz > 1)
-		out[o++] = '-';
-	out[o] = '\0';
-}
-
-static bool
-imap_loopback(const char *addr)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (inet_pton(AF_INET, addr, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, addr, &a6) == 1) {
-		if (IN6_IS_ADDR_LOOPBACK(&a6))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-	}
-	return false;
-}
 
 static bool
 imap_plaintext_ok(const struct imap_session *s)
@@ -203,7 +173,7 @@ imap_plaintext_ok(const struct imap_session *s)
 	case IMAP_PLAINTEXT_ALWAYS:
 		return true;
 	case IMAP_PLAINTEXT_LOOPBACK:
-		return imap_loopback(s->client_addr);
+		return net_is_loopback(s->client_addr);
 	default:
 		return false;
 	}
@@ -2003,7 +1973,7 @@ login_done(void *arg)
 		return;
 	}
 	s->flags &= ~I_F_JOB;
-	log_name(job->user, who, sizeof(who));
+	str_log_safe(job->user, who, sizeof(who));
 	switch (job->result) {
 	case 1: {
 		s->root = job->root;
@@ -2054,7 +2024,7 @@ imap_login(struct imap_session *s, const char *tag, const char *user, const char
 	throttle_keys(s, user, ka, sizeof(ka), ku, sizeof(ku));
 	if (mailbox_throttle_blocked(ka, is->auth_failures_max, is->auth_failure_window, now) ||
 	    mailbox_throttle_blocked(ku, is->auth_failures_max, is->auth_failure_window, now)) {
-		log_name(user, who, sizeof(who));
+		str_log_safe(user, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s imap auth failed client=%s user=%s reason=throttled", s->id,
 			s->client_addr, who);
 		metrics_add_label(METRIC_IMAP_LOGINS, "failed", 1);
@@ -2241,11 +2211,11 @@ sasl_plain(struct imap_session *s, const char *tag, const char *b64, size_t len)
 	}
 	if (len == 1 && b64[0] == '=')
 		len = 0;
-	if (imap_base64_decode(b64, len, &buf, &blen) < 0) {
+	if (sasl_base64_decode(b64, len, &buf, &blen) < 0) {
 		imap_bad(s, tag, "Invalid base64 data.");
 		return;
 	}
-	if (imap_sasl_plain(buf, blen, &authz, &authc, &pass) < 0 ||
+	if (sasl_plain_split(buf, blen, &authz, &authc, &pass) < 0 ||
 	    (authz[0] != '\0' && strcasecmp(authz, authc) != 0)) {
 		imap_bad(s, tag, "Invalid SASL PLAIN response.");
 	} else {
@@ -3138,7 +3108,7 @@ imap_gone(void *ctx, const char *reason)
 		job_free(s->xfer);
 	handle_unregister(s->handle);
 	if (s->login[0] != '\0') {
-		log_name(s->login, who, sizeof(who));
+		str_log_safe(s->login, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s imap logout client=%s user=%s commands=%ld reason=%s", s->id,
 			s->client_addr, who, s->commands, reason);
 	} else {

@@ -592,6 +592,8 @@ struct net_cidr {
 int net_cidr_parse(const char *s, struct net_cidr *c, const char **error_r);
 /* Is the numeric address text in the network? */
 bool net_cidr_match(const struct net_cidr *c, const char *addr);
+/* A numeric address in 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+bool net_is_loopback(const char *addr);
 
 /* ------------------------------------------------------------------ tls */
 typedef struct ssl_ctx_st SSL_CTX;
@@ -615,6 +617,20 @@ int fs_mkdir_p(const char *path, mode_t mode);
 void str_lower(char *s);
 /* Constant-length safe copy; always NUL-terminates; returns strlen(src). */
 size_t str_copy(char *dst, const char *src, size_t dstsz);
+/* A name a client sent (a login), fit for a log line: printable ASCII
+ * without quotes, spaces, backslashes or '=' (each one '?'), cut to 96
+ * octets; "-" when empty. */
+void str_log_safe(const char *in, char *out, size_t outsz);
+
+/* ----------------------------------------------------------------- sasl */
+/* Standard base64 with padding (lib/sasl.c): *out_r malloc'd and
+ * NUL-terminated; -1 on a bad length, character or padding. */
+int sasl_base64_decode(const char *in, size_t len, char **out_r, size_t *len_r);
+char *sasl_base64_encode(const char *in, size_t len);
+/* SASL PLAIN's message (RFC 4616), split in place at its NULs: authzid
+ * (maybe ""), authcid (not empty), password (no NUL in it). 0 or -1. */
+int sasl_plain_split(char *buf, size_t len, const char **authz_r, const char **authc_r,
+		     const char **pass_r);
 
 /* ------------------------------------------------------------ text views */
 /*

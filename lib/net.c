@@ -195,3 +195,18 @@ net_cidr_match(const struct net_cidr *c, const char *addr)
 	unsigned char mask = (unsigned char)(0xff << (8 - rest));
 	return (p[full] & mask) == (c->addr[full] & mask);
 }
+
+bool net_is_loopback(const char *addr)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	if (inet_pton(AF_INET, addr, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, addr, &a6) == 1) {
+		if (IN6_IS_ADDR_LOOPBACK(&a6))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+	}
+	return false;
+}

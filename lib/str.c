@@ -33,3 +33,16 @@ size_t str_copy(char *dst, const char *src, size_t dstsz)
 	}
 	return len;
 }
+
+void str_log_safe(const char *in, char *out, size_t outsz)
+{
+	size_t o = 0;
+
+	for (; *in != '\0' && o + 1 < outsz && o < 96; in++) {
+		unsigned char c = (unsigned char)*in;
+		out[o++] = (c > 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '=') ? (char)c : '?';
+	}
+	if (o == 0 && outsz > 1)
+		out[o++] = '-';
+	out[o] = '\0';
+}

@@ -7,7 +7,7 @@
  * TRANSACTION / UPDATE, STLS, and every blocking step (password check,
  * maildrop lock, the mailbox snapshot, reading a message, the flag
  * renames and the unlinks at QUIT) as a job on the worker pool. parse.c
- * holds the pure parts (command words, numbers, base64, SASL PLAIN, the
+ * holds the pure parts (command words, numbers (base64 and SASL PLAIN are lib/sasl.c's), the
  * CRLF/dot-stuffing converter RETR and TOP send through), so they can be
  * unit-tested and fuzzed; settings.c the `pop3 { }` section. The login
  * throttle is mailbox/throttle.c, shared with IMAP.
@@ -79,14 +79,6 @@ bool pop3_parse_number(const char *s, size_t len, bool allow_zero, unsigned long
  * or a word is empty. */
 int pop3_split_args(const char *args, char **buf_r, const char **words, int max);
 
-/* Standard base64 with padding; *out_r malloc'd and NUL-terminated. -1 on
- * a bad character, length or padding. */
-int pop3_base64_decode(const char *in, size_t len, char **out_r, size_t *len_r);
-char *pop3_base64_encode(const char *in, size_t len);
-/* RFC 4616: authzid NUL authcid NUL passwd. Pointers into buf (which is
- * changed). -1 when malformed (no two NULs, empty authcid). */
-int pop3_sasl_plain(char *buf, size_t len, const char **authz_r, const char **authc_r,
-		    const char **pass_r);
 
 /*
  * What RETR and TOP send: the file's bytes with every bare LF made CRLF,

@@ -31,7 +31,6 @@
  */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -143,37 +142,6 @@ pop3_arm_timeouts(struct pop3_session *s)
 		conn_set_timeout(s->conn, pop3_cfg(s)->timeout_idle);
 }
 
-/* A name fit for a log line: printable ASCII without quotes or spaces,
- * cut to 96 octets. */
-static void
-log_name(const char *in, char *out, size_t outsz)
-{
-	size_t o = 0;
-
-	for (; *in != '\0' && o + 1 < outsz && o < 96; in++) {
-		unsigned char c = (unsigned char)*in;
-		out[o++] = (c > 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '=') ? (char)c : '?';
-	}
-	if (o == 0 && outsz > 1)
-		out[o++] = '-';
-	out[o] = '\0';
-}
-
-static bool
-pop3_loopback(const char *addr)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (inet_pton(AF_INET, addr, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, addr, &a6) == 1) {
-		if (IN6_IS_ADDR_LOOPBACK(&a6))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-	}
-	return false;
-}
 
 /* May a password cross this connection? */
 static bool
@@ -185,7 +153,7 @@ pop3_plaintext_ok(const struct pop3_session *s)
 	case POP3_PLAINTEXT_ALWAYS:
 		return true;
 	case POP3_PLAINTEXT_LOOPBACK:
-		return pop3_loopback(s->client_addr);
+		return net_is_loopback(s->client_addr);
 	default:
 		return false;
 	}
@@ -370,7 +338,7 @@ login_done(void *arg)
 		return;
 	}
 	s->flags &= ~P_F_JOB;
-	log_name(job->user, who, sizeof(who));
+	str_log_safe(job->user, who, sizeof(who));
 	switch (job->result) {
 	case 1: {
 		uint64_t octets = 0;
@@ -432,7 +400,7 @@ pop3_login(struct pop3_session *s, const char *user, const char *password, const
 	throttle_keys(s, user, ka, sizeof(ka), ku, sizeof(ku));
 	if (mailbox_throttle_blocked(ka, ps->auth_failures_max, ps->auth_failure_window, now) ||
 	    mailbox_throttle_blocked(ku, ps->auth_failures_max, ps->auth_failure_window, now)) {
-		log_name(user, who, sizeof(who));
+		str_log_safe(user, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s pop3 auth failed client=%s user=%s mech=%s reason=throttled",
 			s->id, s->client_addr, who, mech);
 		metrics_add_label(METRIC_POP3_LOGINS, "failed", 1);
@@ -516,7 +484,7 @@ sasl_plain_finish(struct pop3_session *s, char *buf, size_t len)
 {
 	const char *authz, *authc, *pass;
 
-	if (pop3_sasl_plain(buf, len, &authz, &authc, &pass) < 0 ||
+	if (sasl_plain_split(buf, len, &authz, &authc, &pass) < 0 ||
 	    (authz[0] != '\0' && strcasecmp(authz, authc) != 0) || strlen(authc) > POP3_USER_MAX) {
 		pop3_bad(s, "[AUTH] Invalid SASL PLAIN response.");
 		return;
@@ -540,7 +508,7 @@ sasl_step(struct pop3_session *s, const char *line, size_t len)
 	}
 	if (len == 1 && line[0] == '=')
 		len = 0; /* an empty initial response */
-	if (pop3_base64_decode(line, len, &buf, &blen) < 0) {
+	if (sasl_base64_decode(line, len, &buf, &blen) < 0) {
 		sasl_reset(s);
 		pop3_bad(s, "[AUTH] Invalid base64 data.");
 		return;
@@ -1270,7 +1238,7 @@ pop3_gone(void *ctx, const char *reason)
 	handle_unregister(s->handle); /* a job in flight frees what it holds */
 	if (s->login[0] != '\0') {
 		size_t deleted = s->state == P_UPDATE ? s->n_deleted : 0;
-		log_name(s->login, who, sizeof(who));
+		str_log_safe(s->login, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "%s pop3 logout client=%s user=%s retrieved=%ld deleted=%zu reason=%s",
 			s->id, s->client_addr, who, s->retrieved, deleted, reason);
 	} else {

@@ -177,10 +177,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		char *out;
 		size_t l;
-		if (imap_base64_decode(buf, size, &out, &l) == 0) {
+		if (sasl_base64_decode(buf, size, &out, &l) == 0) {
 			const char *a, *c, *p;
 			CHECK(l <= size);
-			if (imap_sasl_plain(out, l, &a, &c, &p) == 0)
+			if (sasl_plain_split(out, l, &a, &c, &p) == 0)
 				CHECK(a == out && c > a && p > c && p <= out + l);
 			free(out);
 		}

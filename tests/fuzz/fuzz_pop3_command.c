@@ -65,18 +65,18 @@ static void fuzz_line(const char *line, size_t len)
 	free(buf);
 	free(copy);
 
-	if (pop3_base64_decode(line, len, &dec, &dlen) == 0) {
+	if (sasl_base64_decode(line, len, &dec, &dlen) == 0) {
 		CHECK(dlen <= len / 4 * 3);
-		enc = pop3_base64_encode(dec, dlen);
+		enc = sasl_base64_encode(dec, dlen);
 		/* canonical input (no stray bits in the padding) comes back */
 		char *dec2;
 		size_t dlen2;
-		CHECK(pop3_base64_decode(enc, strlen(enc), &dec2, &dlen2) == 0);
+		CHECK(sasl_base64_decode(enc, strlen(enc), &dec2, &dlen2) == 0);
 		CHECK(dlen2 == dlen && memcmp(dec, dec2, dlen) == 0);
 		free(dec2);
 		free(enc);
 		const char *z, *c, *p;
-		if (pop3_sasl_plain(dec, dlen, &z, &c, &p) == 0) {
+		if (sasl_plain_split(dec, dlen, &z, &c, &p) == 0) {
 			CHECK(z == dec && c > z && c < dec + dlen && p > c && p <= dec + dlen);
 			CHECK(c[0] != '\0');
 		}

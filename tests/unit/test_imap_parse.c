@@ -326,20 +326,20 @@ static void test_sasl_base64(void **state)
 	const char *a, *c, *p;
 
 	(void)state;
-	assert_int_equal(imap_base64_decode("AGRlbW8AcHc=", 12, &out, &len), 0);
+	assert_int_equal(sasl_base64_decode("AGRlbW8AcHc=", 12, &out, &len), 0);
 	assert_int_equal(len, 8);
-	assert_int_equal(imap_sasl_plain(out, len, &a, &c, &p), 0);
+	assert_int_equal(sasl_plain_split(out, len, &a, &c, &p), 0);
 	assert_string_equal(a, "");
 	assert_string_equal(c, "demo");
 	assert_string_equal(p, "pw");
 	free(out);
-	assert_int_equal(imap_base64_decode("abc", 3, &out, &len), -1);
-	assert_int_equal(imap_base64_decode("a=bc", 4, &out, &len), -1);
-	assert_int_equal(imap_base64_decode("!!!!", 4, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("abc", 3, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("a=bc", 4, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("!!!!", 4, &out, &len), -1);
 	char nonul[] = "abc";
-	assert_int_equal(imap_sasl_plain(nonul, 3, &a, &c, &p), -1);
+	assert_int_equal(sasl_plain_split(nonul, 3, &a, &c, &p), -1);
 	char empty[] = { 'x', 0, 0, 'p' };
-	assert_int_equal(imap_sasl_plain(empty, 4, &a, &c, &p), -1);
+	assert_int_equal(sasl_plain_split(empty, 4, &a, &c, &p), -1);
 }
 
 static void test_folder_names(void **state)

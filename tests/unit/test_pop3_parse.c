@@ -79,21 +79,21 @@ static void test_base64(void **state)
 	size_t len;
 
 	(void)state;
-	assert_int_equal(pop3_base64_decode("AGRlbW8AZGVtbw==", 16, &out, &len), 0);
+	assert_int_equal(sasl_base64_decode("AGRlbW8AZGVtbw==", 16, &out, &len), 0);
 	assert_int_equal(len, 10);
 	assert_memory_equal(out, "\0demo\0demo", 10);
 	free(out);
-	assert_int_equal(pop3_base64_decode("", 0, &out, &len), 0);
+	assert_int_equal(sasl_base64_decode("", 0, &out, &len), 0);
 	assert_int_equal(len, 0);
 	free(out);
-	assert_int_equal(pop3_base64_decode("YQ=", 3, &out, &len), -1);
-	assert_int_equal(pop3_base64_decode("Y===", 4, &out, &len), -1);
-	assert_int_equal(pop3_base64_decode("YQ==YQ==", 8, &out, &len), -1);
-	assert_int_equal(pop3_base64_decode("Y!==", 4, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("YQ=", 3, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("Y===", 4, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("YQ==YQ==", 8, &out, &len), -1);
+	assert_int_equal(sasl_base64_decode("Y!==", 4, &out, &len), -1);
 	for (size_t n = 0; n < 7; n++) {
 		const char *src = "abcdefg";
-		enc = pop3_base64_encode(src, n);
-		assert_int_equal(pop3_base64_decode(enc, strlen(enc), &out, &len), 0);
+		enc = sasl_base64_encode(src, n);
+		assert_int_equal(sasl_base64_decode(enc, strlen(enc), &out, &len), 0);
 		assert_int_equal(len, n);
 		assert_memory_equal(out, src, n);
 		free(out);
@@ -111,15 +111,15 @@ static void test_sasl_plain(void **state)
 	char bad3[] = "\0u\0p\0w";
 
 	(void)state;
-	assert_int_equal(pop3_sasl_plain(a, sizeof(a) - 1, &z, &c, &p), 0);
+	assert_int_equal(sasl_plain_split(a, sizeof(a) - 1, &z, &c, &p), 0);
 	assert_string_equal(z, "");
 	assert_string_equal(c, "demo@example.test");
 	assert_string_equal(p, "pw");
-	assert_int_equal(pop3_sasl_plain(b, sizeof(b) - 1, &z, &c, &p), 0);
+	assert_int_equal(sasl_plain_split(b, sizeof(b) - 1, &z, &c, &p), 0);
 	assert_string_equal(z, "demo@example.test");
-	assert_int_equal(pop3_sasl_plain(bad1, sizeof(bad1) - 1, &z, &c, &p), -1);
-	assert_int_equal(pop3_sasl_plain(bad2, sizeof(bad2) - 1, &z, &c, &p), -1);
-	assert_int_equal(pop3_sasl_plain(bad3, sizeof(bad3) - 1, &z, &c, &p), -1);
+	assert_int_equal(sasl_plain_split(bad1, sizeof(bad1) - 1, &z, &c, &p), -1);
+	assert_int_equal(sasl_plain_split(bad2, sizeof(bad2) - 1, &z, &c, &p), -1);
+	assert_int_equal(sasl_plain_split(bad3, sizeof(bad3) - 1, &z, &c, &p), -1);
 }
 
 /* Convert in one call and byte by byte; both must agree. */
