@@ -279,6 +279,13 @@ daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg,
 					     lc->protocol, names);
 			return -1;
 		}
+		if (strncmp(lc->address, "unix:", 5) == 0 &&
+		    daemon_find_service(app, lc->protocol)->start == NULL) {
+			*error_r = xasprintf("%s:%d: listen %s: address = \"%s\": protocol = \"%s\" "
+					     "listens on host:port only", cfg->path, lc->line, lc->name,
+					     lc->address, lc->protocol);
+			return -1;
+		}
 		/* a service that serves its socket itself has no conn layer */
 		if (daemon_find_service(app, lc->protocol)->serve_start != NULL &&
 		    (lc->implicit_tls || lc->proxy_protocol != LISTEN_PROXY_OFF)) {

@@ -46,7 +46,9 @@ daemon_valid_networks(const char *const *v, size_t n)
 	return NULL;
 }
 
-/* A listen address must parse as host:port or [v6]:port. */
+/* A listen address must parse as host:port or [v6]:port — or name a unix
+ * socket, "unix:/absolute/path", which only a service that binds its socket
+ * itself may use (the milter; daemon_check_services says so). */
 static char *
 daemon_valid_address(const char *const *v, size_t n)
 {
@@ -54,6 +56,12 @@ daemon_valid_address(const char *const *v, size_t n)
 	socklen_t len;
 	const char *err;
 
+	if (strncmp(v[0], "unix:", 5) == 0) {
+		if (v[0][5] == '/' && strlen(v[0] + 5) < 100 && strstr(v[0], "/../") == NULL)
+			return NULL;
+		return xasprintf("address = \"%s\": a unix socket is unix:/absolute/path "
+				 "(under 100 octets)", v[0]);
+	}
 	if (net_parse_address(v[0], &ss, &len, &err) == 0)
 		return NULL;
 	return xasprintf("address = \"%s\": %s", v[0], err);
@@ -136,7 +144,7 @@ daemon_bind_key(const char *address, struct bind_key *k)
 
 	memset(k, 0, sizeof(*k));
 	if (net_parse_address(address, &ss, &len, &err) < 0)
-		return; /* cannot happen: the address was validated while parsing */
+		return; /* a unix socket (port 0: never clashes with an IP bind) */
 	if (ss.ss_family == AF_INET) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)&ss;
 		k->addr[10] = k->addr[11] = 0xff;
@@ -158,7 +166,7 @@ daemon_binds_clash(const struct bind_key *a, const struct bind_key *b)
 {
 	static const unsigned char v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
-	if (a->port != b->port)
+	if (a->port != b->port || a->port == 0)
 		return false;
 	if (a->any_v6 || b->any_v6 || memcmp(a->addr, b->addr, 16) == 0)
 		return true;

@@ -50,8 +50,9 @@ void milter_service_stop(void);
 
 /*
  * libmilter's connection spec for a listen address: "127.0.0.1:8891" ->
- * "inet:8891@127.0.0.1", "[::1]:8891" -> "inet6:8891@::1". 0, or -1 when
- * the address is not host:port or does not fit in outsz.
+ * "inet:8891@127.0.0.1", "[::1]:8891" -> "inet6:8891@::1",
+ * "unix:/run/mxguard/milter.sock" as it is. 0, or -1 when the address is
+ * none of these or does not fit in outsz.
  */
 int milter_conn_spec(const char *address, char *out, size_t outsz);
 

@@ -21,6 +21,13 @@ milter_conn_spec(const char *address, char *out, size_t outsz)
 
 	if (address == NULL || out == NULL || outsz == 0)
 		return -1;
+	if (strncmp(address, "unix:", 5) == 0) {
+		/* libmilter's own form: "unix:/path" (also "local:") */
+		if (address[5] != '/' || strcspn(address, "\r\n") != strlen(address))
+			return -1;
+		n = snprintf(out, outsz, "%s", address);
+		return n < 0 || (size_t)n >= outsz ? -1 : 0;
+	}
 	if (address[0] == '[') {
 		const char *end = strchr(address, ']');
 		if (end == NULL || end[1] != ':' || end == address + 1)

@@ -816,7 +816,7 @@ milter_check_config(const struct mx_config *cfg, char **error_r)
 			return -1;
 		}
 		if (milter_conn_spec(lc->address, spec, sizeof(spec)) < 0) {
-			*error_r = xasprintf("%s:%d: listen %s: address = \"%s\": not a numeric host:port",
+			*error_r = xasprintf("%s:%d: listen %s: address = \"%s\": not a numeric host:port or unix:/path",
 					     cfg->path, lc->line, lc->name, lc->address);
 			return -1;
 		}
@@ -856,7 +856,7 @@ milter_service_start(struct daemon *core, const struct listen_config *lc, milter
 		return -1;
 	}
 	if (milter_conn_spec(lc->address, M.spec, sizeof(M.spec)) < 0) {
-		*error_r = xasprintf("address = \"%s\": not host:port", lc->address);
+		*error_r = xasprintf("address = \"%s\": not host:port or unix:/path", lc->address);
 		return -1;
 	}
 	M.core = core;
@@ -867,7 +867,8 @@ milter_service_start(struct daemon *core, const struct listen_config *lc, milter
 		return -1;
 	}
 	/* bound here, on the main thread, so that an error stops the start */
-	if (smfi_opensocket(false) != MI_SUCCESS) {
+	/* a unix socket left by an earlier run is removed first (rmsocket) */
+	if (smfi_opensocket(strncmp(M.spec, "unix:", 5) == 0) != MI_SUCCESS) {
 		*error_r = xasprintf("libmilter cannot listen on %s", M.spec);
 		return -1;
 	}

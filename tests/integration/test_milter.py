@@ -20,9 +20,11 @@ the same message both ways and checks the same outcome side by side:
 
 import os
 import re
+import shutil
 import signal
 import smtplib
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -447,6 +449,66 @@ class Restart(unittest.TestCase):
         finally:
             if pf:
                 pf.stop()
+            d.cleanup()
+
+
+class UnixSocket(unittest.TestCase):
+    def test_postfix_over_a_unix_socket(self):
+        """listen milter { address = "unix:/path" }: Postfix's smtpd_milters =
+        unix:/path reaches the same pipeline; a socket file left by an
+        earlier run does not stop a restart; a unix address is refused for
+        a service the core binds (smtp)."""
+        d = Daemon(start=False, pipeline={"stages": ["rules"]})
+        pf = None
+        try:
+            # Postfix's smtpd runs as postfix: a directory it may enter
+            sockdir = tempfile.mkdtemp(prefix="mxmilter-")
+            self.addCleanup(shutil.rmtree, sockdir, True)
+            os.chmod(sockdir, 0o755)
+            sock = os.path.join(sockdir, "milter.sock")
+            d.extra_conf = ('rules {\n\tfiles = {"%s"}\n}\n' % STOCK +
+                            'listen milter {\n\taddress = "unix:%s"\n\tprotocol = "milter"\n}\n'
+                            % sock)
+            d.write_config()
+            d.start()
+            self.assertTrue(os.path.exists(sock))
+            os.chmod(sock, 0o666)  # Postfix's smtpd runs as postfix
+            pf = milter_postfix(0, extra={"smtpd_milters": "unix:%s" % sock}).start()
+            r = send(pf.port, message("unix-gtube", GTUBE))
+            self.assertEqual(r[:2], ("data", 550), r)
+            r = send(pf.port, message("unix-clean", "fine"))
+            self.assertEqual(r[:2], ("data", 250), r)
+            got = pf.wait_for_messages("demo", "example.test", 1, match=subject_of("unix-clean"))
+            self.assertRegex(got[0], re.compile(rb"^X-Spam-Score: ", re.M))
+            # kill -9 leaves the socket file behind: a new start removes it
+            d.kill9()
+            self.assertTrue(os.path.exists(sock))
+            d.start()
+            os.chmod(sock, 0o666)
+            r = send(pf.port, message("unix-again", GTUBE))
+            self.assertEqual(r[:2], ("data", 550), r)
+        finally:
+            if pf:
+                pf.stop()
+            d.cleanup()
+
+    def test_unix_address_only_for_the_milter(self):
+        d = Daemon(start=False, extra_conf='listen local {\n\taddress = "unix:/tmp/x.sock"\n'
+                                         '\tprotocol = "smtp"\n}\n')
+        try:
+            r = subprocess.run([mxtest.MXGUARD, "-t", "-c", d.conf], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('listen local: address = "unix:/tmp/x.sock": protocol = "smtp" '
+                          'listens on host:port only', r.stderr)
+            d.extra_conf = ('listen m {\n\taddress = "unix:relative"\n'
+                            '\tprotocol = "milter"\n}\n')
+            d.write_config()
+            r = subprocess.run([mxtest.MXGUARD, "-t", "-c", d.conf], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("a unix socket is unix:/absolute/path", r.stderr)
+        finally:
             d.cleanup()
 
 
