@@ -38,7 +38,7 @@ from imapdiff import DovecotIMAP, PASSWORD as DOVECOT_PASSWORD, ParseError, pars
     raw_fetch, value_octets
 
 USER = "demo@example.test"
-SAMPLE = int(os.environ.get("IMAP_SERVER_DIFF_SAMPLE", "150"))
+SAMPLE = int(os.environ.get("IMAP_SERVER_DIFF_SAMPLE", "300"))
 imaplib._MAXLINE = 64 * 1024 * 1024
 
 SECTIONS = [
@@ -275,10 +275,10 @@ class ServerDiff(unittest.TestCase):
     def test_1_fetch(self):
         sections = ["BODY.PEEK[%s]" % s for s in SECTIONS]
         sections += ["BODY.PEEK[%s]%s" % (s, p) for s in PARTIAL_SECTIONS for p in PARTIALS]
-        query = "(ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE FLAGS INTERNALDATE %s)" \
+        query = "(ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE FLAGS INTERNALDATE RFC822.HEADER %s)" \
             % " ".join(sections)
         names = ["UID", "ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.SIZE", "FLAGS",
-                 "INTERNALDATE"]
+                 "INTERNALDATE", "RFC822.HEADER"]
         names += [s.replace(".PEEK", "").split("<")[0] +
                   ("<%s>" % s.split("<")[1].split(".")[0] if "<" in s else "")
                   for s in sections]
@@ -367,6 +367,20 @@ class ServerDiff(unittest.TestCase):
             fb["FLAGS"] = sorted(f for f in fb["FLAGS"][1:-1].split() if f != b"\\Recent")
             if fa != fb:
                 bad.append(("FLAGS", b, a))
+        # the \Seen side effect of BODY[] and RFC822.TEXT (not of RFC822.HEADER)
+        for uid, item in (("11", "BODY[TEXT]"), ("12", "RFC822.TEXT"), ("13", "RFC822.HEADER"),
+                          ("14", "BODY[1]"), ("15", "BODY[HEADER.FIELDS (SUBJECT)]")):
+            o, t = self.both(lambda who, m: m.uid("FETCH", uid, "(%s)" % item))
+            o = upper_keys(parse_items(raw_fetch(o[1]))) if o[0] == "OK" else o
+            t = upper_keys(parse_items(raw_fetch(t[1]))) if t[0] == "OK" else t
+            for d in (o, t):
+                if isinstance(d, dict):
+                    d.pop("UID", None)
+                    if "FLAGS" in d:
+                        d["FLAGS"] = sorted(f for f in d["FLAGS"][1:-1].split()
+                                            if f != b"\\Recent")
+            if o != t:
+                bad.append((item, t, o))
         bad += self.compare_searches(FLAG_SEARCHES, "flags, sets, sizes", raw=True)
         self.assertEqual(bad, [])
 
