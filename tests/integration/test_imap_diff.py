@@ -40,6 +40,9 @@ from imapdiff import DovecotIMAP, PASSWORD as DOVECOT_PASSWORD, ParseError, pars
 USER = "demo@example.test"
 SAMPLE = int(os.environ.get("IMAP_SERVER_DIFF_SAMPLE", "300"))
 imaplib._MAXLINE = 64 * 1024 * 1024
+# INTERNALDATE is the file's mtime in the server's zone: Dovecot's is the
+# local one (inherited from here), mxguard's is always +0000
+os.environ["TZ"] = "UTC"
 
 SECTIONS = [
     "", "HEADER", "TEXT", "1", "1.MIME", "2", "2.MIME", "2.1", "2.2", "1.1", "1.2", "3",
