@@ -701,11 +701,22 @@ header_len(const char *d, size_t len)
 	return len;
 }
 
+/* A literal of message octets: a NUL is sent as 0x80, as Dovecot does
+ * (RFC 3501 allows no NUL in a literal), the length unchanged. */
 static void
 out_literal(struct evbuffer *out, const char *d, size_t len)
 {
 	evbuffer_add_printf(out, "{%zu}\r\n", len);
-	evbuffer_add(out, d, len);
+	while (len > 0) {
+		const char *nul = memchr(d, '\0', len);
+		size_t run = nul != NULL ? (size_t)(nul - d) : len;
+		evbuffer_add(out, d, run);
+		if (nul == NULL)
+			break;
+		evbuffer_add(out, "\x80", 1);
+		d += run + 1;
+		len -= run + 1;
+	}
 }
 
 /* ------------------------------------------------------- set resolution */
