@@ -214,7 +214,8 @@ web_release(void *hold)
 static void
 web_env_of(struct daemon_loop *loop, struct web_env *env)
 {
-	struct server_state *st = server_state_ref(daemon_loop_state(loop));
+	struct server_state *cur = daemon_loop_state(loop);
+	struct server_state *st = server_state_ref(cur != NULL ? cur : daemon_loop_core_state(loop));
 
 	*env = (struct web_env){
 		.cfg = st->cfg,
