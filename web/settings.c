@@ -16,9 +16,9 @@
 #define OFF(field) offsetof(struct web_settings, field)
 
 static const struct setting_def web_rows[] = {
-	{ "web", "session_idle", SETTING_INT, "1800", 60, 86400, OFF(session_idle), 0,
+	{ "web", "session_idle", SETTING_INT, "1800", 1, 86400, OFF(session_idle), 0,
 	  "seconds a web session may go without a request before it ends", NULL, NULL },
-	{ "web", "session_max", SETTING_INT, "43200", 300, 604800, OFF(session_max), 0,
+	{ "web", "session_max", SETTING_INT, "43200", 1, 604800, OFF(session_max), 0,
 	  "seconds after its login a web session ends however busy it is", NULL, NULL },
 	{ "web", "sessions_max", SETTING_INT, "10000", 1, 1000000, OFF(sessions_max), 0,
 	  "web sessions held at once (a new login past it drops the oldest)", NULL, NULL },

@@ -17,6 +17,7 @@ import imaplib
 import json
 import os
 import smtplib
+import time
 import xml.etree.ElementTree as ET
 import unittest
 
@@ -26,12 +27,12 @@ from mxtest import PASSWORD
 USER = "demo@example.test"
 
 
-def web_daemon(failures_max=10):
+def web_daemon(failures_max=10, web=""):
     return mxtest.Daemon(
         users=(USER, "other@example.test"),
         listen_extra={"web": {"protocol": "web"}, "imap": {"protocol": "imap", "tls": "none"}},
-        extra_conf=("web {\n\tstatic_dir = %s\n}\n" % mxtest.conf_value(
-            os.path.join(mxtest.MX_SRCDIR, "web", "static"))
+        extra_conf=("web {\n\tstatic_dir = %s\n%s}\n" % (mxtest.conf_value(
+            os.path.join(mxtest.MX_SRCDIR, "web", "static")), web)
             + "imap {\n\tplaintext_auth = \"loopback\"\n\tauth_failure_delay = 100\n"
             "\tauth_failures_max = %d\n\tauth_failure_window = 3600\n}\n" % failures_max))
 
@@ -428,6 +429,39 @@ class Autoconfig(WebCase):
             self.assertEqual(out[0].find("port").text, str(self.d.port))
         r = Web(self.web_port).request("GET", "/mail/config-v1.1.xml?emailaddress=a@<script>")
         self.assertEqual(r.status, 400)
+
+
+class Expiry(unittest.TestCase):
+    """Idle and absolute expiry. The waits only ever exceed the limits
+    (the server counts whole seconds of CLOCK_MONOTONIC), so a slow run
+    cannot make a session end late; the "still alive" steps are a second
+    apart against a 3-second idle limit."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = web_daemon(web="\tsession_idle = 3\n\tsession_max = 6\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def test_idle(self):
+        b = Web(self.d.ports["web"])
+        self.assertEqual(b.login()[0], 200)
+        self.assertEqual(b.json("GET", "/api/session")[0], 200)
+        time.sleep(4.5)
+        self.assertEqual(b.json("GET", "/api/session")[0], 401)
+
+    def test_absolute(self):
+        b = Web(self.d.ports["web"])
+        self.assertEqual(b.login()[0], 200)
+        start = time.monotonic()
+        while time.monotonic() - start < 7.5:
+            st = b.json("GET", "/api/session")[0]
+            if time.monotonic() - start < 4.5:
+                self.assertEqual(st, 200)
+            time.sleep(1)
+        self.assertEqual(b.json("GET", "/api/session")[0], 401)
 
 
 class Throttle(unittest.TestCase):
