@@ -230,22 +230,49 @@ op_folders(const struct web_call *c, struct web_result *res)
 					backends_settings(c->cfg)->junk_folder));
 }
 
+/* a summary's From or Subject holds needle (ASCII case folded) */
+static bool
+summary_matches(json_t *o, const char *needle)
+{
+	const char *f = json_string_value(json_object_get(o, "from"));
+	const char *sub = json_string_value(json_object_get(o, "subject"));
+
+	return (f != NULL && strcasestr(f, needle) != NULL) || (sub != NULL && strcasestr(sub, needle) != NULL);
+}
+
 static void
 op_list(const struct web_call *c, struct web_result *res)
 {
 	struct mailbox *mb = open_folder(c, c->folder, res);
 	json_t *arr;
+	size_t total;
 
 	if (mb == NULL)
 		return;
 	arr = json_array();
 	/* newest first: UIDs ascend in delivery order */
 	size_t start = (size_t)c->page * (size_t)c->per_page;
-	for (size_t k = start; k < mb->n_msgs && k < start + (size_t)c->per_page; k++)
-		json_array_append_new(arr, msg_summary(mb, mb->n_msgs - 1 - k));
-	result_json(res, 200, json_pack("{s:o,s:I,s:I,s:I}", "messages", arr, "total",
-					(json_int_t)mb->n_msgs, "page", (json_int_t)c->page, "per_page",
-					(json_int_t)c->per_page));
+	if (c->search == NULL) {
+		total = mb->n_msgs;
+		for (size_t k = start; k < mb->n_msgs && k < start + (size_t)c->per_page; k++)
+			json_array_append_new(arr, msg_summary(mb, mb->n_msgs - 1 - k));
+	} else {
+		/* every message's header is read: the count of matches is the total */
+		total = 0;
+		for (size_t k = 0; k < mb->n_msgs; k++) {
+			json_t *o = msg_summary(mb, mb->n_msgs - 1 - k);
+			if (summary_matches(o, c->search)) {
+				if (total >= start && total < start + (size_t)c->per_page) {
+					json_array_append_new(arr, o);
+					o = NULL;
+				}
+				total++;
+			}
+			json_decref(o);
+		}
+	}
+	result_json(res, 200, json_pack("{s:o,s:I,s:I,s:I}", "messages", arr, "total", (json_int_t)total,
+					"page", (json_int_t)c->page, "per_page", (json_int_t)c->per_page));
 	mailbox_free(&mb);
 }
 

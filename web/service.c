@@ -40,6 +40,7 @@
 #define WEB_USER_MAX 320
 #define WEB_PASSWORD_MAX 1024
 #define WEB_STATIC_MAX (4u << 20)
+#define WEB_SEARCH_MAX 200
 
 #define CSP_PAGE "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 /* a message's HTML: no scripts, nothing fetched, no forms, a sandbox */
@@ -265,6 +266,7 @@ job_free(struct web_job *job)
 	free(job->call.root);
 	free(job->call.folder);
 	free(job->call.to);
+	free(job->call.search);
 	free(job->res.body);
 	free(job->res.content_type);
 	if (job->env.release != NULL)
@@ -618,6 +620,14 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 			}
 			c.per_page = v;
 		}
+		const char *search = query_get(q, "q");
+		if (search != NULL && search[0] != '\0') {
+			if (strlen(search) > WEB_SEARCH_MAX) {
+				reply_error(req, 400, "search text too long");
+				goto out;
+			}
+			c.search = xstrdup(search);
+		}
 	} else if (body == NULL && strcmp(path, "/api/message") == 0) {
 		c.op = WEB_OP_READ;
 		folder = query_get(q, "folder");
@@ -667,6 +677,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 	if (c.op != WEB_OP_FOLDERS) {
 		if (folder == NULL || !mailbox_folder_name_ok(folder)) {
 			free(c.to);
+			free(c.search);
 			reply_error(req, 400, "invalid folder name");
 			goto out;
 		}

@@ -106,6 +106,7 @@ struct web_call {
 	char *to;       /* MOVE: the destination folder */
 	unsigned uid;
 	long page, per_page;
+	char *search;   /* LIST: only messages whose From or Subject holds it (NULL: all) */
 	int seen, flagged; /* FLAGS: -1 unchanged, 0 clear, 1 set */
 };
 /* Run one call (on the worker pool: blocking file-system work). */

@@ -315,6 +315,21 @@ class Mail(WebCase):
         st, _ = b.json("GET", "/api/messages?folder=INBOX&per_page=100000")
         self.assertEqual(st, 400)
 
+    def test_search_from_subject(self):
+        send_mail(self.d, "needle in subject")
+        send_mail(self.d, "other thing")
+        b = self.browser()
+        st, j = b.json("GET", "/api/messages?folder=INBOX&q=NEEDLE")
+        self.assertEqual(st, 200)
+        self.assertEqual([m["subject"] for m in j["messages"]], ["needle in subject"])
+        self.assertEqual(j["total"], 1)
+        # From: the display name, decoded
+        st, j = b.json("GET", "/api/messages?folder=INBOX&q=alice&per_page=200")
+        self.assertEqual(j["total"], len(j["messages"]))
+        self.assertIn("other thing", [m["subject"] for m in j["messages"]])
+        st, j = b.json("GET", "/api/messages?folder=INBOX&q=" + "x" * 201)
+        self.assertEqual(st, 400)
+
     def test_read_decoded(self):
         send_mail(self.d, "=?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=", body="Hall\xe9chen\r\n", encoding="latin-1",
                   extra="MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"

@@ -3,7 +3,7 @@
 // is shown in a sandboxed iframe (no scripts) from /api/message.html.
 "use strict";
 (function () {
-  let csrf = "", junk = "Junk", folder = "INBOX", page = 0, total = 0, current = null, folders = [];
+  let search = "", csrf = "", junk = "Junk", folder = "INBOX", page = 0, total = 0, current = null, folders = [];
   const perPage = 50;
   const $ = (id) => document.getElementById(id);
 
@@ -37,7 +37,7 @@
       li.textContent = f.name + (f.unread ? " (" + f.unread + ")" : "") + " / " + f.total;
       li.dataset.folder = f.name;
       if (f.name === folder) li.className = "current";
-      li.addEventListener("click", () => { folder = f.name; page = 0; loadFolders(); });
+      li.addEventListener("click", () => { folder = f.name; page = 0; search = ""; $("search").value = ""; loadFolders(); });
       ul.appendChild(li);
       const o = document.createElement("option"); o.value = f.name; o.textContent = f.name; sel.appendChild(o);
     }
@@ -45,7 +45,9 @@
   }
 
   async function loadList() {
-    const j = await api("/api/messages?" + q({ folder: folder, page: page, per_page: perPage }));
+    const args = { folder: folder, page: page, per_page: perPage };
+    if (search) args.q = search;
+    const j = await api("/api/messages?" + q(args));
     total = j.total;
     const tb = $("messages").tBodies[0]; tb.textContent = "";
     for (const m of j.messages) {
@@ -95,6 +97,7 @@
       } catch (e) { $("login-error").textContent = "Login failed: " + e.message; }
     });
     $("logout").addEventListener("click", async () => { try { await api("/api/logout", {}); } finally { csrf = ""; showLogin(); } });
+    $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); search = $("search").value; page = 0; loadList(); });
     $("prev").addEventListener("click", () => { if (page > 0) { page--; loadList(); } });
     $("next").addEventListener("click", () => { page++; loadList(); });
     $("act-seen").addEventListener("click", async () => {
