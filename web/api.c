@@ -276,9 +276,12 @@ op_list(const struct web_call *c, struct web_result *res)
 	mailbox_free(&mb);
 }
 
+#define WEB_ATTACHMENTS_MAX 100
+
 struct parts {
 	GMimeTextPart *text, *html;
 	unsigned attachments;
+	GMimePart *att[WEB_ATTACHMENTS_MAX];
 };
 
 static void
@@ -290,6 +293,8 @@ part_cb(GMimeObject *parent, GMimeObject *part, gpointer data)
 	if (!GMIME_IS_PART(part))
 		return;
 	if (g_mime_part_is_attachment(GMIME_PART(part))) {
+		if (p->attachments < WEB_ATTACHMENTS_MAX)
+			p->att[p->attachments] = GMIME_PART(part);
 		p->attachments++;
 		return;
 	}
@@ -311,6 +316,8 @@ find_msg(struct mailbox *mb, unsigned uid, struct web_result *res)
 		result_error(res, 404, "no such message");
 	return (int)i;
 }
+
+static void attachment_result(struct parts *p, unsigned n, struct web_result *res);
 
 static void
 op_read(const struct web_call *c, struct web_result *res, bool html)
@@ -340,7 +347,9 @@ op_read(const struct web_call *c, struct web_result *res, bool html)
 		else
 			part_cb(NULL, m->mime_part, &p);
 	}
-	if (html) {
+	if (c->op == WEB_OP_ATTACHMENT) {
+		attachment_result(&p, c->part, res);
+	} else if (html) {
 		char *t = p.html != NULL ? g_mime_text_part_get_text(p.html) : NULL;
 		if (t == NULL) {
 			result_error(res, 404, "the message has no HTML part");
@@ -363,7 +372,16 @@ op_read(const struct web_call *c, struct web_result *res, bool html)
 		json_object_set_new(o, "text", jstr(t, tl > WEB_TEXT_MAX ? WEB_TEXT_MAX : tl));
 		g_free(t);
 		json_object_set_new(o, "has_html", json_boolean(p.html != NULL));
-		json_object_set_new(o, "attachments", json_integer(p.attachments));
+		json_t *atts = json_array();
+		for (unsigned k = 0; k < p.attachments && k < WEB_ATTACHMENTS_MAX; k++) {
+			GMimeContentType *ct = g_mime_object_get_content_type(GMIME_OBJECT(p.att[k]));
+			char *type = ct != NULL ? g_mime_content_type_get_mime_type(ct) : NULL;
+			json_array_append_new(atts, json_pack("{s:I,s:o,s:o}", "part", (json_int_t)k, "name",
+							      jstr0(g_mime_part_get_filename(p.att[k])), "type",
+							      jstr0(type)));
+			g_free(type);
+		}
+		json_object_set_new(o, "attachments", atts);
 		result_json(res, 200, o);
 	}
 	if (m != NULL)
@@ -402,6 +420,67 @@ op_flags(const struct web_call *c, struct web_result *res)
 						"flagged", strchr(mb->msgs[i].flags, 'F') != NULL));
 	}
 	mailbox_free(&mb);
+}
+
+static bool
+type_token_ok(const char *t)
+{
+	size_t slash = 0;
+
+	if (t == NULL || t[0] == '\0' || strlen(t) > 100)
+		return false;
+	for (const char *q = t; *q != '\0'; q++) {
+		if (*q == '/')
+			slash++;
+		else if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '.' || *q == '+' ||
+			   *q == '-'))
+			return false;
+	}
+	return slash == 1;
+}
+
+/* attachment n, decoded, as a download: its type when it is a plain
+ * token (else application/octet-stream), its name percent-encoded */
+static void
+attachment_result(struct parts *p, unsigned n, struct web_result *res)
+{
+	if (n >= p->attachments || n >= WEB_ATTACHMENTS_MAX) {
+		result_error(res, 404, "no such attachment");
+		return;
+	}
+	GMimePart *part = p->att[n];
+	GMimeDataWrapper *w = g_mime_part_get_content(part);
+	GMimeStream *mem = g_mime_stream_mem_new();
+	if (w != NULL)
+		g_mime_data_wrapper_write_to_stream(w, mem);
+	GByteArray *ba = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+	res->status = 200;
+	res->len = ba->len;
+	res->body = xmalloc(ba->len + 1);
+	memcpy(res->body, ba->data, ba->len);
+	g_object_unref(mem);
+	GMimeContentType *ct = g_mime_object_get_content_type(GMIME_OBJECT(part));
+	char *type = ct != NULL ? g_mime_content_type_get_mime_type(ct) : NULL;
+	if (type != NULL)
+		for (char *q = type; *q != '\0'; q++)
+			if (*q >= 'A' && *q <= 'Z')
+				*q = (char)(*q - 'A' + 'a');
+	res->content_type = xstrdup(type_token_ok(type) ? type : "application/octet-stream");
+	g_free(type);
+	const char *name = g_mime_part_get_filename(part);
+	if (name == NULL || name[0] == '\0')
+		name = "attachment";
+	GString *d = g_string_new("attachment; filename*=UTF-8''");
+	for (const unsigned char *q = (const unsigned char *)name; *q != '\0' && d->len < 600; q++) {
+		if ((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+		    *q == '.' || *q == '-' || *q == '_')
+			g_string_append_c(d, (char)*q);
+		else
+			g_string_append_printf(d, "%%%02X", *q);
+	}
+	res->disposition = xstrdup(d->str);
+	g_string_free(d, TRUE);
+	res->html_message = true; /* the sandboxing CSP: it never runs as a page */
 }
 
 /* the Message-ID header of a file's header, for the junk log */
@@ -512,6 +591,9 @@ web_api_run(const struct web_call *c, struct web_result *res)
 		break;
 	case WEB_OP_HTML:
 		op_read(c, res, true);
+		break;
+	case WEB_OP_ATTACHMENT:
+		op_read(c, res, false);
 		break;
 	case WEB_OP_FLAGS:
 		op_flags(c, res);

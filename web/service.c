@@ -269,6 +269,7 @@ job_free(struct web_job *job)
 	free(job->call.search);
 	free(job->res.body);
 	free(job->res.content_type);
+	free(job->res.disposition);
 	if (job->env.release != NULL)
 		job->env.release(job->env.hold);
 	free(job);
@@ -307,9 +308,13 @@ api_done(void *arg)
 	if (job_unwatch(job)) {
 		if (job->res.body == NULL)
 			reply_error(job->req, 500, "internal error");
-		else
+		else {
+			if (job->res.disposition != NULL)
+				evhttp_add_header(evhttp_request_get_output_headers(job->req),
+						  "Content-Disposition", job->res.disposition);
 			reply(job->req, job->res.status, job->res.content_type, job->res.body, job->res.len,
 			      job->res.html_message);
+		}
 	}
 	job_free(job);
 }
@@ -636,6 +641,17 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		c.op = WEB_OP_HTML;
 		folder = query_get(q, "folder");
 		uid = query_get(q, "uid");
+	} else if (body == NULL && strcmp(path, "/api/attachment") == 0) {
+		const char *part = query_get(q, "part");
+		unsigned v;
+		c.op = WEB_OP_ATTACHMENT;
+		folder = query_get(q, "folder");
+		uid = query_get(q, "uid");
+		if (part == NULL || (strcmp(part, "0") != 0 && !web_parse_uid(part, &v))) {
+			reply_error(req, 400, "bad part");
+			goto out;
+		}
+		c.part = strcmp(part, "0") == 0 ? 0 : v;
 	} else if (body != NULL &&
 		   (strcmp(path, "/api/flags") == 0 || strcmp(path, "/api/move") == 0 ||
 		    strcmp(path, "/api/delete") == 0 || strcmp(path, "/api/spam") == 0 ||
@@ -683,7 +699,8 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		}
 		c.folder = xstrdup(folder);
 	}
-	if ((c.op == WEB_OP_READ || c.op == WEB_OP_HTML) && !web_parse_uid(uid, &c.uid)) {
+	if ((c.op == WEB_OP_READ || c.op == WEB_OP_HTML || c.op == WEB_OP_ATTACHMENT) &&
+	    !web_parse_uid(uid, &c.uid)) {
 		free(c.to);
 		free(c.folder);
 		reply_error(req, 400, "bad uid");

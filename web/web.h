@@ -87,6 +87,7 @@ struct web_result {
 	char *body;          /* malloc'd */
 	size_t len;
 	bool html_message;   /* a message's HTML part: its own sandboxing CSP */
+	char *disposition;   /* malloc'd Content-Disposition (an attachment), or NULL */
 };
 enum web_op {
 	WEB_OP_FOLDERS,
@@ -95,6 +96,7 @@ enum web_op {
 	WEB_OP_HTML,
 	WEB_OP_FLAGS,
 	WEB_OP_MOVE,
+	WEB_OP_ATTACHMENT,
 };
 struct web_call {
 	enum web_op op;
@@ -108,6 +110,7 @@ struct web_call {
 	long page, per_page;
 	char *search;   /* LIST: only messages whose From or Subject holds it (NULL: all) */
 	int seen, flagged; /* FLAGS: -1 unchanged, 0 clear, 1 set */
+	unsigned part;     /* ATTACHMENT: its index among the message's attachments */
 };
 /* Run one call (on the worker pool: blocking file-system work). */
 void web_api_run(const struct web_call *call, struct web_result *res);

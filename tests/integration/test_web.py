@@ -362,6 +362,32 @@ class Mail(WebCase):
         self.assertIn(b"html side", r.body)
         check_headers(self, r, message_html=True)
 
+    def test_attachment_download(self):
+        body = ("--b2\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+                "--b2\r\nContent-Type: text/html; name=\"x.html\"\r\n"
+                "Content-Disposition: attachment; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22q%22.html\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+                "PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==\r\n--b2--\r\n")
+        send_mail(self.d, "with attachment", body=body,
+                  extra="MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b2\r\n")
+        b = self.browser()
+        m = self.find(b, "INBOX", "with attachment")
+        st, j = b.json("GET", "/api/message?folder=INBOX&uid=%d" % m["uid"])
+        self.assertEqual(j["text"].strip(), "see attached")
+        self.assertEqual(j["attachments"], [{"part": 0, "name": "r\u00e9sum\u00e9 \"q\".html",
+                                             "type": "text/html"}])
+        r = b.request("GET", "/api/attachment?folder=INBOX&uid=%d&part=0" % m["uid"])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"<script>alert(1)</script>")
+        self.assertEqual(r.getheader("Content-Disposition"),
+                         "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22q%22.html")
+        self.assertEqual(r.getheader("Content-Type"), "text/html")
+        check_headers(self, r, message_html=True)
+        self.assertEqual(b.request("GET", "/api/attachment?folder=INBOX&uid=%d&part=1" % m["uid"]).status, 404)
+        self.assertEqual(b.request("GET", "/api/attachment?folder=INBOX&uid=%d&part=x" % m["uid"]).status, 400)
+        self.assertEqual(Web(self.web_port).request(
+            "GET", "/api/attachment?folder=INBOX&uid=%d&part=0" % m["uid"]).status, 401)
+
     def test_flags_seen_by_imap(self):
         send_mail(self.d, "flag me")
         b = self.browser()

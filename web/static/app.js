@@ -73,6 +73,14 @@
     $("r-from").textContent = m.from; $("r-to").textContent = m.to || "";
     $("r-subject").textContent = m.subject; $("r-date").textContent = new Date(m.date * 1000).toLocaleString();
     $("r-text").textContent = m.text;
+    const ul = $("r-attachments"); ul.textContent = "";
+    for (const a of m.attachments || []) {
+      const li = document.createElement("li"), link = document.createElement("a");
+      link.href = "/api/attachment?" + q({ folder: folder, uid: uid, part: a.part });
+      link.textContent = (a.name || "attachment") + " (" + a.type + ")";
+      link.setAttribute("download", "");
+      li.appendChild(link); ul.appendChild(li);
+    }
     const f = $("r-html");
     if (m.has_html) { f.src = "/api/message.html?" + q({ folder: folder, uid: uid }); f.hidden = false; }
     else { f.removeAttribute("src"); f.hidden = true; }
