@@ -26,6 +26,7 @@ try:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     HAVE_SELENIUM = True
 except ImportError:  # the test is skipped, and says why
     HAVE_SELENIUM = False
@@ -77,7 +78,24 @@ class Browser(unittest.TestCase):
         print("screenshot", path)
 
     def wait(self, cond):
-        return WebDriverWait(self.drv, WAIT).until(lambda drv: cond())
+        """cond() true within WAIT seconds; the page rebuilds its lists
+        while we look, so an element gone stale counts as not yet."""
+        def attempt(drv):
+            try:
+                return cond()
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+        return WebDriverWait(self.drv, WAIT).until(attempt)
+
+    def click_where(self, css, pred):
+        """click the first element of css matching pred (retried while stale)"""
+        def attempt():
+            for el in self.drv.find_elements(By.CSS_SELECTOR, css):
+                if pred(el):
+                    el.click()
+                    return True
+            return False
+        self.wait(attempt)
 
     def login(self):
         self.drv.get(self.base)
@@ -88,23 +106,12 @@ class Browser(unittest.TestCase):
         self.wait(lambda: self.drv.find_element(By.ID, "app").is_displayed())
 
     def folder(self, name):
-        self.wait(lambda: any(li.get_attribute("data-folder") == name
-                              for li in self.drv.find_elements(By.CSS_SELECTOR, "#folders li")))
-        for li in self.drv.find_elements(By.CSS_SELECTOR, "#folders li"):
-            if li.get_attribute("data-folder") == name:
-                li.click()
-                break
+        self.click_where("#folders li", lambda li: li.get_attribute("data-folder") == name)
         self.wait(lambda: any(li.get_attribute("data-folder") == name and "current" in (li.get_attribute("class") or "")
                               for li in self.drv.find_elements(By.CSS_SELECTOR, "#folders li")))
 
     def open_row(self, subject):
-        def row():
-            for tr in self.drv.find_elements(By.CSS_SELECTOR, "#messages tbody tr"):
-                if subject in tr.text:
-                    return tr
-            return None
-        self.wait(lambda: row() is not None)
-        row().click()
+        self.click_where("#messages tbody tr", lambda tr: subject in tr.text)
         self.wait(lambda: self.drv.find_element(By.ID, "r-subject").text == subject)
 
     def test_not_spam_and_hostile_html(self):
