@@ -186,6 +186,24 @@ imap_junk_moved(const struct mx_config *cfg, const char *user, const char *data,
 	free(err);
 }
 
+/* The web service's "Spam" / "Not spam" buttons and moves, the same
+ * way (web/api.c calls it on the worker pool after the copy). */
+static void
+web_junk_moved(const struct mx_config *cfg, const char *user, const char *data, size_t len,
+	       bool to_junk)
+{
+	char *err = NULL;
+	int r = bayes_learn_moved(cfg, user, data, len, to_junk, &err);
+
+	if (r == 0)
+		log_msg(LOG_LEVEL_INFO, "bayes learnt user=%s class=%s source=web_move", user,
+			to_junk ? "spam" : "ham");
+	else if (r < 0)
+		log_msg(LOG_LEVEL_WARN, "bayes cannot learn a web move of user=%s: %s", user,
+			err != NULL ? err : "?");
+	free(err);
+}
+
 /* The IMAP service (imap/), the same way as POP3. */
 static void
 imap_service_accept(struct conn *conn, const char *refusal)
@@ -220,7 +238,7 @@ web_env_of(struct daemon_loop *loop, struct web_env *env)
 	*env = (struct web_env){
 		.cfg = st->cfg,
 		.userdb = st->userdb,
-		.junk_moved = imap_junk_moved,
+		.junk_moved = web_junk_moved,
 		.hostname = smtp_settings(st->cfg)->hostname,
 		.hold = st,
 		.release = web_release,
