@@ -80,6 +80,12 @@ daemon_loop_state(const struct daemon_loop *loop)
 {
 	return loop->current != NULL ? loop->current->st : NULL;
 }
+/* the core's newest state: what serve_start reads (the loop has none yet) */
+struct server_state *
+daemon_loop_core_state(const struct daemon_loop *loop)
+{
+	return loop->core->state;
+}
 
 static void
 loop_push_cb(evutil_socket_t fd, short what, void *arg)

@@ -238,6 +238,9 @@ struct workers *daemon_loop_workers(const struct daemon_loop *loop);
  * its first state): what a serve_start service reads its settings from.
  * Borrowed: take app->state_ref for work that outlives the callback. */
 struct server_state *daemon_loop_state(const struct daemon_loop *loop);
+/* The core's newest state (borrowed), for serve_start: it runs before the
+ * loop has a state of its own (daemon_loop_state is NULL then). */
+struct server_state *daemon_loop_core_state(const struct daemon_loop *loop);
 
 /* ------------------------------------- services that own their socket */
 /*

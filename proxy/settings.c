@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "proxy/proxy.h"
+#include "web/web.h"
 
 #ifndef LOCALSTATEDIR
 #define LOCALSTATEDIR "/var"
@@ -111,6 +112,7 @@ mxguard_register_config(void)
 	smtp_register_config();
 	pop3_register_config();
 	imap_register_config();
+	web_register_config();
 	backends_register_config();
 	filters_register_config();
 }

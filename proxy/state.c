@@ -18,6 +18,7 @@
 
 #include "filters/bayes.h"
 #include "proxy/proxy.h"
+#include "web/web.h"
 
 struct server_state *
 server_state_build(const char *config_path, char **error_r)
@@ -185,6 +186,24 @@ imap_junk_moved(const struct mx_config *cfg, const char *user, const char *data,
 	free(err);
 }
 
+/* The web service's "Spam" / "Not spam" buttons and moves, the same
+ * way (web/api.c calls it on the worker pool after the copy). */
+static void
+web_junk_moved(const struct mx_config *cfg, const char *user, const char *data, size_t len,
+	       bool to_junk)
+{
+	char *err = NULL;
+	int r = bayes_learn_moved(cfg, user, data, len, to_junk, &err);
+
+	if (r == 0)
+		log_msg(LOG_LEVEL_INFO, "bayes learnt user=%s class=%s source=web_move", user,
+			to_junk ? "spam" : "ham");
+	else if (r < 0)
+		log_msg(LOG_LEVEL_WARN, "bayes cannot learn a web move of user=%s: %s", user,
+			err != NULL ? err : "?");
+	free(err);
+}
+
 /* The IMAP service (imap/), the same way as POP3. */
 static void
 imap_service_accept(struct conn *conn, const char *refusal)
@@ -200,6 +219,38 @@ imap_service_accept(struct conn *conn, const char *refusal)
 	imap_session_start(conn, refusal, &env);
 }
 
+/* The web service (web/): its env is asked for at each request, the
+ * state it names held until release; moves into or out of Junk teach
+ * the bayes stage as IMAP's do. */
+static void
+web_release(void *hold)
+{
+	struct server_state *st = hold;
+	server_state_unref(&st);
+}
+
+static void
+web_env_of(struct daemon_loop *loop, struct web_env *env)
+{
+	struct server_state *cur = daemon_loop_state(loop);
+	struct server_state *st = server_state_ref(cur != NULL ? cur : daemon_loop_core_state(loop));
+
+	*env = (struct web_env){
+		.cfg = st->cfg,
+		.userdb = st->userdb,
+		.junk_moved = web_junk_moved,
+		.hostname = smtp_settings(st->cfg)->hostname,
+		.hold = st,
+		.release = web_release,
+	};
+}
+
+static void *
+web_serve_start_row(struct daemon_loop *loop, int fd, const char *listener, char **error_r)
+{
+	return web_serve_start(loop, fd, listener, web_env_of, error_r);
+}
+
 /* The services listeners can name with `protocol = ...`: one row each. */
 static const struct service services[] = {
 	{ .name = "smtp", .accept = smtp_service_accept },
@@ -207,6 +258,9 @@ static const struct service services[] = {
 	{ .name = "imap", .accept = imap_service_accept },
 	/* GET /metrics (metrics_http.c): evhttp serves its socket, on loop 0 */
 	{ .name = "metrics", .serve_start = metrics_serve_start, .serve_stop = metrics_serve_stop,
+	  .serve_one_loop = true },
+	/* the web page and its JSON API (web/): evhttp on loop 0 */
+	{ .name = "web", .serve_start = web_serve_start_row, .serve_stop = web_serve_stop,
 	  .serve_one_loop = true },
 	{ .name = "milter", .start = milter_service_start_row, .stop = milter_service_stop },
 };

@@ -604,5 +604,61 @@ class BadConfig(unittest.TestCase):
             d.cleanup()
 
 
+
+class WebMoves(BayesBase):
+    """The web page's "Not spam" (Junk -> INBOX) and "Spam" buttons teach
+    the store as IMAP moves do (web/api.c calls the same hook)."""
+    listen_extra = {"imap": {"protocol": "imap"}, "web": {"protocol": "web"}}
+    extra = 'imap {\n\tplaintext_auth = "always"\n}\n'
+
+    def wait_learnt(self, cls, n):
+        deadline = time.monotonic() + 20
+        while True:
+            st = self.stats()
+            if st[cls] == str(n) or time.monotonic() > deadline:
+                return st
+            time.sleep(0.05)
+
+    def api(self, method, path, body=None, h=None):
+        import http.client
+        import json
+        c = http.client.HTTPConnection("127.0.0.1", self.d.ports["web"], timeout=30)
+        hdrs = dict(h or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            hdrs["Content-Type"] = "application/json"
+        c.request(method, path, body=data, headers=hdrs)
+        r = c.getresponse()
+        out = json.loads(r.read())
+        c.close()
+        return r, out
+
+    def test_not_spam_button_learns_ham(self):
+        self.learn_all()
+        ham = self.held_out("ham", 9)
+        m = imaplib.IMAP4("127.0.0.1", self.d.ports["imap"], timeout=30)
+        m.login("demo@example.test", mxtest.PASSWORD)
+        m.create("Junk")
+        self.assertEqual(m.append("Junk", None, None, raw(ham))[0], "OK")
+        m.logout()
+        r, j = self.api("POST", "/api/login", {"user": "demo@example.test", "password": mxtest.PASSWORD})
+        self.assertEqual(r.status, 200)
+        h = {"Cookie": r.getheader("Set-Cookie").split(";")[0], "X-CSRF-Token": j["csrf"]}
+        r, j = self.api("GET", "/api/messages?folder=Junk", h=h)
+        self.assertEqual(j["total"], 1)
+        r, j = self.api("POST", "/api/notspam", {"folder": "Junk", "uid": j["messages"][0]["uid"]}, h=h)
+        self.assertEqual(r.status, 200, j)
+        st = self.wait_learnt("ham", N_LEARN + 1)
+        self.assertEqual((st["spam"], st["ham"]), (str(N_LEARN), str(N_LEARN + 1)))
+        self.assertTrue(self.d.wait_log(r"bayes learnt user=demo@example.test class=ham source=web_move"),
+                        self.d.log_tail())
+        # and "Spam" on it again: relearnt as spam
+        r, j = self.api("POST", "/api/spam", {"folder": "INBOX", "uid": j["uid"]}, h=h)
+        self.assertEqual(r.status, 200, j)
+        st = self.wait_learnt("spam", N_LEARN + 1)
+        self.assertEqual((st["spam"], st["ham"]), (str(N_LEARN + 1), str(N_LEARN)))
+
+
 if __name__ == "__main__":
     mxtest.main(budget=400)
