@@ -25,7 +25,11 @@ check_spec(const char *addr)
 {
 	char out[300], tiny[8];
 
-	if (milter_conn_spec(addr, out, sizeof(out)) == 0) {
+	if (milter_conn_spec(addr, out, sizeof(out)) == 0 && strncmp(out, "unix:", 5) == 0) {
+		/* a unix socket: the address as it was, an absolute path, one line */
+		CHECK(strcmp(out, addr) == 0 && out[5] == '/');
+		CHECK(strchr(out, '\n') == NULL && strchr(out, '\r') == NULL);
+	} else if (milter_conn_spec(addr, out, sizeof(out)) == 0) {
 		CHECK(strncmp(out, "inet:", 5) == 0 || strncmp(out, "inet6:", 6) == 0);
 		const char *port = strchr(out, ':') + 1;
 		const char *at = strchr(port, '@');
