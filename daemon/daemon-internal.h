@@ -72,6 +72,7 @@ struct daemon_loop {
 	struct event_base *base;
 	struct evconnlistener **evl; /* one per listener */
 	void **serve_ctx;            /* per listener: a serve_start service's context */
+	bool *serve_tls;             /* per listener: it called daemon_serve_evhttp_tls */
 	struct conn *conns;          /* this loop's connections */
 	struct loop_state *states;   /* every state in use here */
 	struct loop_state *current;  /* the one new connections take */

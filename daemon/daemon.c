@@ -294,10 +294,9 @@ daemon_check_services(const struct daemon_app *app, const struct mx_config *cfg,
 		}
 		/* a service that serves its socket itself has no conn layer */
 		if (daemon_find_service(app, lc->protocol)->serve_start != NULL &&
-		    (lc->implicit_tls || lc->proxy_protocol != LISTEN_PROXY_OFF)) {
-			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\" takes neither "
-					     "tls = implicit nor proxy_protocol", cfg->path, lc->line,
-					     lc->name, lc->protocol);
+		    lc->proxy_protocol != LISTEN_PROXY_OFF) {
+			*error_r = xasprintf("%s:%d: listen %s: protocol = \"%s\" does not take "
+					     "proxy_protocol", cfg->path, lc->line, lc->name, lc->protocol);
 			return -1;
 		}
 	}
@@ -892,6 +891,12 @@ daemon_start_loops(struct daemon *core)
 					free(error);
 					return -1;
 				}
+				/* never plain text on a port the config says is TLS */
+				if (core->listeners[j].implicit_tls && !loop->serve_tls[j]) {
+					log_msg(LOG_LEVEL_ERR, "listen %s: protocol = \"%s\" does not "
+						"speak tls = implicit", core->listeners[j].name, sv->name);
+					return -1;
+				}
 				continue;
 			}
 			loop->evl[j] = evconnlistener_new(loop->base, loop_accept_cb, loop,
@@ -934,6 +939,7 @@ daemon_free(struct daemon *core)
 		}
 		free(loop->evl);
 		free(loop->serve_ctx);
+		free(loop->serve_tls);
 		if (loop->ev_push != NULL)
 			event_free(loop->ev_push);
 		if (loop->ev_shutdown != NULL)
@@ -1136,6 +1142,7 @@ daemon_run(const struct daemon_app *app, const char *config_path, bool foregroun
 		}
 		loop->evl = xcalloc(core.n_listeners, sizeof(*loop->evl));
 		loop->serve_ctx = xcalloc(core.n_listeners, sizeof(*loop->serve_ctx));
+		loop->serve_tls = xcalloc(core.n_listeners, sizeof(*loop->serve_tls));
 		loop->ev_push = event_new(loop->base, -1, 0, loop_push_cb, loop);
 		loop->ev_shutdown = event_new(loop->base, -1, 0, loop_shutdown_cb, loop);
 		loop->ev_exit = event_new(loop->base, -1, 0, loop_exit_cb, loop);

@@ -140,8 +140,9 @@ struct service {
 	 * main thread if start-up failed): close fd and free everything.
 	 * Listen sections are not re-read at a reload (like every listener);
 	 * a service that needs the configuration asks daemon_loop_state().
-	 * A listener of such a service may not ask for implicit TLS or the
-	 * PROXY protocol (a config error).
+	 * A listener of such a service may not ask for the PROXY protocol (a
+	 * config error); on one with tls = implicit, serve_start must call
+	 * daemon_serve_evhttp_tls() (the core refuses to start otherwise).
 	 */
 	void *(*serve_start)(struct daemon_loop *loop, int fd, const char *listener,
 			     char **error_r);
@@ -241,6 +242,17 @@ struct server_state *daemon_loop_state(const struct daemon_loop *loop);
 /* The core's newest state (borrowed), for serve_start: it runs before the
  * loop has a state of its own (daemon_loop_state is NULL then). */
 struct server_state *daemon_loop_core_state(const struct daemon_loop *loop);
+
+/*
+ * For a serve_start service that serves with evhttp, at serve_start: when
+ * `listener` (its name) has tls = implicit, every connection `http`
+ * accepts speaks TLS from the first byte (evhttp_set_bevcb: an OpenSSL
+ * bufferevent over the loop's current certificate, taken at each
+ * connection, as the conn layer's smtps/imaps). true when it does — the
+ * service then marks its answers as sent over TLS (Secure cookies, HSTS).
+ */
+struct evhttp;
+bool daemon_serve_evhttp_tls(struct daemon_loop *loop, struct evhttp *http, const char *listener);
 
 /* ------------------------------------- services that own their socket */
 /*

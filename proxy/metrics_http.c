@@ -11,7 +11,8 @@
  * seconds needs no more — and renders the counters on that loop's thread
  * (a few hundred lines of snprintf; no file system, nothing that blocks).
  * Hostile input is bounded by evhttp: 8 KB of headers, no body, GET and
- * HEAD only, 10 s per request.
+ * HEAD only, 10 s per request. With tls = implicit the core makes each
+ * connection TLS (daemon_serve_evhttp_tls).
  */
 #include "config.h"
 
@@ -73,12 +74,13 @@ metrics_serve_start(struct daemon_loop *loop, int fd, const char *listener, char
 	evhttp_set_max_body_size(http, 0);
 	evhttp_set_timeout(http, METRICS_TIMEOUT);
 	evhttp_set_gencb(http, metrics_request_cb, NULL);
+	bool tls = daemon_serve_evhttp_tls(loop, http, listener);
 	if (evhttp_accept_socket_with_handle(http, fd) == NULL) {
 		evhttp_free(http);
 		*error_r = xstrdup("evhttp cannot take the listening socket");
 		return NULL;
 	}
-	log_msg(LOG_LEVEL_INFO, "metrics name=%s serving /metrics", listener);
+	log_msg(LOG_LEVEL_INFO, "metrics name=%s serving /metrics%s", listener, tls ? " over TLS" : "");
 	return http;
 }
 

@@ -372,6 +372,9 @@ op_read(const struct web_call *c, struct web_result *res, bool html)
 		json_object_set_new(o, "text", jstr(t, tl > WEB_TEXT_MAX ? WEB_TEXT_MAX : tl));
 		g_free(t);
 		json_object_set_new(o, "has_html", json_boolean(p.html != NULL));
+		char *h = p.html != NULL ? g_mime_text_part_get_text(p.html) : NULL;
+		json_object_set_new(o, "remote_images", json_boolean(h != NULL && web_html_remote_images(h, strlen(h))));
+		g_free(h);
 		json_t *atts = json_array();
 		for (unsigned k = 0; k < p.attachments && k < WEB_ATTACHMENTS_MAX; k++) {
 			GMimeContentType *ct = g_mime_object_get_content_type(GMIME_OBJECT(p.att[k]));

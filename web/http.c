@@ -157,3 +157,60 @@ web_utf8_clean(const char *data, size_t len)
 	out[o] = '\0';
 	return out;
 }
+
+/* ASCII case-insensitive: does p[0..n) start with lowercase `want`? */
+static bool
+starts_ci(const char *p, size_t n, const char *want)
+{
+	size_t wl = strlen(want);
+
+	if (n < wl)
+		return false;
+	for (size_t i = 0; i < wl; i++) {
+		char c = p[i];
+		if (c >= 'A' && c <= 'Z')
+			c = (char)(c - 'A' + 'a');
+		if (c != want[i])
+			return false;
+	}
+	return true;
+}
+
+/* a URL at p that would be fetched from the network */
+static bool
+remote_url(const char *p, size_t n)
+{
+	while (n > 0 && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n' || *p == '"' || *p == '\'')) {
+		p++;
+		n--;
+	}
+	return starts_ci(p, n, "http:") || starts_ci(p, n, "https:") || starts_ci(p, n, "//");
+}
+
+bool
+web_html_remote_images(const char *html, size_t len)
+{
+	static const char *const attrs[] = { "src", "srcset", "background", "poster" };
+
+	for (size_t i = 0; i < len; i++) {
+		const char *p = html + i;
+		size_t n = len - i;
+		if (starts_ci(p, n, "url(") && remote_url(p + 4, n - 4))
+			return true;
+		/* an attribute name after a space, then '=' */
+		if (i == 0 || !(html[i - 1] == ' ' || html[i - 1] == '\t' || html[i - 1] == '\n' ||
+				html[i - 1] == '\r' || html[i - 1] == '"' || html[i - 1] == '\''))
+			continue;
+		for (size_t a = 0; a < sizeof(attrs) / sizeof(attrs[0]); a++) {
+			size_t al = strlen(attrs[a]);
+			if (!starts_ci(p, n, attrs[a]))
+				continue;
+			size_t k = al;
+			while (k < n && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r' || p[k] == '\n'))
+				k++;
+			if (k < n && p[k] == '=' && remote_url(p + k + 1, n - k - 1))
+				return true;
+		}
+	}
+	return false;
+}

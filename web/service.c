@@ -47,6 +47,11 @@
 #define CSP_MESSAGE                                                                              \
 	"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; " \
 	"base-uri 'none'; form-action 'none'; sandbox"
+/* the same with the user's "Show remote images" (remote=1): images from
+ * anywhere, and nothing else loosened */
+#define CSP_MESSAGE_REMOTE                                                                      \
+	"default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "          \
+	"frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 
 struct web_sess {
 	char id[WEB_TOKEN_HEX + 1];
@@ -72,6 +77,7 @@ struct web_server {
 	struct web_sess *sess;
 	size_t n_sess, cap_sess;
 	struct static_file files[3];
+	bool tls; /* tls = implicit: Secure cookies, Strict-Transport-Security */
 };
 
 struct web_job {
@@ -87,6 +93,7 @@ struct web_job {
 	/* api */
 	struct web_call call;
 	struct web_result res;
+	bool remote_images; /* HTML: the CSP lets images load */
 };
 
 static time_t
@@ -116,26 +123,37 @@ random_token(char out[WEB_TOKEN_HEX + 1])
 
 /* ------------------------------------------------------------ replies */
 
+/* Every answer's headers, set when the request arrives (an answer made
+ * later, by a worker's job, keeps them); tls adds Strict-Transport-Security. */
 static void
-security_headers(struct evhttp_request *req, bool message_html)
+security_headers(struct evhttp_request *req, bool tls)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 
-	evhttp_add_header(h, "Content-Security-Policy", message_html ? CSP_MESSAGE : CSP_PAGE);
+	evhttp_add_header(h, "Content-Security-Policy", CSP_PAGE);
 	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-	evhttp_add_header(h, "X-Frame-Options", message_html ? "SAMEORIGIN" : "DENY");
+	evhttp_add_header(h, "X-Frame-Options", "DENY");
 	evhttp_add_header(h, "Referrer-Policy", "no-referrer");
 	evhttp_add_header(h, "Cache-Control", "no-store");
 	evhttp_add_header(h, "Cross-Origin-Opener-Policy", "same-origin");
+	if (tls) /* a browser then refuses plain http for this host */
+		evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
 }
 
+/* csp: NULL for the page's, else a message's own (CSP_MESSAGE...) */
 static void
 reply(struct evhttp_request *req, int status, const char *type, const char *body, size_t len,
-      bool message_html)
+      const char *csp)
 {
 	struct evbuffer *out = evbuffer_new();
 
-	security_headers(req, message_html);
+	if (csp != NULL) {
+		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+		evhttp_remove_header(h, "Content-Security-Policy");
+		evhttp_remove_header(h, "X-Frame-Options");
+		evhttp_add_header(h, "Content-Security-Policy", csp);
+		evhttp_add_header(h, "X-Frame-Options", "SAMEORIGIN");
+	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  type != NULL ? type : "application/json");
 	if (out == NULL) {
@@ -153,7 +171,7 @@ reply_json(struct evhttp_request *req, int status, json_t *j)
 	char *s = json_dumps(j, JSON_COMPACT);
 
 	json_decref(j);
-	reply(req, status, NULL, s != NULL ? s : "{}", s != NULL ? strlen(s) : 2, false);
+	reply(req, status, NULL, s != NULL ? s : "{}", s != NULL ? strlen(s) : 2, NULL);
 	free(s);
 }
 
@@ -240,12 +258,12 @@ sess_new(struct web_server *srv, const struct web_settings *ws, const char *user
 }
 
 static void
-set_cookie(struct evhttp_request *req, const char *value, bool expire)
+set_cookie(const struct web_server *srv, struct evhttp_request *req, const char *value, bool expire)
 {
 	char buf[256];
 
-	snprintf(buf, sizeof(buf), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s", WEB_COOKIE_NAME, value,
-		 expire ? "; Max-Age=0" : "");
+	snprintf(buf, sizeof(buf), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s%s", WEB_COOKIE_NAME, value,
+		 srv->tls ? "; Secure" : "", expire ? "; Max-Age=0" : "");
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Set-Cookie", buf);
 }
 
@@ -313,7 +331,9 @@ api_done(void *arg)
 				evhttp_add_header(evhttp_request_get_output_headers(job->req),
 						  "Content-Disposition", job->res.disposition);
 			reply(job->req, job->res.status, job->res.content_type, job->res.body, job->res.len,
-			      job->res.html_message);
+			      !job->res.html_message ? NULL
+			      : job->remote_images   ? CSP_MESSAGE_REMOTE
+						     : CSP_MESSAGE);
 		}
 	}
 	job_free(job);
@@ -460,7 +480,7 @@ login_done(void *arg)
 		return;
 	}
 	log_msg(LOG_LEVEL_INFO, "web login client=%s user=%s", job->addr, who);
-	set_cookie(job->req, s->id, false);
+	set_cookie(job->srv, job->req, s->id, false);
 	reply_json(job->req, 200, json_pack("{s:s,s:s}", "user", s->user, "csrf", s->csrf));
 	job_free(job);
 }
@@ -596,12 +616,13 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		str_log_safe(s->user, who, sizeof(who));
 		log_msg(LOG_LEVEL_INFO, "web logout user=%s", who);
 		sess_remove(srv, (size_t)(s - srv->sess));
-		set_cookie(req, "", true);
+		set_cookie(srv, req, "", true);
 		reply_json(req, 200, json_pack("{s:b}", "ok", 1));
 		goto out;
 	}
 	struct web_call c = { .seen = -1, .flagged = -1 };
 	const char *folder = NULL, *uid = NULL;
+	bool remote_images = false;
 	if (body == NULL && strcmp(path, "/api/folders") == 0) {
 		c.op = WEB_OP_FOLDERS;
 	} else if (body == NULL && strcmp(path, "/api/messages") == 0) {
@@ -638,9 +659,15 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		folder = query_get(q, "folder");
 		uid = query_get(q, "uid");
 	} else if (body == NULL && strcmp(path, "/api/message.html") == 0) {
+		const char *remote = query_get(q, "remote");
 		c.op = WEB_OP_HTML;
 		folder = query_get(q, "folder");
 		uid = query_get(q, "uid");
+		if (remote != NULL && strcmp(remote, "0") != 0 && strcmp(remote, "1") != 0) {
+			reply_error(req, 400, "bad remote (0 or 1)");
+			goto out;
+		}
+		remote_images = remote != NULL && strcmp(remote, "1") == 0;
 	} else if (body == NULL && strcmp(path, "/api/attachment") == 0) {
 		const char *part = query_get(q, "part");
 		unsigned v;
@@ -716,6 +743,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 	c.user = xstrdup(s->user);
 	c.root = xstrdup(s->root);
 	job->call = c;
+	job->remote_images = remote_images;
 	job_submit(job, api_work, api_done);
 out:
 	json_decref(body);
@@ -734,10 +762,10 @@ serve_static(struct web_server *srv, struct evhttp_request *req, const char *pat
 			continue;
 		if (f->data == NULL)
 			break;
-		reply(req, 200, f->type, f->data, f->len, false);
+		reply(req, 200, f->type, f->data, f->len, NULL);
 		return;
 	}
-	reply(req, 404, "text/plain; charset=utf-8", "Not Found\n", 10, false);
+	reply(req, 404, "text/plain; charset=utf-8", "Not Found\n", 10, NULL);
 }
 
 static bool
@@ -764,11 +792,38 @@ serve_autoconfig(struct evhttp_request *req, struct evkeyvalq *q, const struct w
 	if (domain == NULL && bs->n_local_domains > 0)
 		domain = bs->local_domains[0];
 	if (!domain_ok(domain)) {
-		reply(req, 400, "text/plain; charset=utf-8", "bad emailaddress\n", 17, false);
+		reply(req, 400, "text/plain; charset=utf-8", "bad emailaddress\n", 17, NULL);
 		return;
 	}
 	char *x = web_autoconfig(env->cfg, env->hostname, domain, &len);
-	reply(req, 200, "application/xml; charset=utf-8", x, len, false);
+	reply(req, 200, "application/xml; charset=utf-8", x, len, NULL);
+	g_free(x);
+}
+
+/* Outlook's autodiscover: POST of its request XML (body_max bounds it) */
+static void
+serve_autodiscover(struct evhttp_request *req, const struct web_env *env)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in), xlen;
+	char email[WEB_EMAIL_MAX + 1];
+	const char *why;
+
+	if (!is_post(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+		reply(req, 405, "text/plain; charset=utf-8", "POST the autodiscover request\n", 30, NULL);
+		return;
+	}
+	if (len > WEB_AUTODISCOVER_MAX ||
+	    web_autodiscover_parse((const char *)evbuffer_pullup(in, -1), len, email, sizeof(email), &why) < 0) {
+		char *msg = xasprintf("bad autodiscover request: %s\n", len > WEB_AUTODISCOVER_MAX ?
+				      "the request is too large" : why);
+		reply(req, 400, "text/plain; charset=utf-8", msg, strlen(msg), NULL);
+		free(msg);
+		return;
+	}
+	char *x = web_autodiscover(env->cfg, env->hostname, email, &xlen);
+	reply(req, 200, "application/xml; charset=utf-8", x, xlen, NULL);
 	g_free(x);
 }
 
@@ -783,16 +838,26 @@ web_request_cb(struct evhttp_request *req, void *arg)
 	struct web_env env = { 0 };
 
 	TAILQ_INIT(&q);
+	security_headers(req, srv->tls);
 	if (path == NULL || (qs != NULL && evhttp_parse_query_str(qs, &q) < 0)) {
-		reply(req, 400, "text/plain; charset=utf-8", "Bad Request\n", 12, false);
+		reply(req, 400, "text/plain; charset=utf-8", "Bad Request\n", 12, NULL);
+		goto out;
+	}
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD && cmd != EVHTTP_REQ_POST) {
+		/* evhttp lets every method it knows through, so that this answer
+		 * carries the security headers */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, POST");
+		reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
 		goto out;
 	}
 	srv->env_of(srv->loop, &env);
 	if (strncmp(path, "/api/", 5) == 0) {
 		do_api(srv, req, path, &q, &env);
-	} else if (evhttp_request_get_command(req) != EVHTTP_REQ_GET &&
-		   evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
-		reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, false);
+	} else if (web_autodiscover_path(path)) {
+		serve_autodiscover(req, &env);
+	} else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
 	} else if (strcmp(path, "/.well-known/autoconfig/mail/config-v1.1.xml") == 0 ||
 		   strcmp(path, "/mail/config-v1.1.xml") == 0) {
 		serve_autoconfig(req, &q, &env);
@@ -856,17 +921,21 @@ web_serve_start(struct daemon_loop *loop, int fd, const char *listener, web_env_
 		*error_r = xstrdup("evhttp_new failed");
 		goto fail;
 	}
-	evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
+	/* every method evhttp parses: web_request_cb answers 405 itself */
+	evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+						      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+						      EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(srv->http, (ev_ssize_t)ws->headers_max);
 	evhttp_set_max_body_size(srv->http, (ev_ssize_t)ws->body_max);
 	evhttp_set_timeout(srv->http, (int)ws->timeout);
 	evhttp_set_gencb(srv->http, web_request_cb, srv);
+	srv->tls = daemon_serve_evhttp_tls(loop, srv->http, listener);
 	if (evhttp_accept_socket_with_handle(srv->http, fd) == NULL) {
 		*error_r = xstrdup("evhttp cannot take the listening socket");
 		goto fail;
 	}
-	log_msg(LOG_LEVEL_INFO, "web name=%s serving the web page and /api/ (static_dir=%s)", listener,
-		ws->static_dir);
+	log_msg(LOG_LEVEL_INFO, "web name=%s serving the web page and /api/%s (static_dir=%s)", listener,
+		srv->tls ? " over TLS" : "", ws->static_dir);
 	if (env.release != NULL)
 		env.release(env.hold);
 	return srv;

@@ -76,6 +76,11 @@ bool web_token_equal(const char *a, const char *b);
  * sequences, NULs and C0 controls other than TAB/LF/CR become U+FFFD.
  */
 char *web_utf8_clean(const char *data, size_t len);
+/* Whether a message's HTML names an image the browser would fetch from
+ * the network (src, srcset, background, poster = or CSS url() of
+ * http:, https: or //): what shows the "Show remote images" button. A
+ * hint for the page only: the CSP is what keeps them off. */
+bool web_html_remote_images(const char *html, size_t len);
 /* A message's UID in a query ("1".."4294967295", no sign, no leading
  * zero): true with *uid_r. */
 bool web_parse_uid(const char *s, unsigned *uid_r);
@@ -116,5 +121,26 @@ struct web_call {
 void web_api_run(const struct web_call *call, struct web_result *res);
 /* Autoconfig XML (g_malloc'd: g_free) for the listeners of cfg (pure). */
 char *web_autoconfig(const struct mx_config *cfg, const char *hostname, const char *domain, size_t *len_r);
+
+/* ------------------------- autodiscover.c, autodiscover_req.c: Outlook */
+#define WEB_AUTODISCOVER_MAX 65536 /* octets of a request taken at all */
+#define WEB_EMAIL_MAX 320
+/* The path of Outlook's POX autodiscover (/autodiscover/autodiscover.xml,
+ * any case). */
+bool web_autodiscover_path(const char *path);
+/*
+ * Its request (data[0..len), len at most WEB_AUTODISCOVER_MAX): 0 with
+ * Request/EMailAddress copied to email (emailsz octets, NUL-terminated,
+ * checked by web_email_ok), or -1 with *error_r (static text) when the
+ * XML is not well-formed by a bounded scan (no DTD, entities or CDATA),
+ * is not an Autodiscover request, asks for another response schema, or
+ * names no valid address. Pure.
+ */
+int web_autodiscover_parse(const char *data, size_t len, char *email, size_t emailsz, const char **error_r);
+/* local@domain: local part of RFC 5322 atext and dots (no '&', at most
+ * 64), domain of [A-Za-z0-9.-] (at most 253). */
+bool web_email_ok(const char *s);
+/* The POX answer for email (g_malloc'd: g_free) from the listeners of cfg. */
+char *web_autodiscover(const struct mx_config *cfg, const char *hostname, const char *email, size_t *len_r);
 
 #endif

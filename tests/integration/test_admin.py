@@ -88,8 +88,8 @@ class ConfigCheck(DaemonTestCase):
         conf = os.path.join(mxtest.MX_SRCDIR, "etc", "mxguard.conf")
         r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        # smtp, smtps, pop3, pop3s, imap, imaps, metrics, web
-        self.assertIn("8 listener(s)", r.stdout)
+        # smtp, smtps, pop3, pop3s, imap, imaps, metrics, web, webs
+        self.assertIn("9 listener(s)", r.stdout)
         # without the certificate, the error names the setting's line
         os.unlink(os.path.join(top, "var", "tls", "cert.pem"))
         r = run([mxtest.MXGUARD, "-t", "-c", conf], cwd=top)

@@ -84,6 +84,8 @@
     const f = $("r-html");
     if (m.has_html) { f.src = "/api/message.html?" + q({ folder: folder, uid: uid }); f.hidden = false; }
     else { f.removeAttribute("src"); f.hidden = true; }
+    // remote images stay off (the frame's CSP) until the user asks, per message
+    $("r-remote").hidden = !(m.has_html && m.remote_images);
     if (!m.seen) { await api("/api/flags", { folder: folder, uid: uid, seen: true }); m.seen = true; }
     $("act-seen").textContent = "Mark unread";
     $("act-flag").textContent = m.flagged ? "Unflag" : "Flag";
@@ -121,6 +123,11 @@
     $("act-notspam").addEventListener("click", () => act("/api/notspam"));
     $("act-delete").addEventListener("click", () => act("/api/delete"));
     $("act-move").addEventListener("click", () => act("/api/move", { to: $("act-move-to").value }));
+    $("r-remote").addEventListener("click", () => {
+      if (!current) return;
+      $("r-html").src = "/api/message.html?" + q({ folder: folder, uid: current.uid, remote: 1 });
+      $("r-remote").hidden = true;
+    });
     api("/api/session").then((j) => { csrf = j.csrf; showApp(j.user); }).catch(() => showLogin());
   });
 })();
