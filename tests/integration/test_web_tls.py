@@ -1,0 +1,182 @@
+"""test_web_tls — `tls = "implicit"` on the evhttp listeners (web, metrics).
+
+A real mxguard with a web listener on plain HTTP and another on HTTPS
+(the daemon's own test certificate), and a metrics listener over TLS.
+Python's ssl (verifying the chain against the test certificate) and curl
+--cacert are the clients: a login over HTTPS gets a Secure session
+cookie and Strict-Transport-Security, the same login over plain HTTP
+gets neither; /metrics answers over TLS; a plain-text request to a TLS
+port gets no HTTP answer (nothing is ever spoken in clear there); a
+failed handshake leaves the daemon serving.
+"""
+
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import unittest
+
+import mxtest
+from mxtest import PASSWORD
+
+USER = "demo@example.test"
+LOGIN = b'{"user": "demo@example.test", "password": "%s"}' % PASSWORD.encode()
+
+
+class WebTls(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = mxtest.Daemon(
+            tls=True, users=(USER,),
+            listen_extra={"web": {"protocol": "web"},
+                          "webs": {"protocol": "web", "tls": "implicit"},
+                          "metricss": {"protocol": "metrics", "tls": "implicit"}},
+            extra_conf="web {\n\tstatic_dir = %s\n}\n" % mxtest.conf_value(
+                os.path.join(mxtest.MX_SRCDIR, "web", "static")))
+        cls.cert, _ = mxtest.test_cert()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def https(self, port):
+        return _Https(port, mxtest.client_tls_context())
+
+    def login(self, conn):
+        conn.request("POST", "/api/login", body=LOGIN, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.body = r.read()
+        return r
+
+    def test_login_over_https_secure_cookie(self):
+        c = self.https(self.d.ports["webs"])
+        try:
+            r = self.login(c)
+            self.assertEqual(r.status, 200, r.body)
+            cookie = r.getheader("Set-Cookie")
+            self.assertIn("mxguard_session=", cookie)
+            attrs = [a.strip() for a in cookie.split(";")]
+            self.assertIn("Secure", attrs)
+            self.assertIn("HttpOnly", attrs)
+            self.assertIn("SameSite=Strict", attrs)
+            self.assertEqual(r.getheader("Strict-Transport-Security"), "max-age=31536000")
+            self.assertIn("default-src 'self'", r.getheader("Content-Security-Policy"))
+            # the session works on the same TLS connection (keep-alive)
+            sid = cookie.split(";", 1)[0]
+            c.request("GET", "/api/folders", headers={"Cookie": sid})
+            r = c.getresponse()
+            self.assertEqual(r.status, 200, r.read())
+            self.assertEqual(r.getheader("Strict-Transport-Security"), "max-age=31536000")
+            # the static page too
+            c.request("GET", "/")
+            r = c.getresponse()
+            self.assertIn(b"app.js", r.read())
+            self.assertEqual(r.getheader("Strict-Transport-Security"), "max-age=31536000")
+        finally:
+            c.close()
+        self.d.wait_log(r"web name=webs serving the web page and /api/ over TLS")
+
+    def test_login_over_http_no_secure(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.d.ports["web"], timeout=10)
+        try:
+            r = self.login(c)
+            self.assertEqual(r.status, 200, r.body)
+            attrs = [a.strip() for a in r.getheader("Set-Cookie").split(";")]
+            self.assertNotIn("Secure", attrs)
+            self.assertIn("HttpOnly", attrs)
+            self.assertIsNone(r.getheader("Strict-Transport-Security"))
+        finally:
+            c.close()
+
+    def test_curl_cacert(self):
+        port = self.d.ports["webs"]
+        r = subprocess.run(
+            ["curl", "-sS", "-D", "-", "-o", "/dev/null", "--cacert", self.cert,
+             "--resolve", "%s:%d:127.0.0.1" % (mxtest.HOSTNAME, port),
+             "-H", "Content-Type: application/json", "--data-binary", LOGIN.decode(),
+             "https://%s:%d/api/login" % (mxtest.HOSTNAME, port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"^HTTP/1\.1 200")
+        self.assertRegex(r.stdout, r"(?im)^set-cookie: mxguard_session=[0-9a-f]{64}; Path=/; "
+                         r"HttpOnly; SameSite=Strict; Secure\r?$")
+        self.assertRegex(r.stdout, r"(?im)^strict-transport-security: max-age=31536000\r?$")
+        # curl refuses a server it cannot verify: the chain is really checked
+        r = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "https://127.0.0.1:%d/" % port],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, text=True)
+        self.assertNotEqual(r.returncode, 0)
+
+    def test_metrics_over_tls(self):
+        port = self.d.ports["metricss"]
+        r = subprocess.run(
+            ["curl", "-sS", "--cacert", self.cert,
+             "--resolve", "%s:%d:127.0.0.1" % (mxtest.HOSTNAME, port),
+             "https://%s:%d/metrics" % (mxtest.HOSTNAME, port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("# TYPE", r.stdout)
+        self.assertIn("mxguard_", r.stdout)
+        self.d.wait_log(r"metrics name=metricss serving /metrics over TLS")
+
+    def test_plain_text_on_tls_port(self):
+        # HTTP in clear to the TLS port: never an HTTP answer
+        for name in ("webs", "metricss"):
+            s = socket.create_connection(("127.0.0.1", self.d.ports[name]), timeout=10)
+            try:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                try:
+                    while len(got) < 65536:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        got += chunk
+                except (ConnectionResetError, socket.timeout):
+                    pass
+                self.assertNotIn(b"HTTP/", got, name)
+            finally:
+                s.close()
+        # and a bad handshake left both serving
+        c = self.https(self.d.ports["webs"])
+        try:
+            c.request("GET", "/api/session")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 401)
+        finally:
+            c.close()
+        self.assertTrue(self.d.running())
+
+    def test_plain_listener_no_hsts_on_errors(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.d.ports["web"], timeout=10)
+        try:
+            c.request("GET", "/nothing")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 404)
+            self.assertIsNone(r.getheader("Strict-Transport-Security"))
+        finally:
+            c.close()
+        c = self.https(self.d.ports["webs"])
+        try:
+            c.request("GET", "/nothing")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 404)
+            self.assertEqual(r.getheader("Strict-Transport-Security"), "max-age=31536000")
+        finally:
+            c.close()
+
+
+def _Https(port, ctx):
+    # the certificate names mx.example.test; connect to loopback with that name
+    c = http.client.HTTPSConnection(mxtest.HOSTNAME, port, timeout=10, context=ctx)
+    c._create_connection = lambda addr, timeout=None, source_address=None: \
+        socket.create_connection(("127.0.0.1", port), timeout)
+    return c
+
+
+if __name__ == "__main__":
+    mxtest.main(budget=120)
