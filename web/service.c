@@ -160,7 +160,15 @@ reply(struct evhttp_request *req, int status, const char *type, const char *body
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
 		return;
 	}
-	evbuffer_add(out, body, len);
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		/* evhttp 2.1 would send the body after a HEAD's headers (and no
+		 * length): the length alone, as a GET's */
+		char n[32];
+		snprintf(n, sizeof(n), "%zu", len);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", n);
+	} else {
+		evbuffer_add(out, body, len);
+	}
 	evhttp_send_reply(req, status, status < 300 ? "OK" : status == 404 ? "Not Found" : "Error", out);
 	evbuffer_free(out);
 }
