@@ -6,14 +6,18 @@ presses "Not spam", then checks over IMAP (imaplib) that the message is in
 INBOX and seen. A message whose HTML part carries a <script> and an
 onerror= handler is opened: neither runs (each would set a marker the test
 reads, in the page and in the frame), and the text part is shown. A
-screenshot of each step is saved in $MX_SCREENSHOTS (default
+message whose HTML names an image on a tiny local HTTP server (which counts
+its requests) is opened: the image is not fetched until "Show remote
+images" is pressed, and is then. A screenshot of each step is saved in $MX_SCREENSHOTS (default
 ./web-screenshots, printed).
 
 Waits are WebDriverWait with deadlines, never sleeps.
 """
 
+import http.server
 import imaplib
 import os
+import threading
 import shutil
 import smtplib
 import sys
@@ -112,7 +116,12 @@ class Browser(unittest.TestCase):
 
     def login(self):
         self.drv.get(self.base)
-        self.wait(lambda: self.drv.find_element(By.ID, "login").is_displayed())
+        # the login form, or the user's name when the cookie of an earlier
+        # test still holds a session
+        self.wait(lambda: self.drv.find_element(By.ID, "whoami").text == USER or
+                  self.drv.find_element(By.ID, "login").is_displayed())
+        if self.drv.find_element(By.ID, "whoami").text == USER:
+            return
         self.drv.find_element(By.ID, "user").send_keys(USER)
         self.drv.find_element(By.ID, "password").send_keys(PASSWORD)
         self.drv.find_element(By.CSS_SELECTOR, "#login-form button").click()
@@ -177,6 +186,65 @@ class Browser(unittest.TestCase):
         typ, data = im.uid("SEARCH", None, "ALL")
         self.assertEqual(data[0].split(), [])
         im.logout()
+
+    def test_remote_images_button(self):
+        hits = []
+
+        class Pic(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                # a 1x1 GIF
+                gif = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04"
+                       b"\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+                self.send_response(200)
+                self.send_header("Content-Type", "image/gif")
+                self.send_header("Content-Length", str(len(gif)))
+                self.end_headers()
+                self.wfile.write(gif)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pic)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        url = "http://127.0.0.1:%d/pic.gif" % srv.server_address[1]
+        html = ("--b1\r\nContent-Type: text/html\r\n\r\n<p id=h>remote html</p>"
+                "<img id=pic src=\"%s\">\r\n--b1--\r\n" % url)
+        send_mail(self.d, "remote image", body=html,
+                  extra="MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b1\r\n")
+        send_mail(self.d, "plain text only")
+        self.login()
+        self.folder("INBOX")
+        # a message without HTML: no button
+        self.open_row("plain text only")
+        self.assertFalse(self.drv.find_element(By.ID, "r-remote").is_displayed())
+        self.open_row("remote image")
+        button = self.drv.find_element(By.ID, "r-remote")
+        self.wait(lambda: button.is_displayed())
+        frame = self.drv.find_element(By.ID, "r-html")
+        self.drv.switch_to.frame(frame)
+        self.wait(lambda: "remote html" in self.drv.find_element(By.TAG_NAME, "body").text)
+        # the frame's load is complete: every image it was allowed was asked for
+        self.wait(lambda: self.drv.execute_script("return document.readyState") == "complete")
+        self.assertEqual(self.drv.execute_script("return document.getElementById('pic').naturalWidth"), 0)
+        self.drv.switch_to.default_content()
+        self.assertEqual(hits, [])
+        self.shot("5-remote-images-off")
+        button.click()
+        self.wait(lambda: hits == ["/pic.gif"])
+        self.assertFalse(button.is_displayed())
+        frame = self.drv.find_element(By.ID, "r-html")
+        self.drv.switch_to.frame(frame)
+        self.wait(lambda: self.drv.execute_script("return document.getElementById('pic').naturalWidth") == 1)
+        self.drv.switch_to.default_content()
+        self.shot("6-remote-images-on")
+        # the next message opened starts with them off again
+        self.open_row("plain text only")
+        self.open_row("remote image")
+        self.wait(lambda: self.drv.find_element(By.ID, "r-remote").is_displayed())
 
 
 if __name__ == "__main__":
