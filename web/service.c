@@ -1,7 +1,7 @@
 /*
  * service.c — the `web` service's HTTP side: evhttp on loop 0, the
  * session table, login and logout, CSRF, security headers, the page's
- * static files, autoconfig, and the API's requests handed to the worker
+ * static files, autoconfig and autodiscover, and the API's requests handed to the worker
  * pool (api.c does their Maildir work there).
  *
  * Everything here runs on loop 0's thread (the session table needs no

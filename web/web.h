@@ -9,8 +9,9 @@
  *
  * Sessions live in this process only (a daemon restart logs everyone
  * out): a 256-bit random id (RAND_bytes) in an HttpOnly, SameSite=Strict
- * cookie, a second random CSRF token the page sends in X-CSRF-Token on
- * every POST, idle and absolute expiry.
+ * cookie (Secure on a tls = implicit listener, whose answers also carry
+ * Strict-Transport-Security), a second random CSRF token the page sends
+ * in X-CSRF-Token on every POST, idle and absolute expiry.
  */
 #ifndef MXGUARD_WEB_H
 #define MXGUARD_WEB_H
