@@ -7,14 +7,18 @@ Python's ssl (verifying the chain against the test certificate) and curl
 cookie and Strict-Transport-Security, the same login over plain HTTP
 gets neither; /metrics answers over TLS; a plain-text request to a TLS
 port gets no HTTP answer (nothing is ever spoken in clear there); a
-failed handshake leaves the daemon serving.
+failed handshake leaves the daemon serving; a reload's new certificate
+is what the next connections get; a client that never starts its
+handshake is dropped after the web section's timeout.
 """
 
 import http.client
 import os
+import signal
 import socket
 import ssl
 import subprocess
+import time
 import unittest
 
 import mxtest
@@ -168,6 +172,75 @@ class WebTls(unittest.TestCase):
             self.assertEqual(r.getheader("Strict-Transport-Security"), "max-age=31536000")
         finally:
             c.close()
+
+
+class Reload(unittest.TestCase):
+    """A reload's new certificate is used by the next connections (the
+    context is taken per connection), and a client that never sends its
+    ClientHello is dropped after the web section's timeout."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = mxtest.Daemon(
+            tls=True, users=(USER,),
+            listen_extra={"webs": {"protocol": "web", "tls": "implicit"}},
+            extra_conf="web {\n\tstatic_dir = %s\n\ttimeout = 2\n}\n" % mxtest.conf_value(
+                os.path.join(mxtest.MX_SRCDIR, "web", "static")))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.cleanup()
+
+    def peer_cert(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.d.ports["webs"]), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=mxtest.HOSTNAME) as s:
+                der = s.getpeercert(binary_form=True)
+                s.sendall(b"GET /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                got = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                self.assertTrue(got.startswith(b"HTTP/1.1 401 "), got[:60])
+                return der
+
+    def test_reload_new_certificate(self):
+        old_pem, _ = mxtest.test_cert()
+        with open(old_pem) as f:
+            old = ssl.PEM_cert_to_DER_cert(f.read())
+        self.assertEqual(self.peer_cert(), old)
+        cert = os.path.join(self.d.dir, "cert2.pem")
+        key = os.path.join(self.d.dir, "key2.pem")
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-subj", "/CN=" + mxtest.HOSTNAME, "-days", "2",
+                            "-keyout", key, "-out", cert],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        with open(cert) as f:
+            new = ssl.PEM_cert_to_DER_cert(f.read())
+        self.d.settings.update({"tls_cert": cert, "tls_key": key})
+        self.d.write_config()
+        off = len(self.d.log().encode())
+        self.d.signal(signal.SIGHUP)
+        self.assertTrue(self.d.wait_log(r"reloaded configuration", offset=off))
+        # the loop switches to the new state on its own thread, soon after
+        deadline = time.monotonic() + 10
+        while self.peer_cert() != new and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.peer_cert(), new)
+
+    def test_silent_client_dropped(self):
+        s = socket.create_connection(("127.0.0.1", self.d.ports["webs"]), timeout=20)
+        try:
+            # nothing sent: evhttp's read timeout (timeout = 2) bounds the handshake
+            self.assertEqual(s.recv(1), b"")
+        finally:
+            s.close()
+        self.assertTrue(self.d.running())
 
 
 def _Https(port, ctx):
