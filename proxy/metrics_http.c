@@ -16,6 +16,7 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,7 +53,16 @@ metrics_request_cb(struct evhttp_request *req, void *arg)
 	}
 	size_t len;
 	char *text = metrics_render(&len);
-	evbuffer_add(out, text, len);
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		/* evhttp 2.1 would send the body after a HEAD's headers, with no
+		 * length, and a kept-alive connection would read it as the next
+		 * answer: the length alone */
+		char n[32];
+		snprintf(n, sizeof(n), "%zu", len);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", n);
+	} else {
+		evbuffer_add(out, text, len);
+	}
 	free(text);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "text/plain; version=0.0.4; charset=utf-8");

@@ -237,6 +237,24 @@ class Metrics(unittest.TestCase):
         self.assertNotEqual(r.stdout, "200")
         r = curl(self.url, "-I", "-o", "/dev/null", "-w", "%{http_code}")
         self.assertEqual(r.stdout, "200")
+        # HEAD then GET on one connection: the HEAD has a length and no body,
+        # so the next answer is read right after its headers
+        s = socket.create_connection(("127.0.0.1", self.d.ports["metrics"]), timeout=10)
+        try:
+            s.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        finally:
+            s.close()
+        head, _, rest = got.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:60])
+        self.assertRegex(head, rb"(?i)\r\ncontent-length: [1-9][0-9]*")
+        self.assertTrue(rest.startswith(b"HTTP/1.1 404 "), rest[:60])
         # a flood of header bytes is cut off, the service keeps serving
         s = socket.create_connection(("127.0.0.1", self.d.ports["metrics"]), timeout=10)
         try:
