@@ -252,7 +252,17 @@ struct server_state *daemon_loop_core_state(const struct daemon_loop *loop);
  * service then marks its answers as sent over TLS (Secure cookies, HSTS).
  */
 struct evhttp;
+struct bufferevent;
 bool daemon_serve_evhttp_tls(struct daemon_loop *loop, struct evhttp *http, const char *listener);
+/* The same in two steps, for a service that makes its connections'
+ * bufferevents itself (evhttp_set_bevcb of its own, to watch what evhttp
+ * writes): daemon_serve_tls() says whether `listener` has tls = implicit
+ * (and counts as the call the core checks for); then, per connection,
+ * daemon_serve_tls_bufferevent() is the OpenSSL bufferevent (fd -1, in
+ * the accepting state) to hand evhttp. Never NULL (out of memory ends the
+ * process: NULL would let evhttp speak plain text on a TLS port). */
+bool daemon_serve_tls(struct daemon_loop *loop, const char *listener);
+struct bufferevent *daemon_serve_tls_bufferevent(struct event_base *base, struct daemon_loop *loop);
 
 /* ------------------------------------- services that own their socket */
 /*

@@ -47,10 +47,10 @@ serve_tls_ssl(struct daemon_loop *loop)
 	return ssl;
 }
 
-static struct bufferevent *
-serve_tls_bev(struct event_base *base, void *arg)
+struct bufferevent *
+daemon_serve_tls_bufferevent(struct event_base *base, struct daemon_loop *loop)
 {
-	SSL *ssl = serve_tls_ssl(arg);
+	SSL *ssl = serve_tls_ssl(loop);
 	struct bufferevent *bev = NULL;
 
 	/* NULL here would make evhttp speak plain text on a TLS port:
@@ -68,7 +68,7 @@ serve_tls_bev(struct event_base *base, void *arg)
 }
 
 bool
-daemon_serve_evhttp_tls(struct daemon_loop *loop, struct evhttp *http, const char *listener)
+daemon_serve_tls(struct daemon_loop *loop, const char *listener)
 {
 	for (size_t j = 0; j < loop->core->n_listeners; j++) {
 		const struct daemon_listener *l = &loop->core->listeners[j];
@@ -76,10 +76,24 @@ daemon_serve_evhttp_tls(struct daemon_loop *loop, struct evhttp *http, const cha
 			continue;
 		if (!l->implicit_tls)
 			return false;
-		evhttp_set_bevcb(http, serve_tls_bev, loop);
 		if (loop->serve_tls != NULL)
 			loop->serve_tls[j] = true;
 		return true;
 	}
 	return false;
+}
+
+static struct bufferevent *
+serve_tls_bev(struct event_base *base, void *arg)
+{
+	return daemon_serve_tls_bufferevent(base, arg);
+}
+
+bool
+daemon_serve_evhttp_tls(struct daemon_loop *loop, struct evhttp *http, const char *listener)
+{
+	if (!daemon_serve_tls(loop, listener))
+		return false;
+	evhttp_set_bevcb(http, serve_tls_bev, loop);
+	return true;
 }

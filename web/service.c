@@ -20,6 +20,7 @@
 #include <glib.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -140,6 +141,78 @@ security_headers(struct evhttp_request *req, bool tls)
 		evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
 }
 
+/*
+ * The answers evhttp writes itself (400 for a malformed request, 413 past
+ * headers_max or body_max, 501 for a method it does not know) never
+ * reach web_request_cb, and libevent 2.1 has no hook for them. What it
+ * does have is a callback on each connection's output buffer (evbuffer_add_cb
+ * in web_bev_new): evhttp writes an answer's status line with one
+ * evbuffer_add_printf, then its headers, synchronously, so when a status
+ * line is the octets just added and the service is not sending an answer
+ * of its own right now (`replying`, set around evhttp_send_reply below:
+ * those carry their headers already), the security headers are added
+ * right after it, before evhttp's own. Loop 0's thread only (every web
+ * listener is served there), hence one flag per thread.
+ */
+static _Thread_local bool replying;
+
+/* "HTTP/1.x NNN ...\r\n", one line, a final status */
+static bool
+status_line(const char *s, size_t n)
+{
+	if (n < 14 || memcmp(s, "HTTP/1.", 7) != 0 || s[8] != ' ' || s[9] < '2' || s[9] > '5' ||
+	    s[n - 2] != '\r' || s[n - 1] != '\n')
+		return false;
+	for (size_t i = 0; i + 2 < n; i++)
+		if (s[i] == '\r' || s[i] == '\n')
+			return false;
+	return true;
+}
+
+static void
+web_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	const struct web_server *srv = arg;
+	static _Thread_local bool adding;
+	char line[256];
+	struct evbuffer_ptr pos;
+	size_t total = evbuffer_get_length(buf);
+
+	if (replying || adding || info->n_deleted != 0 || info->n_added < 14 ||
+	    info->n_added > sizeof(line) || total < info->n_added)
+		return;
+	if (evbuffer_ptr_set(buf, &pos, total - info->n_added, EVBUFFER_PTR_SET) < 0 ||
+	    evbuffer_copyout_from(buf, &pos, line, info->n_added) != (ev_ssize_t)info->n_added ||
+	    !status_line(line, info->n_added))
+		return;
+	adding = true;
+	evbuffer_add_printf(buf,
+			    "Content-Security-Policy: " CSP_PAGE "\r\n"
+			    "X-Content-Type-Options: nosniff\r\n"
+			    "X-Frame-Options: DENY\r\n"
+			    "Referrer-Policy: no-referrer\r\n"
+			    "Cache-Control: no-store\r\n"
+			    "Cross-Origin-Opener-Policy: same-origin\r\n%s",
+			    srv->tls ? "Strict-Transport-Security: max-age=31536000\r\n" : "");
+	adding = false;
+}
+
+/* each connection's bufferevent: TLS from the core on a TLS listener */
+static struct bufferevent *
+web_bev_new(struct event_base *base, void *arg)
+{
+	struct web_server *srv = arg;
+	struct bufferevent *bev = srv->tls ? daemon_serve_tls_bufferevent(base, srv->loop)
+					   : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+
+	if (bev == NULL) { /* evhttp would make a plain one: never on a TLS port */
+		log_msg(LOG_LEVEL_ERR, "web cannot make a connection (out of memory)");
+		abort();
+	}
+	evbuffer_add_cb(bufferevent_get_output(bev), web_out_cb, srv);
+	return bev;
+}
+
 /* csp: NULL for the page's, else a message's own (CSP_MESSAGE...) */
 static void
 reply(struct evhttp_request *req, int status, const char *type, const char *body, size_t len,
@@ -157,7 +230,9 @@ reply(struct evhttp_request *req, int status, const char *type, const char *body
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  type != NULL ? type : "application/json");
 	if (out == NULL) {
+		replying = true;
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		replying = false;
 		return;
 	}
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
@@ -169,7 +244,9 @@ reply(struct evhttp_request *req, int status, const char *type, const char *body
 	} else {
 		evbuffer_add(out, body, len);
 	}
+	replying = true;
 	evhttp_send_reply(req, status, status < 300 ? "OK" : status == 404 ? "Not Found" : "Error", out);
+	replying = false;
 	evbuffer_free(out);
 }
 
@@ -937,7 +1014,8 @@ web_serve_start(struct daemon_loop *loop, int fd, const char *listener, web_env_
 	evhttp_set_max_body_size(srv->http, (ev_ssize_t)ws->body_max);
 	evhttp_set_timeout(srv->http, (int)ws->timeout);
 	evhttp_set_gencb(srv->http, web_request_cb, srv);
-	srv->tls = daemon_serve_evhttp_tls(loop, srv->http, listener);
+	srv->tls = daemon_serve_tls(loop, listener);
+	evhttp_set_bevcb(srv->http, web_bev_new, srv);
 	if (evhttp_accept_socket_with_handle(srv->http, fd) == NULL) {
 		*error_r = xstrdup("evhttp cannot take the listening socket");
 		goto fail;

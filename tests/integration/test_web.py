@@ -288,6 +288,8 @@ def raw_http(port, data, head_first=False):
         for line in lines[1:]:
             k, _, v = line.partition(":")
             headers.setdefault(k.strip().lower(), v.strip())
+            headers.setdefault("_count", {}).setdefault(k.strip().lower(), 0)
+            headers["_count"][k.strip().lower()] += 1
         n = 0 if head_first and not out else int(headers.get("content-length", "0"))
         out.append((status, headers, rest[:n]))
         got = rest[n:]
@@ -302,6 +304,12 @@ class RawHttp(WebCase):
         self.assertEqual(h.get("x-content-type-options"), "nosniff")
         self.assertEqual(h.get("x-frame-options"), "DENY")
         self.assertEqual(h.get("referrer-policy"), "no-referrer")
+        self.assertEqual(h.get("cache-control"), "no-store")
+        # each once: the service's answers are not given them twice
+        for k in ("content-security-policy", "x-content-type-options", "x-frame-options",
+                  "referrer-policy", "cache-control", "cross-origin-opener-policy"):
+            self.assertEqual(h["_count"].get(k), 1, k)
+        self.assertNotIn("strict-transport-security", h)  # plain HTTP
 
     def test_methods_answered_by_the_service(self):
         for m in ("PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"):
@@ -310,6 +318,36 @@ class RawHttp(WebCase):
             self.assertEqual(st, 405, m)
             self.assertEqual(h.get("allow"), "GET, HEAD, POST")
             self.assert_security(h)
+
+    def test_expect_continue(self):
+        # evhttp's interim 100 is left as it is; the final answer has the headers once
+        import socket
+        body = b'{"user": "demo@example.test", "password": "wrong"}'
+        s = socket.create_connection(("127.0.0.1", self.web_port), timeout=10)
+        try:
+            s.sendall(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                      % len(body))
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertEqual(got, b"HTTP/1.1 100 Continue\r\n\r\n")
+            s.sendall(body)
+            rest = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+        finally:
+            s.close()
+        head = rest.partition(b"\r\n\r\n")[0].decode()
+        self.assertTrue(head.startswith("HTTP/1.1 401 "), head)
+        self.assertEqual(head.lower().count("\r\nx-content-type-options: nosniff"), 1)
+        self.assertEqual(head.lower().count("\r\ncontent-security-policy: "), 1)
 
     def test_head_keepalive(self):
         # HEAD: the headers and the length of a GET, no body; the next
@@ -328,9 +366,10 @@ class RawHttp(WebCase):
             self.assert_security(r[1])
 
     def test_evhttp_own_errors(self):
-        # answered by evhttp before the service sees a request (libevent
-        # 2.1 has no hook for them, doc/web.md): the status, Connection:
-        # close, and a fixed page that repeats nothing of the request
+        # answered by evhttp before the service sees a request: the status,
+        # Connection: close, a fixed page that repeats nothing of the
+        # request, and the security headers all the same (added after the
+        # status line by the service's watch on the connection's output)
         mark = b"<script>x</script>"
         cases = [
             (b"GARBAGE" + mark + b"\r\n\r\n", 400),
@@ -343,6 +382,7 @@ class RawHttp(WebCase):
             [(st, h, body)] = raw_http(self.web_port, req)
             self.assertEqual(st, want, req[:30])
             self.assertEqual(h.get("connection"), "close")
+            self.assert_security(h)
             self.assertNotIn(b"script", body)
             self.assertNotIn(b"aaaa", body)
         self.assertTrue(self.d.running())

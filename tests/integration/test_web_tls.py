@@ -153,6 +153,27 @@ class WebTls(unittest.TestCase):
             c.close()
         self.assertTrue(self.d.running())
 
+    def test_evhttp_error_over_tls(self):
+        # a malformed request over TLS: evhttp's own 400, with HSTS and the rest
+        ctx = mxtest.client_tls_context()
+        with socket.create_connection(("127.0.0.1", self.d.ports["webs"]), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=mxtest.HOSTNAME) as s:
+                s.sendall(b"GARBAGE\r\n\r\n")
+                got = b""
+                while True:
+                    try:
+                        chunk = s.recv(4096)
+                    except ssl.SSLError:
+                        break
+                    if not chunk:
+                        break
+                    got += chunk
+        head = got.partition(b"\r\n\r\n")[0].decode()
+        self.assertTrue(head.startswith("HTTP/1.1 400 "), head)
+        self.assertIn("\r\nStrict-Transport-Security: max-age=31536000\r\n", head)
+        self.assertIn("\r\nX-Content-Type-Options: nosniff\r\n", head)
+        self.assertIn("\r\nContent-Security-Policy: default-src 'self'", head)
+
     def test_plain_listener_no_hsts_on_errors(self):
         c = http.client.HTTPConnection("127.0.0.1", self.d.ports["web"], timeout=10)
         try:
