@@ -87,6 +87,14 @@ void userdb_close(struct userdb **db);
 int userdb_exists(struct userdb *db, const char *local, const char *domain);
 /* 1 password matches, 0 no such user or wrong password, -1 error. */
 int userdb_verify(struct userdb *db, const char *user_at_domain, const char *password);
+/*
+ * A mail login (POP3, IMAP, web: on a worker thread): userdb_verify, the
+ * password wiped afterwards (it is the caller's buffer), then the user's
+ * Maildir root under mail_root with no trailing '/'. 1 with *root_r
+ * (malloc'd), 0 bad credentials, -1 error with *error_r (malloc'd).
+ */
+int userdb_login(struct userdb *db, const char *mail_root, const char *user, char *password,
+		 char **root_r, char **error_r);
 
 /* Hash a password with yescrypt (falls back to SHA-512-crypt); returns a
  * malloc'd "{CRYPT}$y$..." string or NULL. */
