@@ -759,7 +759,8 @@ overview(void)
 		}
 	}
 	free(text);
-	qsort(rules, n_rules, sizeof(*rules), by_hits_desc);
+	if (n_rules > 0)
+		qsort(rules, n_rules, sizeof(*rules), by_hits_desc);
 	json_t *top = json_array();
 	for (size_t i = 0; i < n_rules && i < ADMIN_TOP_RULES; i++)
 		json_array_append_new(top, json_pack("{s:o,s:I}", "rule", jstr(rules[i].rule), "hits",
