@@ -506,7 +506,7 @@ release_answer(struct admin_job *job, int rc, struct quarantine_released *r, cha
 
 /* a message that can be released: answered and false when not */
 static bool
-check_releasable(struct admin_job *job, bool *held_for_user_r)
+check_releasable(struct admin_job *job)
 {
 	struct quarantine_meta m = { 0 };
 	char *path = NULL;
@@ -514,9 +514,7 @@ check_releasable(struct admin_job *job, bool *held_for_user_r)
 	if (!load_meta(job, &m, &path))
 		return false;
 	bool ok = path != NULL && !m.deleted;
-	if (held_for_user_r != NULL)
-		*held_for_user_r = held_for(&m, path != NULL, job->user);
-	else if (!ok)
+	if (!ok)
 		job_error(job, 409, m.deleted ? "the message is deleted" : "the message file is missing");
 	free(path);
 	quarantine_meta_clear(&m);
@@ -529,7 +527,7 @@ run_release(struct admin_job *job)
 	struct quarantine_released r;
 	char *error = NULL;
 
-	if (!check_releasable(job, NULL))
+	if (!check_releasable(job))
 		return;
 	for (size_t i = 0; i < job->n_to; i++) {
 		const char *at = strrchr(job->to[i], '@');
@@ -984,7 +982,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 	env->release = NULL; /* the job holds it now */
 	job->user = xstrdup(user);
 	str_lower(job->user);
-	web_admin_who(user, job->who, sizeof(job->who));
+	web_admin_who(job->user, job->who, sizeof(job->who));
 	job->qdir = xstrdup(backends_settings(env->cfg)->quarantine_dir);
 	if (workers_submit(daemon_loop_workers(loop), WORKER_LANE_SCAN, daemon_loop_base(loop), admin_work,
 			   admin_done, job) < 0) {
