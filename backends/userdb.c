@@ -634,6 +634,37 @@ int userdb_verify(struct userdb *db, const char *user_at_domain, const char *pas
 	return ret;
 }
 
+int userdb_login(struct userdb *db, const char *mail_root, const char *user, char *password,
+		 char **root_r, char **error_r)
+{
+	char path[4096];
+	const char *at;
+	int v = userdb_verify(db, user, password);
+
+	explicit_bzero(password, strlen(password));
+	*root_r = NULL;
+	if (v <= 0) {
+		if (v < 0)
+			*error_r = xstrdup("user database unreadable");
+		return v;
+	}
+	at = strrchr(user, '@');
+	if (at == NULL)
+		return 0;
+	char *local = xstrndup(user, (size_t)(at - user));
+	int rc = maildir_user_path(mail_root, local, at + 1, path, sizeof(path));
+	free(local);
+	if (rc < 0) {
+		*error_r = xasprintf("no safe Maildir path for %s", user);
+		return -1;
+	}
+	size_t len = strlen(path);
+	while (len > 1 && path[len - 1] == '/')
+		path[--len] = '\0';
+	*root_r = xstrdup(path);
+	return 1;
+}
+
 char *userdb_hash_password(const char *password)
 {
 	static const char *const prefixes[] = { "$y$", "$6$" };

@@ -1888,40 +1888,22 @@ static void
 login_work(void *arg)
 {
 	struct login_job *job = arg;
-	char path[4096];
-	const char *at;
-	int v = userdb_verify(job->userdb, job->user, job->password);
+	char *root = NULL;
+	int v = userdb_login(job->userdb, job->mail_root, job->user, job->password, &root,
+			     &job->error);
 
-	explicit_bzero(job->password, strlen(job->password));
 	if (v <= 0) {
-		job->result = v < 0 ? -1 : 0;
-		if (v < 0)
-			job->error = xstrdup("user database unreadable");
+		job->result = v;
 		return;
 	}
-	at = strrchr(job->user, '@');
-	if (at == NULL) {
-		job->result = 0;
-		return;
-	}
-	char *local = xstrndup(job->user, (size_t)(at - job->user));
-	int rc = maildir_user_path(job->mail_root, local, at + 1, path, sizeof(path));
-	free(local);
-	if (rc < 0) {
-		job->result = -1;
-		job->error = xasprintf("no safe Maildir path for %s", job->user);
-		return;
-	}
-	size_t len = strlen(path);
-	while (len > 1 && path[len - 1] == '/')
-		path[--len] = '\0';
-	int fd = mailbox_lock(path, true, &job->error); /* makes INBOX */
+	int fd = mailbox_lock(root, true, &job->error); /* makes INBOX */
 	if (fd < 0) {
+		free(root);
 		job->result = -1;
 		return;
 	}
 	close(fd);
-	job->root = xstrdup(path);
+	job->root = root;
 	job->result = 1;
 }
 

@@ -233,49 +233,29 @@ static void
 login_work(void *arg)
 {
 	struct login_job *job = arg;
-	char path[4096];
-	const char *at;
-	char *local;
-	int v = userdb_verify(job->userdb, job->user, job->password);
+	char *root = NULL;
+	int v = userdb_login(job->userdb, job->mail_root, job->user, job->password, &root,
+			     &job->error);
 
-	explicit_bzero(job->password, strlen(job->password));
 	if (v <= 0) {
-		job->result = v < 0 ? -1 : 0;
-		if (v < 0)
-			job->error = xstrdup("user database unreadable");
+		job->result = v;
 		return;
 	}
-	at = strrchr(job->user, '@');
-	if (at == NULL) {
-		job->result = 0;
-		return;
-	}
-	local = xstrndup(job->user, (size_t)(at - job->user));
-	int rc = maildir_user_path(job->mail_root, local, at + 1, path, sizeof(path));
-	free(local);
-	if (rc < 0) {
-		job->result = -1;
-		job->error = xasprintf("no safe Maildir path for %s", job->user);
-		return;
-	}
-	size_t len = strlen(path);
-	while (len > 1 && path[len - 1] == '/')
-		path[--len] = '\0';
-	job->lock_fd = mailbox_pop3_lock(path);
+	job->lock_fd = mailbox_pop3_lock(root);
 	if (job->lock_fd == -2) {
+		free(root);
 		job->result = -2;
 		return;
 	}
 	if (job->lock_fd < 0) {
 		job->result = -1;
-		job->error = xasprintf("lock %s/%s: %s", path, MAILBOX_POP3_LOCK, strerror(errno));
+		job->error = xasprintf("lock %s/%s: %s", root, MAILBOX_POP3_LOCK, strerror(errno));
+		free(root);
 		return;
 	}
-	if (mailbox_open(path, &job->mb, &job->error) < 0) {
-		job->result = -1;
-		return;
-	}
-	job->result = 1;
+	int rc = mailbox_open(root, &job->mb, &job->error);
+	free(root);
+	job->result = rc < 0 ? -1 : 1;
 }
 
 static void

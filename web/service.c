@@ -260,6 +260,12 @@ reply_json(struct evhttp_request *req, int status, json_t *j)
 	free(s);
 }
 
+void
+web_reply_json(struct evhttp_request *req, int status, json_t *j)
+{
+	reply_json(req, status, j);
+}
+
 static void
 reply_error(struct evhttp_request *req, int status, const char *msg)
 {
@@ -461,40 +467,22 @@ static void
 login_work(void *arg)
 {
 	struct web_job *job = arg;
-	char path[4096];
-	int v = userdb_verify(job->env.userdb, job->user, job->password);
-	const char *at;
+	char *root = NULL;
+	int v = userdb_login(job->env.userdb, job->mail_root, job->user, job->password, &root,
+			     &job->error);
 
-	explicit_bzero(job->password, strlen(job->password));
 	if (v <= 0) {
-		job->verdict = v < 0 ? -1 : 0;
-		if (v < 0)
-			job->error = xstrdup("user database unreadable");
+		job->verdict = v;
 		return;
 	}
-	at = strrchr(job->user, '@');
-	if (at == NULL) {
-		job->verdict = 0;
-		return;
-	}
-	char *local = xstrndup(job->user, (size_t)(at - job->user));
-	int rc = maildir_user_path(job->mail_root, local, at + 1, path, sizeof(path));
-	free(local);
-	if (rc < 0) {
-		job->verdict = -1;
-		job->error = xasprintf("no safe Maildir path for the user");
-		return;
-	}
-	size_t len = strlen(path);
-	while (len > 1 && path[len - 1] == '/')
-		path[--len] = '\0';
-	int fd = mailbox_lock(path, true, &job->error); /* makes INBOX */
+	int fd = mailbox_lock(root, true, &job->error); /* makes INBOX */
 	if (fd < 0) {
+		free(root);
 		job->verdict = -1;
 		return;
 	}
 	close(fd);
-	job->root = xstrdup(path);
+	job->root = root;
 	job->verdict = 1;
 }
 
@@ -566,7 +554,9 @@ login_done(void *arg)
 	}
 	log_msg(LOG_LEVEL_INFO, "web login client=%s user=%s", job->addr, who);
 	set_cookie(job->srv, job->req, s->id, false);
-	reply_json(job->req, 200, json_pack("{s:s,s:s}", "user", s->user, "csrf", s->csrf));
+	reply_json(job->req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+					    web_admin_is(job->env.cfg, s->user), "user_release",
+					    ws->user_release));
 	job_free(job);
 }
 
@@ -693,7 +683,13 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 			return;
 	}
 	if (strcmp(path, "/api/session") == 0) {
-		reply_json(req, 200, json_pack("{s:s,s:s}", "user", s->user, "csrf", s->csrf));
+		reply_json(req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+					       web_admin_is(env->cfg, s->user), "user_release",
+					       ws->user_release));
+		goto out;
+	}
+	if (web_admin_path(path)) { /* admin.c: /api/admin/..., /api/held... */
+		web_admin_handle(srv->loop, req, path, q, body, env, s->user);
 		goto out;
 	}
 	if (strcmp(path, "/api/logout") == 0 && body != NULL) {
