@@ -408,14 +408,17 @@ op_flags(const struct web_call *c, struct web_result *res)
 	else if (c->flagged == 0)
 		rem[nr++] = 'F';
 	/* our own rename need not cost a rescan, when nobody else changed
-	 * the folder since the snapshot (IMAP's STORE does the same) */
+	 * the folder since the snapshot (IMAP's STORE does the same); the
+	 * stamp is taken again at once, before the fsync, so that a change
+	 * by someone else after ours shows in the next check */
 	bool clean = web_folder_clean(f);
-	if (mailbox_msg_change_flags(mb, (size_t)i, add, rem) < 0 || mailbox_sync_dir(mb) < 0) {
+	int rc = mailbox_msg_change_flags(mb, (size_t)i, add, rem);
+	if (rc == 0 && clean)
+		web_folder_restamp(f);
+	if (rc < 0 || mailbox_sync_dir(mb) < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot change the flags of uid %u in %s", c->uid, mb->dir);
 		result_error(res, errno == ENOENT ? 404 : 500, "cannot change the flags");
 	} else {
-		if (clean)
-			web_folder_restamp(f);
 		result_json(res, 200, json_pack("{s:b,s:b}", "seen", strchr(mb->msgs[i].flags, 'S') != NULL,
 						"flagged", strchr(mb->msgs[i].flags, 'F') != NULL));
 	}
@@ -571,12 +574,14 @@ op_move(const struct web_call *c, struct web_result *res)
 	/* our own unlink need not cost a rescan, when nobody else changed
 	 * the folder since the snapshot: the message leaves the snapshot */
 	bool clean = web_folder_clean(f);
-	if (mailbox_msg_expunge(mb, idx) < 0 || mailbox_sync_dir(mb) < 0) {
+	if (mailbox_msg_expunge(mb, idx) < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot remove uid %u from %s after a copy", c->uid, mb->dir);
 	} else {
 		web_folder_forget(f, idx);
 		if (clean)
 			web_folder_restamp(f);
+		if (mailbox_sync_dir(mb) < 0)
+			log_errno(LOG_LEVEL_ERR, "web cannot fsync %s/cur", mb->dir);
 	}
 	result_json(res, 200, json_pack("{s:s,s:I}", "folder", to_name, "uid", (json_int_t)duid));
 out:
