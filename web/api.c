@@ -407,14 +407,14 @@ op_flags(const struct web_call *c, struct web_result *res)
 		add[na++] = 'F';
 	else if (c->flagged == 0)
 		rem[nr++] = 'F';
-	/* our own rename need not cost a rescan, when nobody else changed
-	 * the folder since the snapshot (IMAP's STORE does the same); the
-	 * stamp is taken again at once, before the fsync, so that a change
-	 * by someone else after ours shows in the next check */
-	bool clean = web_folder_clean(f);
+	/* our own rename costs no rescan (web/cache.h) */
+	char *from = xstrdup(mb->msgs[i].name);
+	web_folder_change_begin(f);
 	int rc = mailbox_msg_change_flags(mb, (size_t)i, add, rem);
-	if (rc == 0 && clean)
-		web_folder_restamp(f);
+	int err = errno;
+	web_folder_change_end(f, rc == 0 ? from : NULL, rc == 0 ? mb->msgs[i].name : NULL);
+	free(from);
+	errno = err;
 	if (rc < 0 || mailbox_sync_dir(mb) < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot change the flags of uid %u in %s", c->uid, mb->dir);
 		result_error(res, errno == ENOENT ? 404 : 500, "cannot change the flags");
@@ -571,15 +571,17 @@ op_move(const struct web_call *c, struct web_result *res)
 			free(data);
 		}
 	}
-	/* our own unlink need not cost a rescan, when nobody else changed
-	 * the folder since the snapshot: the message leaves the snapshot */
-	bool clean = web_folder_clean(f);
-	if (mailbox_msg_expunge(mb, idx) < 0) {
+	/* our own unlink costs no rescan (web/cache.h): the message leaves
+	 * the snapshot */
+	char *from = xstrdup(mb->msgs[idx].name);
+	web_folder_change_begin(f);
+	int rc = mailbox_msg_expunge(mb, idx);
+	web_folder_change_end(f, rc == 0 ? from : NULL, NULL);
+	free(from);
+	if (rc < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot remove uid %u from %s after a copy", c->uid, mb->dir);
 	} else {
 		web_folder_forget(f, idx);
-		if (clean)
-			web_folder_restamp(f);
 		if (mailbox_sync_dir(mb) < 0)
 			log_errno(LOG_LEVEL_ERR, "web cannot fsync %s/cur", mb->dir);
 	}

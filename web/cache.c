@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -34,6 +35,18 @@
  * structs, a hash node, malloc's headers (an estimate, for the bound) */
 #define WEB_SUMMARY_OVERHEAD (sizeof(struct web_summary) + 64)
 #define WEB_MSG_OVERHEAD (sizeof(struct mailbox_msg) + sizeof(void *) + 32)
+#define WEB_PENDING_MAX 256 /* events kept for one change of the holder's */
+
+/* the three watches of a folder: its directory (the UID list), new/, cur/ */
+enum { W_DIR, W_NEW, W_CUR, W_N };
+static const char *const watch_sub[W_N] = { "", "/new", "/cur" };
+#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+
+struct pending {
+	int which;      /* W_DIR, W_NEW, W_CUR */
+	uint32_t mask;
+	char *name;
+};
 
 struct web_folder {
 	char *dir;
@@ -45,10 +58,18 @@ struct web_folder {
 	unsigned gen;
 	size_t bytes;
 	unsigned long reads;         /* rows read since the last close */
+	bool clean;                  /* change_begin: unchanged since the snapshot (stamps) */
+	struct web_cache *cache;
 	/* under the cache's lock */
 	unsigned users;              /* holders and waiters */
 	size_t accounted;            /* bytes as last added to the total */
 	bool cached;                 /* in the table (false: the cache is off) */
+	int wd[W_N];                 /* inotify watches, -1 none */
+	bool watched;                /* all three in place: events, not stamps, say "changed" */
+	bool dirty;                  /* an event came that was not the holder's own */
+	bool own;                    /* the holder is changing the folder: events go to pending */
+	struct pending *pending;
+	size_t n_pending;
 	TAILQ_ENTRY(web_folder) lru;
 };
 
@@ -59,6 +80,8 @@ struct web_cache {
 	size_t n, bytes;
 	size_t n_max, bytes_max;      /* the bounds the last open gave */
 	unsigned long hits, scans, reads, evictions;
+	int ifd;                      /* inotify (non-blocking), -1 none */
+	GHashTable *by_wd;            /* wd -> entry */
 };
 
 static const struct web_summary empty_row = { .date = 0, .from = "", .subject = "" };
@@ -203,6 +226,8 @@ folder_new(const char *dir)
 	struct web_folder *f = xcalloc(1, sizeof(*f));
 
 	f->dir = xstrdup(dir);
+	for (int w = 0; w < W_N; w++)
+		f->wd[w] = -1;
 	pthread_mutex_init(&f->lock, NULL);
 	f->by_base = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, free);
 	return f;
@@ -215,6 +240,9 @@ folder_free(struct web_folder *f)
 		return;
 	mailbox_free(&f->mb);
 	free(f->rows);
+	for (size_t k = 0; k < f->n_pending; k++)
+		free(f->pending[k].name);
+	free(f->pending);
 	g_hash_table_destroy(f->by_base);
 	pthread_mutex_destroy(&f->lock);
 	free(f->dir);
@@ -238,16 +266,14 @@ row_stale(gpointer key, gpointer value, gpointer gen)
 	return ((struct web_summary *)value)->gen != *(unsigned *)gen;
 }
 
-/* The folder current: a new snapshot when its stamps changed, the rows
- * of the messages it still has carried over, the others dropped. */
+/* A new snapshot of the folder: the rows of the messages it still has
+ * carried over, the others dropped. */
 static int
 folder_sync(struct web_folder *f, bool *scanned_r, char **error_r)
 {
 	struct mailbox *nmb = NULL;
 
 	*scanned_r = false;
-	if (f->mb != NULL && !mailbox_changed(f->mb))
-		return 0;
 	if (mailbox_open(f->dir, &nmb, error_r) < 0)
 		return -1;
 	*scanned_r = true;
@@ -305,18 +331,6 @@ web_folder_set_attachment(struct web_folder *f, size_t i, bool attachment)
 		f->rows[i]->attachment = attachment;
 }
 
-bool
-web_folder_clean(struct web_folder *f)
-{
-	return !mailbox_changed(f->mb);
-}
-
-void
-web_folder_restamp(struct web_folder *f)
-{
-	mailbox_restamp(f->mb);
-}
-
 void
 web_folder_forget(struct web_folder *f, size_t i)
 {
@@ -336,6 +350,209 @@ web_folder_forget(struct web_folder *f, size_t i)
 	mb->n_msgs--;
 }
 
+/* ------------------------------------------------------------ watches */
+/*
+ * Why inotify as well as the stamps: a stamp taken in the file system
+ * clock's tick of a change cannot tell a later change in that tick
+ * (mailbox.h: "racy"), so after the web's own rename the stamps would
+ * make the next request rescan the folder. Events are exact: every
+ * rename, link and unlink in new/ and cur/ by anyone (IMAP, POP3, a
+ * delivery, another process) is one; the holder's own changes are told
+ * apart by their names (change_begin/end, and a sync's own moves from
+ * new/ to cur/). A folder whose watches cannot be set (the kernel's
+ * limit), or whose directories were removed or renamed, goes back to
+ * the stamps.
+ */
+
+/* cache lock held */
+static void
+watch_remove(struct web_cache *c, struct web_folder *f)
+{
+	for (int w = 0; w < W_N; w++) {
+		if (f->wd[w] >= 0) {
+			g_hash_table_remove(c->by_wd, GINT_TO_POINTER(f->wd[w]));
+			(void)inotify_rm_watch(c->ifd, f->wd[w]);
+			f->wd[w] = -1;
+		}
+	}
+	f->watched = false;
+}
+
+/* cache lock held; the first sync follows (dirty) */
+static void
+watch_add(struct web_cache *c, struct web_folder *f)
+{
+	f->dirty = true;
+	if (c->ifd < 0)
+		return;
+	for (int w = 0; w < W_N; w++) {
+		char *p = xasprintf("%s%s", f->dir, watch_sub[w]);
+		f->wd[w] = inotify_add_watch(c->ifd, p, WATCH_MASK);
+		free(p);
+		if (f->wd[w] < 0 || g_hash_table_contains(c->by_wd, GINT_TO_POINTER(f->wd[w]))) {
+			/* no watch (a limit), or one inode watched twice: stamps */
+			if (f->wd[w] >= 0 && g_hash_table_lookup(c->by_wd, GINT_TO_POINTER(f->wd[w])) != f)
+				f->wd[w] = -1; /* another entry's: leave it */
+			watch_remove(c, f);
+			return;
+		}
+		g_hash_table_insert(c->by_wd, GINT_TO_POINTER(f->wd[w]), f);
+	}
+	f->watched = true;
+}
+
+/* a name in the folder's directory whose change is a change of the folder */
+static bool
+dir_name_matters(const char *name)
+{
+	return strcmp(name, MAILBOX_UIDLIST_NAME) == 0 || strcmp(name, MAILBOX_KEYWORDS_NAME) == 0 ||
+	       strcmp(name, "new") == 0 || strcmp(name, "cur") == 0;
+}
+
+static void
+pending_clear(struct web_folder *f)
+{
+	for (size_t k = 0; k < f->n_pending; k++)
+		free(f->pending[k].name);
+	f->n_pending = 0;
+}
+
+static void
+all_dirty(struct web_cache *c)
+{
+	struct web_folder *f;
+
+	TAILQ_FOREACH(f, &c->lru, lru)
+		f->dirty = true;
+}
+
+/* Read every event queued (cache lock held): each marks its folder
+ * dirty, or is kept for the holder that is changing the folder. */
+static void
+cache_drain(struct web_cache *c)
+{
+	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+
+	if (c->ifd < 0)
+		return;
+	for (;;) {
+		ssize_t n = read(c->ifd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return; /* EAGAIN: nothing more */
+		for (char *p = buf; p + sizeof(struct inotify_event) <= buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			p += sizeof(*ev) + ev->len;
+			if (ev->mask & IN_Q_OVERFLOW) {
+				all_dirty(c);
+				continue;
+			}
+			struct web_folder *f = g_hash_table_lookup(c->by_wd, GINT_TO_POINTER(ev->wd));
+			if (f == NULL)
+				continue; /* a watch removed meanwhile */
+			int which = ev->wd == f->wd[W_DIR] ? W_DIR : ev->wd == f->wd[W_NEW] ? W_NEW : W_CUR;
+			const char *name = ev->len > 0 ? ev->name : "";
+			if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT)) {
+				/* the directory went or moved: its inode no longer is
+				 * the folder's (a new one may come): stamps from now */
+				watch_remove(c, f);
+				f->dirty = true;
+				continue;
+			}
+			if (which == W_DIR && !dir_name_matters(name))
+				continue; /* the lock file, a temp file, a subfolder, the junk log */
+			if (!f->own) {
+				f->dirty = true;
+			} else if (f->n_pending >= WEB_PENDING_MAX) {
+				f->dirty = true;
+			} else {
+				if (f->pending == NULL)
+					f->pending = xcalloc(WEB_PENDING_MAX, sizeof(*f->pending));
+				f->pending[f->n_pending++] = (struct pending){ which, ev->mask, xstrdup(name) };
+			}
+		}
+	}
+}
+
+/* the holder's sync has ended (cache lock held, drained): its own events
+ * are the UID list and keywords written under the list's lock and the
+ * moves from new/ to cur/ (X in new/ to X or X:2, in cur/); any other
+ * event is someone else's change */
+static void
+own_sync_settle(struct web_folder *f)
+{
+	for (size_t k = 0; k < f->n_pending && !f->dirty; k++) {
+		const struct pending *e = &f->pending[k];
+		if (e->which == W_DIR && (e->mask & (IN_MOVED_TO | IN_CREATE)) &&
+		    (strcmp(e->name, MAILBOX_UIDLIST_NAME) == 0 || strcmp(e->name, MAILBOX_KEYWORDS_NAME) == 0))
+			continue;
+		if (e->which == W_NEW && (e->mask & IN_MOVED_FROM))
+			continue;
+		if (e->which == W_CUR && (e->mask & IN_MOVED_TO)) {
+			bool from_new = false;
+			for (size_t j = 0; j < f->n_pending && !from_new; j++) {
+				const struct pending *o = &f->pending[j];
+				size_t ol = strlen(o->name);
+				from_new = o->which == W_NEW && (o->mask & IN_MOVED_FROM) &&
+					   strncmp(e->name, o->name, ol) == 0 &&
+					   (e->name[ol] == '\0' || strcmp(e->name + ol, ":2,") == 0);
+			}
+			if (from_new)
+				continue;
+		}
+		f->dirty = true;
+	}
+	pending_clear(f);
+	f->own = false;
+}
+
+void
+web_folder_change_begin(struct web_folder *f)
+{
+	struct web_cache *c = f->cache;
+
+	pthread_mutex_lock(&c->lock);
+	cache_drain(c); /* what came before is someone else's */
+	bool watched = f->watched;
+	if (watched) {
+		f->own = true;
+		pending_clear(f);
+	}
+	pthread_mutex_unlock(&c->lock);
+	/* without watches, as IMAP's STORE: our change need not cost a
+	 * rescan when nobody else changed the folder since the snapshot */
+	f->clean = !watched && !mailbox_changed(f->mb);
+}
+
+void
+web_folder_change_end(struct web_folder *f, const char *from, const char *to)
+{
+	struct web_cache *c = f->cache;
+	bool watched;
+
+	pthread_mutex_lock(&c->lock);
+	cache_drain(c);
+	watched = f->watched;
+	if (f->own) {
+		/* ours: cur/from renamed to cur/to, or cur/from unlinked (to NULL) */
+		for (size_t k = 0; k < f->n_pending && !f->dirty; k++) {
+			const struct pending *e = &f->pending[k];
+			bool mine = e->which == W_CUR && from != NULL &&
+				    (((e->mask & (IN_MOVED_FROM | IN_DELETE)) && strcmp(e->name, from) == 0) ||
+				     ((e->mask & IN_MOVED_TO) && to != NULL && strcmp(e->name, to) == 0));
+			if (!mine)
+				f->dirty = true;
+		}
+		pending_clear(f);
+		f->own = false;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!watched && f->clean)
+		mailbox_restamp(f->mb);
+	f->clean = false;
+}
+
 /* ------------------------------------------------------------ the cache */
 
 struct web_cache *
@@ -345,6 +562,10 @@ web_cache_new(void)
 
 	pthread_mutex_init(&c->lock, NULL);
 	c->by_dir = g_hash_table_new(g_str_hash, g_str_equal);
+	c->by_wd = g_hash_table_new(g_direct_hash, g_direct_equal);
+	c->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (c->ifd < 0)
+		log_errno(LOG_LEVEL_WARN, "web cache: no inotify, folders are checked by their stamps only");
 	TAILQ_INIT(&c->lru);
 	return c;
 }
@@ -360,8 +581,12 @@ web_cache_free(struct web_cache **cp)
 		return;
 	while ((f = TAILQ_FIRST(&c->lru)) != NULL) {
 		TAILQ_REMOVE(&c->lru, f, lru);
+		watch_remove(c, f);
 		folder_free(f);
 	}
+	if (c->ifd >= 0)
+		close(c->ifd);
+	g_hash_table_destroy(c->by_wd);
 	g_hash_table_destroy(c->by_dir);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
@@ -373,6 +598,7 @@ cache_drop(struct web_cache *c, struct web_folder *f)
 {
 	TAILQ_REMOVE(&c->lru, f, lru);
 	g_hash_table_remove(c->by_dir, f->dir);
+	watch_remove(c, f);
 	c->n--;
 	c->bytes -= f->accounted;
 	c->evictions++;
@@ -410,31 +636,52 @@ web_cache_open(struct web_cache *c, const char *dir, long folders_max, long byte
 		TAILQ_INSERT_HEAD(&c->lru, f, lru);
 	} else {
 		f = folder_new(dir);
+		f->cache = c;
 		if (folders_max > 0) {
 			f->cached = true;
 			g_hash_table_insert(c->by_dir, f->dir, f);
 			TAILQ_INSERT_HEAD(&c->lru, f, lru);
 			c->n++;
+			watch_add(c, f); /* before the first snapshot: nothing after it is missed */
 		}
 	}
 	f->users++;
 	pthread_mutex_unlock(&c->lock);
 
 	pthread_mutex_lock(&f->lock);
-	if (folder_sync(f, &scanned, error_r) < 0) {
+	pthread_mutex_lock(&c->lock);
+	cache_drain(c);
+	bool watched = f->watched;
+	bool need = f->mb == NULL || (watched && f->dirty);
+	if (watched && need) {
+		f->dirty = false;
+		f->own = true; /* the sync's own moves and list writes */
+		pending_clear(f);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!watched && f->mb != NULL)
+		need = mailbox_changed(f->mb);
+	int rc = need ? folder_sync(f, &scanned, error_r) : 0;
+	pthread_mutex_lock(&c->lock);
+	if (watched && need) {
+		cache_drain(c);
+		if (f->own)
+			own_sync_settle(f);
+		if (rc < 0)
+			f->dirty = true;
+	}
+	if (rc == 0 && scanned)
+		c->scans++;
+	else if (rc == 0)
+		c->hits++;
+	pthread_mutex_unlock(&c->lock);
+	if (rc < 0) {
 		web_cache_close(c, &f);
 		return -1;
 	}
-	pthread_mutex_lock(&c->lock);
-	if (scanned)
-		c->scans++;
-	else
-		c->hits++;
-	pthread_mutex_unlock(&c->lock);
 	*folder_r = f;
 	return 0;
 }
-
 void
 web_cache_close(struct web_cache *c, struct web_folder **fp)
 {

@@ -82,13 +82,16 @@ const struct web_summary *web_folder_summary(struct web_folder *f, size_t i);
 /* The whole message was read: its exact attachment mark. */
 void web_folder_set_attachment(struct web_folder *f, size_t i, bool attachment);
 /*
- * Around the holder's own change of the folder (a flag rename, an
- * expunge), as IMAP does: web_folder_clean before (nobody else changed
- * it since the snapshot), and when it was clean web_folder_restamp after,
- * so the change does not cost a rescan.
+ * Around the holder's own change of the folder, so that it does not
+ * cost a rescan: change_begin before; change_end after with the file's
+ * name in cur/ before (from) and after (to: NULL for an unlink; from
+ * NULL: the change did not happen). Any other change made meanwhile (by
+ * IMAP, a delivery...) still marks the folder changed. Without watches
+ * it is IMAP's rule: the stamps are taken again when nobody else had
+ * changed the folder since the snapshot.
  */
-bool web_folder_clean(struct web_folder *f);
-void web_folder_restamp(struct web_folder *f);
+void web_folder_change_begin(struct web_folder *f);
+void web_folder_change_end(struct web_folder *f, const char *from, const char *to);
 /* Message i was expunged by the holder: drop it from the snapshot. */
 void web_folder_forget(struct web_folder *f, size_t i);
 

@@ -4,7 +4,9 @@
  * mtime, the attachment mark, invalid UTF-8 cleaned), and the folder
  * cache on real Maildir folders under a mkdtemp directory: rows read
  * once and kept across flag renames and new snapshots, a delivery
- * rescanned, an expunge forgotten, the folder and octet bounds, and
+ * rescanned, an expunge forgotten, the folder and octet bounds, the
+ * holder's own changes costing no rescan while someone else's in the
+ * same instant is seen (inotify), a folder replaced under its path, and
  * threads opening the same and different folders at once.
  */
 #include "config.h"
@@ -352,6 +354,114 @@ test_bounds(void **state)
 		free(dirs[k]);
 }
 
+/* rename message i's file to flags `letters` as someone else would */
+static void
+foreign_flags(struct mailbox *mb, size_t i, const char *letters)
+{
+	char *from = mailbox_msg_path(mb, i);
+	char *to = xasprintf("%s/cur/%s:2,%s", mb->dir, mb->msgs[i].base, letters);
+	assert_int_equal(rename(from, to), 0);
+	free(from);
+	free(to);
+}
+
+static void
+test_own_change_no_rescan(void **state)
+{
+	struct fixture *fx = *state;
+	struct web_cache_stats st;
+	char *dir = folder(fx, "own");
+
+	for (int i = 0; i < 3; i++)
+		deliver(dir, i);
+	struct web_folder *f = open_ok(fx, dir, 10, 1 << 20);
+	web_cache_close(fx->cache, &f);
+	web_cache_stats(fx->cache, &st);
+	unsigned long scans = st.scans;
+
+	/* the holder's own rename and unlink: no rescan after */
+	f = open_ok(fx, dir, 10, 1 << 20);
+	struct mailbox *mb = web_folder_mailbox(f);
+	char *from = xstrdup(mb->msgs[0].name);
+	web_folder_change_begin(f);
+	assert_int_equal(mailbox_msg_change_flags(mb, 0, "S", ""), 0);
+	web_folder_change_end(f, from, mb->msgs[0].name);
+	free(from);
+	from = xstrdup(mb->msgs[2].name);
+	web_folder_change_begin(f);
+	assert_int_equal(mailbox_msg_expunge(mb, 2), 0);
+	web_folder_change_end(f, from, NULL);
+	web_folder_forget(f, 2);
+	free(from);
+	web_cache_close(fx->cache, &f);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	mb = web_folder_mailbox(f);
+	assert_int_equal(mb->n_msgs, 2);
+	assert_string_equal(mb->msgs[0].flags, "S");
+	web_cache_close(fx->cache, &f);
+	web_cache_stats(fx->cache, &st);
+	assert_int_equal(st.scans, scans);
+
+	/* someone else's rename right after the holder's own, in the same
+	 * instant: seen by the next open (stamps could not tell) */
+	f = open_ok(fx, dir, 10, 1 << 20);
+	mb = web_folder_mailbox(f);
+	from = xstrdup(mb->msgs[0].name);
+	web_folder_change_begin(f);
+	assert_int_equal(mailbox_msg_change_flags(mb, 0, "F", ""), 0);
+	foreign_flags(mb, 1, "T");
+	web_folder_change_end(f, from, mb->msgs[0].name);
+	free(from);
+	web_cache_close(fx->cache, &f);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	mb = web_folder_mailbox(f);
+	assert_string_equal(mb->msgs[0].flags, "FS");
+	assert_string_equal(mb->msgs[1].flags, "T");
+	web_cache_close(fx->cache, &f);
+	web_cache_stats(fx->cache, &st);
+	assert_int_equal(st.scans, scans + 1);
+
+	/* and a change with nobody holding the folder */
+	f = open_ok(fx, dir, 10, 1 << 20);
+	mb = web_folder_mailbox(f);
+	foreign_flags(mb, 1, "");
+	web_cache_close(fx->cache, &f);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	assert_string_equal(web_folder_mailbox(f)->msgs[1].flags, "");
+	web_cache_close(fx->cache, &f);
+	free(dir);
+}
+
+static void
+test_folder_replaced(void **state)
+{
+	struct fixture *fx = *state;
+	char *dir = folder(fx, "old");
+
+	deliver(dir, 1);
+	struct web_folder *f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 1);
+	web_cache_close(fx->cache, &f);
+	/* renamed away (IMAP RENAME) and a new, empty folder made at its path */
+	char *gone = xasprintf("%s/moved-away", fx->dir);
+	assert_int_equal(rename(dir, gone), 0);
+	free(dir);
+	dir = folder(fx, "old");
+	deliver(dir, 7);
+	deliver(dir, 8);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 2);
+	assert_string_equal(web_folder_summary(f, 0)->subject, "message 7");
+	web_cache_close(fx->cache, &f);
+	/* and changed again: the entry (now on stamps) sees it */
+	deliver(dir, 9);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 3);
+	web_cache_close(fx->cache, &f);
+	free(gone);
+	free(dir);
+}
+
 struct thread_arg {
 	struct fixture *fx;
 	char **dirs;
@@ -427,6 +537,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_unchanged_is_a_hit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_forget, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bounds, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_own_change_no_rescan, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_folder_replaced, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
 	};
 
