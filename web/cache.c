@@ -3,12 +3,13 @@
  * its snapshot, re-taken only when the folder's stamps changed, and the
  * list rows of the messages already read, keyed by the file's base name.
  *
- * Locking: cache->lock guards the table, the LRU list, each entry's
- * `users`, `accounted` and `cached`, and the totals; an entry's own
- * mutex guards its snapshot, rows and `bytes`. An entry is only freed
- * with cache->lock held and users == 0, so nobody holds or waits for its
- * mutex then. The order is always cache->lock, then (not nested: released
- * first) the entry's mutex — never both at once in the other order.
+ * Locking: cache->lock guards the table, the LRU list, the inotify
+ * queue, each entry's `users`, `accounted`, `cached`, watches and event
+ * state, and the totals; an entry's own mutex guards its snapshot, rows
+ * and `bytes`. An entry is only freed with cache->lock held and
+ * users == 0, so nobody holds or waits for its mutex then. A holder of
+ * an entry's mutex may take cache->lock (to read the event queue); no
+ * one takes an entry's mutex while holding cache->lock.
  */
 #include "config.h"
 
