@@ -5,7 +5,8 @@ daemon change the Maildir between two web requests.
 The web list keeps a folder's snapshot and its messages' rows between
 requests; here real clients change the folder behind it — a delivery over
 SMTP (smtplib), IMAP STORE, EXPUNGE, MOVE and a UIDVALIDITY change
-(imaplib), POP3 DELE (poplib) — and the very next web request (http.client)
+and RENAME/DELETE/CREATE under a cached folder's
+name (imaplib), POP3 DELE (poplib) — and the very next web request (http.client)
 must show the change: no sleeps, no retries, the request after the
 change's reply. The same cases run four times: with the default cache,
 with a cache of one folder (another folder evicts it), of one octet (every
@@ -324,6 +325,42 @@ class CacheCases:
         for x in after["messages"]:
             st, j = w.call("GET", "/api/message?folder=%s&uid=%d" % (folder, x["uid"]))
             self.assertEqual((st, j["subject"]), (200, x["subject"]))
+
+    def test_folder_renamed_deleted_recreated(self):
+        """IMAP RENAME, DELETE and CREATE under a cached folder's name: the
+        web follows each (past a rename the cache watches stamps)."""
+        tag = self.id().split(".")[-2]
+        name, other = "Ren%s" % tag, "Ren%sB" % tag
+        m = self.imap()
+        m.create(name)
+        m.append(name, None, None, ("From: a@b.test\r\nSubject: %s first\r\n\r\nx\r\n" % tag).encode())
+        w = self.web()
+        self.assertEqual(list(w.rows(name)), ["%s first" % tag])
+        self.assertEqual(m.rename(name, other)[0], "OK")
+        st, _ = w.call("GET", "/api/messages?folder=%s" % name)
+        self.assertEqual(st, 404)
+        self.assertEqual(list(w.rows(other)), ["%s first" % tag])
+        # a new folder under the old name: its own messages, not the old ones
+        m.create(name)
+        m.append(name, None, None, ("From: a@b.test\r\nSubject: %s second\r\n\r\nx\r\n" % tag).encode())
+        self.assertEqual(list(w.rows(name)), ["%s second" % tag])
+        m.select(name)
+        uid = self.imap_uid(m, "%s second" % tag)
+        m.uid("STORE", uid, "+FLAGS", r"(\Seen)")
+        self.assertTrue(w.rows(name)["%s second" % tag]["seen"])
+        # the web's own change, then IMAP's at once, on that folder
+        st, j = w.call("POST", "/api/flags", {"folder": name, "uid": int(uid), "flagged": True})
+        self.assertEqual(st, 200, j)
+        m.uid("STORE", uid, "-FLAGS", r"(\Seen)")
+        row = w.rows(name)["%s second" % tag]
+        self.assertEqual((row["seen"], row["flagged"]), (False, True))
+        m.close()
+        # deleted, then made again empty
+        self.assertEqual(m.delete(name)[0], "OK")
+        st, _ = w.call("GET", "/api/messages?folder=%s" % name)
+        self.assertEqual(st, 404)
+        m.create(name)
+        self.assertEqual(w.list(name)["total"], 0)
 
     def test_attachment_mark(self):
         tag = self.id().split(".")[-2]
