@@ -95,7 +95,8 @@ void web_folder_change_end(struct web_folder *f, const char *from, const char *t
 /* Message i was expunged by the holder: drop it from the snapshot. */
 void web_folder_forget(struct web_folder *f, size_t i);
 
-/* Counters (for the log and the tests): snapshots taken, rows read. */
+/* Counters (for the tests): opens without a scan, scans, rows read,
+ * folders dropped; what is held now. */
 struct web_cache_stats {
 	unsigned long hits, scans, reads, evictions;
 	size_t folders, bytes;

@@ -4,10 +4,10 @@ daemon change the Maildir between two web requests.
 
 The web list keeps a folder's snapshot and its messages' rows between
 requests; here real clients change the folder behind it — a delivery over
-SMTP (smtplib), IMAP STORE, EXPUNGE, MOVE and a UIDVALIDITY change
-and RENAME/DELETE/CREATE under a cached folder's
-name (imaplib), POP3 DELE (poplib) — and the very next web request (http.client)
-must show the change: no sleeps, no retries, the request after the
+SMTP (smtplib), IMAP STORE, EXPUNGE, MOVE, a UIDVALIDITY change and
+RENAME/DELETE/CREATE under a cached folder's name (imaplib), POP3 DELE
+(poplib) — and the very next web request (http.client) must show the
+change: no sleeps, no retries, the request after the
 change's reply. The same cases run four times: with the default cache,
 with a cache of one folder (another folder evicts it), of one octet (every
 request's folder is dropped as it ends), and with the cache off
