@@ -10,9 +10,11 @@
  * folder directory:
  *
  *   - the folder's snapshot (struct mailbox), checked at every request
- *     with mailbox_changed (three stats of new/, cur/ and the UID list,
- *     the stamps IMAP uses) and taken again only when the folder changed
- *     — a delivery, or IMAP/POP3 changing or expunging something;
+ *     and taken again only when the folder changed — a delivery, or
+ *     IMAP/POP3 changing or expunging something: inotify watches on the
+ *     folder's directory, new/ and cur/ say so (the holder's own changes
+ *     told apart: web_folder_change_begin/end), else, where no watch can
+ *     be set, mailbox_changed (the stamps IMAP uses);
  *   - the list rows (struct web_summary: Date, From, Subject, attachment
  *     mark) of the messages already read, keyed by the file's base name
  *     (the name before ":2,"), so a flag change (a rename) or a new
