@@ -69,6 +69,7 @@ struct web_folder {
 	bool watched;                /* all three in place: events, not stamps, say "changed" */
 	bool dirty;                  /* an event came that was not the holder's own */
 	bool own;                    /* the holder is changing the folder: events go to pending */
+	bool rewatch;                /* watch again after the next sync (the directories were missing or replaced) */
 	struct pending *pending;
 	size_t n_pending;
 	TAILQ_ENTRY(web_folder) lru;
@@ -389,6 +390,8 @@ watch_add(struct web_cache *c, struct web_folder *f)
 	for (int w = 0; w < W_N; w++) {
 		char *p = xasprintf("%s%s", f->dir, watch_sub[w]);
 		f->wd[w] = inotify_add_watch(c->ifd, p, WATCH_MASK);
+		if (f->wd[w] < 0 && errno == ENOENT)
+			f->rewatch = true; /* a folder the first sync makes (a new INBOX) */
 		free(p);
 		if (f->wd[w] < 0 || g_hash_table_contains(c->by_wd, GINT_TO_POINTER(f->wd[w]))) {
 			/* no watch (a limit), or one inode watched twice: stamps */
@@ -459,6 +462,7 @@ cache_drain(struct web_cache *c)
 				 * the folder's (a new one may come): stamps from now */
 				watch_remove(c, f);
 				f->dirty = true;
+				f->rewatch = true;
 				continue;
 			}
 			if (which == W_DIR && !dir_name_matters(name))
@@ -671,6 +675,12 @@ web_cache_open(struct web_cache *c, const char *dir, long folders_max, long byte
 		if (rc < 0)
 			f->dirty = true;
 	}
+	if (rc == 0 && f->rewatch && f->cached) {
+		/* the directories are there now: watches on them, and one more
+		 * scan (what changed between this one and the watches is unseen) */
+		f->rewatch = false;
+		watch_add(c, f);
+	}
 	if (rc == 0 && scanned)
 		c->scans++;
 	else if (rc == 0)
@@ -722,5 +732,9 @@ web_cache_stats(struct web_cache *c, struct web_cache_stats *st)
 	st->evictions = c->evictions;
 	st->folders = c->n;
 	st->bytes = c->bytes;
+	st->watched = 0;
+	struct web_folder *f;
+	TAILQ_FOREACH(f, &c->lru, lru)
+		st->watched += f->watched;
 	pthread_mutex_unlock(&c->lock);
 }

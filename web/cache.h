@@ -102,6 +102,7 @@ void web_folder_forget(struct web_folder *f, size_t i);
 struct web_cache_stats {
 	unsigned long hits, scans, reads, evictions;
 	size_t folders, bytes;
+	size_t watched; /* folders with their inotify watches in place */
 };
 void web_cache_stats(struct web_cache *cache, struct web_cache_stats *st);
 

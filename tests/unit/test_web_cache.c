@@ -6,7 +6,8 @@
  * once and kept across flag renames and new snapshots, a delivery
  * rescanned, an expunge forgotten, the folder and octet bounds, the
  * holder's own changes costing no rescan while someone else's in the
- * same instant is seen (inotify), a folder replaced under its path, and
+ * same instant is seen (inotify), a folder replaced under its path and
+ * one the first open makes (watched again once they exist), and
  * threads opening the same and different folders at once.
  */
 #include "config.h"
@@ -378,6 +379,7 @@ test_own_change_no_rescan(void **state)
 	web_cache_close(fx->cache, &f);
 	web_cache_stats(fx->cache, &st);
 	unsigned long scans = st.scans;
+	assert_int_equal(st.watched, 1);
 
 	/* the holder's own rename and unlink: no rescan after */
 	f = open_ok(fx, dir, 10, 1 << 20);
@@ -433,6 +435,25 @@ test_own_change_no_rescan(void **state)
 }
 
 static void
+test_folder_made_by_first_open(void **state)
+{
+	struct fixture *fx = *state;
+	struct web_cache_stats st;
+	/* a user's INBOX before its first delivery: mailbox_open makes it */
+	char *dir = xasprintf("%s/fresh", fx->dir);
+	struct web_folder *f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 0);
+	web_cache_close(fx->cache, &f);
+	web_cache_stats(fx->cache, &st);
+	assert_int_equal(st.watched, 1);
+	deliver(dir, 1);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 1);
+	web_cache_close(fx->cache, &f);
+	free(dir);
+}
+
+static void
 test_folder_replaced(void **state)
 {
 	struct fixture *fx = *state;
@@ -453,10 +474,18 @@ test_folder_replaced(void **state)
 	assert_int_equal(web_folder_mailbox(f)->n_msgs, 2);
 	assert_string_equal(web_folder_summary(f, 0)->subject, "message 7");
 	web_cache_close(fx->cache, &f);
-	/* and changed again: the entry (now on stamps) sees it */
+	/* and changed again: the entry (watching the new directories again
+	 * after one more scan) sees it */
 	deliver(dir, 9);
 	f = open_ok(fx, dir, 10, 1 << 20);
 	assert_int_equal(web_folder_mailbox(f)->n_msgs, 3);
+	web_cache_close(fx->cache, &f);
+	struct web_cache_stats st;
+	web_cache_stats(fx->cache, &st);
+	assert_int_equal(st.watched, 1);
+	deliver(dir, 10);
+	f = open_ok(fx, dir, 10, 1 << 20);
+	assert_int_equal(web_folder_mailbox(f)->n_msgs, 4);
 	web_cache_close(fx->cache, &f);
 	free(gone);
 	free(dir);
@@ -539,6 +568,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_bounds, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_own_change_no_rescan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folder_replaced, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_folder_made_by_first_open, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
 	};
 
