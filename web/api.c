@@ -24,9 +24,9 @@
 #include "daemon/daemon.h"
 #include "lib/lib.h"
 #include "mailbox/mailbox.h"
+#include "web/cache.h"
 #include "web/web.h"
 
-#define WEB_HEADER_READ_MAX 65536          /* octets of a file read for a list row */
 #define WEB_MESSAGE_READ_MAX (64u << 20)   /* a larger message is not shown */
 #define WEB_TEXT_MAX (1u << 20)            /* octets of a text part returned */
 
@@ -126,65 +126,55 @@ addresses(GMimeMessage *m, GMimeAddressType t)
 	return j;
 }
 
+/* message i's list row: the cached header fields, the snapshot's flags */
 static json_t *
-msg_summary(struct mailbox *mb, size_t i)
+msg_summary(struct web_folder *f, size_t i)
 {
+	struct mailbox *mb = web_folder_mailbox(f);
 	const struct mailbox_msg *mm = &mb->msgs[i];
-	json_t *o = json_object();
-	size_t len = 0;
-	time_t mtime = 0;
-	char *hdr = read_msg(mb, i, WEB_HEADER_READ_MAX, true, &len, &mtime);
+	const struct web_summary *row = web_folder_summary(f, i);
 
-	json_object_set_new(o, "uid", json_integer(mm->uid));
-	json_object_set_new(o, "size", json_integer((json_int_t)mm->vsize));
-	json_object_set_new(o, "seen", json_boolean(strchr(mm->flags, 'S') != NULL));
-	json_object_set_new(o, "flagged", json_boolean(strchr(mm->flags, 'F') != NULL));
-	json_int_t date = (json_int_t)mtime;
-	if (hdr != NULL) {
-		GMimeMessage *m = parse_msg(hdr, len);
-		if (m != NULL) {
-			json_object_set_new(o, "from", addresses(m, GMIME_ADDRESS_TYPE_FROM));
-			json_object_set_new(o, "subject", jstr0(g_mime_message_get_subject(m)));
-			GDateTime *d = g_mime_message_get_date(m);
-			if (d != NULL)
-				date = (json_int_t)g_date_time_to_unix(d);
-			g_object_unref(m);
-		}
-		free(hdr);
-	}
-	json_object_set_new(o, "date", json_integer(date));
-	if (json_object_get(o, "from") == NULL)
-		json_object_set_new(o, "from", json_string(""));
-	if (json_object_get(o, "subject") == NULL)
-		json_object_set_new(o, "subject", json_string(""));
-	return o;
+	return json_pack("{s:I,s:I,s:b,s:b,s:I,s:s,s:s,s:b}", "uid", (json_int_t)mm->uid, "size",
+			 (json_int_t)mm->vsize, "seen", strchr(mm->flags, 'S') != NULL, "flagged",
+			 strchr(mm->flags, 'F') != NULL, "date", (json_int_t)row->date, "from", row->from,
+			 "subject", row->subject, "attachment", row->attachment);
 }
 
-/* the folder's directory and its snapshot, or an error result */
-static struct mailbox *
-open_folder(const struct web_call *c, const char *name, struct web_result *res)
+/* the folder's directory, checked as IMAP checks it (malloc'd), or NULL
+ * with an error result */
+static char *
+folder_dir(const struct web_call *c, const char *name, struct web_result *res)
 {
-	struct mailbox *mb = NULL;
-	char *err = NULL, *dir;
+	char *dir;
 
 	if (name == NULL || !mailbox_folder_name_ok(name)) {
 		result_error(res, 400, "invalid folder name");
 		return NULL;
 	}
 	if (mailbox_folder_is_inbox(name))
-		dir = xstrdup(c->root);
-	else {
-		if (mailbox_folder_exists(c->root, name) != 1) {
-			result_error(res, 404, "no such folder");
-			return NULL;
-		}
-		dir = mailbox_folder_dir(c->root, name);
-	}
-	if (dir == NULL) {
-		result_error(res, 400, "invalid folder name");
+		return xstrdup(c->root);
+	if (mailbox_folder_exists(c->root, name) != 1) {
+		result_error(res, 404, "no such folder");
 		return NULL;
 	}
-	if (mailbox_open(dir, &mb, &err) < 0) {
+	dir = mailbox_folder_dir(c->root, name);
+	if (dir == NULL)
+		result_error(res, 400, "invalid folder name");
+	return dir;
+}
+
+/* the folder held from the cache, current (web/cache.h), or an error
+ * result; web_cache_close when done */
+static struct web_folder *
+open_folder(const struct web_call *c, const char *name, struct web_result *res)
+{
+	const struct web_settings *ws = web_settings(c->cfg);
+	struct web_folder *f = NULL;
+	char *err = NULL, *dir = folder_dir(c, name, res);
+
+	if (dir == NULL)
+		return NULL;
+	if (web_cache_open(c->cache, dir, ws->cache_folders, ws->cache_size, &f, &err) < 0) {
 		log_msg(LOG_LEVEL_ERR, "web cannot open %s: %s", dir, err != NULL ? err : "?");
 		free(err);
 		free(dir);
@@ -192,7 +182,7 @@ open_folder(const struct web_call *c, const char *name, struct web_result *res)
 		return NULL;
 	}
 	free(dir);
-	return mb;
+	return f;
 }
 
 static void
@@ -212,68 +202,66 @@ op_folders(const struct web_call *c, struct web_result *res)
 	for (size_t k = 0; k <= n; k++) {
 		const char *name = k == 0 ? "INBOX" : names[k - 1];
 		struct web_result r = { 0 };
-		struct mailbox *mb = open_folder(c, name, &r);
-		if (mb == NULL) {
+		struct web_folder *f = open_folder(c, name, &r);
+		if (f == NULL) {
 			free(r.body);
 			continue;
 		}
+		struct mailbox *mb = web_folder_mailbox(f);
 		size_t unread = 0;
 		for (size_t i = 0; i < mb->n_msgs; i++)
 			if (strchr(mb->msgs[i].flags, 'S') == NULL)
 				unread++;
 		json_array_append_new(arr, json_pack("{s:o,s:I,s:I}", "name", jstr0(name), "total",
 						     (json_int_t)mb->n_msgs, "unread", (json_int_t)unread));
-		mailbox_free(&mb);
+		web_cache_close(c->cache, &f);
 	}
 	mailbox_names_free(names, n);
 	result_json(res, 200, json_pack("{s:o,s:s}", "folders", arr, "junk",
 					backends_settings(c->cfg)->junk_folder));
 }
 
-/* a summary's From or Subject holds needle (ASCII case folded) */
+/* a row's From or Subject holds needle (ASCII case folded) */
 static bool
-summary_matches(json_t *o, const char *needle)
+summary_matches(const struct web_summary *row, const char *needle)
 {
-	const char *f = json_string_value(json_object_get(o, "from"));
-	const char *sub = json_string_value(json_object_get(o, "subject"));
-
-	return (f != NULL && strcasestr(f, needle) != NULL) || (sub != NULL && strcasestr(sub, needle) != NULL);
+	return strcasestr(row->from, needle) != NULL || strcasestr(row->subject, needle) != NULL;
 }
 
 static void
 op_list(const struct web_call *c, struct web_result *res)
 {
-	struct mailbox *mb = open_folder(c, c->folder, res);
+	struct web_folder *f = open_folder(c, c->folder, res);
+	struct mailbox *mb;
 	json_t *arr;
 	size_t total;
 
-	if (mb == NULL)
+	if (f == NULL)
 		return;
+	mb = web_folder_mailbox(f);
 	arr = json_array();
 	/* newest first: UIDs ascend in delivery order */
 	size_t start = (size_t)c->page * (size_t)c->per_page;
 	if (c->search == NULL) {
 		total = mb->n_msgs;
 		for (size_t k = start; k < mb->n_msgs && k < start + (size_t)c->per_page; k++)
-			json_array_append_new(arr, msg_summary(mb, mb->n_msgs - 1 - k));
+			json_array_append_new(arr, msg_summary(f, mb->n_msgs - 1 - k));
 	} else {
-		/* every message's header is read: the count of matches is the total */
+		/* over every message's row (read once, then cached): the count
+		 * of matches is the total */
 		total = 0;
 		for (size_t k = 0; k < mb->n_msgs; k++) {
-			json_t *o = msg_summary(mb, mb->n_msgs - 1 - k);
-			if (summary_matches(o, c->search)) {
-				if (total >= start && total < start + (size_t)c->per_page) {
-					json_array_append_new(arr, o);
-					o = NULL;
-				}
+			size_t i = mb->n_msgs - 1 - k;
+			if (summary_matches(web_folder_summary(f, i), c->search)) {
+				if (total >= start && total < start + (size_t)c->per_page)
+					json_array_append_new(arr, msg_summary(f, i));
 				total++;
 			}
-			json_decref(o);
 		}
 	}
 	result_json(res, 200, json_pack("{s:o,s:I,s:I,s:I}", "messages", arr, "total", (json_int_t)total,
 					"page", (json_int_t)c->page, "per_page", (json_int_t)c->per_page));
-	mailbox_free(&mb);
+	web_cache_close(c->cache, &f);
 }
 
 #define WEB_ATTACHMENTS_MAX 100
@@ -322,21 +310,23 @@ static void attachment_result(struct parts *p, unsigned n, struct web_result *re
 static void
 op_read(const struct web_call *c, struct web_result *res, bool html)
 {
-	struct mailbox *mb = open_folder(c, c->folder, res);
+	struct web_folder *f = open_folder(c, c->folder, res);
+	struct mailbox *mb;
 	size_t len = 0;
 	time_t mtime = 0;
 	long i;
 
-	if (mb == NULL)
+	if (f == NULL)
 		return;
+	mb = web_folder_mailbox(f);
 	if ((i = find_msg(mb, c->uid, res)) < 0) {
-		mailbox_free(&mb);
+		web_cache_close(c->cache, &f);
 		return;
 	}
 	char *data = read_msg(mb, (size_t)i, WEB_MESSAGE_READ_MAX, false, &len, &mtime);
 	if (data == NULL) {
 		result_error(res, 404, "the message is gone or too large to show");
-		mailbox_free(&mb);
+		web_cache_close(c->cache, &f);
 		return;
 	}
 	GMimeMessage *m = parse_msg(data, len);
@@ -362,7 +352,10 @@ op_read(const struct web_call *c, struct web_result *res, bool html)
 		}
 		g_free(t);
 	} else {
-		json_t *o = msg_summary(mb, (size_t)i);
+		/* the whole message is here: the list's attachment mark exact */
+		(void)web_folder_summary(f, (size_t)i);
+		web_folder_set_attachment(f, (size_t)i, p.attachments > 0);
+		json_t *o = msg_summary(f, (size_t)i);
 		if (m != NULL) {
 			json_object_set_new(o, "to", addresses(m, GMIME_ADDRESS_TYPE_TO));
 			json_object_set_new(o, "cc", addresses(m, GMIME_ADDRESS_TYPE_CC));
@@ -390,21 +383,23 @@ op_read(const struct web_call *c, struct web_result *res, bool html)
 	if (m != NULL)
 		g_object_unref(m);
 	free(data);
-	mailbox_free(&mb);
+	web_cache_close(c->cache, &f);
 }
 
 static void
 op_flags(const struct web_call *c, struct web_result *res)
 {
-	struct mailbox *mb = open_folder(c, c->folder, res);
+	struct web_folder *f = open_folder(c, c->folder, res);
+	struct mailbox *mb;
 	char add[4] = "", rem[4] = "";
 	size_t na = 0, nr = 0;
 	long i;
 
-	if (mb == NULL)
+	if (f == NULL)
 		return;
+	mb = web_folder_mailbox(f);
 	if ((i = find_msg(mb, c->uid, res)) < 0) {
-		mailbox_free(&mb);
+		web_cache_close(c->cache, &f);
 		return;
 	}
 	if (c->seen == 1)
@@ -415,14 +410,22 @@ op_flags(const struct web_call *c, struct web_result *res)
 		add[na++] = 'F';
 	else if (c->flagged == 0)
 		rem[nr++] = 'F';
-	if (mailbox_msg_change_flags(mb, (size_t)i, add, rem) < 0 || mailbox_sync_dir(mb) < 0) {
+	/* our own rename costs no rescan (web/cache.h) */
+	char *from = xstrdup(mb->msgs[i].name);
+	web_folder_change_begin(f);
+	int rc = mailbox_msg_change_flags(mb, (size_t)i, add, rem);
+	int err = errno;
+	web_folder_change_end(f, rc == 0 ? from : NULL, rc == 0 ? mb->msgs[i].name : NULL);
+	free(from);
+	errno = err;
+	if (rc < 0 || mailbox_sync_dir(mb) < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot change the flags of uid %u in %s", c->uid, mb->dir);
 		result_error(res, errno == ENOENT ? 404 : 500, "cannot change the flags");
 	} else {
 		result_json(res, 200, json_pack("{s:b,s:b}", "seen", strchr(mb->msgs[i].flags, 'S') != NULL,
 						"flagged", strchr(mb->msgs[i].flags, 'F') != NULL));
 	}
-	mailbox_free(&mb);
+	web_cache_close(c->cache, &f);
 }
 
 static bool
@@ -518,9 +521,10 @@ op_move(const struct web_call *c, struct web_result *res)
 		result_error(res, 400, "invalid folder name");
 		return;
 	}
-	struct mailbox *mb = open_folder(c, c->folder, res);
-	if (mb == NULL)
+	struct web_folder *f = open_folder(c, c->folder, res);
+	if (f == NULL)
 		return;
+	struct mailbox *mb = web_folder_mailbox(f);
 	if ((i = find_msg(mb, c->uid, res)) < 0)
 		goto out;
 	bool to_inbox = mailbox_folder_is_inbox(c->to);
@@ -570,13 +574,25 @@ op_move(const struct web_call *c, struct web_result *res)
 			free(data);
 		}
 	}
-	if (mailbox_msg_expunge(mb, idx) < 0 || mailbox_sync_dir(mb) < 0)
+	/* our own unlink costs no rescan (web/cache.h): the message leaves
+	 * the snapshot */
+	char *from = xstrdup(mb->msgs[idx].name);
+	web_folder_change_begin(f);
+	int rc = mailbox_msg_expunge(mb, idx);
+	web_folder_change_end(f, rc == 0 ? from : NULL, NULL);
+	free(from);
+	if (rc < 0) {
 		log_errno(LOG_LEVEL_ERR, "web cannot remove uid %u from %s after a copy", c->uid, mb->dir);
+	} else {
+		web_folder_forget(f, idx);
+		if (mailbox_sync_dir(mb) < 0)
+			log_errno(LOG_LEVEL_ERR, "web cannot fsync %s/cur", mb->dir);
+	}
 	result_json(res, 200, json_pack("{s:s,s:I}", "folder", to_name, "uid", (json_int_t)duid));
 out:
 	free(err);
 	free(dst);
-	mailbox_free(&mb);
+	web_cache_close(c->cache, &f);
 }
 
 void

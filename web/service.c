@@ -36,6 +36,7 @@
 #include "lib/lib.h"
 #include "lib/metrics.h"
 #include "mailbox/mailbox.h"
+#include "web/cache.h"
 #include "web/web.h"
 
 #define WEB_USER_MAX 320
@@ -79,6 +80,7 @@ struct web_server {
 	size_t n_sess, cap_sess;
 	struct static_file files[3];
 	bool tls; /* tls = implicit: Secure cookies, Strict-Transport-Security */
+	struct web_cache *cache; /* folders between requests (web/cache.h) */
 };
 
 struct web_job {
@@ -823,6 +825,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 	c.junk_moved = env->junk_moved;
 	c.user = xstrdup(s->user);
 	c.root = xstrdup(s->root);
+	c.cache = srv->cache;
 	job->call = c;
 	job->remote_images = remote_images;
 	job_submit(job, api_work, api_done);
@@ -990,6 +993,7 @@ web_serve_start(struct daemon_loop *loop, int fd, const char *listener, web_env_
 	srv->loop = loop;
 	srv->env_of = env_of;
 	srv->listener = xstrdup(listener);
+	srv->cache = web_cache_new();
 	srv->files[0] = (struct static_file){ "/index.html", "index.html", "text/html; charset=utf-8", NULL, 0 };
 	srv->files[1] = (struct static_file){ "/app.js", "app.js", "text/javascript; charset=utf-8", NULL, 0 };
 	srv->files[2] = (struct static_file){ "/style.css", "style.css", "text/css; charset=utf-8", NULL, 0 };
@@ -1044,5 +1048,6 @@ web_serve_stop(struct daemon_loop *loop, void *ctx)
 	for (size_t i = 0; i < N_ELEMENTS(srv->files); i++)
 		free(srv->files[i].data);
 	free(srv->listener);
+	web_cache_free(&srv->cache);
 	free(srv);
 }

@@ -37,6 +37,11 @@ static const struct setting_def web_rows[] = {
 	  NULL, NULL },
 	{ "web", "user_release", SETTING_BOOL, "false", 0, 0, OFF(user_release), 0,
 	  "users may release or delete their own held messages (\"Held for you\")", NULL, NULL },
+	{ "web", "cache_folders", SETTING_INT, "256", 0, 100000, OFF(cache_folders), 0,
+	  "folders whose snapshot and list rows the web service keeps between requests (0: none)", NULL, NULL },
+	{ "web", "cache_size", SETTING_INT, "268435456", 0, 17179869184, OFF(cache_size), 0,
+	  "octets the web service's folder cache holds at most (least recently used folder dropped first)",
+	  NULL, NULL },
 };
 
 static const struct settings_module web_module = {

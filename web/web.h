@@ -36,6 +36,8 @@ struct web_settings {
 	char **admins;         /* passwd-file users with the admin pages (web/admin.c) */
 	size_t n_admins;
 	bool user_release;     /* users may release/delete their own held messages */
+	long cache_folders;    /* folders the folder cache holds (0: off; web/cache.h) */
+	long cache_size;       /* octets the folder cache holds at most */
 };
 void web_register_config(void);
 const struct web_settings *web_settings(const struct mx_config *cfg);
@@ -107,8 +109,10 @@ enum web_op {
 	WEB_OP_MOVE,
 	WEB_OP_ATTACHMENT,
 };
+struct web_cache;
 struct web_call {
 	enum web_op op;
+	struct web_cache *cache; /* the service's folder cache (web/cache.h) */
 	const struct mx_config *cfg;
 	web_junk_moved_fn *junk_moved;
 	char *user;

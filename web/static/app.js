@@ -54,7 +54,7 @@
       const tr = document.createElement("tr");
       if (!m.seen) tr.className = "unread";
       tr.dataset.uid = m.uid;
-      for (const v of [m.flagged ? "\u2691" : "", m.from, m.subject || "(no subject)",
+      for (const v of [(m.flagged ? "\u2691" : "") + (m.attachment ? "\u{1F4CE}" : ""), m.from, m.subject || "(no subject)",
                        new Date(m.date * 1000).toLocaleString(), Math.ceil(m.size / 1024) + " KB"]) {
         const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
       }
