@@ -866,12 +866,6 @@ body_id(struct evhttp_request *req, json_t *body, char out[MX_ID_LEN])
 	return true;
 }
 
-static void
-reply_error(struct evhttp_request *req, int status, const char *msg)
-{
-	web_reply_json(req, status, json_pack("{s:s}", "error", msg));
-}
-
 void
 web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const char *path,
 		 struct evkeyvalq *q, struct json_t *body, struct web_env *env, const char *user)
@@ -883,7 +877,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 
 	if (strncmp(path, "/api/admin/", 11) == 0) {
 		if (!web_admin_is(env->cfg, user)) {
-			reply_error(req, 403, "admins only");
+			web_reply_error(req, 403, "admins only");
 			return;
 		}
 		const char *call = path + 11;
@@ -899,7 +893,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 			    (l != NULL && (!parse_count(l, TXSTATS_RING, &limit) || limit < 1))) {
 				free(qs);
 				free(verdict);
-				reply_error(req, 400, "bad q, verdict or limit (1 to 1000)");
+				web_reply_error(req, 400, "bad q, verdict or limit (1 to 1000)");
 				return;
 			}
 			web_reply_json(req, 200, transactions(qs, verdict, (size_t)limit));
@@ -917,14 +911,14 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 				free(job0.sender);
 				free(job0.rcpt);
 				free(job0.reason);
-				reply_error(req, 400, "bad sender, rcpt, reason or since");
+				web_reply_error(req, 400, "bad sender, rcpt, reason or since");
 				return;
 			}
 			job0.all = all != NULL && strcmp(all, "1") == 0;
 		} else if (!post && strcmp(call, "quarantine/message") == 0) {
 			const char *id = evhttp_find_header(q, "id");
 			if (id == NULL || !quarantine_id_valid(id)) {
-				reply_error(req, 400, "invalid id");
+				web_reply_error(req, 400, "invalid id");
 				return;
 			}
 			job0.op = AOP_QSHOW;
@@ -934,7 +928,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 			if (!body_id(req, body, job0.id))
 				return;
 			if (to != NULL && (!json_is_array(to) || json_array_size(to) > ADMIN_TO_MAX)) {
-				reply_error(req, 400, "to must be a list of at most 100 addresses");
+				web_reply_error(req, 400, "to must be a list of at most 100 addresses");
 				return;
 			}
 			for (size_t i = 0; to != NULL && i < json_array_size(to); i++) {
@@ -943,7 +937,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 					for (size_t k = 0; k < job0.n_to; k++)
 						free(job0.to[k]);
 					free(job0.to);
-					reply_error(req, 400, "to: not an address (local@domain)");
+					web_reply_error(req, 400, "to: not an address (local@domain)");
 					return;
 				}
 				job0.to = xrealloc(job0.to, (job0.n_to + 1) * sizeof(*job0.to));
@@ -956,7 +950,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 				return;
 			job0.op = AOP_QDELETE;
 		} else {
-			reply_error(req, 404, "no such API call");
+			web_reply_error(req, 404, "no such API call");
 			return;
 		}
 	} else if (!post && strcmp(path, "/api/held") == 0) {
@@ -964,14 +958,14 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 		job0.can_release = ws->user_release;
 	} else if (post && (strcmp(path, "/api/held/release") == 0 || strcmp(path, "/api/held/delete") == 0)) {
 		if (!ws->user_release) {
-			reply_error(req, 403, "releasing is not allowed");
+			web_reply_error(req, 403, "releasing is not allowed");
 			return;
 		}
 		if (!body_id(req, body, job0.id))
 			return;
 		job0.op = path[10] == 'r' ? AOP_HELD_RELEASE : AOP_HELD_DELETE;
 	} else {
-		reply_error(req, 404, "no such API call");
+		web_reply_error(req, 404, "no such API call");
 		return;
 	}
 
@@ -986,7 +980,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 	job->qdir = xstrdup(backends_settings(env->cfg)->quarantine_dir);
 	if (workers_submit(daemon_loop_workers(loop), WORKER_LANE_SCAN, daemon_loop_base(loop), admin_work,
 			   admin_done, job) < 0) {
-		reply_error(req, 503, "server busy, try again later");
+		web_reply_error(req, 503, "server busy, try again later");
 		job_free(job);
 		return;
 	}

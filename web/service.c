@@ -44,7 +44,6 @@
 #define WEB_STATIC_MAX (4u << 20)
 #define WEB_SEARCH_MAX 200
 
-#define CSP_PAGE "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 /* a message's HTML: no scripts, nothing fetched, no forms, a sandbox */
 #define CSP_MESSAGE                                                                              \
 	"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; " \
@@ -124,81 +123,6 @@ random_token(char out[WEB_TOKEN_HEX + 1])
 	return 0;
 }
 
-/* ------------------------------------------------------------ replies */
-
-/* Every answer's headers, set when the request arrives (an answer made
- * later, by a worker's job, keeps them); tls adds Strict-Transport-Security. */
-static void
-security_headers(struct evhttp_request *req, bool tls)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-
-	evhttp_add_header(h, "Content-Security-Policy", CSP_PAGE);
-	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-	evhttp_add_header(h, "X-Frame-Options", "DENY");
-	evhttp_add_header(h, "Referrer-Policy", "no-referrer");
-	evhttp_add_header(h, "Cache-Control", "no-store");
-	evhttp_add_header(h, "Cross-Origin-Opener-Policy", "same-origin");
-	if (tls) /* a browser then refuses plain http for this host */
-		evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000");
-}
-
-/*
- * The answers evhttp writes itself (400 for a malformed request, 413 past
- * headers_max or body_max, 501 for a method it does not know) never
- * reach web_request_cb, and libevent 2.1 has no hook for them. What it
- * does have is a callback on each connection's output buffer (evbuffer_add_cb
- * in web_bev_new): evhttp writes an answer's status line with one
- * evbuffer_add_printf, then its headers, synchronously, so when a status
- * line is the octets just added and the service is not sending an answer
- * of its own right now (`replying`, set around evhttp_send_reply below:
- * those carry their headers already), the security headers are added
- * right after it, before evhttp's own. Loop 0's thread only (every web
- * listener is served there), hence one flag per thread.
- */
-static _Thread_local bool replying;
-
-/* "HTTP/1.x NNN ...\r\n", one line, a final status */
-static bool
-status_line(const char *s, size_t n)
-{
-	if (n < 14 || memcmp(s, "HTTP/1.", 7) != 0 || s[8] != ' ' || s[9] < '2' || s[9] > '5' ||
-	    s[n - 2] != '\r' || s[n - 1] != '\n')
-		return false;
-	for (size_t i = 0; i + 2 < n; i++)
-		if (s[i] == '\r' || s[i] == '\n')
-			return false;
-	return true;
-}
-
-static void
-web_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	const struct web_server *srv = arg;
-	static _Thread_local bool adding;
-	char line[256];
-	struct evbuffer_ptr pos;
-	size_t total = evbuffer_get_length(buf);
-
-	if (replying || adding || info->n_deleted != 0 || info->n_added < 14 ||
-	    info->n_added > sizeof(line) || total < info->n_added)
-		return;
-	if (evbuffer_ptr_set(buf, &pos, total - info->n_added, EVBUFFER_PTR_SET) < 0 ||
-	    evbuffer_copyout_from(buf, &pos, line, info->n_added) != (ev_ssize_t)info->n_added ||
-	    !status_line(line, info->n_added))
-		return;
-	adding = true;
-	evbuffer_add_printf(buf,
-			    "Content-Security-Policy: " CSP_PAGE "\r\n"
-			    "X-Content-Type-Options: nosniff\r\n"
-			    "X-Frame-Options: DENY\r\n"
-			    "Referrer-Policy: no-referrer\r\n"
-			    "Cache-Control: no-store\r\n"
-			    "Cross-Origin-Opener-Policy: same-origin\r\n%s",
-			    srv->tls ? "Strict-Transport-Security: max-age=31536000\r\n" : "");
-	adding = false;
-}
-
 /* each connection's bufferevent: TLS from the core on a TLS listener */
 static struct bufferevent *
 web_bev_new(struct event_base *base, void *arg)
@@ -211,67 +135,8 @@ web_bev_new(struct event_base *base, void *arg)
 		log_msg(LOG_LEVEL_ERR, "web cannot make a connection (out of memory)");
 		abort();
 	}
-	evbuffer_add_cb(bufferevent_get_output(bev), web_out_cb, srv);
+	evbuffer_add_cb(bufferevent_get_output(bev), web_reply_out_cb, &srv->tls);
 	return bev;
-}
-
-/* csp: NULL for the page's, else a message's own (CSP_MESSAGE...) */
-static void
-reply(struct evhttp_request *req, int status, const char *type, const char *body, size_t len,
-      const char *csp)
-{
-	struct evbuffer *out = evbuffer_new();
-
-	if (csp != NULL) {
-		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-		evhttp_remove_header(h, "Content-Security-Policy");
-		evhttp_remove_header(h, "X-Frame-Options");
-		evhttp_add_header(h, "Content-Security-Policy", csp);
-		evhttp_add_header(h, "X-Frame-Options", "SAMEORIGIN");
-	}
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-			  type != NULL ? type : "application/json");
-	if (out == NULL) {
-		replying = true;
-		evhttp_send_error(req, HTTP_INTERNAL, NULL);
-		replying = false;
-		return;
-	}
-	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-		/* evhttp 2.1 would send the body after a HEAD's headers (and no
-		 * length): the length alone, as a GET's */
-		char n[32];
-		snprintf(n, sizeof(n), "%zu", len);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", n);
-	} else {
-		evbuffer_add(out, body, len);
-	}
-	replying = true;
-	evhttp_send_reply(req, status, status < 300 ? "OK" : status == 404 ? "Not Found" : "Error", out);
-	replying = false;
-	evbuffer_free(out);
-}
-
-static void
-reply_json(struct evhttp_request *req, int status, json_t *j)
-{
-	char *s = json_dumps(j, JSON_COMPACT);
-
-	json_decref(j);
-	reply(req, status, NULL, s != NULL ? s : "{}", s != NULL ? strlen(s) : 2, NULL);
-	free(s);
-}
-
-void
-web_reply_json(struct evhttp_request *req, int status, json_t *j)
-{
-	reply_json(req, status, j);
-}
-
-static void
-reply_error(struct evhttp_request *req, int status, const char *msg)
-{
-	reply_json(req, status, json_pack("{s:s}", "error", msg));
 }
 
 /* ----------------------------------------------------------- sessions */
@@ -418,12 +283,12 @@ api_done(void *arg)
 
 	if (job_unwatch(job)) {
 		if (job->res.body == NULL)
-			reply_error(job->req, 500, "internal error");
+			web_reply_error(job->req, 500, "internal error");
 		else {
 			if (job->res.disposition != NULL)
 				evhttp_add_header(evhttp_request_get_output_headers(job->req),
 						  "Content-Disposition", job->res.disposition);
-			reply(job->req, job->res.status, job->res.content_type, job->res.body, job->res.len,
+			web_reply(job->req, job->res.status, job->res.content_type, job->res.body, job->res.len,
 			      !job->res.html_message ? NULL
 			      : job->remote_images   ? CSP_MESSAGE_REMOTE
 						     : CSP_MESSAGE);
@@ -447,7 +312,7 @@ job_submit(struct web_job *job, void (*work)(void *), void (*done)(void *))
 
 	if (workers_submit(daemon_loop_workers(loop), WORKER_LANE_SCAN, daemon_loop_base(loop), work, done,
 			   job) < 0) {
-		reply_error(job->req, 503, "server busy, try again later");
+		web_reply_error(job->req, 503, "server busy, try again later");
 		job_free(job);
 		return;
 	}
@@ -496,7 +361,7 @@ login_fail_fire(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	if (job_unwatch(job))
-		reply_error(job->req, job->verdict == -2 ? 429 : 401,
+		web_reply_error(job->req, job->verdict == -2 ? 429 : 401,
 			    job->verdict == -2 ? "too many failed logins, try again later"
 					       : "authentication failed");
 	job_free(job);
@@ -510,7 +375,7 @@ login_fail_later(struct web_job *job)
 
 	if (event_base_once(daemon_loop_base(job->srv->loop), -1, EV_TIMEOUT, login_fail_fire, job, &tv) < 0) {
 		if (job_unwatch(job))
-			reply_error(job->req, 401, "authentication failed");
+			web_reply_error(job->req, 401, "authentication failed");
 		job_free(job);
 		return;
 	}
@@ -544,19 +409,19 @@ login_done(void *arg)
 	if (job->verdict < 0) {
 		log_msg(LOG_LEVEL_ERR, "web auth failed client=%s user=%s reason=error: %s", job->addr, who,
 			job->error != NULL ? job->error : "?");
-		reply_error(job->req, 503, "temporary server error, try again later");
+		web_reply_error(job->req, 503, "temporary server error, try again later");
 		job_free(job);
 		return;
 	}
 	struct web_sess *s = sess_new(job->srv, ws, job->user, job->root);
 	if (s == NULL) {
-		reply_error(job->req, 503, "temporary server error, try again later");
+		web_reply_error(job->req, 503, "temporary server error, try again later");
 		job_free(job);
 		return;
 	}
 	log_msg(LOG_LEVEL_INFO, "web login client=%s user=%s", job->addr, who);
 	set_cookie(job->srv, job->req, s->id, false);
-	reply_json(job->req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+	web_reply_json(job->req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
 					    web_admin_is(job->env.cfg, s->user), "user_release",
 					    ws->user_release));
 	job_free(job);
@@ -584,13 +449,13 @@ body_json(struct evhttp_request *req)
 
 	/* a cross-site form cannot send application/json without a preflight */
 	if (ct == NULL || strncasecmp(ct, "application/json", 16) != 0) {
-		reply_error(req, 415, "the body must be application/json");
+		web_reply_error(req, 415, "the body must be application/json");
 		return NULL;
 	}
 	json_t *j = json_loadb((const char *)evbuffer_pullup(in, -1), len, JSON_REJECT_DUPLICATES, &jerr);
 	if (j == NULL || !json_is_object(j)) {
 		json_decref(j);
-		reply_error(req, 400, "the body is not a JSON object");
+		web_reply_error(req, 400, "the body is not a JSON object");
 		return NULL;
 	}
 	return j;
@@ -611,7 +476,7 @@ do_login(struct web_server *srv, struct evhttp_request *req, struct web_env *env
 	if (user == NULL || password == NULL || user[0] == '\0' || strlen(user) > WEB_USER_MAX ||
 	    strlen(password) > WEB_PASSWORD_MAX) {
 		json_decref(j);
-		reply_error(req, 400, "user and password are needed");
+		web_reply_error(req, 400, "user and password are needed");
 		goto out;
 	}
 	client_addr(req, addr, sizeof(addr));
@@ -663,7 +528,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 
 	if (strcmp(path, "/api/login") == 0) {
 		if (!is_post(req)) {
-			reply_error(req, 405, "POST only");
+			web_reply_error(req, 405, "POST only");
 			return;
 		}
 		do_login(srv, req, env);
@@ -671,21 +536,21 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 	}
 	struct web_sess *s = sess_find(srv, req, ws);
 	if (s == NULL) {
-		reply_error(req, 401, "not logged in");
+		web_reply_error(req, 401, "not logged in");
 		return;
 	}
 	json_t *body = NULL;
 	if (is_post(req)) {
 		const char *tok = evhttp_find_header(evhttp_request_get_input_headers(req), "X-CSRF-Token");
 		if (tok == NULL || !web_token_ok(tok) || !web_token_equal(tok, s->csrf)) {
-			reply_error(req, 403, "missing or wrong CSRF token");
+			web_reply_error(req, 403, "missing or wrong CSRF token");
 			return;
 		}
 		if ((body = body_json(req)) == NULL)
 			return;
 	}
 	if (strcmp(path, "/api/session") == 0) {
-		reply_json(req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+		web_reply_json(req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
 					       web_admin_is(env->cfg, s->user), "user_release",
 					       ws->user_release));
 		goto out;
@@ -700,7 +565,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		log_msg(LOG_LEVEL_INFO, "web logout user=%s", who);
 		sess_remove(srv, (size_t)(s - srv->sess));
 		set_cookie(srv, req, "", true);
-		reply_json(req, 200, json_pack("{s:b}", "ok", 1));
+		web_reply_json(req, 200, json_pack("{s:b}", "ok", 1));
 		goto out;
 	}
 	struct web_call c = { .seen = -1, .flagged = -1 };
@@ -717,14 +582,14 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		c.per_page = 50;
 		if (page != NULL && strcmp(page, "0") != 0) {
 			if (!web_parse_uid(page, &v) || v > 1000000) {
-				reply_error(req, 400, "bad page");
+				web_reply_error(req, 400, "bad page");
 				goto out;
 			}
 			c.page = v;
 		}
 		if (per != NULL) {
 			if (!web_parse_uid(per, &v) || v > (unsigned)ws->page_size_max) {
-				reply_error(req, 400, "bad per_page");
+				web_reply_error(req, 400, "bad per_page");
 				goto out;
 			}
 			c.per_page = v;
@@ -732,7 +597,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		const char *search = query_get(q, "q");
 		if (search != NULL && search[0] != '\0') {
 			if (strlen(search) > WEB_SEARCH_MAX) {
-				reply_error(req, 400, "search text too long");
+				web_reply_error(req, 400, "search text too long");
 				goto out;
 			}
 			c.search = xstrdup(search);
@@ -747,7 +612,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		folder = query_get(q, "folder");
 		uid = query_get(q, "uid");
 		if (remote != NULL && strcmp(remote, "0") != 0 && strcmp(remote, "1") != 0) {
-			reply_error(req, 400, "bad remote (0 or 1)");
+			web_reply_error(req, 400, "bad remote (0 or 1)");
 			goto out;
 		}
 		remote_images = remote != NULL && strcmp(remote, "1") == 0;
@@ -758,7 +623,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		folder = query_get(q, "folder");
 		uid = query_get(q, "uid");
 		if (part == NULL || (strcmp(part, "0") != 0 && !web_parse_uid(part, &v))) {
-			reply_error(req, 400, "bad part");
+			web_reply_error(req, 400, "bad part");
 			goto out;
 		}
 		c.part = strcmp(part, "0") == 0 ? 0 : v;
@@ -770,7 +635,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 		folder = json_string_value(json_object_get(body, "folder"));
 		if (!json_is_integer(ju) || json_integer_value(ju) < 1 ||
 		    json_integer_value(ju) > (json_int_t)UINT32_MAX) {
-			reply_error(req, 400, "bad uid");
+			web_reply_error(req, 400, "bad uid");
 			goto out;
 		}
 		c.uid = (unsigned)json_integer_value(ju);
@@ -791,20 +656,20 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 			else
 				to = "INBOX";
 			if (to == NULL) {
-				reply_error(req, 400, "bad destination folder");
+				web_reply_error(req, 400, "bad destination folder");
 				goto out;
 			}
 			c.to = xstrdup(to);
 		}
 	} else {
-		reply_error(req, 404, "no such API call");
+		web_reply_error(req, 404, "no such API call");
 		goto out;
 	}
 	if (c.op != WEB_OP_FOLDERS) {
 		if (folder == NULL || !mailbox_folder_name_ok(folder)) {
 			free(c.to);
 			free(c.search);
-			reply_error(req, 400, "invalid folder name");
+			web_reply_error(req, 400, "invalid folder name");
 			goto out;
 		}
 		c.folder = xstrdup(folder);
@@ -813,7 +678,7 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 	    !web_parse_uid(uid, &c.uid)) {
 		free(c.to);
 		free(c.folder);
-		reply_error(req, 400, "bad uid");
+		web_reply_error(req, 400, "bad uid");
 		goto out;
 	}
 	struct web_job *job = xcalloc(1, sizeof(*job));
@@ -846,10 +711,10 @@ serve_static(struct web_server *srv, struct evhttp_request *req, const char *pat
 			continue;
 		if (f->data == NULL)
 			break;
-		reply(req, 200, f->type, f->data, f->len, NULL);
+		web_reply(req, 200, f->type, f->data, f->len, NULL);
 		return;
 	}
-	reply(req, 404, "text/plain; charset=utf-8", "Not Found\n", 10, NULL);
+	web_reply(req, 404, "text/plain; charset=utf-8", "Not Found\n", 10, NULL);
 }
 
 static bool
@@ -876,11 +741,11 @@ serve_autoconfig(struct evhttp_request *req, struct evkeyvalq *q, const struct w
 	if (domain == NULL && bs->n_local_domains > 0)
 		domain = bs->local_domains[0];
 	if (!domain_ok(domain)) {
-		reply(req, 400, "text/plain; charset=utf-8", "bad emailaddress\n", 17, NULL);
+		web_reply(req, 400, "text/plain; charset=utf-8", "bad emailaddress\n", 17, NULL);
 		return;
 	}
 	char *x = web_autoconfig(env->cfg, env->hostname, domain, &len);
-	reply(req, 200, "application/xml; charset=utf-8", x, len, NULL);
+	web_reply(req, 200, "application/xml; charset=utf-8", x, len, NULL);
 	g_free(x);
 }
 
@@ -895,19 +760,19 @@ serve_autodiscover(struct evhttp_request *req, const struct web_env *env)
 
 	if (!is_post(req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-		reply(req, 405, "text/plain; charset=utf-8", "POST the autodiscover request\n", 30, NULL);
+		web_reply(req, 405, "text/plain; charset=utf-8", "POST the autodiscover request\n", 30, NULL);
 		return;
 	}
 	if (len > WEB_AUTODISCOVER_MAX ||
 	    web_autodiscover_parse((const char *)evbuffer_pullup(in, -1), len, email, sizeof(email), &why) < 0) {
 		char *msg = xasprintf("bad autodiscover request: %s\n", len > WEB_AUTODISCOVER_MAX ?
 				      "the request is too large" : why);
-		reply(req, 400, "text/plain; charset=utf-8", msg, strlen(msg), NULL);
+		web_reply(req, 400, "text/plain; charset=utf-8", msg, strlen(msg), NULL);
 		free(msg);
 		return;
 	}
 	char *x = web_autodiscover(env->cfg, env->hostname, email, &xlen);
-	reply(req, 200, "application/xml; charset=utf-8", x, xlen, NULL);
+	web_reply(req, 200, "application/xml; charset=utf-8", x, xlen, NULL);
 	g_free(x);
 }
 
@@ -922,9 +787,9 @@ web_request_cb(struct evhttp_request *req, void *arg)
 	struct web_env env = { 0 };
 
 	TAILQ_INIT(&q);
-	security_headers(req, srv->tls);
+	web_security_headers(req, srv->tls);
 	if (path == NULL || (qs != NULL && evhttp_parse_query_str(qs, &q) < 0)) {
-		reply(req, 400, "text/plain; charset=utf-8", "Bad Request\n", 12, NULL);
+		web_reply(req, 400, "text/plain; charset=utf-8", "Bad Request\n", 12, NULL);
 		goto out;
 	}
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -932,7 +797,7 @@ web_request_cb(struct evhttp_request *req, void *arg)
 		/* evhttp lets every method it knows through, so that this answer
 		 * carries the security headers */
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, POST");
-		reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
+		web_reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
 		goto out;
 	}
 	srv->env_of(srv->loop, &env);
@@ -941,7 +806,7 @@ web_request_cb(struct evhttp_request *req, void *arg)
 	} else if (web_autodiscover_path(path)) {
 		serve_autodiscover(req, &env);
 	} else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-		reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
+		web_reply(req, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", 19, NULL);
 	} else if (strcmp(path, "/.well-known/autoconfig/mail/config-v1.1.xml") == 0 ||
 		   strcmp(path, "/mail/config-v1.1.xml") == 0) {
 		serve_autoconfig(req, &q, &env);

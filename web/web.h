@@ -171,7 +171,21 @@ void web_admin_who(const char *user, char *out, size_t outsz);
  */
 void web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const char *path,
 		      struct evkeyvalq *q, struct json_t *body, struct web_env *env, const char *user);
-/* service.c: answer j (taken) as JSON with the service's headers. */
+/* ------------------------------------------------- reply.c: the answers */
+struct evbuffer;
+struct evbuffer_cb_info;
+/* Every answer's headers, set when the request arrives (an answer made
+ * later, by a worker's job, keeps them); tls adds Strict-Transport-Security. */
+void web_security_headers(struct evhttp_request *req, bool tls);
+/* The output-buffer callback of each connection (arg: a bool, the
+ * listener's TLS): the headers added to the answers evhttp writes itself. */
+void web_reply_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+/* An answer with the service's headers; csp NULL for the page's, else a
+ * message's own. HEAD gets the length without the body. */
+void web_reply(struct evhttp_request *req, int status, const char *type, const char *body,
+	       size_t len, const char *csp);
+/* j (taken) as JSON; an error as {"error": msg}. */
 void web_reply_json(struct evhttp_request *req, int status, struct json_t *j);
+void web_reply_error(struct evhttp_request *req, int status, const char *msg);
 
 #endif
