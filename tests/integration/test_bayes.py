@@ -15,6 +15,7 @@ file; autolearn.
 
 import imaplib
 import os
+import socket
 import random
 import re
 import shutil
@@ -533,8 +534,13 @@ class SharedRedis(unittest.TestCase):
         # a daemon whose Redis does not answer: the stage fails, on_error
         # (accept) applies, the message is delivered without the header
         d = Daemon(start=False, users=("demo@example.test",), pipeline={"stages": ["bayes"]})
+        # a port bound here and never listened on: connecting is refused,
+        # and no other test's server can take it meanwhile (a free port
+        # that something else bound once made this test see a server)
+        hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hold.bind(("127.0.0.1", 0))
         try:
-            d.extra_conf = bayes_section(d, redis="127.0.0.1:%d" % mxtest.free_port(),
+            d.extra_conf = bayes_section(d, redis="127.0.0.1:%d" % hold.getsockname()[1],
                                          redis_timeout=200)
             d.write_config()
             d.start()
@@ -545,6 +551,7 @@ class SharedRedis(unittest.TestCase):
             self.assertIsNotNone(d.wait_log(r"bayes: \S+: redis 127\.0\.0\.1:\d+: "))
             self.assertIsNotNone(d.wait_log(r"stages=bayes:error"), d.log_tail(3))
         finally:
+            hold.close()
             d.cleanup()
 
 
