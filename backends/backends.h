@@ -439,4 +439,36 @@ const char *backends_route_of(const struct mx_config *cfg, const char *domain);
  * upstream connections of that loop. */
 void backends_loop_stop(void);
 
+/* ------------------------------------------------- quarantine release */
+/*
+ * Releasing and deleting a held message (backends/quarantine_release.c),
+ * shared by `mxguardctl quarantine` and the web admin. Both block: the
+ * release builds the daemon's router from cfg and runs one backend
+ * transaction on an event loop and a one-thread worker pool of its own
+ * (never the caller's loop), so the web calls it on its worker pool. who
+ * names the person for the log, the event and X-MXGuard-Released ("root",
+ * "web:USER"); it must be one printable word. Each logs its own line
+ * ("quarantine: ID released by WHO to ... as NEWID: REPLY", "quarantine:
+ * ID deleted by WHO") and records its event in the metadata.
+ */
+struct quarantine_released {
+	char newid[MX_ID_LEN]; /* the released copy's transaction id */
+	char *to;              /* the recipients, comma-separated (malloc'd) */
+	char *reply;           /* the destination's "250 2.0.0 ..." (malloc'd) */
+};
+void quarantine_released_clear(struct quarantine_released *r);
+/*
+ * Deliver id's message to to[0..n_to) (lower-cased copies are used), or
+ * to its original recipients when n_to is 0, without the filters.
+ * 0 done; -1 nothing was delivered (*error_r); -2 delivered, but the
+ * event could not be recorded (*error_r; *out filled). error_r malloc'd.
+ */
+int quarantine_release(const struct mx_config *cfg, const char *qdir, const char *id,
+		       const char *const *to, size_t n_to, const char *who,
+		       struct quarantine_released *out, char **error_r);
+/* Record "deleted by WHO", then remove the message file (the metadata
+ * stays until expire). 0, or -1 with *error_r (unknown id, deleted already,
+ * an I/O error). */
+int quarantine_delete(const char *qdir, const char *id, const char *who, char **error_r);
+
 #endif

@@ -4,13 +4,9 @@
  * Reads the quarantine store the daemon writes (backends/quarantine.c:
  * <quarantine_dir>/new/<ID>,S=<size> and meta/<ID>; doc/quarantine.md).
  *
- * release delivers without the filters and without the daemon: it builds
- * the daemon's own router from the config (backends_router_create: the
- * Maildir store for local users, the relay of a route section for its
- * domains) and runs one backend transaction on an event loop and a worker
- * pool of its own, exactly as a session would after the filters said
- * "deliver". Submitting the message to the running daemon over SMTP would
- * run the filters again and quarantine it again.
+ * release delivers without the filters and without the daemon, and delete
+ * removes the message: both are backends/quarantine_release.c's
+ * (quarantine_release, quarantine_delete), which the web admin shares.
  *
  * Every release and delete is logged (log_msg: syslog, ident mxguardctl)
  * and recorded in the message's metadata as an "event:" line naming who
@@ -273,41 +269,13 @@ static int q_show(const char *qdir, const char *id)
 
 static int q_delete(const char *qdir, const char *id)
 {
-	struct quarantine_meta m = { 0 };
-	char *error = NULL, *path = NULL;
-	int found;
+	char *error = NULL;
 
-	if (quarantine_meta_read(qdir, id, &m, &error) < 0) {
+	if (quarantine_delete(qdir, id, q_who(), &error) < 0) {
 		q_error("%s", error);
 		free(error);
 		return Q_EXIT_FAIL;
 	}
-	found = quarantine_message_path(qdir, id, &path);
-	if (m.deleted && found <= 0) {
-		q_error("%s was deleted already", id);
-		quarantine_meta_clear(&m);
-		return Q_EXIT_FAIL;
-	}
-	bool deleted = m.deleted;
-	quarantine_meta_clear(&m);
-	/* recorded first: a crash in between leaves a message marked deleted,
-	 * which list hides and a second delete or expire removes */
-	char *ev = xasprintf("deleted by %s", q_who());
-	if (!deleted && quarantine_add_event(qdir, id, ev, &error) < 0) {
-		q_error("%s", error);
-		free(error);
-		free(ev);
-		free(path);
-		return Q_EXIT_FAIL;
-	}
-	free(ev);
-	if (found > 0 && unlink(path) < 0 && errno != ENOENT) {
-		q_error("unlink %s: %s", path, strerror(errno));
-		free(path);
-		return Q_EXIT_FAIL;
-	}
-	free(path);
-	log_msg(LOG_LEVEL_INFO, "quarantine: %s deleted by %s", id, q_who());
 	printf("deleted %s\n", id);
 	return Q_EXIT_OK;
 }
@@ -373,255 +341,27 @@ static int q_expire(const struct mx_config *cfg, const char *qdir)
 
 /* --------------------------------------------------------------- release */
 
-struct q_wait {
-	bool done;
-	struct backend_reply reply;
-	char detail[256];
-	struct backend_rcpt rcpt;
-};
-
-static bool q_rcpt_cb(void *ctx, const struct backend_reply *reply, struct backend_rcpt *rcpt)
-{
-	struct q_wait *w = ctx;
-
-	w->reply = *reply;
-	if (reply->code / 100 == 2) {
-		w->rcpt = *rcpt;
-		memset(rcpt, 0, sizeof(*rcpt));
-	}
-	w->done = true;
-	return true;
-}
-
-static void q_data_cb(void *ctx, const struct backend_reply *reply, const char *detail)
-{
-	struct q_wait *w = ctx;
-
-	w->reply = *reply;
-	snprintf(w->detail, sizeof(w->detail), "%s", detail != NULL ? detail : "");
-	w->done = true;
-}
-
-static void q_wait(struct event_base *base, struct q_wait *w)
-{
-	while (!w->done) {
-		int rc = event_base_loop(base, EVLOOP_ONCE);
-		if (rc < 0)
-			break;
-		if (rc == 1)
-			usleep(1000); /* nothing added yet: a worker's completion is on its way */
-	}
-}
-
-/* The stored file without the quarantine's own first lines (Return-Path,
- * X-MXGuard-Recipient): Received:, mxguard's headers and the message. */
-static struct msgbody *q_load_body(const char *path, bool *eightbit_r, char **error_r)
-{
-	FILE *f = fopen(path, "re");
-	struct msgbody *b;
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	bool top = true;
-
-	*eightbit_r = false;
-	if (f == NULL) {
-		*error_r = xasprintf("open %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	b = msgbody_new(NULL, (size_t)64 * 1024 * 1024);
-	while ((len = getline(&line, &cap, f)) > 0) {
-		if (top && (strncasecmp(line, "Return-Path:", 12) == 0 ||
-			    strncasecmp(line, "X-MXGuard-Recipient:", 20) == 0))
-			continue;
-		top = false;
-		for (ssize_t i = 0; i < len && !*eightbit_r; i++)
-			*eightbit_r = (unsigned char)line[i] >= 0x80;
-		if (msgbody_append(b, line, (size_t)len) < 0) {
-			*error_r = xasprintf("read %s: %s", path, strerror(errno));
-			goto fail;
-		}
-	}
-	if (ferror(f)) {
-		*error_r = xasprintf("read %s: %s", path, strerror(errno));
-		goto fail;
-	}
-	if (msgbody_seal(b) < 0) {
-		*error_r = xasprintf("%s: cannot seal the message", path);
-		goto fail;
-	}
-	free(line);
-	fclose(f);
-	return b;
-fail:
-	free(line);
-	fclose(f);
-	msgbody_unref(&b);
-	return NULL;
-}
-
 static int q_release(const struct mx_config *cfg, const char *qdir, const char *id,
 		     char **to, size_t n_to)
 {
-	const struct backends_settings *bs = backends_settings(cfg);
-	struct quarantine_meta m = { 0 };
-	char *error = NULL, *path = NULL;
-	char **rcpts;
-	size_t n_rcpts;
-	int ret = Q_EXIT_FAIL;
-	struct userdb *db = NULL;
-	struct backend *be = NULL;
-	struct event_base *base = NULL;
-	struct workers *workers = NULL;
-	struct backend_tx *btx = NULL;
-	struct backend_rcpt *brcpts = NULL;
-	size_t n_brcpts = 0;
-	struct msgbody *body = NULL;
-	char newid[MX_ID_LEN];
-	bool eightbit;
+	struct quarantine_released out;
+	char *error = NULL;
+	int rc = quarantine_release(cfg, qdir, id, (const char *const *)to, n_to, q_who(), &out,
+				    &error);
 
-	if (quarantine_meta_read(qdir, id, &m, &error) < 0)
-		goto fail;
-	if (m.deleted || quarantine_message_path(qdir, id, &path) <= 0) {
-		error = xasprintf("%s: the message is %s", id, m.deleted ? "deleted" : "missing");
-		goto fail;
-	}
-	rcpts = n_to > 0 ? to : m.rcpts;
-	n_rcpts = n_to > 0 ? n_to : m.n_rcpts;
-	if (n_rcpts == 0) {
-		error = xasprintf("%s: no recipients", id);
-		goto fail;
-	}
-	for (size_t i = 0; i < n_rcpts; i++) {
-		const char *at = strrchr(rcpts[i], '@');
-		str_lower(rcpts[i]);
-		if (at == NULL || at == rcpts[i] || at[1] == '\0' ||
-		    strpbrk(rcpts[i], " \t<>\r\n") != NULL) {
-			error = xasprintf("%s: not an address (local@domain)", rcpts[i]);
-			goto fail;
-		}
-		if (backends_route_of(cfg, at + 1) == NULL) {
-			error = xasprintf("%s: no destination: %s is neither a local domain nor a "
-					  "route's", rcpts[i], at + 1);
-			goto fail;
-		}
-	}
-	if ((body = q_load_body(path, &eightbit, &error)) == NULL)
-		goto fail;
-	if (userdb_open(bs->passwd_file, &db, &error) < 0)
-		goto fail;
-	if (backends_router_create(cfg, db, &be, &error) < 0)
-		goto fail;
-	base = event_base_new();
-	if (base == NULL) {
-		error = xstrdup("cannot create an event loop");
-		goto fail;
-	}
-	workers = workers_create(1, 0, 0);
-
-	id_new(newid);
-	struct backend_env env = { .base = base, .workers = workers };
-	struct backend_txinfo info = {
-		.id = newid,
-		.from = m.from,
-		.body_8bit = eightbit,
-		.size = msgbody_size(body),
-		.client_addr = m.client_addr[0] ? m.client_addr : "127.0.0.1",
-		.client_port = m.client_port,
-		.helo = m.helo[0] ? m.helo : "localhost",
-		.esmtp = true,
-		.tls = false,
-	};
-	btx = backend_tx_begin(be, &env, &info);
-	brcpts = xcalloc(n_rcpts, sizeof(*brcpts));
-	for (size_t i = 0; i < n_rcpts; i++) {
-		struct q_wait w = { 0 };
-		const char *at = strrchr(rcpts[i], '@');
-		char *local = xstrndup(rcpts[i], (size_t)(at - rcpts[i]));
-
-		if (backend_tx_rcpt(btx, local, at + 1, &w.rcpt, &w.reply, q_rcpt_cb, &w) ==
-		    BACKEND_PENDING)
-			q_wait(base, &w);
-		free(local);
-		if (w.reply.code / 100 != 2) {
-			backend_rcpt_clear(&w.rcpt);
-			error = xasprintf("<%s>: %u %s %s", rcpts[i], w.reply.code, w.reply.enhanced,
-					  w.reply.text);
-			goto fail;
-		}
-		brcpts[n_brcpts++] = w.rcpt;
-	}
-
-	char date[64];
-	time_t now = time(NULL);
-	struct tm tm;
-	localtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	char *prefix = xasprintf("X-MXGuard-Released: %s by %s as %s; %s\n", id, q_who(), newid,
-				 date);
-	struct backend_message msg = {
-		.id = newid,
-		.from = m.from,
-		.rcpts = brcpts,
-		.n_rcpts = n_brcpts,
-		.folder = BACKEND_FOLDER_INBOX,
-		.prefix = prefix,
-		.prefix_len = strlen(prefix),
-		.body = body,
-	};
-	struct q_wait w = { 0 };
-	backend_tx_data(btx, &msg, q_data_cb, &w);
-	free(prefix);
-	q_wait(base, &w);
-	char *joined = q_join_rcpts(rcpts, n_rcpts);
-	if (w.reply.code / 100 != 2) {
-		log_msg(LOG_LEVEL_ERR, "quarantine: %s release by %s to %s failed: %u %s %s%s%s", id,
-			q_who(), joined, w.reply.code, w.reply.enhanced, w.reply.text,
-			w.detail[0] ? ": " : "", w.detail);
-		error = xasprintf("release to %s failed: %u %s %s%s%s", joined, w.reply.code,
-				  w.reply.enhanced, w.reply.text, w.detail[0] ? ": " : "", w.detail);
-		free(joined);
-		goto fail;
-	}
-	char *ev = xasprintf("released by %s to %s as %s: %u %s %s", q_who(), joined, newid,
-			     w.reply.code, w.reply.enhanced, w.reply.text);
-	log_msg(LOG_LEVEL_INFO, "quarantine: %s released by %s to %s as %s: %u %s %s", id, q_who(),
-		joined, newid, w.reply.code, w.reply.enhanced, w.reply.text);
-	printf("released %s to %s as %s\n", id, joined, newid);
-	free(joined);
-	ret = Q_EXIT_OK;
-	if (quarantine_add_event(qdir, id, ev, &error) < 0) {
-		q_error("%s: released, but the metadata was not updated: %s", id, error);
-		free(error);
-		error = NULL;
-		ret = Q_EXIT_FAIL;
-	}
-	free(ev);
-fail:
-	if (error != NULL) {
+	if (rc == -1) {
 		q_error("%s", error);
 		free(error);
+		return Q_EXIT_FAIL;
 	}
-	backend_tx_end(&btx);
-	for (size_t i = 0; i < n_brcpts; i++)
-		backend_rcpt_clear(&brcpts[i]);
-	free(brcpts);
-	if (base != NULL) {
-		/* the relay's cached upstream connections of this loop */
-		backends_loop_stop();
-		event_base_loop(base, EVLOOP_NONBLOCK);
+	printf("released %s to %s as %s\n", id, out.to, out.newid);
+	quarantine_released_clear(&out);
+	if (rc == -2) {
+		q_error("%s: released, but the metadata was not updated: %s", id, error);
+		free(error);
+		return Q_EXIT_FAIL;
 	}
-	if (workers != NULL)
-		workers_destroy(&workers);
-	if (be != NULL)
-		backend_destroy(&be);
-	if (base != NULL)
-		event_base_free(base);
-	userdb_close(&db);
-	msgbody_unref(&body);
-	free(path);
-	quarantine_meta_clear(&m);
-	return ret;
+	return Q_EXIT_OK;
 }
 
 /* ------------------------------------------------------------------ main */

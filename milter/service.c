@@ -50,6 +50,7 @@
 #include <libmilter/mfapi.h>
 
 #include "milter/milter.h"
+#include "lib/txstats.h"
 
 /* libmilter's listener (listener.c), what smfi_main() runs after it has
  * started its signal thread. */
@@ -642,6 +643,12 @@ ms_tx_log(struct msession *ms, const struct pipeline_outcome *o, enum action act
 		(unsigned long long)ms->size, verdict_name(o->verdict), action_name(action),
 		o->score, stages && stages[0] ? stages : "-", hits && hits[0] ? hits : "-", result,
 		ms->auth[0] ? " auth=" : "", ms->auth);
+	/* the web admin's recent transactions: the same values as the line */
+	txstats_record(&(struct txstats_in){
+		.id = ms->txid, .client = ms->client_addr, .from = ms->from != NULL ? ms->from : "",
+		.rcpts = (const char *const *)ms->rcpts, .n_rcpts = ms->n_rcpts,
+		.verdict = verdict_name(o->verdict), .action = action_name(action), .score = o->score,
+		.hits = hits && hits[0] ? hits : "-", .result = result });
 	free(stages);
 	free(hits);
 }

@@ -35,6 +35,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/metrics.h"
+#include "lib/txstats.h"
 #include "proxy/proxy.h"
 
 /* Output queued beyond this stops command processing until it drains, so a
@@ -1261,6 +1262,12 @@ tx_log(struct tx *tx, const char *session_id, const char *client, const char *he
 		rdns_status != RDNS_UNKNOWN ? " rdns_status=" : "",
 		rdns_status != RDNS_UNKNOWN ? rdns_status_name(rdns_status) : "",
 		tx->quarantine[0] != '\0' ? " quarantine=" : "", tx->quarantine);
+	/* the web admin's recent transactions: the same values as the line */
+	txstats_record(&(struct txstats_in){
+		.id = tx->id, .client = client, .from = tx->from,
+		.rcpts = (const char *const *)tx->rcpts, .n_rcpts = tx->n_rcpts,
+		.verdict = verdict_name(tx->outcome.verdict), .action = action_name(tx->outcome.action),
+		.score = tx->outcome.score, .hits = hits && hits[0] ? hits : "-", .result = result });
 	free(stages);
 	free(hits);
 	free(to);

@@ -157,6 +157,12 @@ reply_json(struct evhttp_request *req, int status, json_t *j)
 	free(s);
 }
 
+void
+web_reply_json(struct evhttp_request *req, int status, json_t *j)
+{
+	reply_json(req, status, j);
+}
+
 static void
 reply_error(struct evhttp_request *req, int status, const char *msg)
 {
@@ -461,7 +467,9 @@ login_done(void *arg)
 	}
 	log_msg(LOG_LEVEL_INFO, "web login client=%s user=%s", job->addr, who);
 	set_cookie(job->req, s->id, false);
-	reply_json(job->req, 200, json_pack("{s:s,s:s}", "user", s->user, "csrf", s->csrf));
+	reply_json(job->req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+					    web_admin_is(job->env.cfg, s->user), "user_release",
+					    ws->user_release));
 	job_free(job);
 }
 
@@ -588,7 +596,13 @@ do_api(struct web_server *srv, struct evhttp_request *req, const char *path, str
 			return;
 	}
 	if (strcmp(path, "/api/session") == 0) {
-		reply_json(req, 200, json_pack("{s:s,s:s}", "user", s->user, "csrf", s->csrf));
+		reply_json(req, 200, json_pack("{s:s,s:s,s:b,s:b}", "user", s->user, "csrf", s->csrf, "admin",
+					       web_admin_is(env->cfg, s->user), "user_release",
+					       ws->user_release));
+		goto out;
+	}
+	if (web_admin_path(path)) { /* admin.c: /api/admin/..., /api/held... */
+		web_admin_handle(srv->loop, req, path, q, body, env, s->user);
 		goto out;
 	}
 	if (strcmp(path, "/api/logout") == 0 && body != NULL) {

@@ -32,6 +32,11 @@ static const struct setting_def web_rows[] = {
 	  "most messages one page of a web message list holds", NULL, NULL },
 	{ "web", "static_dir", SETTING_STR, MX_WEB_STATIC_DIR, 0, 0, OFF(static_dir), 0,
 	  "directory of the web page's files (index.html, app.js, style.css)", NULL, NULL },
+	{ "web", "admins", SETTING_STRLIST, "{}", 0, 0, OFF(admins), 0,
+	  "passwd-file users (user@domain, any case) who see the admin pages: overview, transactions, the whole quarantine",
+	  NULL, NULL },
+	{ "web", "user_release", SETTING_BOOL, "false", 0, 0, OFF(user_release), 0,
+	  "users may release or delete their own held messages (\"Held for you\")", NULL, NULL },
 };
 
 static const struct settings_module web_module = {

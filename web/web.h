@@ -32,6 +32,9 @@ struct web_settings {
 	long timeout;          /* seconds for a request to arrive */
 	long page_size_max;    /* messages per page of a list */
 	char *static_dir;      /* the page's files */
+	char **admins;         /* passwd-file users with the admin pages (web/admin.c) */
+	size_t n_admins;
+	bool user_release;     /* users may release/delete their own held messages */
 };
 void web_register_config(void);
 const struct web_settings *web_settings(const struct mx_config *cfg);
@@ -116,5 +119,28 @@ struct web_call {
 void web_api_run(const struct web_call *call, struct web_result *res);
 /* Autoconfig XML (g_malloc'd: g_free) for the listeners of cfg (pure). */
 char *web_autoconfig(const struct mx_config *cfg, const char *hostname, const char *domain, size_t *len_r);
+
+/* ------------------------------------- admin.c: admins, "Held for you" */
+struct evhttp_request;
+struct evkeyvalq;
+struct json_t;
+#define WEB_ADMIN_WHO_MAX 400
+/* user is one of `web { admins }` (any case). */
+bool web_admin_is(const struct mx_config *cfg, const char *user);
+/* path is one of admin.c's: /api/admin/..., /api/held, /api/held/... */
+bool web_admin_path(const char *path);
+/* "web:USER" (log-safe, one word) for the log and the quarantine's events */
+void web_admin_who(const char *user, char *out, size_t outsz);
+/*
+ * Answer an admin.c call, on loop 0 (service.c's do_api, after the
+ * session, the CSRF token and the body are checked). body: the POST's
+ * JSON object, NULL for a GET (not taken). Work on the quarantine goes to
+ * the loop's worker pool; the job then holds env (env->release is set to
+ * NULL), else the caller still releases it.
+ */
+void web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const char *path,
+		      struct evkeyvalq *q, struct json_t *body, struct web_env *env, const char *user);
+/* service.c: answer j (taken) as JSON with the service's headers. */
+void web_reply_json(struct evhttp_request *req, int status, struct json_t *j);
 
 #endif
