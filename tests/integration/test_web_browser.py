@@ -16,6 +16,7 @@ import imaplib
 import os
 import re
 import shutil
+import signal
 import smtplib
 import sys
 import unittest
@@ -206,7 +207,7 @@ OTHER = "other@example.test"      # a plain user: its held mail is for the admin
 CAROL = "carol@example.test"      # a plain user who releases/deletes her own
 STOCK = os.path.join(mxtest.MX_SRCDIR, "rules", "mxguard.cf")
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-TX_RE = re.compile(r"^(\S+) smtp tx .* action=(\S+) .*$", re.M)
+TX_RE = re.compile(r"\b([0-9A-Z]{16}) smtp tx .* action=(\S+) ")
 
 
 def smtp_send(d, subject, rcpts, body="hello\r\n", sender="sender@example.org"):
@@ -295,8 +296,8 @@ class AdminBrowser(Page):
 
     def confirm(self):
         """the page's own confirmation line: shown, then Confirm"""
+        self.wait(lambda: self.shown("q-confirm") or self.shown("held-confirm"))
         box = [b for b in ("q-confirm", "held-confirm") if self.shown(b)]
-        self.assertEqual(len(box), 1, "no confirmation shown")
         self.drv.find_element(By.ID, box[0] + "-yes").click()
         self.wait(lambda: not self.shown(box[0]))
 
@@ -331,13 +332,22 @@ class AdminBrowser(Page):
         for v in ("accept", "junk", "quarantine", "reject", "tempfail", "discard"):
             n = str(self.sent.get(v, 0))
             self.assertEqual(self.cell_texts("adm-verdicts", "verdict", v), [v, n, n])
+        overview = self.api_json("/api/admin/overview")
         self.assertEqual(self.cell_texts("adm-counters", "counter", "quarantined")[1], "5")
-        self.assertEqual(self.cell_texts("adm-rules", "rule", "rules:GTUBE"), ["rules:GTUBE", "5"])
+        self.assertEqual({c: self.cell_texts("adm-counters", "counter", c)[1] for c in overview["counters"]},
+                         {c: str(n) for c, n in overview["counters"].items()})
+        # top rules as the API has them, GTUBE among them with one hit per held message
+        rules = {tr.get_attribute("data-rule"): tr.find_elements(By.TAG_NAME, "td")[1].text
+                 for tr in self.rows("adm-rules")}
+        self.assertEqual(rules, {r["rule"]: str(r["hits"]) for r in overview["top_rules"]})
+        self.assertEqual([h for r, h in rules.items() if r.endswith("GTUBE")], ["5"], rules)
+        self.assertEqual({tr.get_attribute("data-stage") for tr in self.rows("adm-health")},
+                         {h["name"] for h in overview["health"]} or {None})
         self.shot("admin-1-overview")
         # the chart: one rect per (bucket, verdict) with mail, exactly the
         # API's series; together they count what was sent
         svg = self.drv.find_element(By.CSS_SELECTOR, "#adm-chart svg")
-        series = self.api_json("/api/admin/overview")["series"]
+        series = overview["series"]
         self.assertEqual(svg.get_attribute("data-buckets"), "288")
         want = {}
         for v, counts in series["verdicts"].items():
@@ -378,28 +388,43 @@ class AdminBrowser(Page):
         Select(self.drv.find_element(By.ID, "tx-verdict")).select_by_value("accept")
         self.drv.find_element(By.CSS_SELECTOR, "#tx-form button").click()
         self.wait(lambda: len(self.rows("tx")) == self.sent.get("accept", 0)
-                  and all(tr.get_attribute("data-verdict") == "accept" for tr in self.rows("tx")))
+                  and all(tr.get_attribute("data-class") == "accept" for tr in self.rows("tx")))
         self.shot("admin-3-transactions")
 
     def test_admin_quarantine_release_and_delete(self):
         d = self.d
         self.open_admin()
-        # search by recipient: OTHER's three, not carol's
-        self.drv.find_element(By.ID, "q-rcpt").send_keys(OTHER)
-        self.drv.find_element(By.CSS_SELECTOR, "#q-form button").click()
-        self.wait(lambda: sorted(tr.get_attribute("data-id") for tr in self.rows("q"))
-                  == sorted([self.q_release, self.q_release_to, self.q_delete]))
-        # by reason and sender too
-        self.drv.find_element(By.ID, "q-reason").send_keys("score>=500")
-        self.drv.find_element(By.ID, "q-sender").send_keys("SENDER@example.org")
-        self.drv.find_element(By.CSS_SELECTOR, "#q-form button").click()
-        self.wait(lambda: len(self.rows("q")) == 3)
-        self.drv.find_element(By.ID, "q-sender").send_keys("x")
-        self.drv.find_element(By.CSS_SELECTOR, "#q-form button").click()
-        self.wait(lambda: len(self.rows("q")) == 0)
-        self.drv.find_element(By.ID, "q-sender").clear()
-        self.drv.find_element(By.CSS_SELECTOR, "#q-form button").click()
-        self.wait(lambda: len(self.rows("q")) == 3)
+        mine = sorted([self.q_release, self.q_release_to, self.q_delete])
+        ids = lambda: sorted(tr.get_attribute("data-id") for tr in self.rows("q"))  # noqa: E731
+
+        def search(**fields):
+            for k, v in fields.items():
+                box = self.drv.find_element(By.ID, "q-" + k)
+                if k == "since":  # a datetime-local box, set in the page's own local time
+                    self.drv.execute_script(
+                        "const d = new Date(Date.now() + arguments[1] * 1000);"
+                        "d.setMinutes(d.getMinutes() - d.getTimezoneOffset());"
+                        "arguments[0].value = arguments[1] === null ? '' : d.toISOString().slice(0, 16);",
+                        box, v)
+                else:
+                    box.clear()
+                    box.send_keys(v)
+            self.drv.find_element(By.CSS_SELECTOR, "#q-form button").click()
+
+        # every search below changes what is listed, so each wait sees the new answer
+        self.wait(lambda: set(mine) < set(ids()))      # all held: carol's too
+        search(rcpt=OTHER)
+        self.wait(lambda: ids() == mine)
+        search(sender="nobody@example.org")
+        self.wait(lambda: ids() == [])
+        search(sender="SENDER@example.org", reason="score>=500")  # any case
+        self.wait(lambda: ids() == mine)
+        search(reason="no such reason")
+        self.wait(lambda: ids() == [])
+        search(reason="", since=3600)                 # an hour from now: none yet
+        self.wait(lambda: ids() == [])
+        search(since=-3600)
+        self.wait(lambda: ids() == mine)
 
         # 1. release to the original recipient
         self.quarantine_row(self.q_release)
@@ -424,9 +449,18 @@ class AdminBrowser(Page):
         self.assertIn("released by web:" + ADMIN, self.text("qd-events"))
         self.shot("admin-5-released")
 
-        # 2. release to an address typed in: carol gets it, other does not
+        # 2. a release that fails (no such user) is shown as failed, and
+        # changes nothing; then to an address typed in: carol gets it, other does not
         self.quarantine_row(self.q_release_to)
+        self.drv.find_element(By.ID, "q-to").send_keys("nobody@example.test")
+        self.drv.find_element(By.ID, "q-release-to").click()
+        self.confirm()
+        self.wait(lambda: self.text("q-result").startswith("Release of %s failed: " % self.q_release_to))
+        self.assertIn("error", self.drv.find_element(By.ID, "q-result").get_attribute("class"))
+        self.assertEqual(self.text("qd-status"), "held")
+        self.shot("admin-5b-release-failed")
         off = d.log_size()
+        self.drv.find_element(By.ID, "q-to").clear()
         self.drv.find_element(By.ID, "q-to").send_keys(CAROL)
         self.drv.find_element(By.ID, "q-release-to").click()
         self.assertIn(CAROL, self.text("q-confirm-text"))
@@ -510,6 +544,32 @@ class AdminBrowser(Page):
         self.assertEqual(self.text("held-count"), "")
         self.assertEqual(received(d, "carol", "carol-delete"), [])
         self.shot("held-3-deleted")
+
+    def test_user_without_release_rights(self):
+        """user_release = false (a reload): the list shows no buttons and the
+        calls are refused"""
+        d = self.d
+        qid = hold(d, "carol-no-rights", [CAROL])
+        conf = d.render_config()
+        try:
+            off = d.log_size()
+            d.write_config(conf.replace("user_release = true", "user_release = false"))
+            d.signal(signal.SIGHUP)
+            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off), d.log_tail())
+            self.login(CAROL)
+            self.drv.find_element(By.ID, "tab-held").click()
+            self.wait(lambda: self.cell_texts("held", "id", qid) is not None)
+            self.assertEqual(self.drv.find_elements(By.CSS_SELECTOR, "#held button"), [])
+            self.assertIn("postmaster", self.text("held-policy"))
+            self.shot("held-4-no-release")
+            self.assertEqual(self.api_status("/api/held/release", {"id": qid}), 403)
+            self.assertEqual(self.api_status("/api/held/delete", {"id": qid}), 403)
+            self.assertEqual(received(d, "carol", "carol-no-rights"), [])
+        finally:
+            off = d.log_size()
+            d.write_config(conf)
+            d.signal(signal.SIGHUP)
+            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off), d.log_tail())
 
 
 if __name__ == "__main__":

@@ -325,8 +325,11 @@
     const j = await api("/api/admin/transactions?" + q(args));
     const tb = $("tx").tBodies[0]; tb.textContent = "";
     for (const t of j.transactions || []) {
-      const tr = row(tb, [when(t.time), t.id, t.client, t.from, list(t.to), t.verdict, score(t.score), t.hits, t.result], { id: t.id, verdict: t.verdict });
-      tr.classList.add("v-row-" + t.verdict);
+      // the class the overview counts it in: the action, deliver and tag as accept
+      const cls = t.action === "deliver" || t.action === "tag" ? "accept" : t.action;
+      const tr = row(tb, [when(t.time), t.id, t.client, t.from, list(t.to), t.verdict, t.action, score(t.score), t.hits, t.result],
+                     { id: t.id, verdict: t.verdict, class: cls });
+      tr.classList.add("v-row-" + cls);
     }
     $("tx-count").textContent = (j.transactions || []).length + " shown";
   }
