@@ -1,12 +1,29 @@
 """test_web_browser — the web page in a real headless Chromium (Debian's
 chromium + chromium-driver, driven by python3-selenium).
 
-It logs in through the page's form, opens Junk, opens a message and
-presses "Not spam", then checks over IMAP (imaplib) that the message is in
-INBOX and seen. A message whose HTML part carries a <script> and an
+Browser: it logs in through the page's form, opens Junk, opens a message
+and presses "Not spam", then checks over IMAP (imaplib) that the message
+is in INBOX and seen. A message whose HTML part carries a <script> and an
 onerror= handler is opened: neither runs (each would set a marker the test
-reads, in the page and in the frame), and the text part is shown. A
-screenshot of each step is saved in $MX_SCREENSHOTS (default
+reads, in the page and in the frame), and the text part is shown.
+
+AdminBrowser (a daemon with the stock rules quarantining GTUBE, an admin in
+web { admins }, user_release on; all mail sent over SMTP first): the
+admin's overview shows the verdict counts the log lines give, the counters
+and top rules the API gives; the SVG chart has one bar per (5-minute
+bucket, verdict) with mail — exactly the API's series — summing to what was
+sent, with a legend and axis labels; the transactions filter by text and
+class; the quarantine searches by recipient, sender, reason and time; a
+release to the recipients and one to a typed address arrive in the Maildir
+(only after the confirmation) with the "released by web:ADMIN" log line, a
+failed release is shown as failed, a delete (after a Cancel that changes
+nothing) is logged. A non-admin sees no Admin view and gets 403 from every
+/api/admin call; a user sees only her own held mail and releases (into her
+INBOX) and deletes it; with user_release off (a reload) no buttons and
+403. Every test ends with no script error and nothing refused by the
+page's CSP in the browser's console.
+
+A screenshot of each step is saved in $MX_SCREENSHOTS (default
 ./web-screenshots, printed).
 
 Waits are WebDriverWait with deadlines, never sleeps.
@@ -76,6 +93,7 @@ class Page(unittest.TestCase):
         for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--window-size=1200,900", "--user-data-dir=" + os.path.join(cls.d.dir, "chrome")):
             opts.add_argument(a)
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for page_errors()
         cls.drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         cls.drv.set_page_load_timeout(WAIT)
         cls.base = "http://127.0.0.1:%d/" % cls.d.ports["web"]
@@ -121,6 +139,13 @@ class Page(unittest.TestCase):
         self.drv.find_element(By.ID, "password").send_keys(PASSWORD)
         self.drv.find_element(By.CSS_SELECTOR, "#login-form button").click()
         self.wait(lambda: self.drv.find_element(By.ID, "app").is_displayed())
+
+    def page_errors(self):
+        """the page's script errors and CSP refusals since the last call
+        (a 4xx of a fetch is a network message, not one of these)"""
+        return [e["message"] for e in self.drv.get_log("browser")
+                if e.get("source") == "javascript" or "Content Security Policy" in e["message"]
+                or "Uncaught" in e["message"]]
 
     def text(self, id_):
         return self.drv.find_element(By.ID, id_).text
@@ -223,7 +248,7 @@ def smtp_send(d, subject, rcpts, body="hello\r\n", sender="sender@example.org"):
             assert code == 250, text
         code, text = s.data(msg.encode())
         assert code == 250, text
-    line = d.wait_log(r"(?m)^.*smtp tx .*msgid=<%s@example\.org>.*$" % re.escape(subject), off)
+    line = d.wait_log(r"(?m)^.*smtp tx .*msgid=<%s@example\.org>.*$" % re.escape(subject), off, timeout=WAIT)
     assert line is not None, d.log_tail()
     return line.group(0)
 
@@ -276,6 +301,13 @@ class AdminBrowser(Page):
         for _, action in TX_RE.findall(d.log()):
             v = {"deliver": "accept", "tag": "accept"}.get(action, action)
             cls.sent[v] = cls.sent.get(v, 0) + 1
+
+    def setUp(self):
+        self.page_errors()  # what an earlier test left
+
+    def tearDown(self):
+        # no script error and nothing the page's CSP refused (an inline style or script)
+        self.assertEqual(self.page_errors(), [])
 
     def api_status(self, path, body=None):
         """status of a fetch from the page itself (its cookie, its token)"""
@@ -440,7 +472,7 @@ class AdminBrowser(Page):
         self.confirm()
         self.wait(lambda: self.text("q-result").startswith("Released " + self.q_release))
         m = d.wait_log(r"quarantine: %s released by web:%s to <?%s>? as ([0-9A-Z]{16})"
-                       % (self.q_release, re.escape(ADMIN), re.escape(OTHER)), off)
+                       % (self.q_release, re.escape(ADMIN), re.escape(OTHER)), off, timeout=WAIT)
         self.assertIsNotNone(m, d.log_tail())
         self.assertIn(" as %s." % m.group(1), self.text("q-result"))
         self.wait(lambda: len(received(d, "other", "held-release")) == 1)
@@ -467,7 +499,7 @@ class AdminBrowser(Page):
         self.confirm()
         self.wait(lambda: self.text("q-result").startswith("Released " + self.q_release_to))
         self.assertIsNotNone(d.wait_log(r"quarantine: %s released by web:%s to <?%s>? as "
-                                        % (self.q_release_to, re.escape(ADMIN), re.escape(CAROL)), off),
+                                        % (self.q_release_to, re.escape(ADMIN), re.escape(CAROL)), off, timeout=WAIT),
                              d.log_tail())
         self.wait(lambda: len(received(d, "carol", "held-release-to")) == 1)
         self.assertEqual(received(d, "other", "held-release-to"), [])
@@ -483,7 +515,7 @@ class AdminBrowser(Page):
         self.drv.find_element(By.ID, "q-delete").click()
         self.confirm()
         self.wait(lambda: self.text("q-result") == "Deleted %s." % self.q_delete)
-        self.assertIsNotNone(d.wait_log(r"quarantine: %s deleted by web:%s" % (self.q_delete, re.escape(ADMIN)), off),
+        self.assertIsNotNone(d.wait_log(r"quarantine: %s deleted by web:%s" % (self.q_delete, re.escape(ADMIN)), off, timeout=WAIT),
                              d.log_tail())
         # only held ones listed by default; with "also released/deleted" all three, with their status
         self.wait(lambda: self.q_delete not in [tr.get_attribute("data-id") for tr in self.rows("q")])
@@ -530,7 +562,7 @@ class AdminBrowser(Page):
         self.confirm()
         self.wait(lambda: self.text("held-result").startswith("Released " + self.c_release))
         self.assertIsNotNone(d.wait_log(r"quarantine: %s released by web:%s to <?%s>? as "
-                                        % (self.c_release, re.escape(CAROL), re.escape(CAROL)), off),
+                                        % (self.c_release, re.escape(CAROL), re.escape(CAROL)), off, timeout=WAIT),
                              d.log_tail())
         self.wait(lambda: len(received(d, "carol", "carol-release")) == 1)
         self.wait(lambda: [tr.get_attribute("data-id") for tr in self.rows("held")] == [self.c_delete])
@@ -555,7 +587,7 @@ class AdminBrowser(Page):
             off = d.log_size()
             d.write_config(conf.replace("user_release = true", "user_release = false"))
             d.signal(signal.SIGHUP)
-            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off), d.log_tail())
+            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off, timeout=WAIT), d.log_tail())
             self.login(CAROL)
             self.drv.find_element(By.ID, "tab-held").click()
             self.wait(lambda: self.cell_texts("held", "id", qid) is not None)
@@ -569,7 +601,7 @@ class AdminBrowser(Page):
             off = d.log_size()
             d.write_config(conf)
             d.signal(signal.SIGHUP)
-            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off), d.log_tail())
+            self.assertIsNotNone(d.wait_log(r"reloaded configuration from ", off, timeout=WAIT), d.log_tail())
 
 
 if __name__ == "__main__":
