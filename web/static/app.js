@@ -35,6 +35,7 @@
     for (const t of ["held", "adm-verdicts", "adm-counters", "adm-health", "adm-rules", "tx", "q"]) $(t).tBodies[0].textContent = "";
     for (const id of ["adm-chart", "held-count", "held-result", "q-result", "adm-error"]) $(id).textContent = "";
     $("q-detail").hidden = true; $("tab-admin").hidden = true; qcur = null;
+    for (const k of Object.keys(seq)) seq[k]++;  // answers still on their way are dropped
   }
   function showApp(j) {
     session = { user: j.user, admin: j.admin === true, user_release: j.user_release === true };
@@ -143,6 +144,10 @@
     tb.appendChild(tr);
     return tr;
   }
+  // answers can come back out of order (a search typed while a release
+  // reloads the list): only the newest request of each kind is shown
+  const seq = {};
+  function latest(kind) { const n = (seq[kind] || 0) + 1; seq[kind] = n; return () => seq[kind] === n; }
   function say(id, text, bad) { const p = $(id); p.textContent = text; p.className = bad ? "result error" : "result ok"; }
 
   // an in-page confirmation (no window.confirm): box shows text, Confirm runs fn
@@ -173,7 +178,9 @@
 
   // ---- Held for you ----
   async function loadHeld() {
+    const mine = latest("held");
     const j = await api("/api/held");
+    if (!mine()) return;
     const msgs = j.messages || [];
     $("held-count").textContent = msgs.length ? "(" + msgs.length + ")" : "";
     $("held-policy").textContent = j.can_release ? "You can release a message to your inbox or delete it."
@@ -216,7 +223,9 @@
   }
 
   async function loadOverview() {
+    const mine = latest("overview");
     const j = await api("/api/admin/overview");
+    if (!mine()) return;
     $("adm-uptime").textContent = "up " + fmtUptime(j.uptime || 0);
     const hv = (j.hour && j.hour.verdicts) || {}, dv = (j.day && j.day.verdicts) || {};
     let tb = $("adm-verdicts").tBodies[0]; tb.textContent = "";
@@ -322,7 +331,9 @@
     const args = { limit: 100 };
     if ($("tx-q").value) args.q = $("tx-q").value;
     if ($("tx-verdict").value) args.verdict = $("tx-verdict").value;
+    const mine = latest("tx");
     const j = await api("/api/admin/transactions?" + q(args));
+    if (!mine()) return;
     const tb = $("tx").tBodies[0]; tb.textContent = "";
     for (const t of j.transactions || []) {
       // the class the overview counts it in: the action, deliver and tag as accept
@@ -341,7 +352,9 @@
     if ($("q-reason").value) args.reason = $("q-reason").value;
     if ($("q-since").value) { const t = new Date($("q-since").value).getTime(); if (!isNaN(t)) args.since = Math.floor(t / 1000); }
     if ($("q-all").checked) args.all = 1;
+    const mine = latest("q");
     const j = await api("/api/admin/quarantine?" + q(args));
+    if (!mine()) return;
     const tb = $("q").tBodies[0]; tb.textContent = "";
     for (const m of j.messages || []) {
       const tr = row(tb, [when(m.time), m.from, list(m.rcpts), m.subject || "(no subject)", m.reason, score(m.score), m.status], { id: m.id, status: m.status });
@@ -352,7 +365,9 @@
   }
 
   async function openHeld(id) {
+    const mine = latest("qmsg");
     const m = await api("/api/admin/quarantine/message?" + q({ id: id }));
+    if (!mine()) return;
     qcur = m;
     $("q-detail").hidden = false; $("q-confirm").hidden = true;
     $("qd-id").textContent = m.id; $("qd-from").textContent = m.from; $("qd-rcpts").textContent = list(m.rcpts);
