@@ -527,6 +527,19 @@ class AdminBrowser(Page):
         self.shot("admin-6-after-delete")
 
     def test_non_admin_sees_no_admin_view(self):
+        # after an admin logs out in this browser, the next user gets the
+        # form (no page load in between) and nothing of the admin's views
+        self.open_admin()
+        self.wait(lambda: self.drv.find_elements(By.CSS_SELECTOR, "#adm-chart rect.bar") and self.rows("q") and self.rows("tx"))
+        self.drv.find_element(By.ID, "logout").click()
+        self.wait(lambda: self.shown("login") and not self.shown("app"))
+        self.drv.find_element(By.ID, "user").clear()
+        self.drv.find_element(By.ID, "user").send_keys(OTHER)
+        self.drv.find_element(By.ID, "password").send_keys(PASSWORD)
+        self.drv.find_element(By.CSS_SELECTOR, "#login-form button").click()
+        self.wait(lambda: self.shown("app") and self.text("whoami") == OTHER)
+        self.assertEqual(self.drv.find_elements(By.CSS_SELECTOR, "#adm-chart *, #q tbody tr, #tx tbody tr, #adm-rules tbody tr"), [])
+        # and a fresh page load the same
         self.login(OTHER)
         self.wait(lambda: self.text("whoami") == OTHER)
         self.assertFalse(self.shown("tab-admin"))

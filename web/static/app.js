@@ -32,9 +32,13 @@
   function showLogin() {
     $("app").hidden = true; $("login").hidden = false;
     session = { user: "", admin: false, user_release: false };
-    for (const t of ["held", "adm-verdicts", "adm-counters", "adm-health", "adm-rules", "tx", "q"]) $(t).tBodies[0].textContent = "";
-    for (const id of ["adm-chart", "held-count", "held-result", "q-result", "adm-error"]) $(id).textContent = "";
-    $("q-detail").hidden = true; $("tab-admin").hidden = true; qcur = null;
+    for (const t of ["messages", "held", "adm-verdicts", "adm-counters", "adm-health", "adm-rules", "tx", "q"]) $(t).tBodies[0].textContent = "";
+    for (const id of ["folders", "act-move-to", "pageinfo", "adm-chart", "held-count", "held-result", "q-result", "adm-error"]) $(id).textContent = "";
+    for (const id of ["search", "tx-q", "q-sender", "q-rcpt", "q-reason", "q-since", "q-to"]) $(id).value = "";
+    for (const id of ["reader", "q-detail", "q-confirm", "held-confirm", "tab-admin"]) $(id).hidden = true;
+    for (const id of ["r-from", "r-to", "r-subject", "r-date", "r-text", "r-attachments"]) $(id).textContent = "";
+    $("r-html").removeAttribute("src");
+    folder = "INBOX"; page = 0; search = ""; current = null; qcur = null;
     for (const k of Object.keys(seq)) seq[k]++;  // answers still on their way are dropped
   }
   function showApp(j) {
