@@ -16,9 +16,12 @@
  * them only with `user_release`. A held message of another user is a 404,
  * exactly as an unknown id: its existence is never revealed. Ids are
  * checked with quarantine_id_valid() (16 of [0-9A-Z]) before any path is
- * built from them. The metadata's read-modify-write (an event) is
- * serialised by one mutex in this process (mxguardctl, another process,
- * may still race with it, as two mxguardctl runs may).
+ * built from them. Two changes of one message at once are refused (its id
+ * is marked busy while a release or delete runs: 409), so its metadata's
+ * read-modify-write (an event) has one writer in this process
+ * (mxguardctl, another process, may still race with it, as two mxguardctl
+ * runs may). A release holds a worker of the scan lane while it delivers
+ * (the relay's timeouts bound it).
  */
 #include "config.h"
 
@@ -78,7 +81,45 @@ struct admin_job {
 	json_t *answer;
 };
 
-static pthread_mutex_t admin_store_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The ids being released or deleted now: a second change of the same
+ * message meanwhile is refused (409) rather than waited for, so no
+ * worker ever blocks behind another's delivery. */
+#define ADMIN_BUSY_MAX 32
+static pthread_mutex_t busy_lock = PTHREAD_MUTEX_INITIALIZER;
+static char busy_ids[ADMIN_BUSY_MAX][MX_ID_LEN];
+
+/* 1 claimed, 0 the id is busy, -1 too many at once */
+static int
+busy_claim(const char *id)
+{
+	int rc = -1;
+
+	pthread_mutex_lock(&busy_lock);
+	for (size_t i = 0; i < ADMIN_BUSY_MAX; i++)
+		if (strcmp(busy_ids[i], id) == 0) {
+			rc = 0;
+			goto out;
+		}
+	for (size_t i = 0; i < ADMIN_BUSY_MAX; i++)
+		if (busy_ids[i][0] == '\0') {
+			memcpy(busy_ids[i], id, MX_ID_LEN);
+			rc = 1;
+			break;
+		}
+out:
+	pthread_mutex_unlock(&busy_lock);
+	return rc;
+}
+
+static void
+busy_release(const char *id)
+{
+	pthread_mutex_lock(&busy_lock);
+	for (size_t i = 0; i < ADMIN_BUSY_MAX; i++)
+		if (strcmp(busy_ids[i], id) == 0)
+			busy_ids[i][0] = '\0';
+	pthread_mutex_unlock(&busy_lock);
+}
 
 /* ------------------------------------------------------------- helpers */
 
@@ -465,7 +506,7 @@ release_answer(struct admin_job *job, int rc, struct quarantine_released *r, cha
 
 /* a message that can be released: answered and false when not */
 static bool
-check_releasable(struct admin_job *job, bool *held_for_user_r)
+check_releasable(struct admin_job *job)
 {
 	struct quarantine_meta m = { 0 };
 	char *path = NULL;
@@ -473,9 +514,7 @@ check_releasable(struct admin_job *job, bool *held_for_user_r)
 	if (!load_meta(job, &m, &path))
 		return false;
 	bool ok = path != NULL && !m.deleted;
-	if (held_for_user_r != NULL)
-		*held_for_user_r = held_for(&m, path != NULL, job->user);
-	else if (!ok)
+	if (!ok)
 		job_error(job, 409, m.deleted ? "the message is deleted" : "the message file is missing");
 	free(path);
 	quarantine_meta_clear(&m);
@@ -488,7 +527,7 @@ run_release(struct admin_job *job)
 	struct quarantine_released r;
 	char *error = NULL;
 
-	if (!check_releasable(job, NULL))
+	if (!check_releasable(job))
 		return;
 	for (size_t i = 0; i < job->n_to; i++) {
 		const char *at = strrchr(job->to[i], '@');
@@ -605,9 +644,15 @@ admin_work(void *arg)
 	case AOP_QRELEASE:
 	case AOP_QDELETE:
 	case AOP_HELD_RELEASE:
-	case AOP_HELD_DELETE:
-		/* one writer of the metadata at a time in this process */
-		pthread_mutex_lock(&admin_store_lock);
+	case AOP_HELD_DELETE: {
+		/* one change of a message at a time in this process */
+		int claimed = busy_claim(job->id);
+		if (claimed <= 0) {
+			job_error(job, claimed == 0 ? 409 : 503,
+				  claimed == 0 ? "another release or delete of this message is running"
+					       : "too many releases at once, try again later");
+			break;
+		}
 		if (job->op == AOP_QRELEASE)
 			run_release(job);
 		else if (job->op == AOP_QDELETE)
@@ -616,8 +661,9 @@ admin_work(void *arg)
 			run_held_release(job);
 		else
 			run_held_delete(job);
-		pthread_mutex_unlock(&admin_store_lock);
+		busy_release(job->id);
 		break;
+	}
 	}
 	if (job->answer == NULL)
 		job_error(job, 500, "internal error");
@@ -711,7 +757,8 @@ overview(void)
 		}
 	}
 	free(text);
-	qsort(rules, n_rules, sizeof(*rules), by_hits_desc);
+	if (n_rules > 0)
+		qsort(rules, n_rules, sizeof(*rules), by_hits_desc);
 	json_t *top = json_array();
 	for (size_t i = 0; i < n_rules && i < ADMIN_TOP_RULES; i++)
 		json_array_append_new(top, json_pack("{s:o,s:I}", "rule", jstr(rules[i].rule), "hits",
@@ -935,7 +982,7 @@ web_admin_handle(struct daemon_loop *loop, struct evhttp_request *req, const cha
 	env->release = NULL; /* the job holds it now */
 	job->user = xstrdup(user);
 	str_lower(job->user);
-	web_admin_who(user, job->who, sizeof(job->who));
+	web_admin_who(job->user, job->who, sizeof(job->who));
 	job->qdir = xstrdup(backends_settings(env->cfg)->quarantine_dir);
 	if (workers_submit(daemon_loop_workers(loop), WORKER_LANE_SCAN, daemon_loop_base(loop), admin_work,
 			   admin_done, job) < 0) {

@@ -54,9 +54,11 @@ BAD_IDS = ("../../etc/passwd", "0TFG2K5QJ8E1A3F", "0tfg2k5qj8e1a3f2", "0TFG2K5QJ
            "..%2F..%2Fmeta", "", "0TFG2K5QJ8E1A3F2X")
 
 
-def admin_daemon(user_release=True, sink_port=None):
-    d = mxtest.Daemon(start=False, users=USERS, pipeline=PIPELINE,
-                      listen_extra={"web": {"protocol": "web"}})
+def admin_daemon(user_release=True, sink_port=None, milter=False):
+    listen = {"web": {"protocol": "web"}}
+    if milter:
+        listen["milter"] = {"protocol": "milter"}
+    d = mxtest.Daemon(start=False, users=USERS, pipeline=PIPELINE, listen_extra=listen)
     rules = os.path.join(d.dir, "webadmin.cf")
     with open(rules, "w") as f:
         f.write("body WEBADMIN_REJECT /%s/\naction WEBADMIN_REJECT reject "
@@ -619,6 +621,76 @@ class HeldNoUserRelease(AdminCase):
         st, j = self.browser(ADMIN).json("POST", "/api/admin/quarantine/release", {"id": qid})
         self.assertEqual(st, 200, j)
         self.assertEqual(len([m for m in self.inbox(DEMO) if b"no-release-marker" in m]), 1)
+
+
+class MilterTransactions(unittest.TestCase):
+    """The milter's transactions are recorded too, with their log line's values."""
+
+    @classmethod
+    def setUpClass(cls):
+        import test_milter
+        cls.pf = None
+        cls.d = admin_daemon(milter=True)
+        try:
+            cls.pf = test_milter.milter_postfix(cls.d.ports["milter"]).start()
+        except BaseException:
+            cls.d.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.pf:
+            cls.pf.stop()
+        cls.d.cleanup()
+
+    def test_milter_transactions_listed(self):
+        sender = "milter-probe-%d@example.org" % os.getpid()
+        off = self.d.log_size()
+        code, _ = send_to(self.pf.port, "milter clean", "hello", sender)
+        self.assertEqual(code, 250)
+        code, _ = send_to(self.pf.port, "milter rejected", "x " + REJECT_MARK, sender)
+        self.assertEqual(code, 550)
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            lines = [l for l in self.d.log_since(off).splitlines() if " milter tx " in l]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(lines), 2, self.d.log_tail())
+        b = Web(self.d.ports["web"])
+        self.assertEqual(b.login(user=ADMIN, password=PASSWORD)[0], 200)
+        st, j = b.json("GET", "/api/admin/transactions?q=" + sender)
+        self.assertEqual(st, 200, j)
+        txs = j["transactions"]
+        self.assertEqual(len(txs), 2, txs)
+        for t, line in zip(txs, reversed(lines)):
+            self.assertEqual(t["id"], re.search(r"(\S+) milter tx ", line).group(1))
+            self.assertEqual(t["client"], re.search(r" client=(\S+)", line).group(1))
+            self.assertEqual("<%s>" % t["from"], re.search(r" from=(\S+)", line).group(1))
+            self.assertEqual(t["action"], re.search(r" action=(\S+)", line).group(1))
+            self.assertEqual(t["result"], re.search(r" result=(\S+)", line).group(1))
+            self.assertEqual(t["to"], [DEMO])
+        self.assertEqual(txs[0]["action"], "reject")
+        st, j = b.json("GET", "/api/admin/overview")
+        self.assertGreaterEqual(j["hour"]["verdicts"]["reject"], 1)
+        self.assertGreaterEqual(j["hour"]["verdicts"]["accept"], 1)
+
+
+def send_to(port, subject, body, sender):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    try:
+        s.ehlo("client.example.org")
+        s.mail(sender)
+        code, text = s.rcpt(DEMO)
+        if code != 250:
+            return code, text
+        return s.data(message(subject, body, sender, (DEMO,)))
+    finally:
+        try:
+            s.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
 
 
 if __name__ == "__main__":
