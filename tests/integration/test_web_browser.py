@@ -230,6 +230,7 @@ class Browser(Page):
 ADMIN = "demo@example.test"       # in web { admins }
 OTHER = "other@example.test"      # a plain user: its held mail is for the admin test
 CAROL = "carol@example.test"      # a plain user who releases/deletes her own
+MANY = tuple("u%d@example.test" % i for i in range(11))  # one message to all: "to" holds 10
 STOCK = os.path.join(mxtest.MX_SRCDIR, "rules", "mxguard.cf")
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 TX_RE = re.compile(r"\b([0-9A-Z]{16}) smtp tx .* action=(\S+) ")
@@ -270,14 +271,15 @@ def received(d, user, subject):
 class AdminBrowser(Page):
     """An admin's overview, chart, transactions and quarantine; a plain
     user's "Held for you"; a non-admin kept out. All mail goes in over SMTP
-    in setUpClass (two clean, five GTUBE-quarantined by the stock rules),
+    in setUpClass (three clean — one to 11 recipients —, five
+    GTUBE-quarantined by the stock rules),
     so every test knows what was sent."""
 
     @classmethod
     def make_daemon(cls):
         web = mxtest.conf_value(os.path.join(mxtest.MX_SRCDIR, "web", "static"))
         return mxtest.Daemon(
-            users=(ADMIN, OTHER, CAROL),
+            users=(ADMIN, OTHER, CAROL) + MANY,
             pipeline={"stages": ["rules"], "quarantine_score": 500.0, "reject_score": 5000.0},
             listen_extra={"web": {"protocol": "web"}},
             extra_conf=('rules {\n\tfiles = {"%s"}\n}\n' % STOCK
@@ -290,6 +292,7 @@ class AdminBrowser(Page):
         d = cls.d
         smtp_send(d, "clean-one", [OTHER])
         smtp_send(d, "clean-two", [OTHER])
+        cls.many = re.search(r"\b([0-9A-Z]{16}) smtp tx ", smtp_send(d, "clean-many", list(MANY))).group(1)
         cls.q_release = hold(d, "held-release", [OTHER])
         cls.q_release_to = hold(d, "held-release-to", [OTHER])
         cls.q_delete = hold(d, "held-delete", [OTHER])
@@ -358,7 +361,7 @@ class AdminBrowser(Page):
     def test_admin_overview_and_chart(self):
         self.open_admin()
         total = sum(self.sent.values())
-        self.assertEqual(total, 7, self.sent)
+        self.assertEqual(total, 8, self.sent)
         # the verdict table: every verdict of the last hour and day, and the total
         self.wait(lambda: self.cell_texts("adm-verdicts", "verdict", "total") == ["total", str(total), str(total)])
         for v in ("accept", "junk", "quarantine", "reject", "tempfail", "discard"):
@@ -415,6 +418,13 @@ class AdminBrowser(Page):
         cells = self.cell_texts("tx", "id", self.q_release)
         self.assertEqual(cells[3], "sender@example.org")
         self.assertEqual(cells[4], OTHER)
+        # a transaction with more recipients than the API lists says how many
+        q.clear()
+        q.send_keys(self.many)
+        self.drv.find_element(By.CSS_SELECTOR, "#tx-form button").click()
+        self.wait(lambda: [tr.get_attribute("data-id") for tr in self.rows("tx")] == [self.many])
+        self.assertEqual(self.cell_texts("tx", "id", self.many)[4],
+                         ", ".join(MANY[:10]) + " \u2026 (11 in all)")
         q.clear()
         from selenium.webdriver.support.ui import Select
         Select(self.drv.find_element(By.ID, "tx-verdict")).select_by_value("accept")

@@ -195,7 +195,10 @@
       if (j.can_release) {
         const rel = el("button", "held-release", "Release"), del = el("button", "held-delete", "Delete");
         rel.addEventListener("click", () => confirmIn("held-confirm", "Release \u201c" + (m.subject || m.id) + "\u201d to your inbox?", async () => {
-          try { const r = await api("/api/held/release", { id: m.id }); say("held-result", "Released " + r.id + " to your inbox as " + r.released_as + "."); }
+          try {
+            const r = await api("/api/held/release", { id: m.id });
+            say("held-result", "Released " + r.id + " to your inbox as " + r.released_as + "." + (r.warning ? " Warning: " + r.warning : ""), !!r.warning);
+          }
           catch (e) { say("held-result", "Release failed: " + e.message, true); }
           loadHeld().catch(() => {});
         }));
@@ -342,7 +345,9 @@
     for (const t of j.transactions || []) {
       // the class the overview counts it in: the action, deliver and tag as accept
       const cls = t.action === "deliver" || t.action === "tag" ? "accept" : t.action;
-      const tr = row(tb, [when(t.time), t.id, t.client, t.from, list(t.to), t.verdict, t.action, score(t.score), t.hits, t.result],
+      // "to" holds the first 10 recipients; nrcpt says how many there were when more
+      const to = list(t.to) + (t.nrcpt > (t.to || []).length ? " \u2026 (" + t.nrcpt + " in all)" : "");
+      const tr = row(tb, [when(t.time), t.id, t.client, t.from, to, t.verdict, t.action, score(t.score), t.hits, t.result],
                      { id: t.id, verdict: t.verdict, class: cls });
       tr.classList.add("v-row-" + cls);
     }
@@ -394,7 +399,9 @@
     if (to) body.to = to;
     try {
       const r = await api("/api/admin/quarantine/release", body);
-      say("q-result", "Released " + r.id + " to " + list(r.to) + " as " + r.released_as + ".");
+      // delivered, but the event could not be written: said, in red
+      say("q-result", "Released " + r.id + " to " + list(r.to) + " as " + r.released_as + "." +
+          (r.warning ? " Warning: " + r.warning : ""), !!r.warning);
     } catch (e) { say("q-result", "Release of " + m.id + " failed: " + e.message, true); }
     await openHeld(m.id).catch(() => {});
     loadQuarantine().catch(() => {}); loadTx().catch(() => {}); loadOverview().catch(() => {});
