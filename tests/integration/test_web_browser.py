@@ -54,7 +54,7 @@ from mxtest import PASSWORD
 try:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
     from selenium.webdriver.chrome.service import Service
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     HAVE_SELENIUM = True
@@ -426,7 +426,6 @@ class AdminBrowser(Page):
         self.assertEqual(self.cell_texts("tx", "id", self.many)[4],
                          ", ".join(MANY[:10]) + " \u2026 (11 in all)")
         q.clear()
-        from selenium.webdriver.support.ui import Select
         Select(self.drv.find_element(By.ID, "tx-verdict")).select_by_value("accept")
         self.drv.find_element(By.CSS_SELECTOR, "#tx-form button").click()
         self.wait(lambda: len(self.rows("tx")) == self.sent.get("accept", 0)
@@ -628,4 +627,4 @@ class AdminBrowser(Page):
 
 
 if __name__ == "__main__":
-    mxtest.main(budget=300)
+    mxtest.main(budget=240)
