@@ -30,10 +30,11 @@ struct bayes_tok_opts {
 };
 
 struct bayes_tokens {
-	char **tok;       /* unique, NUL-terminated UTF-8 */
+	char **tok;       /* unique (by hash), NUL-terminated UTF-8 */
 	uint64_t *hash;   /* bayes_hash(tok[i]) */
 	size_t n;
 	bool truncated;   /* BAYES_TOKENS_MAX was reached */
+	void *mem;        /* where the strings are (bayes_tokens_free) */
 };
 
 /* The tokens of one message's text views (lib/msgtext.c): never fails;

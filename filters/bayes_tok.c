@@ -38,10 +38,24 @@
 #include "filters/bayes.h"
 #include "lib/lib.h"
 
+/* The set being built: the tokens' strings live in blocks of one
+ * allocation each (out->mem), uniqueness is by hash in an open-addressing
+ * table (the store keys tokens by that hash anyway). */
+#define TOKSET_SLOTS 8192 /* a power of two, > BAYES_TOKENS_MAX / 0.7 */
+#define TOKBLOCK 16384
+
+struct tokblock {
+	struct tokblock *next;
+	size_t used;
+	char s[];
+};
+
 struct tokset {
 	struct bayes_tokens *out;
-	GHashTable *seen; /* tok -> tok (the out array owns the strings) */
+	uint64_t *slot; /* TOKSET_SLOTS hashes, 0: empty */
+	bool have_zero; /* a token hashing to 0 was added */
 	size_t cap;
+	size_t room;    /* free octets in the newest block */
 };
 
 uint64_t bayes_hash(const char *tok)
@@ -61,25 +75,66 @@ uint64_t bayes_hash(const char *tok)
 	return h;
 }
 
+/* True when h was not in the set (it is now). */
+static bool set_insert(struct tokset *ts, uint64_t h)
+{
+	size_t i;
+
+	if (h == 0) {
+		bool was = ts->have_zero;
+		ts->have_zero = true;
+		return !was;
+	}
+	for (i = (size_t)h & (TOKSET_SLOTS - 1); ts->slot[i] != 0; i = (i + 1) & (TOKSET_SLOTS - 1)) {
+		if (ts->slot[i] == h)
+			return false;
+	}
+	ts->slot[i] = h;
+	return true;
+}
+
+static char *tok_copy(struct tokset *ts, const char *tok, size_t len)
+{
+	struct tokblock *b = ts->out->mem;
+	char *p;
+
+	if (len + 1 > ts->room) {
+		size_t sz = len + 1 > TOKBLOCK ? len + 1 : TOKBLOCK;
+		b = xmalloc(sizeof(*b) + sz);
+		b->next = ts->out->mem;
+		b->used = 0;
+		ts->out->mem = b;
+		ts->room = sz;
+	}
+	p = b->s + b->used;
+	memcpy(p, tok, len + 1);
+	b->used += len + 1;
+	ts->room -= len + 1;
+	return p;
+}
+
 /* Add tok (copied), unless seen or the set is full. */
 static void tok_add(struct tokset *ts, const char *tok)
 {
 	struct bayes_tokens *o = ts->out;
+	uint64_t h;
 
-	if (tok[0] == '\0' || g_hash_table_contains(ts->seen, tok))
+	if (tok[0] == '\0')
 		return;
 	if (o->n >= BAYES_TOKENS_MAX) {
 		o->truncated = true;
 		return;
 	}
+	h = bayes_hash(tok);
+	if (!set_insert(ts, h))
+		return;
 	if (o->n == ts->cap) {
 		ts->cap = ts->cap == 0 ? 256 : ts->cap * 2;
 		o->tok = xrealloc(o->tok, ts->cap * sizeof(*o->tok));
 		o->hash = xrealloc(o->hash, ts->cap * sizeof(*o->hash));
 	}
-	o->tok[o->n] = xstrdup(tok);
-	o->hash[o->n] = bayes_hash(tok);
-	g_hash_table_add(ts->seen, o->tok[o->n]);
+	o->tok[o->n] = tok_copy(ts, tok, strlen(tok));
+	o->hash[o->n] = h;
 	o->n++;
 }
 
@@ -104,6 +159,9 @@ static void tok_add2(struct tokset *ts, const char *prefix, const char *val)
 
 static bool word_char(gunichar c)
 {
+	if (c < 0x80)
+		return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		       c == '\'' || c == '-' || c == '$' || c == '%' || c == '!' || c == '.';
 	return g_unichar_isalnum(c) || c == '\'' || c == '-' || c == '$' || c == '%' ||
 	       c == '!' || c == '.' || g_unichar_ismark(c);
 }
@@ -121,7 +179,7 @@ static bool edge_punct(gunichar c)
  */
 static bool word_norm(const char *s, size_t len, char *buf, size_t bufsz)
 {
-	const char *b = s, *e = s + len;
+	const char *b = s, *e = s + len, *p;
 	char *fold, *norm;
 	long nchars;
 	bool non_ascii = false;
@@ -129,19 +187,38 @@ static bool word_norm(const char *s, size_t len, char *buf, size_t bufsz)
 	while (b < e && edge_punct(g_utf8_get_char(b)))
 		b = g_utf8_next_char(b);
 	while (e > b) {
-		const char *p = g_utf8_find_prev_char(b, e);
-		if (p == NULL || !edge_punct(g_utf8_get_char(p)))
+		const char *q = g_utf8_find_prev_char(b, e);
+		if (q == NULL || !edge_punct(g_utf8_get_char(q)))
 			break;
-		e = p;
+		e = q;
 	}
 	if (e <= b)
 		return false;
+	for (p = b; p < e && (unsigned char)*p < 0x80; p++)
+		;
+	if (p == e) {
+		/* ASCII (most words): folding and NFKC are lower-casing */
+		size_t n = (size_t)(e - b);
+		if (n < BAYES_WORD_MIN)
+			return false;
+		if (n > BAYES_WORD_MAX) {
+			memcpy(buf, "sk:", 3);
+			for (size_t i = 0; i < 7; i++)
+				buf[3 + i] = (char)tolower((unsigned char)b[i]);
+			buf[10] = '\0';
+		} else {
+			for (size_t i = 0; i < n; i++)
+				buf[i] = (char)tolower((unsigned char)b[i]);
+			buf[n] = '\0';
+		}
+		return true;
+	}
 	fold = g_utf8_casefold(b, e - b);
 	norm = g_utf8_normalize(fold, -1, G_NORMALIZE_NFKC);
 	g_free(fold);
 	if (norm == NULL)
 		return false;
-	for (const char *p = norm; *p != '\0'; p++) {
+	for (p = norm; *p != '\0'; p++) {
 		if ((unsigned char)*p >= 0x80)
 			non_ascii = true;
 	}
@@ -259,7 +336,7 @@ void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 	memset(out, 0, sizeof(*out));
 	if (t == NULL)
 		return;
-	ts.seen = g_hash_table_new(g_str_hash, g_str_equal);
+	ts.slot = xcalloc(TOKSET_SLOTS, sizeof(*ts.slot));
 
 	for (size_t i = 0; i < t->n_body; i++)
 		tok_text(&ts, t->body[i], NULL, pairs, prev);
@@ -344,13 +421,15 @@ void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 		if (dnslist_registered_domain(host, dom) == 0)
 			tok_add2(&ts, "UD:", dom);
 	}
-	g_hash_table_destroy(ts.seen);
+	free(ts.slot);
 }
 
 void bayes_tokens_free(struct bayes_tokens *toks)
 {
-	for (size_t i = 0; i < toks->n; i++)
-		free(toks->tok[i]);
+	for (struct tokblock *b = toks->mem, *next; b != NULL; b = next) {
+		next = b->next;
+		free(b);
+	}
 	free(toks->tok);
 	free(toks->hash);
 	memset(toks, 0, sizeof(*toks));

@@ -3055,8 +3055,11 @@ static size_t uri_delim(const char *s, size_t n, enum uri_delims kind)
 
 	if (l > 0)
 		return l;
-	if (c == 0x1b || (c != '\0' && strchr("><\"`}]{[|", c) != NULL))
+	switch (c) { /* (a switch: this runs for every character of the text) */
+	case 0x1b: case '>': case '<': case '"': case '`': case '}': case ']': case '{':
+	case '[': case '|':
 		return 1;
+	}
 	if (kind == DELIM_URI)
 		return 0;
 	if (c == ',' || c == '(' || c == '\'' || (kind == DELIM_LOCAL && c == '@'))
@@ -3093,7 +3096,12 @@ static bool uri_may_start(const char *s, size_t n, size_t i)
 	while (p > 0 && ((unsigned char)s[p] & 0xc0) == 0x80)
 		p--;
 	c = (unsigned char)s[p];
-	if (space_len(s + p, n - p) > 0 || c == 0x1b || (c != '\0' && strchr("><\"'`,{[(|", c) != NULL))
+	switch (c) {
+	case 0x1b: case '>': case '<': case '"': case '\'': case '`': case ',': case '{':
+	case '[': case '(': case '|':
+		return true;
+	}
+	if (space_len(s + p, n - p) > 0)
 		return true;
 	return uri_word_char(s + p, n - p) != uri_word_char(s + i, n - i);
 }
@@ -3104,7 +3112,10 @@ static size_t uri_scheme_prefix(const char *s, size_t n)
 {
 	static const char *const schemes[] = { "http://", "https://", "ftp://", "ftp." };
 	size_t d = 3;
+	unsigned char c0 = n > 0 ? (unsigned char)(s[0] | 0x20) : 0;
 
+	if (c0 != 'h' && c0 != 'f' && c0 != 'w')
+		return 0; /* (the common case, without the string compares) */
 	for (size_t k = 0; k < N_ELEMENTS(schemes); k++)
 		if (starts_nocase(s, n, schemes[k]))
 			return strlen(schemes[k]);
@@ -3352,7 +3363,7 @@ static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *s
 			return e;
 	}
 	*kind = URI_KIND_MAIL;
-	if (starts_nocase(s + i, n - i, "mailto:")) {
+	if ((s[i] | 0x20) == 'm' && starts_nocase(s + i, n - i, "mailto:")) {
 		e = sc->run_end[DELIM_EMAIL];
 		if (e > i + 7 && e - (i + 7) <= 2048)
 			return e;
