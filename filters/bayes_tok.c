@@ -23,6 +23,7 @@
  *   H:rcvd:name     host names and H:rcvdip:a.b.c networks of the newest
  *                   BAYES_RECEIVED_MAX Received fields
  *   U:host, UD:dom  every URI's host and registered domain
+ *   (body words)    the words of every URI's path and query
  * Our own X-Spam-* headers are never read, so a message learnt from a
  * mailbox (where it arrived with them) tokenises as it did at DATA.
  */
@@ -325,6 +326,29 @@ static void tok_received(struct tokset *ts, const char *value)
 	}
 }
 
+/* The words of a URI after its host (path, query, fragment; for one
+ * without "://", e.g. mailto:, all of it) as body words, as SpamAssassin
+ * tokenises its URI list: / ? = & _ + # : separate them. */
+static void tok_uri_words(struct tokset *ts, const char *uri)
+{
+	const char *u = uri, *sch = strstr(uri, "://");
+	char *w;
+
+	if (sch != NULL) {
+		u = sch + 3;
+		u += strcspn(u, "/");
+	}
+	if (*u == '\0')
+		return;
+	w = xstrdup(u);
+	for (char *q = w; *q != '\0'; q++) {
+		if (strchr("/?=&_+#:", *q) != NULL)
+			*q = ' ';
+	}
+	tok_text(ts, w, NULL, false, NULL);
+	free(w);
+}
+
 void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 		    struct bayes_tokens *out)
 {
@@ -420,6 +444,7 @@ void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 		tok_add2(&ts, "U:", host);
 		if (dnslist_registered_domain(host, dom) == 0)
 			tok_add2(&ts, "UD:", dom);
+		tok_uri_words(&ts, t->uris[i]);
 	}
 	free(ts.slot);
 }

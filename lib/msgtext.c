@@ -146,6 +146,10 @@ static void tbuf_add(struct tbuf *t, const void *s, size_t n)
 
 static void tbuf_addc(struct tbuf *t, char c)
 {
+	if (t->cap - t->len > 1) { /* room for it and the NUL: the common case */
+		t->p[t->len++] = c;
+		return;
+	}
 	tbuf_add(t, &c, 1);
 }
 
@@ -2125,6 +2129,14 @@ static void body_fold(const char *s, size_t n, struct tbuf *out)
 		size_t l = space_len(s + i, n - i), j, first = 0, last = 0, breaks = 0;
 
 		if (l == 0) {
+			/* a run of printable ASCII at once */
+			for (j = i; j < n && (unsigned char)s[j] > ' ' && (unsigned char)s[j] < 0x80; j++)
+				;
+			if (j > i) {
+				tbuf_add(out, s + i, j - i);
+				i = j;
+				continue;
+			}
 			tbuf_addc(out, s[i] == '\0' ? '\n' : s[i]);
 			i++;
 			continue;
@@ -3051,7 +3063,7 @@ enum uri_delims { DELIM_URI, DELIM_EMAIL, DELIM_LOCAL };
 static size_t uri_delim(const char *s, size_t n, enum uri_delims kind)
 {
 	unsigned char c = (unsigned char)s[0];
-	size_t l = space_len(s, n);
+	size_t l = c < 0x80 ? (n > 0 && is_ascii_space(c)) : space_len(s, n);
 
 	if (l > 0)
 		return l;
