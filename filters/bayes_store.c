@@ -181,18 +181,6 @@ int bayes_store_totals(struct bayes_store *st, uint32_t *n_spam, uint32_t *n_ham
 	return r;
 }
 
-struct order {
-	int64_t tok;
-	size_t i;
-};
-
-static int by_order(const void *a, const void *b)
-{
-	const struct order *x = a, *y = b;
-
-	return x->tok < y->tok ? -1 : x->tok > y->tok ? 1 : 0;
-}
-
 int bayes_store_lookup(struct bayes_store *st, const uint64_t *hash, size_t n,
 		       struct bayes_count *out)
 {
@@ -200,16 +188,12 @@ int bayes_store_lookup(struct bayes_store *st, const uint64_t *hash, size_t n,
 
 	if (st->redis != NULL)
 		return bayes_redis_lookup(st->redis, hash, n, out);
-	/* one read transaction: one snapshot, one lock; the tokens in rowid
-	 * order, so the B-tree's pages are visited in order */
+	/* one read transaction: one snapshot, one lock (measured, no faster:
+	 * the tokens in rowid order; one "tok IN (64 values)" statement per
+	 * 64 tokens instead of one run per token) */
 	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
 		return -1;
-	struct order *ord = xmalloc((n + 1) * sizeof(*ord));
-	for (size_t i = 0; i < n; i++)
-		ord[i] = (struct order){ .tok = (int64_t)hash[i], .i = i };
-	qsort(ord, n, sizeof(*ord), by_order);
-	for (size_t k = 0; k < n; k++) {
-		size_t i = ord[k].i;
+	for (size_t i = 0; i < n; i++) {
 		int rc;
 		sqlite3_reset(st->get_tok);
 		sqlite3_bind_int64(st->get_tok, 1, (sqlite3_int64)hash[i]);
@@ -224,7 +208,6 @@ int bayes_store_lookup(struct bayes_store *st, const uint64_t *hash, size_t n,
 			break;
 		}
 	}
-	free(ord);
 	sqlite3_reset(st->get_tok);
 	sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
 	return ret;

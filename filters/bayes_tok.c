@@ -256,7 +256,7 @@ static void tok_text(struct tokset *ts, const char *text, const char *prefix, bo
 	if (!g_utf8_validate(text, -1, NULL))
 		return; /* msgtext's views are UTF-8; a raw value might not be */
 	for (;;) {
-		gunichar c = *p != '\0' ? g_utf8_get_char(p) : 0;
+		gunichar c = (unsigned char)*p < 0x80 ? (unsigned char)*p : g_utf8_get_char(p);
 		bool wc = c != 0 && word_char(c);
 		if (wc && start == NULL)
 			start = p;
@@ -279,7 +279,7 @@ static void tok_text(struct tokset *ts, const char *text, const char *prefix, bo
 		}
 		if (c == 0)
 			break;
-		p = g_utf8_next_char(p);
+		p = c < 0x80 ? p + 1 : g_utf8_next_char(p);
 	}
 }
 

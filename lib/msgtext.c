@@ -3081,8 +3081,31 @@ static size_t uri_delim(const char *s, size_t n, enum uri_delims kind)
 
 static size_t uri_run_end(const char *s, size_t n, size_t i, enum uri_delims kind)
 {
-	while (i < n && uri_delim(s + i, n - i, kind) == 0)
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x80) { /* (uri_delim() and utf8_step() for ASCII, inline) */
+			if (is_ascii_space(c))
+				break;
+			switch (c) {
+			case 0x1b: case '>': case '<': case '"': case '`': case '}': case ']':
+			case '{': case '[': case '|':
+				return i;
+			case ',': case '(': case '\'':
+				if (kind != DELIM_URI)
+					return i;
+				break;
+			case '@':
+				if (kind == DELIM_LOCAL)
+					return i;
+				break;
+			}
+			i++;
+			continue;
+		}
+		if (uri_delim(s + i, n - i, kind) != 0)
+			break;
 		i += utf8_step(s + i, n - i);
+	}
 	return i;
 }
 
