@@ -285,10 +285,11 @@ static void tok_text(struct tokset *ts, const char *text, const char *prefix, bo
 
 static void tok_addr_domain(struct tokset *ts, const char *prefix, const char *value)
 {
-	char addr[512], dom[DNSNAME_BUF];
+	char addr[20][512], dom[DNSNAME_BUF];
+	size_t n = msgtext_addrs(value, addr[0], sizeof(addr[0]), N_ELEMENTS(addr));
 
-	for (size_t i = 0; i < 20 && msgtext_addr_nth(value, i, addr, sizeof(addr)); i++) {
-		if (dnslist_addr_domain(addr, dom) == 0)
+	for (size_t i = 0; i < n; i++) {
+		if (dnslist_addr_domain(addr[i], dom) == 0)
 			tok_add2(ts, prefix, dom);
 		else
 			tok_add2(ts, prefix, "(none)");

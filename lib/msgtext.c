@@ -3428,7 +3428,14 @@ static void uri_scan_text(struct build *bd, const char *s, size_t n)
 	       g_hash_table_size(bd->text_seen) < URI_TEXT_CANDIDATES_MAX) {
 		enum uri_kind kind;
 		size_t e = 0, host_len = 0;
+		unsigned char c = (unsigned char)s[i], b = i > 0 ? (unsigned char)s[i - 1] : 0;
 
+		/* inside an ASCII word no URI starts (uri_may_start() says so;
+		 * this is most characters, so without the call) */
+		if (i > 0 && (is_alnum(c) || c == '_') && (is_alnum(b) || b == '_')) {
+			i++;
+			continue;
+		}
 		if (uri_may_start(s, n, i))
 			e = uri_match_at(s, n, i, &sc, &kind, &host_len);
 		if (e > i) {
@@ -3570,6 +3577,7 @@ struct addr_walk {
 	char *out;
 	size_t outsz;
 	bool found;
+	size_t max_all, n_all; /* msgtext_addrs(): every address, into out[i * outsz] */
 };
 
 /* PerMsgStatus::get()'s :name clean-up: white space folded and trimmed,
@@ -3602,6 +3610,8 @@ static void name_out(const char *name, struct addr_walk *w)
 	tbuf_free(&t);
 }
 
+static bool addr_parse(const char *value, struct addr_walk *wp);
+
 static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned depth)
 {
 	int n = list != NULL ? internet_address_list_length(list) : 0;
@@ -3628,6 +3638,12 @@ static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned 
 		}
 		if (w->want_name ? name == NULL || *name == '\0' : addr == NULL || *addr == '\0')
 			continue;
+		if (w->max_all > 0) {
+			copy_out(addr, strlen(addr), w->out + w->n_all * w->outsz, w->outsz);
+			if (++w->n_all == w->max_all)
+				w->found = true;
+			continue;
+		}
 		if (w->nth-- > 0)
 			continue;
 		w->found = true;
@@ -3640,7 +3656,26 @@ static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned 
 
 static bool addr_find(const char *value, size_t nth, bool want_name, char *out, size_t outsz)
 {
-	struct addr_walk w = { want_name, nth, out, outsz, false };
+	struct addr_walk w = { want_name, nth, out, outsz, false, 0, 0 };
+
+	return addr_parse(value, &w);
+}
+
+size_t msgtext_addrs(const char *value, char *out, size_t outsz, size_t max)
+{
+	struct addr_walk w = { false, 0, out, outsz, false, max, 0 };
+
+	if (max == 0 || outsz == 0)
+		return 0;
+	(void)addr_parse(value, &w);
+	return w.n_all;
+}
+
+static bool addr_parse(const char *value, struct addr_walk *wp)
+{
+	struct addr_walk w = *wp;
+	char *out = w.out;
+	size_t outsz = w.outsz;
 	struct tbuf u = { 0 };
 	InternetAddressList *list;
 	char *q;
@@ -3662,6 +3697,7 @@ static bool addr_find(const char *value, size_t nth, bool want_name, char *out, 
 	addr_visit(list, &w, 0);
 	if (list != NULL)
 		g_object_unref(list);
+	*wp = w;
 	return w.found;
 }
 

@@ -482,6 +482,54 @@ static void test_store_batch(void **state)
 	rm_db(p2);
 }
 
+/* A handle remembers the counts it read; what another connection (the
+ * daemon's readers and mxguardctl are different processes) or the handle
+ * itself writes afterwards is seen all the same. */
+static void test_store_cache(void **state)
+{
+	char *path = tmp_db(), *err = NULL;
+	struct bayes_store *w = bayes_store_open(path, false, &err);
+	struct bayes_store *r;
+	struct bayes_tokens t;
+	struct bayes_count c[2];
+	unsigned char d1[32] = { 1 }, d2[32] = { 2 }, d3[32] = { 3 };
+	uint64_t h[2] = { bayes_hash("cachedword"), bayes_hash("otherword") };
+
+	(void)state;
+	assert_non_null(w);
+	toks_of("Subject: s\r\n\r\ncachedword\r\n", false, &t);
+	assert_int_equal(bayes_store_learn(w, d1, &t, BAYES_SPAM, false, &err), BAYES_LEARNT);
+	r = bayes_store_open(path, true, &err);
+	assert_non_null(r);
+	for (int k = 0; k < 2; k++) { /* the second time from the cache */
+		assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+		assert_int_equal(c[0].spam, 1);
+		assert_int_equal(c[1].spam + c[1].ham, 0);
+	}
+	/* another connection learns: the reader sees it */
+	assert_int_equal(bayes_store_learn(w, d2, &t, BAYES_HAM, false, &err), BAYES_LEARNT);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].spam, 1);
+	assert_int_equal(c[0].ham, 1);
+	/* the writer itself, after reading: it sees its own learn */
+	assert_int_equal(bayes_store_lookup(w, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 1);
+	assert_int_equal(bayes_store_learn(w, d3, &t, BAYES_HAM, false, &err), BAYES_LEARNT);
+	assert_int_equal(bayes_store_lookup(w, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 2);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 2);
+	/* and an unlearn */
+	assert_int_equal(bayes_store_learn(w, d1, &t, BAYES_SPAM, true, &err), BAYES_UNLEARNT);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].spam, 0);
+	assert_int_equal(c[0].ham, 2);
+	bayes_tokens_free(&t);
+	bayes_store_close(&r);
+	bayes_store_close(&w);
+	rm_db(path);
+}
+
 static void test_moves_lines(void **state)
 {
 	long long tm;
@@ -550,6 +598,7 @@ int main(void)
 		cmocka_unit_test(test_maths),
 		cmocka_unit_test(test_store),
 		cmocka_unit_test(test_store_batch),
+		cmocka_unit_test(test_store_cache),
 		cmocka_unit_test(test_moves_lines),
 		cmocka_unit_test(test_bands),
 	};
