@@ -3383,27 +3383,49 @@ static size_t uri_schemeless_at(const char *s, size_t n, size_t i, size_t run_en
 /* The URI that starts at s[i], if one does: its end and kind; 0 when
  * none. Tried in PerMsgStatus' order: a known scheme, an address, a
  * schemeless host. */
+/* sc's run end of kind k from i, computed when it is needed (the same
+ * for every i inside a run, so computing it later changes nothing). */
+static size_t sc_run(struct uri_scan *sc, const char *s, size_t n, size_t i, enum uri_delims k)
+{
+	if (sc->run_end[k] == SIZE_MAX || sc->run_end[k] <= i)
+		sc->run_end[k] = uri_run_end(s, n, i, k);
+	return sc->run_end[k];
+}
+
+/* Whether uri_schemeless_at() can find anything at s[i]: an alphanumeric
+ * start and a dot among the host characters after it. */
+static bool schemeless_may(const char *s, size_t n, size_t i)
+{
+	size_t r = i + 1;
+
+	if (!is_alnum((unsigned char)s[i]))
+		return false;
+	while (r < n && r - i < 400 && host_char((unsigned char)s[r])) {
+		if (s[r] == '.')
+			return true;
+		r++;
+	}
+	return false;
+}
+
 static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *sc,
 			   enum uri_kind *kind, size_t *host_len)
 {
 	size_t pre = uri_scheme_prefix(s + i, n - i), e;
 
-	for (int k = 0; k < 3; k++)
-		if (sc->run_end[k] == SIZE_MAX || sc->run_end[k] <= i)
-			sc->run_end[k] = uri_run_end(s, n, i, (enum uri_delims)k);
 	*kind = URI_KIND_SCHEME;
 	if (pre > 0) {
-		e = sc->run_end[DELIM_URI];
+		e = sc_run(sc, s, n, i, DELIM_URI);
 		if (e > i + pre && e - (i + pre) <= 2048)
 			return e;
 	}
 	*kind = URI_KIND_MAIL;
 	if ((s[i] | 0x20) == 'm' && starts_nocase(s + i, n - i, "mailto:")) {
-		e = sc->run_end[DELIM_EMAIL];
+		e = sc_run(sc, s, n, i, DELIM_EMAIL);
 		if (e > i + 7 && e - (i + 7) <= 2048)
 			return e;
 	}
-	e = sc->run_end[DELIM_LOCAL];
+	e = sc_run(sc, s, n, i, DELIM_LOCAL);
 	if (e > i && e - i <= 251 && e < n && s[e] == '@') {
 		/* any start inside a run ends where the run does */
 		if (sc->dom_from == SIZE_MAX || e + 1 < sc->dom_from || e + 1 >= sc->dom_end) {
@@ -3414,8 +3436,8 @@ static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *s
 			return sc->dom_end;
 	}
 	*kind = URI_KIND_SCHEMELESS;
-	if (uri_schemeless_start(s, n, i))
-		return uri_schemeless_at(s, n, i, sc->run_end[DELIM_URI], host_len);
+	if (uri_schemeless_start(s, n, i) && schemeless_may(s, n, i))
+		return uri_schemeless_at(s, n, i, sc_run(sc, s, n, i, DELIM_URI), host_len);
 	return 0;
 }
 
