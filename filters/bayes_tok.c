@@ -14,7 +14,8 @@
  *                   longer ones "sk:" + their first 7 characters
  *   pairs           (opts->pairs) "a b" for two consecutive body words
  *   S:word          the decoded Subject's words again
- *   H:from:@domain  From, Reply-To, Sender, Return-Path, To, Cc domains
+ *   H:from:@domain  From, Reply-To, Sender, Return-Path, To, Cc domains,
+ *   H:from:a@b      and the (lower-cased) addresses themselves
  *   H:fromname:w    words of the From display name
  *   H:ct:type       the top-level Content-Type; P:ct:type every leaf part,
  *                   P:ext:ext attachment file-name extensions
@@ -288,11 +289,18 @@ static void tok_addr_domain(struct tokset *ts, const char *prefix, const char *v
 	char addr[20][512], dom[DNSNAME_BUF];
 	size_t n = msgtext_addrs(value, addr[0], sizeof(addr[0]), N_ELEMENTS(addr));
 
+	char name[32]; /* "H:from:@" -> "H:from:" for the whole address */
+	str_copy(name, prefix, sizeof(name));
+	name[strcspn(name, "@")] = '\0';
 	for (size_t i = 0; i < n; i++) {
 		if (dnslist_addr_domain(addr[i], dom) == 0)
 			tok_add2(ts, prefix, dom);
 		else
 			tok_add2(ts, prefix, "(none)");
+		/* and the address itself, as SpamAssassin's U* and D* tokens
+		 * together say it */
+		str_lower(addr[i]);
+		tok_add2(ts, name, addr[i]);
 	}
 }
 

@@ -82,6 +82,9 @@ static void test_plain_words(void **state)
 	assert_has(&t, "H:from:@mail.example.org");
 	assert_has(&t, "H:to:@b.example");
 	assert_has(&t, "H:to:@d.example");
+	assert_has(&t, "H:from:joe@mail.example.org"); /* the address, lower-cased */
+	assert_has(&t, "H:to:a@b.example");
+	assert_has(&t, "H:to:c@d.example");          /* every one of the list */
 	assert_has(&t, "H:fromname:joe");
 	assert_has(&t, "H:mid:@gen.example.net");
 	assert_has(&t, "H:xm1:foo");
