@@ -7,11 +7,12 @@
  *   f(w) = (S * X + n * p(w)) / (S + n),   n = s + h
  *   tokens with |f(w) - 0.5| < min_strength are ignored, the
  *   max_tokens strongest kept;
- *   H = 1 - Q(-2 sum ln f(w), 2m),  S = 1 - Q(-2 sum ln (1 - f(w)), 2m)
- *   P(spam) = (1 + H - S) / 2
+ *   H = 1 - Q(-2 (ln N_h/N + sum ln f(w)), 2m),
+ *   S = 1 - Q(-2 (ln N_s/N + sum ln (1 - f(w))), 2m),  N = N_s + N_h
+ *   P(spam) = (1 + S - H) / 2
  *
  * where Q is the chi-square survival function and m the number of tokens
- * used. SpamAssassin multiplies the probabilities and rescales with
+ * used; the constants are CombineChi's: S = 0.030, X = 0.538. SpamAssassin multiplies the probabilities and rescales with
  * frexp(); summing logarithms is the same number without the underflow.
  */
 #include "config.h"
@@ -49,12 +50,18 @@ double bayes_chi2q(double x2, unsigned v)
 	return sum < 1.0 ? sum : 1.0;
 }
 
-double bayes_combine(const double *f, size_t n)
+double bayes_combine(const double *f, size_t n, uint32_t N_s, uint32_t N_h)
 {
 	double ls = 0, lh = 0, S, H;
 
 	if (n == 0)
 		return 0.5;
+	if (N_s > 0 && N_h > 0) {
+		/* the products start at the classes' shares of what was learnt
+		 * (SpamAssassin's CombineChi, its bug 3118) */
+		ls = log((double)N_s / ((double)N_s + N_h));
+		lh = log((double)N_h / ((double)N_s + N_h));
+	}
 	for (size_t i = 0; i < n; i++) {
 		/* f is within (0, 1) by construction: S > 0 keeps it off 0 and 1 */
 		ls += log(1.0 - f[i]);
@@ -100,7 +107,7 @@ double bayes_classify(const struct bayes_params *p, const struct bayes_count *c,
 	f = xcalloc(m + 1, sizeof(*f));
 	for (size_t i = 0; i < m; i++)
 		f[i] = sc[i].f;
-	r = bayes_combine(f, m);
+	r = bayes_combine(f, m, N_s, N_h);
 	free(f);
 	free(sc);
 	if (n_used_r != NULL)

@@ -30,10 +30,11 @@ struct bayes_tok_opts {
 };
 
 struct bayes_tokens {
-	char **tok;       /* unique, NUL-terminated UTF-8 */
+	char **tok;       /* unique (by hash), NUL-terminated UTF-8 */
 	uint64_t *hash;   /* bayes_hash(tok[i]) */
 	size_t n;
 	bool truncated;   /* BAYES_TOKENS_MAX was reached */
+	void *mem;        /* where the strings are (bayes_tokens_free) */
 };
 
 /* The tokens of one message's text views (lib/msgtext.c): never fails;
@@ -50,12 +51,12 @@ void bayes_digest(const struct msgtext *t, unsigned char out[32]);
 
 /* ---------------------------------------------------------------- maths */
 struct bayes_params {
-	double s;              /* Robinson's strength of the prior (SA: 0.160) */
+	double s;              /* Robinson's strength of the prior (SA's CombineChi: 0.030) */
 	double x;              /* the prior probability of an unknown token (SA: 0.538) */
 	double min_strength;   /* |f(w) - 0.5| a token needs to count (SA: 0.346) */
 	unsigned max_tokens;   /* the most significant ones used (SA: 150) */
 };
-#define BAYES_PARAMS_DEFAULT { .s = 0.160, .x = 0.538, .min_strength = 0.346, .max_tokens = 150 }
+#define BAYES_PARAMS_DEFAULT { .s = 0.030, .x = 0.538, .min_strength = 0.346, .max_tokens = 150 }
 
 /* Robinson's f(w) of a token seen in n_s spam and n_h ham messages, of
  * N_s spam and N_h ham learnt (both > 0). */
@@ -65,9 +66,10 @@ double bayes_token_prob(const struct bayes_params *p, double n_s, double n_h,
  * of freedom v (SpamAssassin's chi2q). */
 double bayes_chi2q(double x2, unsigned v);
 /* Fisher's chi-square combining of probabilities f[0..n) as SpamAssassin
- * does it: (1 + S - H) / 2 with S = 1 - Q(-2 sum ln(1 - f), 2n),
- * H = 1 - Q(-2 sum ln f, 2n); 0.5 for n = 0. */
-double bayes_combine(const double *f, size_t n);
+ * does it: (1 + S - H) / 2 with S = 1 - Q(-2 (ln N_s/N + sum ln(1 - f)), 2n),
+ * H = 1 - Q(-2 (ln N_h/N + sum ln f), 2n), N = N_s + N_h (no such term
+ * when N_s or N_h is 0); 0.5 for n = 0. */
+double bayes_combine(const double *f, size_t n, uint32_t N_s, uint32_t N_h);
 
 /* One token's counts, as the store gives them. */
 struct bayes_count {

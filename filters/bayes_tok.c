@@ -14,7 +14,8 @@
  *                   longer ones "sk:" + their first 7 characters
  *   pairs           (opts->pairs) "a b" for two consecutive body words
  *   S:word          the decoded Subject's words again
- *   H:from:@domain  From, Reply-To, Sender, Return-Path, To, Cc domains
+ *   H:from:@domain  From, Reply-To, Sender, Return-Path, To, Cc domains,
+ *   H:from:a@b      and the (lower-cased) addresses themselves
  *   H:fromname:w    words of the From display name
  *   H:ct:type       the top-level Content-Type; P:ct:type every leaf part,
  *                   P:ext:ext attachment file-name extensions
@@ -23,6 +24,7 @@
  *   H:rcvd:name     host names and H:rcvdip:a.b.c networks of the newest
  *                   BAYES_RECEIVED_MAX Received fields
  *   U:host, UD:dom  every URI's host and registered domain
+ *   (body words)    the words of every URI's path and query
  * Our own X-Spam-* headers are never read, so a message learnt from a
  * mailbox (where it arrived with them) tokenises as it did at DATA.
  */
@@ -38,10 +40,24 @@
 #include "filters/bayes.h"
 #include "lib/lib.h"
 
+/* The set being built: the tokens' strings live in blocks of one
+ * allocation each (out->mem), uniqueness is by hash in an open-addressing
+ * table (the store keys tokens by that hash anyway). */
+#define TOKSET_SLOTS 8192 /* a power of two, > BAYES_TOKENS_MAX / 0.7 */
+#define TOKBLOCK 16384
+
+struct tokblock {
+	struct tokblock *next;
+	size_t used;
+	char s[];
+};
+
 struct tokset {
 	struct bayes_tokens *out;
-	GHashTable *seen; /* tok -> tok (the out array owns the strings) */
+	uint64_t *slot; /* TOKSET_SLOTS hashes, 0: empty */
+	bool have_zero; /* a token hashing to 0 was added */
 	size_t cap;
+	size_t room;    /* free octets in the newest block */
 };
 
 uint64_t bayes_hash(const char *tok)
@@ -61,25 +77,66 @@ uint64_t bayes_hash(const char *tok)
 	return h;
 }
 
+/* True when h was not in the set (it is now). */
+static bool set_insert(struct tokset *ts, uint64_t h)
+{
+	size_t i;
+
+	if (h == 0) {
+		bool was = ts->have_zero;
+		ts->have_zero = true;
+		return !was;
+	}
+	for (i = (size_t)h & (TOKSET_SLOTS - 1); ts->slot[i] != 0; i = (i + 1) & (TOKSET_SLOTS - 1)) {
+		if (ts->slot[i] == h)
+			return false;
+	}
+	ts->slot[i] = h;
+	return true;
+}
+
+static char *tok_copy(struct tokset *ts, const char *tok, size_t len)
+{
+	struct tokblock *b = ts->out->mem;
+	char *p;
+
+	if (len + 1 > ts->room) {
+		size_t sz = len + 1 > TOKBLOCK ? len + 1 : TOKBLOCK;
+		b = xmalloc(sizeof(*b) + sz);
+		b->next = ts->out->mem;
+		b->used = 0;
+		ts->out->mem = b;
+		ts->room = sz;
+	}
+	p = b->s + b->used;
+	memcpy(p, tok, len + 1);
+	b->used += len + 1;
+	ts->room -= len + 1;
+	return p;
+}
+
 /* Add tok (copied), unless seen or the set is full. */
 static void tok_add(struct tokset *ts, const char *tok)
 {
 	struct bayes_tokens *o = ts->out;
+	uint64_t h;
 
-	if (tok[0] == '\0' || g_hash_table_contains(ts->seen, tok))
+	if (tok[0] == '\0')
 		return;
 	if (o->n >= BAYES_TOKENS_MAX) {
 		o->truncated = true;
 		return;
 	}
+	h = bayes_hash(tok);
+	if (!set_insert(ts, h))
+		return;
 	if (o->n == ts->cap) {
 		ts->cap = ts->cap == 0 ? 256 : ts->cap * 2;
 		o->tok = xrealloc(o->tok, ts->cap * sizeof(*o->tok));
 		o->hash = xrealloc(o->hash, ts->cap * sizeof(*o->hash));
 	}
-	o->tok[o->n] = xstrdup(tok);
-	o->hash[o->n] = bayes_hash(tok);
-	g_hash_table_add(ts->seen, o->tok[o->n]);
+	o->tok[o->n] = tok_copy(ts, tok, strlen(tok));
+	o->hash[o->n] = h;
 	o->n++;
 }
 
@@ -104,6 +161,9 @@ static void tok_add2(struct tokset *ts, const char *prefix, const char *val)
 
 static bool word_char(gunichar c)
 {
+	if (c < 0x80)
+		return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		       c == '\'' || c == '-' || c == '$' || c == '%' || c == '!' || c == '.';
 	return g_unichar_isalnum(c) || c == '\'' || c == '-' || c == '$' || c == '%' ||
 	       c == '!' || c == '.' || g_unichar_ismark(c);
 }
@@ -121,7 +181,7 @@ static bool edge_punct(gunichar c)
  */
 static bool word_norm(const char *s, size_t len, char *buf, size_t bufsz)
 {
-	const char *b = s, *e = s + len;
+	const char *b = s, *e = s + len, *p;
 	char *fold, *norm;
 	long nchars;
 	bool non_ascii = false;
@@ -129,19 +189,38 @@ static bool word_norm(const char *s, size_t len, char *buf, size_t bufsz)
 	while (b < e && edge_punct(g_utf8_get_char(b)))
 		b = g_utf8_next_char(b);
 	while (e > b) {
-		const char *p = g_utf8_find_prev_char(b, e);
-		if (p == NULL || !edge_punct(g_utf8_get_char(p)))
+		const char *q = g_utf8_find_prev_char(b, e);
+		if (q == NULL || !edge_punct(g_utf8_get_char(q)))
 			break;
-		e = p;
+		e = q;
 	}
 	if (e <= b)
 		return false;
+	for (p = b; p < e && (unsigned char)*p < 0x80; p++)
+		;
+	if (p == e) {
+		/* ASCII (most words): folding and NFKC are lower-casing */
+		size_t n = (size_t)(e - b);
+		if (n < BAYES_WORD_MIN)
+			return false;
+		if (n > BAYES_WORD_MAX) {
+			memcpy(buf, "sk:", 3);
+			for (size_t i = 0; i < 7; i++)
+				buf[3 + i] = (char)tolower((unsigned char)b[i]);
+			buf[10] = '\0';
+		} else {
+			for (size_t i = 0; i < n; i++)
+				buf[i] = (char)tolower((unsigned char)b[i]);
+			buf[n] = '\0';
+		}
+		return true;
+	}
 	fold = g_utf8_casefold(b, e - b);
 	norm = g_utf8_normalize(fold, -1, G_NORMALIZE_NFKC);
 	g_free(fold);
 	if (norm == NULL)
 		return false;
-	for (const char *p = norm; *p != '\0'; p++) {
+	for (p = norm; *p != '\0'; p++) {
 		if ((unsigned char)*p >= 0x80)
 			non_ascii = true;
 	}
@@ -178,7 +257,7 @@ static void tok_text(struct tokset *ts, const char *text, const char *prefix, bo
 	if (!g_utf8_validate(text, -1, NULL))
 		return; /* msgtext's views are UTF-8; a raw value might not be */
 	for (;;) {
-		gunichar c = *p != '\0' ? g_utf8_get_char(p) : 0;
+		gunichar c = (unsigned char)*p < 0x80 ? (unsigned char)*p : g_utf8_get_char(p);
 		bool wc = c != 0 && word_char(c);
 		if (wc && start == NULL)
 			start = p;
@@ -201,19 +280,27 @@ static void tok_text(struct tokset *ts, const char *text, const char *prefix, bo
 		}
 		if (c == 0)
 			break;
-		p = g_utf8_next_char(p);
+		p = c < 0x80 ? p + 1 : g_utf8_next_char(p);
 	}
 }
 
 static void tok_addr_domain(struct tokset *ts, const char *prefix, const char *value)
 {
-	char addr[512], dom[DNSNAME_BUF];
+	char addr[20][512], dom[DNSNAME_BUF];
+	size_t n = msgtext_addrs(value, addr[0], sizeof(addr[0]), N_ELEMENTS(addr));
 
-	for (size_t i = 0; i < 20 && msgtext_addr_nth(value, i, addr, sizeof(addr)); i++) {
-		if (dnslist_addr_domain(addr, dom) == 0)
+	char name[32]; /* "H:from:@" -> "H:from:" for the whole address */
+	str_copy(name, prefix, sizeof(name));
+	name[strcspn(name, "@")] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (dnslist_addr_domain(addr[i], dom) == 0)
 			tok_add2(ts, prefix, dom);
 		else
 			tok_add2(ts, prefix, "(none)");
+		/* and the address itself, as SpamAssassin's U* and D* tokens
+		 * together say it */
+		str_lower(addr[i]);
+		tok_add2(ts, name, addr[i]);
 	}
 }
 
@@ -248,6 +335,29 @@ static void tok_received(struct tokset *ts, const char *value)
 	}
 }
 
+/* The words of a URI after its host (path, query, fragment; for one
+ * without "://", e.g. mailto:, all of it) as body words, as SpamAssassin
+ * tokenises its URI list: / ? = & _ + # : separate them. */
+static void tok_uri_words(struct tokset *ts, const char *uri)
+{
+	const char *u = uri, *sch = strstr(uri, "://");
+	char *w;
+
+	if (sch != NULL) {
+		u = sch + 3;
+		u += strcspn(u, "/");
+	}
+	if (*u == '\0')
+		return;
+	w = xstrdup(u);
+	for (char *q = w; *q != '\0'; q++) {
+		if (strchr("/?=&_+#:", *q) != NULL)
+			*q = ' ';
+	}
+	tok_text(ts, w, NULL, false, NULL);
+	free(w);
+}
+
 void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 		    struct bayes_tokens *out)
 {
@@ -259,7 +369,7 @@ void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 	memset(out, 0, sizeof(*out));
 	if (t == NULL)
 		return;
-	ts.seen = g_hash_table_new(g_str_hash, g_str_equal);
+	ts.slot = xcalloc(TOKSET_SLOTS, sizeof(*ts.slot));
 
 	for (size_t i = 0; i < t->n_body; i++)
 		tok_text(&ts, t->body[i], NULL, pairs, prev);
@@ -343,14 +453,17 @@ void bayes_tokenize(const struct msgtext *t, const struct bayes_tok_opts *opts,
 		tok_add2(&ts, "U:", host);
 		if (dnslist_registered_domain(host, dom) == 0)
 			tok_add2(&ts, "UD:", dom);
+		tok_uri_words(&ts, t->uris[i]);
 	}
-	g_hash_table_destroy(ts.seen);
+	free(ts.slot);
 }
 
 void bayes_tokens_free(struct bayes_tokens *toks)
 {
-	for (size_t i = 0; i < toks->n; i++)
-		free(toks->tok[i]);
+	for (struct tokblock *b = toks->mem, *next; b != NULL; b = next) {
+		next = b->next;
+		free(b);
+	}
 	free(toks->tok);
 	free(toks->hash);
 	memset(toks, 0, sizeof(*toks));

@@ -739,6 +739,9 @@ void msgtext_name(const char *value, char *out, size_t outsz);
 /* The same for the nth (0-based) address or name — SpamAssassin 4 matches
  * a rule against all of them. False (and "" in out) when there is none. */
 bool msgtext_addr_nth(const char *value, size_t nth, char *out, size_t outsz);
+/* msgtext_addr_nth() for nth = 0, 1, ... at once (one parse): the
+ * addresses, at most max, into out + i * outsz; how many. */
+size_t msgtext_addrs(const char *value, char *out, size_t outsz, size_t max);
 bool msgtext_name_nth(const char *value, size_t nth, char *out, size_t outsz);
 
 #endif

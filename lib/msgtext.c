@@ -146,6 +146,10 @@ static void tbuf_add(struct tbuf *t, const void *s, size_t n)
 
 static void tbuf_addc(struct tbuf *t, char c)
 {
+	if (t->cap - t->len > 1) { /* room for it and the NUL: the common case */
+		t->p[t->len++] = c;
+		return;
+	}
 	tbuf_add(t, &c, 1);
 }
 
@@ -2125,6 +2129,14 @@ static void body_fold(const char *s, size_t n, struct tbuf *out)
 		size_t l = space_len(s + i, n - i), j, first = 0, last = 0, breaks = 0;
 
 		if (l == 0) {
+			/* a run of printable ASCII at once */
+			for (j = i; j < n && (unsigned char)s[j] > ' ' && (unsigned char)s[j] < 0x80; j++)
+				;
+			if (j > i) {
+				tbuf_add(out, s + i, j - i);
+				i = j;
+				continue;
+			}
 			tbuf_addc(out, s[i] == '\0' ? '\n' : s[i]);
 			i++;
 			continue;
@@ -3051,12 +3063,15 @@ enum uri_delims { DELIM_URI, DELIM_EMAIL, DELIM_LOCAL };
 static size_t uri_delim(const char *s, size_t n, enum uri_delims kind)
 {
 	unsigned char c = (unsigned char)s[0];
-	size_t l = space_len(s, n);
+	size_t l = c < 0x80 ? (n > 0 && is_ascii_space(c)) : space_len(s, n);
 
 	if (l > 0)
 		return l;
-	if (c == 0x1b || (c != '\0' && strchr("><\"`}]{[|", c) != NULL))
+	switch (c) { /* (a switch: this runs for every character of the text) */
+	case 0x1b: case '>': case '<': case '"': case '`': case '}': case ']': case '{':
+	case '[': case '|':
 		return 1;
+	}
 	if (kind == DELIM_URI)
 		return 0;
 	if (c == ',' || c == '(' || c == '\'' || (kind == DELIM_LOCAL && c == '@'))
@@ -3066,8 +3081,31 @@ static size_t uri_delim(const char *s, size_t n, enum uri_delims kind)
 
 static size_t uri_run_end(const char *s, size_t n, size_t i, enum uri_delims kind)
 {
-	while (i < n && uri_delim(s + i, n - i, kind) == 0)
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x80) { /* (uri_delim() and utf8_step() for ASCII, inline) */
+			if (is_ascii_space(c))
+				break;
+			switch (c) {
+			case 0x1b: case '>': case '<': case '"': case '`': case '}': case ']':
+			case '{': case '[': case '|':
+				return i;
+			case ',': case '(': case '\'':
+				if (kind != DELIM_URI)
+					return i;
+				break;
+			case '@':
+				if (kind == DELIM_LOCAL)
+					return i;
+				break;
+			}
+			i++;
+			continue;
+		}
+		if (uri_delim(s + i, n - i, kind) != 0)
+			break;
 		i += utf8_step(s + i, n - i);
+	}
 	return i;
 }
 
@@ -3093,7 +3131,12 @@ static bool uri_may_start(const char *s, size_t n, size_t i)
 	while (p > 0 && ((unsigned char)s[p] & 0xc0) == 0x80)
 		p--;
 	c = (unsigned char)s[p];
-	if (space_len(s + p, n - p) > 0 || c == 0x1b || (c != '\0' && strchr("><\"'`,{[(|", c) != NULL))
+	switch (c) {
+	case 0x1b: case '>': case '<': case '"': case '\'': case '`': case ',': case '{':
+	case '[': case '(': case '|':
+		return true;
+	}
+	if (space_len(s + p, n - p) > 0)
 		return true;
 	return uri_word_char(s + p, n - p) != uri_word_char(s + i, n - i);
 }
@@ -3104,7 +3147,10 @@ static size_t uri_scheme_prefix(const char *s, size_t n)
 {
 	static const char *const schemes[] = { "http://", "https://", "ftp://", "ftp." };
 	size_t d = 3;
+	unsigned char c0 = n > 0 ? (unsigned char)(s[0] | 0x20) : 0;
 
+	if (c0 != 'h' && c0 != 'f' && c0 != 'w')
+		return 0; /* (the common case, without the string compares) */
 	for (size_t k = 0; k < N_ELEMENTS(schemes); k++)
 		if (starts_nocase(s, n, schemes[k]))
 			return strlen(schemes[k]);
@@ -3337,27 +3383,49 @@ static size_t uri_schemeless_at(const char *s, size_t n, size_t i, size_t run_en
 /* The URI that starts at s[i], if one does: its end and kind; 0 when
  * none. Tried in PerMsgStatus' order: a known scheme, an address, a
  * schemeless host. */
+/* sc's run end of kind k from i, computed when it is needed (the same
+ * for every i inside a run, so computing it later changes nothing). */
+static size_t sc_run(struct uri_scan *sc, const char *s, size_t n, size_t i, enum uri_delims k)
+{
+	if (sc->run_end[k] == SIZE_MAX || sc->run_end[k] <= i)
+		sc->run_end[k] = uri_run_end(s, n, i, k);
+	return sc->run_end[k];
+}
+
+/* Whether uri_schemeless_at() can find anything at s[i]: an alphanumeric
+ * start and a dot among the host characters after it. */
+static bool schemeless_may(const char *s, size_t n, size_t i)
+{
+	size_t r = i + 1;
+
+	if (!is_alnum((unsigned char)s[i]))
+		return false;
+	while (r < n && r - i < 400 && host_char((unsigned char)s[r])) {
+		if (s[r] == '.')
+			return true;
+		r++;
+	}
+	return false;
+}
+
 static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *sc,
 			   enum uri_kind *kind, size_t *host_len)
 {
 	size_t pre = uri_scheme_prefix(s + i, n - i), e;
 
-	for (int k = 0; k < 3; k++)
-		if (sc->run_end[k] == SIZE_MAX || sc->run_end[k] <= i)
-			sc->run_end[k] = uri_run_end(s, n, i, (enum uri_delims)k);
 	*kind = URI_KIND_SCHEME;
 	if (pre > 0) {
-		e = sc->run_end[DELIM_URI];
+		e = sc_run(sc, s, n, i, DELIM_URI);
 		if (e > i + pre && e - (i + pre) <= 2048)
 			return e;
 	}
 	*kind = URI_KIND_MAIL;
-	if (starts_nocase(s + i, n - i, "mailto:")) {
-		e = sc->run_end[DELIM_EMAIL];
+	if ((s[i] | 0x20) == 'm' && starts_nocase(s + i, n - i, "mailto:")) {
+		e = sc_run(sc, s, n, i, DELIM_EMAIL);
 		if (e > i + 7 && e - (i + 7) <= 2048)
 			return e;
 	}
-	e = sc->run_end[DELIM_LOCAL];
+	e = sc_run(sc, s, n, i, DELIM_LOCAL);
 	if (e > i && e - i <= 251 && e < n && s[e] == '@') {
 		/* any start inside a run ends where the run does */
 		if (sc->dom_from == SIZE_MAX || e + 1 < sc->dom_from || e + 1 >= sc->dom_end) {
@@ -3368,8 +3436,8 @@ static size_t uri_match_at(const char *s, size_t n, size_t i, struct uri_scan *s
 			return sc->dom_end;
 	}
 	*kind = URI_KIND_SCHEMELESS;
-	if (uri_schemeless_start(s, n, i))
-		return uri_schemeless_at(s, n, i, sc->run_end[DELIM_URI], host_len);
+	if (uri_schemeless_start(s, n, i) && schemeless_may(s, n, i))
+		return uri_schemeless_at(s, n, i, sc_run(sc, s, n, i, DELIM_URI), host_len);
 	return 0;
 }
 
@@ -3382,7 +3450,14 @@ static void uri_scan_text(struct build *bd, const char *s, size_t n)
 	       g_hash_table_size(bd->text_seen) < URI_TEXT_CANDIDATES_MAX) {
 		enum uri_kind kind;
 		size_t e = 0, host_len = 0;
+		unsigned char c = (unsigned char)s[i], b = i > 0 ? (unsigned char)s[i - 1] : 0;
 
+		/* inside an ASCII word no URI starts (uri_may_start() says so;
+		 * this is most characters, so without the call) */
+		if (i > 0 && (is_alnum(c) || c == '_') && (is_alnum(b) || b == '_')) {
+			i++;
+			continue;
+		}
 		if (uri_may_start(s, n, i))
 			e = uri_match_at(s, n, i, &sc, &kind, &host_len);
 		if (e > i) {
@@ -3524,6 +3599,7 @@ struct addr_walk {
 	char *out;
 	size_t outsz;
 	bool found;
+	size_t max_all, n_all; /* msgtext_addrs(): every address, into out[i * outsz] */
 };
 
 /* PerMsgStatus::get()'s :name clean-up: white space folded and trimmed,
@@ -3556,6 +3632,8 @@ static void name_out(const char *name, struct addr_walk *w)
 	tbuf_free(&t);
 }
 
+static bool addr_parse(const char *value, struct addr_walk *wp);
+
 static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned depth)
 {
 	int n = list != NULL ? internet_address_list_length(list) : 0;
@@ -3582,6 +3660,12 @@ static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned 
 		}
 		if (w->want_name ? name == NULL || *name == '\0' : addr == NULL || *addr == '\0')
 			continue;
+		if (w->max_all > 0) {
+			copy_out(addr, strlen(addr), w->out + w->n_all * w->outsz, w->outsz);
+			if (++w->n_all == w->max_all)
+				w->found = true;
+			continue;
+		}
 		if (w->nth-- > 0)
 			continue;
 		w->found = true;
@@ -3594,7 +3678,26 @@ static void addr_visit(InternetAddressList *list, struct addr_walk *w, unsigned 
 
 static bool addr_find(const char *value, size_t nth, bool want_name, char *out, size_t outsz)
 {
-	struct addr_walk w = { want_name, nth, out, outsz, false };
+	struct addr_walk w = { want_name, nth, out, outsz, false, 0, 0 };
+
+	return addr_parse(value, &w);
+}
+
+size_t msgtext_addrs(const char *value, char *out, size_t outsz, size_t max)
+{
+	struct addr_walk w = { false, 0, out, outsz, false, max, 0 };
+
+	if (max == 0 || outsz == 0)
+		return 0;
+	(void)addr_parse(value, &w);
+	return w.n_all;
+}
+
+static bool addr_parse(const char *value, struct addr_walk *wp)
+{
+	struct addr_walk w = *wp;
+	char *out = w.out;
+	size_t outsz = w.outsz;
 	struct tbuf u = { 0 };
 	InternetAddressList *list;
 	char *q;
@@ -3616,6 +3719,7 @@ static bool addr_find(const char *value, size_t nth, bool want_name, char *out, 
 	addr_visit(list, &w, 0);
 	if (list != NULL)
 		g_object_unref(list);
+	*wp = w;
 	return w.found;
 }
 

@@ -82,6 +82,9 @@ static void test_plain_words(void **state)
 	assert_has(&t, "H:from:@mail.example.org");
 	assert_has(&t, "H:to:@b.example");
 	assert_has(&t, "H:to:@d.example");
+	assert_has(&t, "H:from:joe@mail.example.org"); /* the address, lower-cased */
+	assert_has(&t, "H:to:a@b.example");
+	assert_has(&t, "H:to:c@d.example");          /* every one of the list */
 	assert_has(&t, "H:fromname:joe");
 	assert_has(&t, "H:mid:@gen.example.net");
 	assert_has(&t, "H:xm1:foo");
@@ -155,6 +158,20 @@ static void test_html_and_urls(void **state)
 	assert_has(&t, "P:ct:text/html");
 	assert_has(&t, "P:ct:application/pdf");
 	assert_has(&t, "P:ext:pdf");
+	bayes_tokens_free(&t);
+
+	/* the words of a link's path and query are body words (SpamAssassin's
+	 * URI tokens); its scheme and host are not, they are U: and UD: */
+	toks_of("Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
+		"<p>Click <a href=\"http://promo.example/cheap-meds/order.php?ref=spamlist&amp;x=1\">"
+		"here</a></p>\r\n", false, &t);
+	assert_has(&t, "cheap-meds");
+	assert_has(&t, "order.php");
+	assert_has(&t, "spamlist");
+	assert_has(&t, "ref");
+	assert_hasnt(&t, "http");
+	assert_hasnt(&t, "promo.example");
+	assert_has(&t, "U:promo.example");
 	bayes_tokens_free(&t);
 }
 
@@ -236,10 +253,12 @@ static void test_pairs_and_limits(void **state)
  *   def chi2q(x2, v): m = x2/2; s = t = exp(-m)
  *       for i in range(1, v//2): t *= m/i; s += t
  *       return min(s, 1)
- *   comb(fs) = (1 + (1 - chi2q(-2 sum log(1-f), 2n)) - (1 - chi2q(-2 sum log f, 2n))) / 2
- *   fw(s, h, Ns, Nh) = (0.16*0.538 + n*p) / (0.16 + n), p = (s/Ns) / (s/Ns + h/Nh)
+ *   comb(fs, Ns, Nh) = (1 + (1 - chi2q(-2 (log(Ns/N) + sum log(1-f)), 2n))
+ *                         - (1 - chi2q(-2 (log(Nh/N) + sum log f), 2n))) / 2,
+ *       N = Ns + Nh, the log(Ns/N) and log(Nh/N) terms left out for Ns = Nh = 0
+ *   fw(s, h, Ns, Nh) = (0.03*0.538 + n*p) / (0.03 + n), p = (s/Ns) / (s/Ns + h/Nh)
  * and by hand: chi2q(3, 2) = exp(-1.5) = 0.22313016...; fw(10, 0, ...) =
- * (0.08608 + 10) / 10.16 = 0.99272440... */
+ * (0.01614 + 10) / 10.03 = 0.99861814... */
 static void test_maths(void **state)
 {
 	struct bayes_params p = BAYES_PARAMS_DEFAULT;
@@ -251,24 +270,28 @@ static void test_maths(void **state)
 	assert_true(fabs(bayes_chi2q(3.0, 2) - 0.22313016014842982) < 1e-12);
 	assert_true(fabs(bayes_chi2q(20.0, 6) - 0.0027693957155115762) < 1e-14);
 	assert_true(bayes_chi2q(0, 4) == 1.0);
-	assert_true(fabs(bayes_combine(f1, 3) - 0.577375112304056) < 1e-12);
-	assert_true(fabs(bayes_combine(f2, 4) - 0.9428375133570415) < 1e-12);
-	assert_true(fabs(bayes_combine(f3, 5) - 7.030980015421129e-07) < 1e-15);
-	assert_true(bayes_combine(NULL, 0) == 0.5);
-	assert_true(fabs(bayes_token_prob(&p, 10, 0, 100, 100) - 0.992724409448819) < 1e-12);
-	assert_true(fabs(bayes_token_prob(&p, 3, 7, 50, 200) - 0.6301052631578947) < 1e-12);
-	assert_true(fabs(bayes_token_prob(&p, 0, 1, 10, 10) - 0.07420689655172415) < 1e-12);
+	assert_true(fabs(bayes_combine(f1, 3, 0, 0) - 0.577375112304056) < 1e-12);
+	assert_true(fabs(bayes_combine(f2, 4, 0, 0) - 0.9428375133570415) < 1e-12);
+	assert_true(fabs(bayes_combine(f3, 5, 0, 0) - 7.030980015421129e-07) < 1e-15);
+	/* with the classes' shares */
+	assert_true(fabs(bayes_combine(f1, 3, 1, 3) - 0.5652490408473669) < 1e-12);
+	assert_true(fabs(bayes_combine(f2, 4, 300, 100) - 0.8016371746313524) < 1e-12);
+	assert_true(fabs(bayes_combine(f3, 5, 1, 1) - 0.000512469807603777) < 1e-15);
+	assert_true(bayes_combine(NULL, 0, 1, 1) == 0.5);
+	assert_true(fabs(bayes_token_prob(&p, 10, 0, 100, 100) - 0.9986181455633102) < 1e-12);
+	assert_true(fabs(bayes_token_prob(&p, 3, 7, 50, 200) - 0.6312990502177678) < 1e-12);
+	assert_true(fabs(bayes_token_prob(&p, 0, 1, 10, 10) - 0.01566990291262136) < 1e-12);
 	assert_true(bayes_token_prob(&p, 0, 0, 10, 10) == p.x);
 
 	/* classify: unknown and weak tokens do not count; the strongest
-	 * max_tokens do. 10/0 of 100/100 is 0.9927 (strong spam); 1/1 is 0.5
+	 * max_tokens do. 10/0 of 100/100 is 0.9986 (strong spam); 1/1 is 0.5
 	 * (weak); 0/0 unknown */
 	struct bayes_count c[] = { { 10, 0 }, { 1, 1 }, { 0, 0 }, { 10, 0 }, { 0, 10 } };
 	size_t used;
 	double r = bayes_classify(&p, c, 3, 100, 100, &used);
 	assert_int_equal(used, 1);
-	double one = 0.992724409448819;
-	assert_true(fabs(r - bayes_combine(&one, 1)) < 1e-12);
+	double one = 0.9986181455633102;
+	assert_true(fabs(r - bayes_combine(&one, 1, 100, 100)) < 1e-12);
 	r = bayes_classify(&p, c, 5, 100, 100, &used);
 	assert_int_equal(used, 3);
 	p.max_tokens = 2;
@@ -278,7 +301,8 @@ static void test_maths(void **state)
 	 * broken by f, the ham one first): one ham, one spam */
 	double pair[2] = { 1 - one, one };
 	/* (symmetry: f and 1 - f combine to one half) */
-	assert_true(fabs(bayes_combine(pair, 2) - 0.5) < 1e-9);
+	assert_true(fabs(bayes_combine(pair, 2, 0, 0) - 0.5) < 1e-9);
+	assert_true(fabs(bayes_combine(pair, 2, 7, 7) - 0.5) < 1e-9);
 }
 
 static char *tmp_db(void)
@@ -391,6 +415,124 @@ static void test_store(void **state)
 	rm_db(path);
 }
 
+/* A batch (mxguardctl's runs) keeps its increments in memory until it
+ * commits: the counts afterwards are the ones learning one message at a
+ * time gives, also when a message of the batch is moved (relearnt) or
+ * unlearnt before the commit, and across the BAYES_BATCH commits. */
+static void test_store_batch(void **state)
+{
+	char *p1 = tmp_db(), *p2 = tmp_db(), *err = NULL;
+	struct bayes_store *one = bayes_store_open(p1, false, &err);
+	struct bayes_store *bat = bayes_store_open(p2, false, &err);
+	static const char *const words[] = { "alpha", "beta", "gamma", "delta", "omega" };
+	struct bayes_tokens t;
+
+	(void)state;
+	assert_non_null(one);
+	assert_non_null(bat);
+	assert_int_equal(bayes_store_batch(bat, true), 0);
+	for (int i = 0; i < BAYES_BATCH + 37; i++) {
+		char msg[160];
+		unsigned char dg[32] = { 7 };
+		enum bayes_class cls = i % 3 == 0 ? BAYES_SPAM : BAYES_HAM;
+		snprintf(msg, sizeof(msg), "Subject: s\r\n\r\n%s %s w%03d\r\n", words[i % 5],
+			 words[(i / 5) % 5], i % 50);
+		memcpy(dg + 1, &i, sizeof(i));
+		toks_of(msg, false, &t);
+		for (int k = 0; k < 2; k++) {
+			struct bayes_store *st = k == 0 ? one : bat;
+			assert_int_equal(bayes_store_learn(st, dg, &t, cls, false, &err), BAYES_LEARNT);
+			if (i % 7 == 0) /* moved to the other class at once */
+				assert_int_equal(bayes_store_learn(st, dg, &t, !cls, false, &err),
+						 BAYES_RELEARNT);
+			if (i % 11 == 0)
+				assert_int_equal(bayes_store_learn(st, dg, &t, cls, true, &err),
+						 BAYES_UNLEARNT);
+			if (i % 13 == 0) /* learnt again: as new */
+				assert_true(bayes_store_learn(st, dg, &t, cls, false, &err) >= 0);
+		}
+		bayes_tokens_free(&t);
+	}
+	assert_int_equal(bayes_store_batch(bat, false), 0);
+	uint64_t h[60];
+	struct bayes_count c1[60], c2[60];
+	for (int i = 0; i < 50; i++) {
+		char w[8];
+		snprintf(w, sizeof(w), "w%03d", i);
+		h[i] = bayes_hash(w);
+	}
+	for (int i = 0; i < 5; i++)
+		h[50 + i] = bayes_hash(words[i]);
+	h[55] = bayes_hash("S:s");
+	assert_int_equal(bayes_store_lookup(one, h, 56, c1), 0);
+	assert_int_equal(bayes_store_lookup(bat, h, 56, c2), 0);
+	for (int i = 0; i < 56; i++) {
+		assert_int_equal(c1[i].spam, c2[i].spam);
+		assert_int_equal(c1[i].ham, c2[i].ham);
+	}
+	assert_true(c1[50].spam > 0 && c1[50].ham > 0);
+	struct bayes_store_stats s1, s2;
+	assert_int_equal(bayes_store_stats(one, &s1), 0);
+	assert_int_equal(bayes_store_stats(bat, &s2), 0);
+	assert_int_equal(s1.n_spam, s2.n_spam);
+	assert_int_equal(s1.n_ham, s2.n_ham);
+	assert_int_equal(s1.n_tokens, s2.n_tokens);
+	assert_int_equal(s1.n_seen, s2.n_seen);
+	assert_int_equal(s1.learn_counter, s2.learn_counter);
+	bayes_store_close(&one);
+	bayes_store_close(&bat);
+	rm_db(p1);
+	rm_db(p2);
+}
+
+/* A handle remembers the counts it read; what another connection (the
+ * daemon's readers and mxguardctl are different processes) or the handle
+ * itself writes afterwards is seen all the same. */
+static void test_store_cache(void **state)
+{
+	char *path = tmp_db(), *err = NULL;
+	struct bayes_store *w = bayes_store_open(path, false, &err);
+	struct bayes_store *r;
+	struct bayes_tokens t;
+	struct bayes_count c[2];
+	unsigned char d1[32] = { 1 }, d2[32] = { 2 }, d3[32] = { 3 };
+	uint64_t h[2] = { bayes_hash("cachedword"), bayes_hash("otherword") };
+
+	(void)state;
+	assert_non_null(w);
+	toks_of("Subject: s\r\n\r\ncachedword\r\n", false, &t);
+	assert_int_equal(bayes_store_learn(w, d1, &t, BAYES_SPAM, false, &err), BAYES_LEARNT);
+	r = bayes_store_open(path, true, &err);
+	assert_non_null(r);
+	for (int k = 0; k < 2; k++) { /* the second time from the cache */
+		assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+		assert_int_equal(c[0].spam, 1);
+		assert_int_equal(c[1].spam + c[1].ham, 0);
+	}
+	/* another connection learns: the reader sees it */
+	assert_int_equal(bayes_store_learn(w, d2, &t, BAYES_HAM, false, &err), BAYES_LEARNT);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].spam, 1);
+	assert_int_equal(c[0].ham, 1);
+	/* the writer itself, after reading: it sees its own learn */
+	assert_int_equal(bayes_store_lookup(w, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 1);
+	assert_int_equal(bayes_store_learn(w, d3, &t, BAYES_HAM, false, &err), BAYES_LEARNT);
+	assert_int_equal(bayes_store_lookup(w, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 2);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].ham, 2);
+	/* and an unlearn */
+	assert_int_equal(bayes_store_learn(w, d1, &t, BAYES_SPAM, true, &err), BAYES_UNLEARNT);
+	assert_int_equal(bayes_store_lookup(r, h, 2, c), 0);
+	assert_int_equal(c[0].spam, 0);
+	assert_int_equal(c[0].ham, 2);
+	bayes_tokens_free(&t);
+	bayes_store_close(&r);
+	bayes_store_close(&w);
+	rm_db(path);
+}
+
 static void test_moves_lines(void **state)
 {
 	long long tm;
@@ -458,6 +600,8 @@ int main(void)
 		cmocka_unit_test(test_pairs_and_limits),
 		cmocka_unit_test(test_maths),
 		cmocka_unit_test(test_store),
+		cmocka_unit_test(test_store_batch),
+		cmocka_unit_test(test_store_cache),
 		cmocka_unit_test(test_moves_lines),
 		cmocka_unit_test(test_bands),
 	};
