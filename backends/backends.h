@@ -239,6 +239,8 @@ int quarantine_meta_remove(const char *qdir, const char *id);
 int quarantine_message_path(const char *qdir, const char *id, char **path_r);
 /* The ids that have metadata, sorted (oldest first). 0 or -1 with errno. */
 int quarantine_list_ids(const char *qdir, char ***ids_r, size_t *n_r, char **error_r);
+/* The recipients joined with "," (malloc'd), as the list and the log show them. */
+char *quarantine_join_rcpts(char *const *rcpts, size_t n);
 /* Add one "event:" line ("TIME TEXT") to id's metadata (rewritten durably). */
 int quarantine_add_event(const char *qdir, const char *id, const char *text, char **error_r);
 

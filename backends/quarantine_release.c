@@ -85,8 +85,8 @@ q_wait(struct event_base *base, struct q_wait *w)
 	}
 }
 
-static char *
-q_join_rcpts(char *const *rcpts, size_t n)
+char *
+quarantine_join_rcpts(char *const *rcpts, size_t n)
 {
 	size_t len = 1;
 	char *s;
@@ -271,7 +271,7 @@ quarantine_release(const struct mx_config *cfg, const char *qdir, const char *id
 	backend_tx_data(btx, &msg, q_data_cb, &w);
 	free(prefix);
 	q_wait(base, &w);
-	char *joined = q_join_rcpts(rcpts, n_rcpts);
+	char *joined = quarantine_join_rcpts(rcpts, n_rcpts);
 	if (w.reply.code / 100 != 2) {
 		log_msg(LOG_LEVEL_ERR, "quarantine: %s release by %s to %s failed: %u %s %s%s%s", id,
 			who, joined, w.reply.code, w.reply.enhanced, w.reply.text,

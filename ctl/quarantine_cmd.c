@@ -129,22 +129,6 @@ static long long q_parse_time(const char *s)
 	return -1;
 }
 
-static char *q_join_rcpts(char *const *rcpts, size_t n)
-{
-	size_t len = 1;
-	char *s;
-
-	for (size_t i = 0; i < n; i++)
-		len += strlen(rcpts[i]) + 1;
-	s = xcalloc(1, len);
-	for (size_t i = 0; i < n; i++) {
-		if (i > 0)
-			strcat(s, ",");
-		strcat(s, rcpts[i]);
-	}
-	return s;
-}
-
 /* ------------------------------------------------------------------ list */
 
 static bool q_has_rcpt(const struct quarantine_meta *m, const char *addr)
@@ -219,7 +203,7 @@ static int q_list(const char *qdir, int argc, char **argv)
 			    (sender == NULL || strcasecmp(m.from, sender) == 0) &&
 			    (reason == NULL || strcasestr(m.reason, reason) != NULL);
 		if (show) {
-			char *rcpts = q_join_rcpts(m.rcpts, m.n_rcpts);
+			char *rcpts = quarantine_join_rcpts(m.rcpts, m.n_rcpts);
 			q_time(m.time, when, sizeof(when));
 			printf("%s\t%s\t<%s>\t%s\t%s\t%.1f\t%s\n", m.id, when, m.from,
 			       rcpts[0] ? rcpts : "-", m.reason[0] ? m.reason : "-", m.score, status);

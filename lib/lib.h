@@ -612,6 +612,9 @@ SSL_CTX *tls_server_ctx_new(const struct mx_config *cfg, const char *cert_settin
 /* ------------------------------------------------------------------- fs */
 /* mkdir -p: 0, or -1 with errno. */
 int fs_mkdir_p(const char *path, mode_t mode);
+/* Read up to cap octets of fd into a malloc'd, NUL-terminated buffer
+ * (*len_r octets: fewer at end of file or on a read error); fd stays open. */
+char *fs_read_upto(int fd, size_t cap, size_t *len_r);
 
 /* -------------------------------------------------------------- strings */
 void str_lower(char *s);

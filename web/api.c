@@ -79,17 +79,8 @@ read_msg(struct mailbox *mb, size_t i, size_t max, bool header_only, size_t *len
 	}
 	*mtime_r = sb.st_mtime;
 	cap = (size_t)sb.st_size < max ? (size_t)sb.st_size : max;
-	buf = xmalloc(cap + 1);
-	while (len < cap) {
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
+	buf = fs_read_upto(fd, cap, &len);
 	close(fd);
-	buf[len] = '\0';
 	if (header_only) {
 		char *e = strstr(buf, "\n\n");
 		char *e2 = strstr(buf, "\r\n\r\n");

@@ -203,17 +203,8 @@ row_load(struct mailbox *mb, size_t i)
 		return NULL;
 	}
 	cap = (uint64_t)sb.st_size < WEB_SUMMARY_READ_MAX ? (size_t)sb.st_size : WEB_SUMMARY_READ_MAX;
-	buf = xmalloc(cap + 1);
-	while (len < cap) {
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
+	buf = fs_read_upto(fd, cap, &len);
 	close(fd);
-	buf[len] = '\0';
 	struct web_summary *row = web_summary_read(mb->msgs[i].base, buf, len, (uint64_t)sb.st_size,
 						   (int64_t)sb.st_mtime);
 	free(buf);
